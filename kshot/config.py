@@ -1,0 +1,243 @@
+"""The run configuration: every hyper-parameter in one place, with where its default comes from.
+
+A :class:`Config` is flat so that each field is one pipeline parameter, one ``--set key=value`` and
+one YAML key. Defaults are the paper's (Su et al., ICML 2021) where it gives a number, NAS-Bench-201's
+own recipe (Dong & Yang, ICLR 2020) for that space's training, and otherwise a documented choice.
+:func:`load_config` validates every value before any expensive work starts and names the key and the
+source (file, ``--set``, pipeline parameter) of a bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_overrides", "FIELD_HELP"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and where the value came from."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class Config:
+    # ---- data
+    dataset: str = _f("digits", "dataset URI: 'digits' (built in), a CIFAR pickle folder, a "
+                      "parquet file/folder, a class-folder tree or ImageNet16 pickles; local or gs://")
+    valid_fraction: float = _f(0.5, "share of the training images held out as local validation "
+                               "(NAS-Bench-201's cifar10-valid split: 25k / 25k)", gt=0.0, lt=1.0)
+    augment: bool = _f(True, "random crop (pad 4) and horizontal flip while training (CIFAR recipe); "
+                       "flips are skipped for 1-channel data such as digits")
+    seed: int = _f(0, "base seed: the split, every sampled path and every batch derive from it")
+
+    # ---- search space and supernet
+    search_space: str = _f("nb201", "search space", choices=("nb201",))
+    k: int = _f(8, "K, the number of supernets (paper: K = 8 in Tables 1, 7, 9)", ge=1)
+    channels: int = _f(16, "C, channels of the first stage (NAS-Bench-201: 16)", ge=1)
+    cells: int = _f(5, "N, cells per stage (NAS-Bench-201: 5)", ge=1)
+    simplex_hidden: int = _f(64, "hidden units of the simplex-net's MLP (paper: not stated)", ge=1)
+
+    # ---- supernet training (Algorithms 1 and 2)
+    epochs: int = _f(200, "total supernet epochs, warmup included (NAS-Bench-201 schedule: 200; "
+                     "paper, ImageNet: 120)", ge=1)
+    warmup_epochs: int = _f(5, "T_w: epochs of uniform single-path training with λ = 1/K "
+                            "(paper, ImageNet: 5)", ge=0)
+    batch_size: int = _f(256, "global batch size b (NAS-Bench-201: 256; paper, ImageNet: 1024)",
+                         ge=1)
+    lr: float = _f(0.1, "supernet SGD learning rate, cosine-annealed per step (NAS-Bench-201: 0.1; "
+                   "paper, ImageNet: 0.12 at batch 1024)", gt=0.0)
+    momentum: float = _f(0.9, "SGD momentum, Nesterov (paper: 0.9)", ge=0.0, lt=1.0)
+    weight_decay: float = _f(5e-4, "supernet weight decay (NAS-Bench-201: 5e-4)", ge=0.0)
+    m: int = _f(16, "paths per simplex-net step; the batch is split into m groups (paper: 16)", ge=1)
+    simplex_lr: float = _f(1e-3, "simplex-net Adam learning rate (the paper does not name the "
+                           "optimiser; Adam as for other architecture parameters, e.g. DARTS)",
+                           gt=0.0)
+    alpha: float = _f(1.0, "α, weight of the channel regulariser r_c (paper: 1)", ge=0.0)
+    tau: float = _f(0.3, "τ, temperature of r_c (paper: 0.3)", gt=0.0)
+    checkpoint_every_steps: int = _f(0, "also checkpoint every N steps (0: only every epoch)", ge=0)
+
+    # ---- search (NSGA-II) and BN recalibration
+    population: int = _f(50, "NSGA-II population (paper: 50)", ge=2)
+    generations: int = _f(20, "NSGA-II generations (paper: 20, i.e. 1,000 evaluated paths)", ge=1)
+    parents: int = _f(20, "top paths by accuracy that breed each generation (paper: 20)", ge=2)
+    mutation_prob: float = _f(0.1, "per-choice mutation probability (SPOS: 0.1)", gt=0.0, le=1.0)
+    flops_budget: float = _f(0.0, "hard FLOPs budget in MFLOPs of the stand-alone network "
+                             "(0: no budget)", ge=0.0)
+    bn_images: int = _f(2048, "training images used to recalibrate BN before scoring a path "
+                        "(paper: 2,048)", ge=1)
+    bn_batch_size: int = _f(2048, "micro-batch of the recalibration pass (paper: one batch of "
+                            "2,048)", ge=1)
+    eval_batch_size: int = _f(1024, "batch size when scoring paths on the validation split", ge=1)
+    eval_images: int = _f(0, "validation images used to score a path (0: the whole split)", ge=0)
+
+    # ---- ranking against ground truth
+    rank_paths: int = _f(0, "paths scored by the rank stage (0: all 15,625)", ge=0)
+    top_n: list[int] = _f([10, 50, 100, 500], "n of the top-group Kendall τ (paper Fig. 5)")
+    ground_truth: str = _f("", "ground-truth CSV URI (arch + accuracy columns); empty: use the "
+                           "standalone stage's table")
+    ground_truth_column: str = _f("cifar10_test", "accuracy column of the ground-truth table")
+
+    # ---- retraining and stand-alone ground truth (NAS-Bench-201 recipe)
+    retrain_epochs: int = _f(200, "epochs of retraining the found path (NAS-Bench-201: 200)", ge=1)
+    retrain_lr: float = _f(0.1, "retraining SGD lr, Nesterov, cosine (NAS-Bench-201: 0.1)", gt=0.0)
+    retrain_batch_size: int = _f(256, "retraining batch size (NAS-Bench-201: 256)", ge=1)
+    retrain_weight_decay: float = _f(5e-4, "retraining weight decay (NAS-Bench-201: 5e-4)", ge=0.0)
+    standalone_paths: int = _f(16, "paths the standalone stage trains from scratch", ge=2)
+    standalone_epochs: int = _f(12, "epochs of each stand-alone training (short budget)", ge=1)
+
+    # ---- execution
+    workers: int = _f(1, "processes (local) or pods (PyTorchJob) of the distributed stages", ge=1)
+    gpus_per_worker: int = _f(0, "GPUs per worker pod (0: CPU)", ge=0)
+    device: str = _f("auto", "torch device: auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    num_threads: int = _f(0, "torch CPU threads per process (0: torch's default)", ge=0)
+
+    def __post_init__(self) -> None:
+        _validate(self, {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        return load_config(self.to_dict(), changes)
+
+
+FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Convert ``value`` to the type of field ``key``; strings (from --set) are parsed as YAML."""
+    hint = typing.get_type_hints(Config)[key]
+    if isinstance(value, str) and hint is not str:
+        value = yaml.safe_load(value) if value.strip() else value
+    origin = typing.get_origin(hint)
+    bad = ConfigError(f"config key {key!r} from {source}: {value!r} is not a valid {_name(hint)}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_scalar(item, v, bad) for v in value]
+    return _scalar(hint, value, bad)
+
+
+def _scalar(hint: Any, value: Any, bad: ConfigError) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise bad
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise bad
+        return str(value)
+    raise TypeError(hint)
+
+
+def _name(hint: Any) -> str:
+    if isinstance(hint, types.GenericAlias):
+        return str(hint)
+    return getattr(hint, "__name__", str(hint))
+
+
+def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
+    def fail(key: str, why: str) -> None:
+        src = sources.get(key, "defaults")
+        raise ConfigError(f"config key {key!r} from {src}: {getattr(cfg, key)!r} {why}")
+
+    for name, f in _FIELDS.items():
+        v = getattr(cfg, name)
+        md = f.metadata
+        if "choices" in md and v not in md["choices"]:
+            fail(name, f"is not one of {', '.join(md['choices'])}")
+        if "ge" in md and v < md["ge"]:
+            fail(name, f"must be >= {md['ge']}")
+        if "gt" in md and v <= md["gt"]:
+            fail(name, f"must be > {md['gt']}")
+        if "le" in md and v > md["le"]:
+            fail(name, f"must be <= {md['le']}")
+        if "lt" in md and v >= md["lt"]:
+            fail(name, f"must be < {md['lt']}")
+    if cfg.warmup_epochs > cfg.epochs:
+        fail("warmup_epochs", f"exceeds epochs = {cfg.epochs} (epochs counts the warmup)")
+    if cfg.batch_size % cfg.m:
+        fail("m", f"does not divide batch_size = {cfg.batch_size}: each of the m paths of a "
+                  "simplex-net step needs b/m images")
+    if cfg.parents > cfg.population:
+        fail("parents", f"exceeds population = {cfg.population}")
+    if any(n < 1 for n in cfg.top_n):
+        fail("top_n", "must hold positive group sizes")
+
+
+def parse_overrides(pairs: Iterable[str], source: str = "--set") -> dict[str, str]:
+    """``["k=4", "epochs=2"]`` → ``{"k": "4", "epochs": "2"}``; values stay strings (YAML-parsed later)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source} {pair!r}: expected key=value")
+        out[key.strip()] = value
+    return out
+
+
+def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] = ()) -> Config:
+    """Build a :class:`Config` from layers applied in order (later wins).
+
+    Each layer is a mapping or a path / URI of a YAML file; ``sources`` names the layers in error
+    messages (defaults: the file name, or ``layer N``).
+    """
+    from kshot import storage
+
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    names = list(sources)
+    for i, layer in enumerate(layers):
+        if layer is None:
+            continue
+        name = names[i] if i < len(names) else (layer if isinstance(layer, str) else f"layer {i}")
+        if isinstance(layer, str):
+            try:
+                data = yaml.safe_load(storage.read_text(layer)) or {}
+            except FileNotFoundError as e:
+                raise ConfigError(f"config file {layer!r} not found") from e
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {layer!r} is not valid YAML: {e}") from e
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {layer!r} must hold a mapping of keys to values")
+            layer = data
+        for key, value in layer.items():
+            if key not in _FIELDS:
+                close = [k for k in _FIELDS if k.replace("_", "") == str(key).lower().replace("_", "")]
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown config key {key!r} from {name}{hint}")
+            values[key] = _coerce(key, value, name)
+            origin[key] = name
+    try:
+        cfg = Config.__new__(Config)
+        for name_, f in _FIELDS.items():
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            object.__setattr__(cfg, name_, values.get(name_, default))
+    except TypeError as e:  # pragma: no cover - defensive
+        raise ConfigError(str(e)) from e
+    _validate(cfg, origin)
+    return cfg
