@@ -34,12 +34,23 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass(frozen=True)
 class Config:
     # ---- data
-    dataset: str = _f("digits", "dataset URI: 'digits' (built in), a CIFAR pickle folder, a "
-                      "parquet file/folder, a class-folder tree or ImageNet16 pickles; local or gs://")
-    valid_fraction: float = _f(0.5, "share of the training images held out as local validation "
-                               "(NAS-Bench-201's cifar10-valid split: 25k / 25k)", gt=0.0, lt=1.0)
-    augment: bool = _f(True, "random crop (pad 4) and horizontal flip while training (CIFAR recipe); "
-                       "flips are skipped for 1-channel data such as digits")
+    dataset: str = _f(
+        "digits",
+        "dataset URI: 'digits' (built in), a CIFAR pickle folder, a "
+        "parquet file/folder, a class-folder tree or ImageNet16 pickles; local or gs://",
+    )
+    valid_fraction: float = _f(
+        0.5,
+        "share of the training images held out as local validation "
+        "(NAS-Bench-201's cifar10-valid split: 25k / 25k)",
+        gt=0.0,
+        lt=1.0,
+    )
+    augment: bool = _f(
+        True,
+        "random crop (pad 4) and horizontal flip while training (CIFAR recipe); "
+        "flips are skipped for 1-channel data such as digits",
+    )
     seed: int = _f(0, "base seed: the split, every sampled path and every batch derive from it")
 
     # ---- search space and supernet
@@ -50,20 +61,35 @@ class Config:
     simplex_hidden: int = _f(64, "hidden units of the simplex-net's MLP (paper: not stated)", ge=1)
 
     # ---- supernet training (Algorithms 1 and 2)
-    epochs: int = _f(200, "total supernet epochs, warmup included (NAS-Bench-201 schedule: 200; "
-                     "paper, ImageNet: 120)", ge=1)
-    warmup_epochs: int = _f(5, "T_w: epochs of uniform single-path training with λ = 1/K "
-                            "(paper, ImageNet: 5)", ge=0)
-    batch_size: int = _f(256, "global batch size b (NAS-Bench-201: 256; paper, ImageNet: 1024)",
-                         ge=1)
-    lr: float = _f(0.1, "supernet SGD learning rate, cosine-annealed per step (NAS-Bench-201: 0.1; "
-                   "paper, ImageNet: 0.12 at batch 1024)", gt=0.0)
+    epochs: int = _f(
+        200,
+        "total supernet epochs, warmup included (NAS-Bench-201 schedule: 200; "
+        "paper, ImageNet: 120)",
+        ge=1,
+    )
+    warmup_epochs: int = _f(
+        5, "T_w: epochs of uniform single-path training with λ = 1/K (paper, ImageNet: 5)", ge=0
+    )
+    batch_size: int = _f(
+        256, "global batch size b (NAS-Bench-201: 256; paper, ImageNet: 1024)", ge=1
+    )
+    lr: float = _f(
+        0.1,
+        "supernet SGD learning rate, cosine-annealed per step (NAS-Bench-201: 0.1; "
+        "paper, ImageNet: 0.12 at batch 1024)",
+        gt=0.0,
+    )
     momentum: float = _f(0.9, "SGD momentum, Nesterov (paper: 0.9)", ge=0.0, lt=1.0)
     weight_decay: float = _f(5e-4, "supernet weight decay (NAS-Bench-201: 5e-4)", ge=0.0)
-    m: int = _f(16, "paths per simplex-net step; the batch is split into m groups (paper: 16)", ge=1)
-    simplex_lr: float = _f(1e-3, "simplex-net Adam learning rate (the paper does not name the "
-                           "optimiser; Adam as for other architecture parameters, e.g. DARTS)",
-                           gt=0.0)
+    m: int = _f(
+        16, "paths per simplex-net step; the batch is split into m groups (paper: 16)", ge=1
+    )
+    simplex_lr: float = _f(
+        1e-3,
+        "simplex-net Adam learning rate (the paper does not name the "
+        "optimiser; Adam as for other architecture parameters, e.g. DARTS)",
+        gt=0.0,
+    )
     alpha: float = _f(1.0, "α, weight of the channel regulariser r_c (paper: 1)", ge=0.0)
     tau: float = _f(0.3, "τ, temperature of r_c (paper: 0.3)", gt=0.0)
     checkpoint_every_steps: int = _f(0, "also checkpoint every N steps (0: only every epoch)", ge=0)
@@ -73,20 +99,25 @@ class Config:
     generations: int = _f(20, "NSGA-II generations (paper: 20, i.e. 1,000 evaluated paths)", ge=1)
     parents: int = _f(20, "top paths by accuracy that breed each generation (paper: 20)", ge=2)
     mutation_prob: float = _f(0.1, "per-choice mutation probability (SPOS: 0.1)", gt=0.0, le=1.0)
-    flops_budget: float = _f(0.0, "hard FLOPs budget in MFLOPs of the stand-alone network "
-                             "(0: no budget)", ge=0.0)
-    bn_images: int = _f(2048, "training images used to recalibrate BN before scoring a path "
-                        "(paper: 2,048)", ge=1)
-    bn_batch_size: int = _f(2048, "micro-batch of the recalibration pass (paper: one batch of "
-                            "2,048)", ge=1)
+    flops_budget: float = _f(
+        0.0, "hard FLOPs budget in MFLOPs of the stand-alone network (0: no budget)", ge=0.0
+    )
+    bn_images: int = _f(
+        2048, "training images used to recalibrate BN before scoring a path (paper: 2,048)", ge=1
+    )
+    bn_batch_size: int = _f(
+        2048, "micro-batch of the recalibration pass (paper: one batch of 2,048)", ge=1
+    )
     eval_batch_size: int = _f(1024, "batch size when scoring paths on the validation split", ge=1)
     eval_images: int = _f(0, "validation images used to score a path (0: the whole split)", ge=0)
 
     # ---- ranking against ground truth
     rank_paths: int = _f(0, "paths scored by the rank stage (0: all 15,625)", ge=0)
     top_n: list[int] = _f([10, 50, 100, 500], "n of the top-group Kendall τ (paper Fig. 5)")
-    ground_truth: str = _f("", "ground-truth CSV URI (arch + accuracy columns); empty: use the "
-                           "standalone stage's table")
+    ground_truth: str = _f(
+        "",
+        "ground-truth CSV URI (arch + accuracy columns); empty: use the standalone stage's table",
+    )
     ground_truth_column: str = _f("cifar10_test", "accuracy column of the ground-truth table")
 
     # ---- retraining and stand-alone ground truth (NAS-Bench-201 recipe)
@@ -181,8 +212,11 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
     if cfg.warmup_epochs > cfg.epochs:
         fail("warmup_epochs", f"exceeds epochs = {cfg.epochs} (epochs counts the warmup)")
     if cfg.batch_size % cfg.m:
-        fail("m", f"does not divide batch_size = {cfg.batch_size}: each of the m paths of a "
-                  "simplex-net step needs b/m images")
+        fail(
+            "m",
+            f"does not divide batch_size = {cfg.batch_size}: each of the m paths of a "
+            "simplex-net step needs b/m images",
+        )
     if cfg.parents > cfg.population:
         fail("parents", f"exceeds population = {cfg.population}")
     if any(n < 1 for n in cfg.top_n):
@@ -227,7 +261,9 @@ def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] 
             layer = data
         for key, value in layer.items():
             if key not in _FIELDS:
-                close = [k for k in _FIELDS if k.replace("_", "") == str(key).lower().replace("_", "")]
+                close = [
+                    k for k in _FIELDS if k.replace("_", "") == str(key).lower().replace("_", "")
+                ]
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"unknown config key {key!r} from {name}{hint}")
             values[key] = _coerce(key, value, name)
@@ -235,7 +271,9 @@ def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] 
     try:
         cfg = Config.__new__(Config)
         for name_, f in _FIELDS.items():
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
             object.__setattr__(cfg, name_, values.get(name_, default))
     except TypeError as e:  # pragma: no cover - defensive
         raise ConfigError(str(e)) from e

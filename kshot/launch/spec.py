@@ -1,4 +1,4 @@
-"""What to launch: one pipeline stage as a (possibly distributed) job, independent of the backend."""
+"""What to launch: one pipeline stage as a (possibly distributed) job, whatever the backend."""
 
 from __future__ import annotations
 
@@ -9,10 +9,28 @@ from typing import Any
 
 from kshot.stages import HEAVY_STAGES, STAGES
 
-__all__ = ["LaunchSpec", "LaunchError"]
+__all__ = ["LaunchSpec", "LaunchError", "is_image_reference"]
 
 # A DNS-1123 label: what Kubernetes accepts as a job name and a namespace.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL_MAX = 63
+# An image reference as the OCI distribution grammar (and Docker) define it:
+# [registry[:port]/]path[:tag][@digest], path components lower case.
+_HOST_COMPONENT = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_REGISTRY = rf"(?:{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*(?::[0-9]+)?/)"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REFERENCE = re.compile(
+    rf"^{_REGISTRY}?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+_IMAGE_NAME_MAX = 255
+# A label value (and the name part of a key); a key may carry a DNS-subdomain prefix.
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_SUBDOMAIN_MAX = 253
+# What Kubernetes accepts as an environment variable name.
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
 class LaunchError(RuntimeError):
@@ -56,10 +74,23 @@ class LaunchSpec:
             raise LaunchError(f"workers = {self.workers}: a job needs at least one worker")
         if self.gpus_per_worker < 0:
             raise LaunchError(f"gpus_per_worker = {self.gpus_per_worker} must be >= 0")
-        if self.name and not _DNS_LABEL.match(self.name):
+        if self.name and not _is_dns_label(self.name):
             raise LaunchError(f"job name {self.name!r} is not a DNS-1123 label")
-        if not _DNS_LABEL.match(self.namespace):
+        if not _is_dns_label(self.namespace):
             raise LaunchError(f"namespace {self.namespace!r} is not a DNS-1123 label")
+        if not is_image_reference(self.image):
+            raise LaunchError(
+                f"image {self.image!r} is not a valid image reference "
+                "([registry[:port]/]name[:tag][@digest], name in lower case)"
+            )
+        for key, value in self.labels.items():
+            if not _is_label_key(key):
+                raise LaunchError(f"label key {key!r} is not a valid Kubernetes label key")
+            if len(value) > _DNS_LABEL_MAX or not _LABEL_VALUE.match(value):
+                raise LaunchError(f"label {key}={value!r}: not a valid Kubernetes label value")
+        for env_name in self.env:
+            if not _ENV_NAME.match(env_name):
+                raise LaunchError(f"environment variable name {env_name!r} is not valid")
 
     @property
     def heavy(self) -> bool:
@@ -78,3 +109,29 @@ class LaunchSpec:
             for key, uri in sorted(uris.items()):
                 args += [flag, f"{key}={uri}"]
         return args
+
+
+def is_image_reference(image: str) -> bool:
+    """Whether ``image`` is a valid container image reference (registry, path, tag, digest).
+
+    Args:
+        image: e.g. ``"ghcr.io/org/kshot:0.1.0"`` or ``"pytorch/pytorch@sha256:…"``.
+
+    Returns:
+        True when a container runtime would accept it as a reference.
+    """
+    without_digest = image.split("@", 1)[0]
+    head, _, last = without_digest.rpartition("/")
+    name = f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+    return bool(_IMAGE_REFERENCE.match(image)) and len(name) <= _IMAGE_NAME_MAX
+
+
+def _is_dns_label(value: str) -> bool:
+    return len(value) <= _DNS_LABEL_MAX and bool(_DNS_LABEL.match(value))
+
+
+def _is_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > _DNS_SUBDOMAIN_MAX or not _DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return bool(name) and len(name) <= _DNS_LABEL_MAX and bool(_LABEL_VALUE.match(name))

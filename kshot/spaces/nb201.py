@@ -83,7 +83,9 @@ def parse(arch: str | Sequence[int]) -> Arch:
     choice = []
     for node, text in enumerate(nodes, start=1):
         if not (text.startswith("|") and text.endswith("|")):
-            raise ValueError(f"invalid nb201 arch string {arch!r}: node {node} {text!r} must be '|…|'")
+            raise ValueError(
+                f"invalid nb201 arch string {arch!r}: node {node} {text!r} must be '|…|'"
+            )
         edges = text[1:-1].split("|")
         if len(edges) != node:
             raise ValueError(
@@ -188,8 +190,9 @@ def _conv(c_in: int, c_out: int, k: int, hw: int, bn: bool = True) -> tuple[int,
     return macs * hw * hw, macs + (2 * c_out if bn else 0)
 
 
-def _count(arch: str | Sequence[int], C: int, N: int, num_classes: int, resolution: int,
-           in_channels: int) -> tuple[int, int]:
+def _count(
+    arch: str | Sequence[int], C: int, N: int, num_classes: int, resolution: int, in_channels: int
+) -> tuple[int, int]:
     choice = parse(arch)
     hw = resolution
     fl, pa = _conv(in_channels, C, 3, hw)  # stem conv + BN
@@ -215,14 +218,26 @@ def _count(arch: str | Sequence[int], C: int, N: int, num_classes: int, resoluti
     return fl, pa
 
 
-def flops(arch: str | Sequence[int], C: int = 16, N: int = 5, num_classes: int = 10,
-          resolution: int = 32, in_channels: int = 3) -> float:
+def flops(
+    arch: str | Sequence[int],
+    C: int = 16,
+    N: int = 5,
+    num_classes: int = 10,
+    resolution: int = 32,
+    in_channels: int = 3,
+) -> float:
     """MFLOPs (multiply-adds) of the stand-alone network, NAS-Bench-201's convention."""
     return _count(arch, C, N, num_classes, resolution, in_channels)[0] / 1e6
 
 
-def params(arch: str | Sequence[int], C: int = 16, N: int = 5, num_classes: int = 10,
-           resolution: int = 32, in_channels: int = 3) -> float:
+def params(
+    arch: str | Sequence[int],
+    C: int = 16,
+    N: int = 5,
+    num_classes: int = 10,
+    resolution: int = 32,
+    in_channels: int = 3,
+) -> float:
     """Millions of learnable parameters of the stand-alone network (``resolution`` is unused)."""
     return _count(arch, C, N, num_classes, resolution, in_channels)[1] / 1e6
 
@@ -287,8 +302,14 @@ class Cell(nn.Module):
 class Network(nn.Module):
     """The stand-alone NAS-Bench-201 network of one cell."""
 
-    def __init__(self, arch: str | Sequence[int], C: int = 16, N: int = 5, num_classes: int = 10,
-                 in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        arch: str | Sequence[int],
+        C: int = 16,
+        N: int = 5,
+        num_classes: int = 10,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         choice = parse(arch)
         self.arch = format_arch(choice)
@@ -309,7 +330,8 @@ class Network(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build(arch: str | Sequence[int], C: int = 16, N: int = 5, num_classes: int = 10,
-          in_channels: int = 3) -> Network:
+def build(
+    arch: str | Sequence[int], C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3
+) -> Network:
     """The stand-alone network of ``arch`` (plain ``torch.nn`` modules)."""
     return Network(arch, C=C, N=N, num_classes=num_classes, in_channels=in_channels)

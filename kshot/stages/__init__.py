@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["STAGES", "HEAVY_STAGES"]
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kshot.config import Config
+
+__all__ = ["STAGES", "HEAVY_STAGES", "ARTIFACTS", "run_stage"]
 
 # In the paper's order; the KFP pipeline and the CLI both read this list.
 STAGES: tuple[str, ...] = (
@@ -16,4 +22,43 @@ STAGES: tuple[str, ...] = (
     "rank",
 )
 # Stages that train or score networks: they run as distributed jobs (torchrun / PyTorchJob).
-HEAVY_STAGES: frozenset[str] = frozenset({"warmup", "train", "search", "rank", "retrain", "standalone"})
+HEAVY_STAGES: frozenset[str] = frozenset(
+    {"warmup", "train", "search", "rank", "retrain", "standalone"}
+)
+
+# Artifacts of each stage: (inputs, outputs), name → what it holds. Optional inputs end with "?".
+ARTIFACTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "split": ({}, {"split": "JSON of train / valid (/ test) indices"}),
+    "warmup": ({"split": "split JSON"}, {"checkpoint": "checkpoint folder (λ = 1/K)"}),
+    "train": (
+        {"split": "split JSON", "checkpoint": "warmup checkpoint folder"},
+        {"checkpoint": "checkpoint folder (supernet + simplex-net)", "curves?": "curves JSON"},
+    ),
+    "search": (
+        {"split": "split JSON", "checkpoint": "trained checkpoint folder"},
+        {"results": "JSON: every evaluated path, the Pareto front, the best path"},
+    ),
+    "recalibrate": (
+        {"split": "split JSON", "checkpoint": "trained checkpoint folder",
+         "results": "search results JSON"},
+        {"results": "JSON: the front and best path re-scored after BN recalibration"},
+    ),
+    "retrain": (
+        {"split": "split JSON", "results": "search or recalibrate results JSON"},
+        {"model": "stand-alone model (torch file)", "metrics": "JSON: accuracy and curves"},
+    ),
+    "standalone": ({"split": "split JSON"}, {"table": "CSV arch,accuracy of sampled paths"}),
+    "rank": (
+        {"split": "split JSON", "checkpoint": "trained checkpoint folder",
+         "ground_truth?": "CSV arch,accuracy (default: config key ground_truth)"},
+        {"scores": "CSV of per-path scores", "metrics": "JSON: τ, ρ, r, top-group τ"},
+    ),
+}
+
+
+def run_stage(name: str, config: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
+    """Run stage ``name`` in this process (one rank of a job, or alone)."""
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    module = importlib.import_module(f"kshot.stages.{name}")
+    return module.run(config, dict(inputs), dict(outputs))

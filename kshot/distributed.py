@@ -1,0 +1,119 @@
+"""Process-group helpers for workers started by torchrun (or run alone).
+
+Every rank samples the same path(s) at every step (seeds derive from ``(seed, step)``), so the same
+parameters receive gradients on every rank. We therefore do not wrap the supernet in DDP (which would
+either hang on unused K-shot slots or all-reduce the whole dictionary with ``find_unused_parameters``):
+:func:`all_reduce_gradients` averages, in one coalesced all-reduce, exactly the gradients that exist.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+__all__ = [
+    "init_from_env",
+    "shutdown",
+    "rank",
+    "world_size",
+    "is_main",
+    "device_for_rank",
+    "all_reduce_gradients",
+    "all_reduce_mean",
+    "gather_lists",
+    "broadcast_object",
+    "barrier",
+]
+
+T = TypeVar("T")
+
+
+def init_from_env(device: str = "auto") -> torch.device:
+    """Join the process group torchrun describes (if any) and return this rank's device.
+
+    NCCL on GPU, gloo on CPU. Without ``WORLD_SIZE`` > 1 nothing is initialised.
+    """
+    dev = device_for_rank(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
+    return dev
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device_for_rank(device: str = "auto") -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is wanted and present, else the CPU."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config device = 'cuda' but no CUDA device is visible to this process")
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients that exist across ranks, in one flat all-reduce."""
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = _flatten_dense_tensors(grads)
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+        g.copy_(reduced)
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (a copy; the input is left alone)."""
+    out = values.detach().clone()
+    if world_size() > 1:
+        dist.all_reduce(out)
+        out /= world_size()
+    return out
+
+
+def gather_lists(items: list[T]) -> list[T]:
+    """Concatenate every rank's list in rank order (all ranks get the result)."""
+    if world_size() == 1:
+        return list(items)
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()

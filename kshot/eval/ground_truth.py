@@ -1,0 +1,186 @@
+"""NAS-Bench-201 ground truth: stand-alone accuracy per cell, keyed by the benchmark's arch string.
+
+Two sources are read:
+
+* a CSV table with an ``arch`` column and one accuracy column per dataset, such as the shared
+  ``nb201_accuracy.csv`` (``index,arch,cifar10_test,cifar100_test,imagenet16_test``) or the
+  table the standalone stage writes (``arch,accuracy``);
+* the benchmark's own file (``.pth`` / ``.pickle`` / ``.pkl`` / ``.pbz2``, or a folder) through
+  its API package, ``nats_bench`` or ``nas_201_api``, when one of them is installed.
+
+Arch strings are normalised with :func:`kshot.spaces.nb201.format_arch`, so ground truth always
+joins supernet scores by the same key.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from kshot import storage
+from kshot.spaces import nb201
+
+__all__ = [
+    "BENCHMARK_DATASETS",
+    "load_ground_truth",
+    "write_ground_truth_csv",
+    "align_scores",
+]
+
+BENCHMARK_DATASETS: dict[str, str] = {
+    "cifar10_test": "cifar10",
+    "cifar100_test": "cifar100",
+    "imagenet16_test": "ImageNet16-120",
+}
+"""Ground-truth column name → the benchmark API's dataset name (its ``test-accuracy`` is the
+CIFAR-10 test set, and the ``x-test`` half of the test set for CIFAR-100 and ImageNet16-120)."""
+
+_BENCHMARK_SUFFIXES = (".pth", ".pickle", ".pkl", ".pbz2")
+
+
+def _is_benchmark_file(uri: str) -> bool:
+    """Whether ``uri`` names the benchmark's own file or folder rather than a CSV table."""
+    if uri.lower().endswith(_BENCHMARK_SUFFIXES) or uri.endswith("/"):
+        return True
+    return not storage.is_gcs(uri) and Path(uri).is_dir()
+
+
+def _normalised_arch(arch: str, where: str) -> str:
+    """The benchmark string of ``arch``, or a ValueError that says ``where`` it was found."""
+    try:
+        return nb201.format_arch(nb201.parse(arch))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def load_ground_truth(uri: str, column: str) -> dict[str, float]:
+    """Stand-alone accuracy of every cell in a ground-truth table or benchmark file.
+
+    Args:
+        uri: A CSV table with an ``arch`` column and ``column``, or the benchmark's own file or
+            folder (read through ``nats_bench`` or ``nas_201_api``: 200-epoch results, averaged
+            over seeds).
+        column: The accuracy column; for a benchmark file one of :data:`BENCHMARK_DATASETS`.
+
+    Returns:
+        ``{normalised arch string: accuracy}`` in the order of the source.
+
+    Raises:
+        ValueError: a missing column (naming the columns there are), an invalid arch string or
+            accuracy (naming the row), a duplicate arch, or a benchmark file without its API
+            package.
+    """
+    if _is_benchmark_file(uri):
+        return _load_benchmark(uri, column)
+    reader = csv.DictReader(io.StringIO(storage.read_text(uri), newline=""))
+    available = reader.fieldnames or []
+    for needed in ("arch", column):
+        if needed not in available:
+            raise ValueError(
+                f"ground truth {uri!r} has no column {needed!r}; its columns are {available}"
+            )
+    accuracies: dict[str, float] = {}
+    first_row_of: dict[str, int] = {}
+    for row_number, row in enumerate(reader, start=1):
+        where = f"ground truth {uri!r}, row {row_number} (file line {reader.line_num})"
+        arch = _normalised_arch(row["arch"] or "", where)
+        try:
+            accuracy = float(row[column] or "")
+        except ValueError:
+            raise ValueError(
+                f"{where}: column {column!r} holds {row[column]!r}, not a number"
+            ) from None
+        if not math.isfinite(accuracy):
+            raise ValueError(f"{where}: column {column!r} holds non-finite {row[column]!r}")
+        if arch in accuracies:
+            raise ValueError(f"{where}: arch {arch!r} already appeared in row {first_row_of[arch]}")
+        accuracies[arch] = accuracy
+        first_row_of[arch] = row_number
+    if not accuracies:
+        raise ValueError(f"ground truth {uri!r} holds no rows")
+    return accuracies
+
+
+def _load_benchmark(uri: str, column: str) -> dict[str, float]:
+    """Ground truth through the benchmark's API package (hp="200", mean over seeds)."""
+    if column not in BENCHMARK_DATASETS:
+        raise ValueError(
+            f"column {column!r} for benchmark file {uri!r} is not one of {list(BENCHMARK_DATASETS)}"
+        )
+    package = next(
+        (name for name in ("nats_bench", "nas_201_api") if importlib.util.find_spec(name)), None
+    )
+    if package is None:
+        raise ValueError(
+            f"reading the benchmark file {uri!r} needs its API package: pip install nats_bench "
+            "(or nas-bench-201); or pass a CSV ground-truth table"
+        )
+    dataset = BENCHMARK_DATASETS[column]
+    with storage.local_copy(uri) as path:
+        if package == "nats_bench":
+            import nats_bench
+
+            api = nats_bench.create(str(path), "tss", fast_mode=path.is_dir(), verbose=False)
+        else:
+            from nas_201_api import NASBench201API
+
+            api = NASBench201API(str(path), verbose=False)
+        return {
+            nb201.format_arch(api.arch(index)): float(
+                api.get_more_info(index, dataset, hp="200", is_random=False)["test-accuracy"]
+            )
+            for index in range(len(api))
+        }
+
+
+def write_ground_truth_csv(uri: str, rows: dict[str, float], column: str = "accuracy") -> None:
+    """Write ``{arch: accuracy}`` as a CSV ``arch,<column>`` that :func:`load_ground_truth` reads.
+
+    Raises:
+        ValueError: an invalid arch string or non-finite accuracy (naming it), before writing.
+    """
+    normalised: dict[str, float] = {}
+    for arch, accuracy in rows.items():
+        key = _normalised_arch(arch, f"ground truth for {uri!r}")
+        if not math.isfinite(float(accuracy)):
+            raise ValueError(f"ground truth for {uri!r}: arch {arch!r} has accuracy {accuracy!r}")
+        if key in normalised:
+            raise ValueError(f"ground truth for {uri!r}: arch {arch!r} appears twice")
+        normalised[key] = float(accuracy)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["arch", column])
+    writer.writerows(normalised.items())
+    storage.write_text(uri, text.getvalue())
+
+
+def align_scores(
+    truth: dict[str, float], scores: dict[str, float], truth_source: str
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Pair supernet scores with ground truth by normalised arch string.
+
+    Args:
+        truth: ``{arch: accuracy}`` from :func:`load_ground_truth`.
+        scores: ``{arch: supernet score}`` of the scored paths.
+        truth_source: Where ``truth`` came from (a URI), for error messages.
+
+    Returns:
+        ``(archs, truth_values, score_values)`` in the order of ``scores``.
+
+    Raises:
+        ValueError: a scored arch is invalid or absent from the ground truth (naming it).
+    """
+    archs, truth_values, score_values = [], [], []
+    for arch, score in scores.items():
+        key = _normalised_arch(arch, "scored path")
+        if key not in truth:
+            raise ValueError(f"scored arch {arch!r} is not in the ground truth {truth_source!r}")
+        archs.append(key)
+        truth_values.append(truth[key])
+        score_values.append(float(score))
+    return archs, np.asarray(truth_values), np.asarray(score_values)

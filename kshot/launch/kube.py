@@ -1,0 +1,582 @@
+"""Run a stage as a PyTorchJob or TrainJob on Kubernetes: create it, follow it, clean it up.
+
+:func:`run_job` validates everything first (so bad input leaves nothing behind), creates the job
+through ``CustomObjectsApi`` in ``spec.namespace``, polls its status conditions, streams the master
+pod's log, and turns every way a job can end badly into a :class:`LaunchError` that says why: the
+job's failure condition with the pods' waiting/terminated reasons and the last log lines, pods
+never scheduled, pods never started, the overall timeout, a forbidden namespace. The job is then
+deleted per ``delete_policy`` — and always when the wait is cancelled (Ctrl-C, or SIGTERM as when
+Kubeflow Pipelines stops a run), so a cancelled step leaves no GPUs busy.
+
+Pod placement (GPU tolerations, node selector, service account) comes from the caller or from the
+``kshot-launch-defaults`` ConfigMap in the namespace, which ``manifests/`` installs and its GPU
+overlay patches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from urllib3.exceptions import HTTPError
+
+from kshot.launch.pytorchjob import render_pytorchjob, validate_pod_overrides
+from kshot.launch.spec import LaunchError, LaunchSpec
+from kshot.launch.trainjob import TRAINER_CONTAINER, TRAINER_JOB, render_trainjob
+
+__all__ = [
+    "run_job",
+    "render_job",
+    "load_launch_defaults",
+    "JobKind",
+    "JOB_KINDS",
+    "Backend",
+    "DeletePolicy",
+    "JobCancelled",
+    "LAUNCH_DEFAULTS_CONFIGMAP",
+]
+
+Backend = Literal["pytorchjob", "trainjob"]
+DeletePolicy = Literal["always", "on-success", "never"]
+LAUNCH_DEFAULTS_CONFIGMAP = "kshot-launch-defaults"
+_DELETE_POLICIES = ("always", "on-success", "never")
+_LOG_TAIL_LINES = 30
+_DRAIN_TIMEOUT_S = 30.0
+# Waiting reasons after which a container will not start by itself.
+_STUCK_WAITING = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
+)
+
+
+class JobCancelled(LaunchError):
+    """The wait was cancelled (SIGTERM); the job has been deleted."""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """Where a backend's jobs live in the API and how to find their pods.
+
+    Attributes:
+        group: API group of the custom resource.
+        version: its version.
+        plural: its resource name.
+        succeeded: the status condition type that means success.
+        failed: the one that means failure.
+        pod_label: label key whose value is the job name on all its pods.
+        container: the container that runs torchrun.
+    """
+
+    group: str
+    version: str
+    plural: str
+    succeeded: str
+    failed: str
+    pod_label: str
+    container: str
+
+    def pod_selector(self, name: str) -> str:
+        """Label selector of all pods of job ``name``."""
+        return f"{self.pod_label}={name}"
+
+    def is_master(self, pod: Any) -> bool:
+        """Whether ``pod`` runs node rank 0, whose log the launcher streams."""
+        labels = pod.metadata.labels or {}
+        annotations = pod.metadata.annotations or {}
+        if self.plural == "pytorchjobs":
+            return labels.get("training.kubeflow.org/replica-type") == "master"
+        return (
+            labels.get("jobset.sigs.k8s.io/replicatedjob-name") == TRAINER_JOB
+            and labels.get("jobset.sigs.k8s.io/job-index", "0") == "0"
+            and annotations.get("batch.kubernetes.io/job-completion-index") == "0"
+        )
+
+
+JOB_KINDS: dict[str, JobKind] = {
+    # Training Operator v1: labels each pod with the job name and its replica type (lower case).
+    "pytorchjob": JobKind(
+        group="kubeflow.org",
+        version="v1",
+        plural="pytorchjobs",
+        succeeded="Succeeded",
+        failed="Failed",
+        pod_label="training.kubeflow.org/job-name",
+        container="pytorch",
+    ),
+    # Trainer v2 runs a JobSet named after the TrainJob; JobSet labels its pods with that name.
+    "trainjob": JobKind(
+        group="trainer.kubeflow.org",
+        version="v1alpha1",
+        plural="trainjobs",
+        succeeded="Complete",
+        failed="Failed",
+        pod_label="jobset.sigs.k8s.io/jobset-name",
+        container=TRAINER_CONTAINER,
+    ),
+}
+
+
+def render_job(
+    spec: LaunchSpec,
+    backend: Backend,
+    *,
+    service_account: str = "",
+    backoff_limit: int = 2,
+    pod_overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The job object ``run_job`` creates for ``backend``.
+
+    Args:
+        spec: the launch.
+        backend: ``"pytorchjob"`` or ``"trainjob"``.
+        service_account: the pods' service account; empty: from ``pod_overrides`` or the default.
+        backoff_limit: PyTorchJob restarts before failing (TrainJob: the runtime decides).
+        pod_overrides: tolerations, nodeSelector, serviceAccountName of the pods.
+
+    Returns:
+        The PyTorchJob or TrainJob as a dict.
+
+    Raises:
+        LaunchError: on an unknown backend or anything the renderers refuse.
+    """
+    if backend == "pytorchjob":
+        return render_pytorchjob(
+            spec,
+            service_account=service_account,
+            backoff_limit=backoff_limit,
+            pod_overrides=pod_overrides,
+        )
+    if backend == "trainjob":
+        return render_trainjob(spec, service_account=service_account, pod_overrides=pod_overrides)
+    raise LaunchError(f"backend {backend!r} is not one of {', '.join(JOB_KINDS)}")
+
+
+def load_launch_defaults(
+    api_client: client.ApiClient, namespace: str, name: str = LAUNCH_DEFAULTS_CONFIGMAP
+) -> dict[str, Any]:
+    """Pod overrides from the ConfigMap ``name`` in ``namespace`` (none when it does not exist).
+
+    Each data key (``tolerations``, ``nodeSelector``, ``serviceAccountName``) holds YAML.
+
+    Args:
+        api_client: the cluster.
+        namespace: where the jobs run.
+        name: the ConfigMap.
+
+    Returns:
+        The validated overrides.
+
+    Raises:
+        LaunchError: when reading is forbidden or the content is malformed.
+    """
+    try:
+        config_map = client.CoreV1Api(api_client).read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return {}
+        raise LaunchError(_api_failure(error, f"read ConfigMap {name}", namespace)) from error
+    try:
+        overrides = {key: yaml.safe_load(text) for key, text in (config_map.data or {}).items()}
+    except yaml.YAMLError as error:
+        raise LaunchError(f"ConfigMap {namespace}/{name} holds invalid YAML: {error}") from error
+    try:
+        return validate_pod_overrides(overrides)
+    except LaunchError as error:
+        raise LaunchError(f"ConfigMap {namespace}/{name}: {error}") from error
+
+
+def run_job(
+    spec: LaunchSpec,
+    backend: Backend = "pytorchjob",
+    *,
+    api_client: client.ApiClient | None = None,
+    timeout_s: float = 7 * 24 * 3600,
+    poll_s: float = 10.0,
+    delete_policy: DeletePolicy = "always",
+    log: Callable[[str], None] = print,
+    schedule_timeout_s: float = 1800.0,
+    service_account: str = "",
+    backoff_limit: int = 2,
+    pod_overrides: Mapping[str, Any] | None = None,
+    launch_defaults: str | None = LAUNCH_DEFAULTS_CONFIGMAP,
+) -> dict[str, Any]:
+    """Create the job for ``spec``, wait until it ends, stream its log, clean up.
+
+    Args:
+        spec: the stage to run and where.
+        backend: ``"pytorchjob"`` (Training Operator) or ``"trainjob"`` (Trainer v2).
+        api_client: the cluster; default: in-cluster config, else the kubeconfig.
+        timeout_s: longest wait for the job to end.
+        poll_s: seconds between status polls.
+        delete_policy: delete the job at the end ``"always"``, ``"on-success"`` or ``"never"``
+            (a cancelled wait always deletes it).
+        log: receives the master pod's log lines and the launcher's own messages.
+        schedule_timeout_s: longest wait for the first pod to run.
+        service_account: the pods' service account (overrides the launch defaults).
+        backoff_limit: PyTorchJob restarts before the job fails.
+        pod_overrides: tolerations, nodeSelector, serviceAccountName; None: read the
+            ``launch_defaults`` ConfigMap.
+        launch_defaults: the ConfigMap of pod overrides; None: none.
+
+    Returns:
+        The job object as last read, with its final status.
+
+    Raises:
+        LaunchError: on bad input (before any request), a refused create, a failed, unschedulable
+            or timed-out job; :class:`JobCancelled` when SIGTERM stops the wait.
+    """
+    if backend not in JOB_KINDS:
+        raise LaunchError(f"backend {backend!r} is not one of {', '.join(JOB_KINDS)}")
+    if delete_policy not in _DELETE_POLICIES:
+        raise LaunchError(f"delete_policy {delete_policy!r} is not one of {_DELETE_POLICIES}")
+    for label, value in (
+        ("timeout_s", timeout_s),
+        ("poll_s", poll_s),
+        ("schedule_timeout_s", schedule_timeout_s),
+    ):
+        if not value > 0:
+            raise LaunchError(f"{label} = {value} must be > 0")
+    render_options = {"service_account": service_account, "backoff_limit": backoff_limit}
+    body = render_job(spec, backend, pod_overrides=pod_overrides, **render_options)
+
+    api_client = api_client or _default_api_client()
+    if pod_overrides is None and launch_defaults:
+        defaults = load_launch_defaults(api_client, spec.namespace, launch_defaults)
+        body = render_job(spec, backend, pod_overrides=defaults, **render_options)
+    kind = JOB_KINDS[backend]
+    name = body["metadata"]["name"]
+    title = f"{body['kind']} {spec.namespace}/{name}"
+    watcher = _JobWatcher(api_client, kind, spec.namespace, name, log, poll_s)
+    create_sent = created = cancelled = succeeded = False
+    restore_sigterm = _raise_on_sigterm(title)
+    try:
+        create_sent = True
+        _create(api_client, kind, body)
+        created = True
+        log(f"created {title}")
+        job = watcher.wait(timeout_s, schedule_timeout_s)
+        succeeded = True
+        return job
+    except (KeyboardInterrupt, JobCancelled):
+        cancelled = True
+        raise
+    finally:
+        restore_sigterm()
+        watcher.stop_log()
+        # A cancel while the create was in flight may have left the job: delete it too.
+        if (cancelled and create_sent) or (
+            created and (delete_policy == "always" or (succeeded and delete_policy == "on-success"))
+        ):
+            _delete(api_client, kind, spec.namespace, name, log)
+        elif created:
+            log(f"kept {title} (delete_policy={delete_policy})")
+
+
+def _default_api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except ConfigException:
+        try:
+            config.load_kube_config()
+        except (ConfigException, OSError) as error:
+            raise LaunchError(
+                f"no cluster credentials: neither in-cluster config nor a kubeconfig ({error})"
+            ) from error
+    return client.ApiClient()
+
+
+def _api_failure(error: ApiException, action: str, namespace: str) -> str:
+    if error.status == 403:
+        return (
+            f"forbidden to {action} in namespace {namespace!r}: {error.reason}. The pipeline's "
+            "service account needs the kshot-runner Role there: `kubectl apply -k "
+            f"manifests/base -n {namespace}` binds it to kshot-runner and to default-editor, "
+            "the Kubeflow profile's pipeline runner."
+        )
+    return f"could not {action} in namespace {namespace!r}: {error.status} {error.reason}"
+
+
+def _create(api_client: client.ApiClient, kind: JobKind, body: dict[str, Any]) -> None:
+    namespace = body["metadata"]["namespace"]
+    try:
+        client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            kind.group, kind.version, namespace, kind.plural, body
+        )
+    except ApiException as error:
+        if error.status == 409:
+            raise LaunchError(
+                f"{body['kind']} {namespace}/{body['metadata']['name']} already exists; delete it "
+                "or give the launch another name"
+            ) from error
+        if error.status == 404:
+            raise LaunchError(
+                f"the API has no {kind.plural}.{kind.group}/{kind.version} (or no namespace "
+                f"{namespace!r}): is the Kubeflow operator installed?"
+            ) from error
+        action = f"create {kind.plural}.{kind.group}"
+        raise LaunchError(_api_failure(error, action, namespace)) from error
+
+
+def _delete(
+    api_client: client.ApiClient, kind: JobKind, namespace: str, name: str, log: Callable
+) -> None:
+    try:
+        client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
+            kind.group, kind.version, namespace, kind.plural, name, propagation_policy="Background"
+        )
+    except ApiException as error:
+        if error.status != 404:
+            log(f"could not delete {kind.plural} {namespace}/{name}: {error.status} {error.reason}")
+            return
+    log(f"deleted {kind.plural} {namespace}/{name}")
+
+
+def _raise_on_sigterm(job: str) -> Callable[[], None]:
+    """Make SIGTERM raise :class:`JobCancelled` (main thread only); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def cancel(signum: int, frame: Any) -> None:
+        raise JobCancelled(f"cancelled by SIGTERM while waiting for {job}; the job was deleted")
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _condition(job: dict[str, Any], condition_type: str) -> dict[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == condition_type and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _pod_states(pods: list[Any]) -> list[str]:
+    """One line per pod: phase, unschedulable reason, each container's waiting/terminated state."""
+    lines = []
+    for pod in pods:
+        parts = [pod.status.phase or "Unknown"]
+        for condition in pod.status.conditions or []:
+            if condition.type == "PodScheduled" and condition.status == "False":
+                parts.append(f"not scheduled: {condition.reason}: {condition.message}")
+        statuses = (pod.status.init_container_statuses or []) + (
+            pod.status.container_statuses or []
+        )
+        for status in statuses:
+            state = status.state
+            if state and state.waiting:
+                parts.append(f"{status.name} waiting: {state.waiting.reason}")
+                if state.waiting.message:
+                    parts[-1] += f": {state.waiting.message}"
+            if state and state.terminated and state.terminated.exit_code:
+                terminated = state.terminated
+                parts.append(
+                    f"{status.name} terminated: {terminated.reason} "
+                    f"(exit code {terminated.exit_code})"
+                )
+                if terminated.message:
+                    parts[-1] += f": {terminated.message.strip()}"
+        lines.append(f"{pod.metadata.name}: " + "; ".join(parts))
+    return lines
+
+
+def _has_started(pod: Any) -> bool:
+    return pod.status.phase in ("Running", "Succeeded", "Failed")
+
+
+class _JobWatcher:
+    """Polls one job and its pods; follows the master pod's log in a thread."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        kind: JobKind,
+        namespace: str,
+        name: str,
+        log: Callable[[str], None],
+        poll_s: float,
+    ) -> None:
+        self._objects = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._kind = kind
+        self._namespace = namespace
+        self._name = name
+        self._log = log
+        self._poll_s = poll_s
+        self._master: Any = None
+        self._stop = threading.Event()
+        self._stream: Any = None
+        self._lines_logged = 0
+        self._follower = threading.Thread(target=self._follow_master_log, daemon=True)
+
+    @property
+    def _title(self) -> str:
+        return f"{self._kind.plural} {self._namespace}/{self._name}"
+
+    def wait(self, timeout_s: float, schedule_timeout_s: float) -> dict[str, Any]:
+        """Poll until the job succeeds; raise :class:`LaunchError` on every other end."""
+        start = time.monotonic()
+        started = False
+        self._follower.start()
+        while True:
+            job = self._read_job()
+            pods = self._list_pods()
+            self._master = next((pod for pod in pods if self._kind.is_master(pod)), self._master)
+            if _condition(job, self._kind.succeeded):
+                self._log(f"{self._title} succeeded")
+                return job
+            failed = _condition(job, self._kind.failed)
+            if failed:
+                raise LaunchError(self._failure_report(failed, pods))
+            started = started or any(_has_started(pod) for pod in pods)
+            waited = time.monotonic() - start
+            if not started:
+                self._check_not_stuck(pods, waited, schedule_timeout_s)
+            if waited > timeout_s:
+                raise LaunchError(
+                    f"{self._title} timed out: not finished after {timeout_s:g} s\n"
+                    + self._describe(pods)
+                )
+            time.sleep(self._poll_s)
+
+    def stop_log(self) -> None:
+        """Stop following the log, after a last read of what is left."""
+        self._stop.set()
+        if self._stream is not None:
+            self._stream.close()  # unblocks a follow of a container that is still running
+        if self._follower.is_alive():
+            self._follower.join(timeout=_DRAIN_TIMEOUT_S)
+
+    def _read_job(self) -> dict[str, Any]:
+        try:
+            return self._objects.get_namespaced_custom_object(
+                self._kind.group, self._kind.version, self._namespace, self._kind.plural, self._name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                raise LaunchError(f"{self._title} disappeared: deleted by someone else?") from error
+            raise LaunchError(
+                _api_failure(error, f"get {self._kind.plural}", self._namespace)
+            ) from error
+
+    def _list_pods(self) -> list[Any]:
+        try:
+            return self._core.list_namespaced_pod(
+                self._namespace, label_selector=self._kind.pod_selector(self._name)
+            ).items
+        except ApiException as error:
+            raise LaunchError(_api_failure(error, "list pods", self._namespace)) from error
+
+    def _check_not_stuck(self, pods: list[Any], waited: float, schedule_timeout_s: float) -> None:
+        if waited <= schedule_timeout_s:
+            return
+        if not pods:
+            raise LaunchError(
+                f"{self._title}: no pods after {schedule_timeout_s:g} s; is the operator running, "
+                "and may it create pods (quota, service account)?"
+            )
+        unscheduled = [
+            pod
+            for pod in pods
+            if any(
+                c.type == "PodScheduled" and c.status == "False"
+                for c in pod.status.conditions or []
+            )
+        ]
+        if unscheduled:
+            raise LaunchError(
+                f"{self._title} never scheduled: {len(unscheduled)} pod(s) Pending after "
+                f"{schedule_timeout_s:g} s (not enough GPUs, or tolerations/nodeSelector?)\n"
+                + self._describe(pods)
+            )
+        raise LaunchError(
+            f"{self._title} never started: pods not running after {schedule_timeout_s:g} s\n"
+            + self._describe(pods)
+        )
+
+    def _failure_report(self, condition: dict[str, Any], pods: list[Any]) -> str:
+        return (
+            f"{self._title} failed: {condition.get('reason', '')}: "
+            f"{condition.get('message', '')}\n" + self._describe(pods)
+        )
+
+    def _describe(self, pods: list[Any]) -> str:
+        lines = ["pods:", *(f"  {line}" for line in _pod_states(pods))] if pods else ["no pods"]
+        if self._master is not None:
+            lines.append(f"last log lines of {self._master.metadata.name}:")
+            lines += [f"  {line}" for line in self._log_tail(self._master.metadata.name)]
+        return "\n".join(lines)
+
+    def _log_tail(self, pod_name: str) -> list[str]:
+        """The last log lines; those of the previous container when a restart left none yet."""
+        lines: list[str] = []
+        for previous in (False, True):
+            try:
+                text = self._core.read_namespaced_pod_log(
+                    pod_name,
+                    self._namespace,
+                    container=self._kind.container,
+                    tail_lines=_LOG_TAIL_LINES,
+                    previous=previous,
+                )
+            except ApiException as error:
+                lines = [f"(log unavailable: {error.status} {error.reason})"]
+                continue
+            lines = text.splitlines()
+            if lines:
+                return lines
+        return lines or ["(empty)"]
+
+    def _follow_master_log(self) -> None:
+        """Send the master's log lines to ``log`` as they come, once each, across reconnects.
+
+        Once stopped, one last read without ``follow`` drains what the stream had not delivered.
+        """
+        container_run: tuple[str, int] | None = None
+        while True:
+            stopping = self._stop.is_set()
+            master = self._master
+            if master is not None and _has_started(master):
+                restarts = sum(s.restart_count for s in master.status.container_statuses or [])
+                if container_run != (master.metadata.name, restarts):
+                    container_run, self._lines_logged = (master.metadata.name, restarts), 0
+                # The pod going away or the connection dropping ends a round; the next reconnects.
+                with contextlib.suppress(ApiException, OSError, ValueError, HTTPError):
+                    self._stream_log(master.metadata.name, follow=not stopping)
+            if stopping:
+                return
+            self._stop.wait(self._poll_s)
+
+    def _stream_log(self, pod_name: str, *, follow: bool) -> None:
+        """Log the pod's lines beyond the ``_lines_logged`` already logged."""
+        self._stream = self._core.read_namespaced_pod_log(
+            pod_name,
+            self._namespace,
+            container=self._kind.container,
+            follow=follow,
+            _preload_content=False,
+        )
+        line_number = 0
+        pending = ""
+        try:
+            for chunk in self._stream.stream(amt=None, decode_content=True):
+                *complete, pending = (pending + chunk.decode("utf-8", errors="replace")).split("\n")
+                for line in complete:
+                    line_number += 1
+                    self._log_once(line_number, line)
+            if pending and not follow:
+                self._log_once(line_number + 1, pending)
+        finally:
+            self._stream.release_conn()
+
+    def _log_once(self, line_number: int, line: str) -> None:
+        if line_number > self._lines_logged:
+            self._log(line)
+            self._lines_logged = line_number

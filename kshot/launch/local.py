@@ -1,0 +1,54 @@
+"""The local backend: a stage as ``torchrun --standalone`` subprocesses on this machine.
+
+This is what the local pipeline run uses, so the embedded default exercises the same worker entry
+point, process group and gradient all-reduce as a PyTorchJob on a cluster (gloo on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+
+from kshot.launch.spec import LaunchError, LaunchSpec
+
+__all__ = ["run_local", "local_command"]
+
+
+def local_command(spec: LaunchSpec) -> list[str]:
+    """The command line the local backend runs for ``spec``."""
+    nproc = spec.workers * spec.nproc_per_worker
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", "kshot.worker", *spec.worker_args()]
+
+
+def run_local(spec: LaunchSpec, log: Callable[[str], None] = print) -> None:
+    """Run ``spec`` to completion, streaming its output into ``log``.
+
+    Raises:
+        LaunchError: the processes failed; the message holds the exit code and the last lines.
+    """
+    env = {**os.environ, **spec.env, "KSHOT_STAGE": spec.stage}
+    # one intra-op thread per process when several share the machine's cores
+    if spec.workers > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.workers)))
+    tail: deque[str] = deque(maxlen=30)
+    with subprocess.Popen(local_command(spec), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                log(line)
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()
+            proc.wait(timeout=30)
+            raise
+    if code:
+        last = "\n".join(tail)
+        raise LaunchError(f"stage {spec.stage!r} failed locally (exit code {code}); last lines:\n"
+                          f"{last}")

@@ -1,0 +1,242 @@
+"""A stage as a Kubeflow Training Operator ``PyTorchJob`` (``kubeflow.org/v1``).
+
+One ``Master`` pod and ``workers - 1`` ``Worker`` pods each run
+``torchrun --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) -m kshot.worker STAGE …``.
+The operator gives every container ``MASTER_ADDR``/``MASTER_PORT`` (the master's service),
+``PET_NNODES`` (replicas), ``PET_NODE_RANK`` and ``PET_NPROC_PER_NODE`` (``spec.nprocPerNode``);
+torchrun reads the ``PET_*`` variables itself but takes the rendezvous address only from
+``PET_MASTER_ADDR`` or ``--master_addr``, which the operator does not set, hence the two flags.
+
+This module also holds what the PyTorchJob and TrainJob renderings share: the job name, its labels,
+the pod overrides (tolerations, node selector, service account) and ``$`` escaping.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kshot.launch.spec import LaunchError, LaunchSpec
+
+__all__ = [
+    "render_pytorchjob",
+    "job_name",
+    "job_labels",
+    "validate_pod_overrides",
+    "escape_dollars",
+    "check_reserved_env",
+    "shm_volume",
+    "shm_mount",
+    "APP_LABEL",
+    "STAGE_LABEL",
+    "GPU_RESOURCE",
+    "POD_OVERRIDE_KEYS",
+    "CLEAN_POD_POLICIES",
+]
+
+APP_LABEL = "app.kubernetes.io/name"
+STAGE_LABEL = "kshot/stage"
+GPU_RESOURCE = "nvidia.com/gpu"
+# What a launch-defaults ConfigMap (or a caller) may set on the job's pods.
+POD_OVERRIDE_KEYS = frozenset({"tolerations", "nodeSelector", "serviceAccountName"})
+CLEAN_POD_POLICIES = ("None", "Running", "All")
+
+# The operator requires this container name and finds the rendezvous port by this port name.
+_CONTAINER_NAME = "pytorch"
+_PORT_NAME = "pytorchjob-port"
+_MASTER_PORT = 23456
+# Set by the operator on every pod; a value from the caller would fight it.
+_OPERATOR_ENV = frozenset({"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PYTHONUNBUFFERED"})
+_HASH_CHARS = 10
+# NCCL and DataLoader workers exchange tensors through /dev/shm, which defaults to 64 MiB in a pod.
+_SHM_VOLUME = "dshm"
+
+
+def job_name(spec: LaunchSpec) -> str:
+    """The job's name: ``spec.name``, else ``kshot-<stage>-<hash of the spec>``.
+
+    The hash covers everything that defines the run (config, URIs, sizes, image, labels such as
+    the KFP run id), so a rerun of the same step gets the same name and a new run a new one.
+
+    Args:
+        spec: the launch.
+
+    Returns:
+        A DNS-1123 label of at most 63 characters.
+    """
+    if spec.name:
+        return spec.name
+    identity = {
+        "stage": spec.stage,
+        "config": spec.config,
+        "inputs": spec.inputs,
+        "outputs": spec.outputs,
+        "workers": spec.workers,
+        "gpus_per_worker": spec.gpus_per_worker,
+        "image": spec.image,
+        "namespace": spec.namespace,
+        "labels": spec.labels,
+        "env": spec.env,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"kshot-{spec.stage}-{digest[:_HASH_CHARS]}"
+
+
+def job_labels(spec: LaunchSpec) -> dict[str, str]:
+    """Labels of the job and its pods: the caller's (e.g. the KFP run id) plus app and stage."""
+    return {**spec.labels, APP_LABEL: "kshot", STAGE_LABEL: spec.stage}
+
+
+def escape_dollars(text: str) -> str:
+    """Escape ``$`` so that Kubernetes' ``$(VAR)`` expansion of args and env keeps ``text``."""
+    return text.replace("$", "$$")
+
+
+def check_reserved_env(spec: LaunchSpec, reserved: frozenset[str], owner: str) -> None:
+    """Refuse environment variables that the operator sets itself, and torchrun's ``PET_*``.
+
+    Args:
+        spec: the launch whose ``env`` is checked.
+        reserved: names the operator sets.
+        owner: who sets them, for the message.
+
+    Raises:
+        LaunchError: naming the clashing variables.
+    """
+    clashes = sorted(name for name in spec.env if name in reserved or name.startswith("PET_"))
+    if clashes:
+        raise LaunchError(
+            f"env {', '.join(clashes)}: set by {owner} for torchrun; remove them from the launch"
+        )
+
+
+def validate_pod_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check pod overrides (``tolerations``, ``nodeSelector``, ``serviceAccountName``).
+
+    Args:
+        overrides: as read from the ``kshot-launch-defaults`` ConfigMap or given by the caller.
+
+    Returns:
+        A plain dict with only the keys that are set.
+
+    Raises:
+        LaunchError: on an unknown key or a value of the wrong shape.
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - POD_OVERRIDE_KEYS)
+    if unknown:
+        allowed = ", ".join(sorted(POD_OVERRIDE_KEYS))
+        raise LaunchError(f"pod overrides {', '.join(unknown)} unknown; allowed: {allowed}")
+    tolerations = overrides.get("tolerations", [])
+    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+        raise LaunchError(f"tolerations must be a list of objects, got {tolerations!r}")
+    node_selector = overrides.get("nodeSelector", {})
+    if not isinstance(node_selector, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in node_selector.items()
+    ):
+        raise LaunchError(f"nodeSelector must map strings to strings, got {node_selector!r}")
+    service_account = overrides.get("serviceAccountName", "")
+    if not isinstance(service_account, str):
+        raise LaunchError(f"serviceAccountName must be a string, got {service_account!r}")
+    return {key: value for key, value in overrides.items() if value}
+
+
+def shm_volume() -> dict[str, Any]:
+    """A memory-backed ``/dev/shm`` volume for NCCL and DataLoader workers."""
+    return {"name": _SHM_VOLUME, "emptyDir": {"medium": "Memory"}}
+
+
+def shm_mount() -> dict[str, str]:
+    """The mount of :func:`shm_volume` at ``/dev/shm``."""
+    return {"name": _SHM_VOLUME, "mountPath": "/dev/shm"}
+
+
+def render_pytorchjob(
+    spec: LaunchSpec,
+    *,
+    service_account: str = "",
+    backoff_limit: int = 2,
+    clean_pod_policy: str = "None",
+    pod_overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``PyTorchJob`` that runs ``spec``, exactly as the launcher creates it.
+
+    Args:
+        spec: the stage, its sizes and image.
+        service_account: the pods' service account (overrides ``pod_overrides``); empty: the
+            namespace default.
+        backoff_limit: pod restarts (``restartPolicy: OnFailure``) before the job fails.
+        clean_pod_policy: which pods the operator deletes when the job ends; the default ``None``
+            keeps them, so their logs stay readable until the launcher deletes the job.
+        pod_overrides: ``tolerations``, ``nodeSelector``, ``serviceAccountName`` for every pod.
+
+    Returns:
+        The object as a dict, ready for ``CustomObjectsApi.create_namespaced_custom_object``.
+
+    Raises:
+        LaunchError: on a reserved env variable, a bad override or run policy.
+    """
+    if backoff_limit < 0:
+        raise LaunchError(f"backoff_limit = {backoff_limit} must be >= 0")
+    if clean_pod_policy not in CLEAN_POD_POLICIES:
+        raise LaunchError(
+            f"clean_pod_policy {clean_pod_policy!r} is not one of {', '.join(CLEAN_POD_POLICIES)}"
+        )
+    check_reserved_env(spec, _OPERATOR_ENV, "the Training Operator")
+    overrides = validate_pod_overrides(pod_overrides)
+    if service_account:
+        overrides["serviceAccountName"] = service_account
+    name = job_name(spec)
+    labels = job_labels(spec)
+
+    container: dict[str, Any] = {
+        "name": _CONTAINER_NAME,
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["torchrun"],
+        "args": [
+            "--master_addr=$(MASTER_ADDR)",
+            "--master_port=$(MASTER_PORT)",
+            "-m",
+            "kshot.worker",
+            *(escape_dollars(arg) for arg in spec.worker_args()),
+        ],
+        "env": [
+            {"name": key, "value": escape_dollars(value)}
+            for key, value in {
+                **spec.env,
+                "KSHOT_STAGE": spec.stage,
+                "KSHOT_JOB_NAME": name,
+            }.items()
+        ],
+        "ports": [{"name": _PORT_NAME, "containerPort": _MASTER_PORT, "protocol": "TCP"}],
+        "volumeMounts": [shm_mount()],
+    }
+    if spec.gpus_per_worker > 0:
+        container["resources"] = {"limits": {GPU_RESOURCE: spec.gpus_per_worker}}
+    pod_spec: dict[str, Any] = {"containers": [container], "volumes": [shm_volume()], **overrides}
+
+    def replica(replicas: int) -> dict[str, Any]:
+        return {
+            "replicas": replicas,
+            "restartPolicy": "OnFailure",
+            "template": {"metadata": {"labels": dict(labels)}, "spec": copy.deepcopy(pod_spec)},
+        }
+
+    replica_specs = {"Master": replica(1)}
+    if spec.workers > 1:
+        replica_specs["Worker"] = replica(spec.workers - 1)
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": labels},
+        "spec": {
+            # The CRD types nprocPerNode as a string (it also accepts auto, cpu, gpu).
+            "nprocPerNode": str(spec.nproc_per_worker),
+            "runPolicy": {"backoffLimit": backoff_limit, "cleanPodPolicy": clean_pod_policy},
+            "pytorchReplicaSpecs": replica_specs,
+        },
+    }

@@ -1,0 +1,150 @@
+"""K-shot parameters: every learnable tensor of a supernet as a dictionary of K slots (Eq. 4).
+
+A K-shot layer stores ``Θ ∈ R^{K × shape}`` for each of its parameters. For a sampled path with code
+``λ`` on the simplex, the weight used in the forward pass is ``θ̃ = Σ_k λ_k θ_k``. The merge happens
+*before* the forward, for all the path's parameters at once (:func:`merge_kshot_weights`: one
+concatenation and one matrix-vector product per step), so no extra feature maps exist and the cost over
+one-shot is a single small op. With ``K = 1`` and ``λ = [1]`` the merged weight *is* the slot
+(``1.0 * x == x`` exactly), so the supernet reduces to the single-path one-shot supernet (SPOS).
+
+Layers here are functional: their ``forward`` takes the merged weights of the path, looked up in a
+:class:`Merged` mapping, so that only the modules on the path take part in autograd and the slots of
+unsampled operations get no gradient at all (``grad is None``, not zero): the optimiser skips them, as
+SPOS does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "KShotLayer",
+    "KShotConv2d",
+    "KShotBatchNorm2d",
+    "KShotLinear",
+    "Merged",
+    "merge_kshot_weights",
+    "merge_path",
+]
+
+Merged = dict[nn.Module, tuple[torch.Tensor, ...]]
+"""Merged weights of the layers on a path: layer → its parameters, each of the layer's own shape."""
+
+
+def merge_kshot_weights(slots: Sequence[torch.Tensor], lam: torch.Tensor) -> list[torch.Tensor]:
+    """``[Σ_k λ_k Θ_k for Θ in slots]`` in one batched op.
+
+    Args:
+        slots: K-slot parameters, each of shape ``(K, *shape)``.
+        lam: the path's code, shape ``(K,)``, on the simplex.
+
+    Returns:
+        The merged tensors, each of shape ``shape`` (views into one buffer).
+    """
+    if not slots:
+        return []
+    k = lam.shape[0]
+    flat = torch.cat([s.reshape(k, -1) for s in slots], dim=1)
+    merged = lam.to(flat.dtype) @ flat
+    return [
+        m.view(s.shape[1:])
+        for m, s in zip(merged.split([s[0].numel() for s in slots]), slots, strict=True)
+    ]
+
+
+def merge_path(layers: Sequence[KShotLayer], lam: torch.Tensor) -> Merged:
+    """Merge every K-shot parameter of ``layers`` with ``lam``; the result feeds their forwards."""
+    slots = [p for layer in layers for p in layer.slots()]
+    merged = iter(merge_kshot_weights(slots, lam))
+    return {layer: tuple(next(merged) for _ in layer.slots()) for layer in layers}
+
+
+class KShotLayer(nn.Module):
+    """A layer whose learnable parameters have a leading dimension of K slots."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"K = {k}: a K-shot layer needs at least one slot")
+        self.k = k
+
+    def slots(self) -> tuple[nn.Parameter, ...]:
+        """The K-slot parameters, in the order :func:`merge_path` returns their merged weights."""
+        return tuple(self.parameters(recurse=False))
+
+    def export_names(self) -> tuple[str, ...]:
+        """Names of the merged parameters in the matching plain ``torch.nn`` layer."""
+        return tuple(name for name, _ in self.named_parameters(recurse=False))
+
+
+class KShotConv2d(KShotLayer):
+    """Bias-free convolution with K weight slots, each initialised as ``nn.Conv2d`` would be."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, k: int, stride: int = 1) -> None:
+        super().__init__(k)
+        self.stride, self.padding = stride, kernel // 2
+        self.weight = nn.Parameter(torch.empty(k, c_out, c_in, kernel, kernel))
+        for slot in self.weight.data:  # independent slots: identical ones would never diverge
+            nn.init.kaiming_uniform_(slot, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor, merged: Merged) -> torch.Tensor:
+        (weight,) = merged[self]
+        return F.conv2d(x, weight, stride=self.stride, padding=self.padding)
+
+
+class KShotBatchNorm2d(KShotLayer):
+    """Batch norm with K slots of affine weight and bias; running statistics are shared buffers."""
+
+    def __init__(self, channels: int, k: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__(k)
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(k, channels))
+        self.bias = nn.Parameter(torch.zeros(k, channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def forward(self, x: torch.Tensor, merged: Merged) -> torch.Tensor:
+        weight, bias = merged[self]
+        momentum = self.momentum
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # cumulative average, as nn.BatchNorm2d does
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            weight,
+            bias,
+            self.training,
+            momentum or 0.0,
+            self.eps,
+        )
+
+
+class KShotLinear(KShotLayer):
+    """Linear layer with K slots of weight and bias, each initialised as ``nn.Linear`` would be."""
+
+    def __init__(self, c_in: int, c_out: int, k: int) -> None:
+        super().__init__(k)
+        self.weight = nn.Parameter(torch.empty(k, c_out, c_in))
+        self.bias = nn.Parameter(torch.empty(k, c_out))
+        bound = 1 / math.sqrt(c_in)
+        for w in self.weight.data:
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, merged: Merged) -> torch.Tensor:
+        weight, bias = merged[self]
+        return F.linear(x, weight, bias)

@@ -1,0 +1,168 @@
+"""The K-shot NAS-Bench-201 supernet.
+
+Its module tree mirrors :class:`kshot.spaces.nb201.Network`: every cell edge holds one K-shot module
+per parametric operation (``nor_conv_1x1``, ``nor_conv_3x3``); the stem, the reduction blocks, the last
+BN and the classifier are K-shot layers shared by every path. A forward takes the path and its code λ,
+merges the weights of the path's layers once (:func:`kshot.nn.kshot.merge_path`) and runs only those
+layers, so the slots of unsampled operations never enter autograd. :meth:`NB201Supernet.export`
+gives the state dict of the stand-alone network of a path with its merged weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kshot.nn.kshot import (
+    KShotBatchNorm2d,
+    KShotConv2d,
+    KShotLayer,
+    KShotLinear,
+    Merged,
+    merge_path,
+)
+from kshot.spaces import nb201
+
+__all__ = ["NB201Supernet"]
+
+_CONV_KERNEL = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
+
+
+class KShotReLUConvBN(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int, k: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = KShotConv2d(c_in, c_out, kernel, k, stride=stride)
+        self.bn = KShotBatchNorm2d(c_out, k)
+
+    def forward(self, x: torch.Tensor, merged: Merged) -> torch.Tensor:
+        return self.bn(self.conv(torch.relu(x), merged), merged)
+
+
+class KShotResNetBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, k: int) -> None:
+        super().__init__()
+        self.conv_a = KShotReLUConvBN(c_in, c_out, 3, k, stride=2)
+        self.conv_b = KShotReLUConvBN(c_out, c_out, 3, k)
+        self.shortcut = KShotConv2d(c_in, c_out, 1, k)
+
+    def forward(self, x: torch.Tensor, merged: Merged) -> torch.Tensor:
+        shortcut = self.shortcut(F.avg_pool2d(x, 2), merged)
+        return shortcut + self.conv_b(self.conv_a(x, merged), merged)
+
+
+class SuperCell(nn.Module):
+    def __init__(self, c: int, k: int) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(
+            nn.ModuleDict({op: KShotReLUConvBN(c, c, kern, k) for op, kern in _CONV_KERNEL.items()})
+            for _ in nb201.EDGES
+        )
+
+    def forward(self, x: torch.Tensor, choice: nb201.Arch, merged: Merged) -> torch.Tensor:
+        nodes = [x]
+        for to in range(1, 4):
+            total = None
+            for e, (t, src) in enumerate(nb201.EDGES):
+                if t != to:
+                    continue
+                op = nb201.OPS[choice[e]]
+                if op == "none":
+                    continue  # contributes zeros
+                h = nodes[src]
+                if op == "avg_pool_3x3":
+                    h = F.avg_pool2d(h, 3, stride=1, padding=1, count_include_pad=False)
+                elif op != "skip_connect":
+                    h = self.edges[e][op](h, merged)
+                total = h if total is None else total + h
+            nodes.append(torch.zeros_like(x) if total is None else total)
+        return nodes[-1]
+
+
+class NB201Supernet(nn.Module):
+    """K-shot supernet over the NAS-Bench-201 cell space.
+
+    Args:
+        k: number of weight slots K.
+        C: channels of the first stage.
+        N: cells per stage.
+        num_classes: classifier outputs.
+        in_channels: image channels.
+    """
+
+    def __init__(
+        self, k: int, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3
+    ) -> None:
+        super().__init__()
+        self.k, self.C, self.N = k, C, N
+        self.num_classes, self.in_channels = num_classes, in_channels
+        self.stem = KShotConv2d(in_channels, C, 3, k)
+        self.stem_bn = KShotBatchNorm2d(C, k)
+        self.cells = nn.ModuleList(
+            KShotResNetBlock(c_in, c_out, k) if red else SuperCell(c_out, k)
+            for c_in, c_out, red in nb201.stage_layout(C, N)
+        )
+        self.last_bn = KShotBatchNorm2d(4 * C, k)
+        self.classifier = KShotLinear(4 * C, num_classes, k)
+        self._path_cache: dict[nb201.Arch, list[tuple[str, KShotLayer]]] = {}
+
+    def path_layers(self, choice: nb201.Arch) -> list[tuple[str, KShotLayer]]:
+        """``(name in the stand-alone network, K-shot layer)`` of every layer the path uses."""
+        if choice not in self._path_cache:
+            self._path_cache[choice] = self._collect_path_layers(choice)
+        return self._path_cache[choice]
+
+    def _collect_path_layers(self, choice: nb201.Arch) -> list[tuple[str, KShotLayer]]:
+        modules: list[tuple[str, nn.Module]] = [("stem", self.stem), ("stem_bn", self.stem_bn)]
+        for i, cell in enumerate(self.cells):
+            if isinstance(cell, KShotResNetBlock):
+                modules.append((f"cells.{i}", cell))
+                continue
+            for e, op in enumerate(choice):
+                name = nb201.OPS[op]
+                if name in _CONV_KERNEL:
+                    modules.append((f"cells.{i}.edges.{e}", cell.edges[e][name]))
+        modules += [("last_bn", self.last_bn), ("classifier", self.classifier)]
+        layers = []
+        for prefix, module in modules:
+            if isinstance(module, KShotLayer):
+                layers.append((prefix, module))
+                continue
+            for name, sub in module.named_modules():
+                if isinstance(sub, KShotLayer):
+                    layers.append((f"{prefix}.{name}", sub))
+        return layers
+
+    def forward(
+        self, x: torch.Tensor, arch: str | Sequence[int], lam: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of the path ``arch`` with weights merged by ``lam`` (shape ``(K,)``)."""
+        choice = nb201.parse(arch)
+        merged = merge_path([layer for _, layer in self.path_layers(choice)], lam)
+        x = self.stem_bn(self.stem(x, merged), merged)
+        for cell in self.cells:
+            x = cell(x, merged) if isinstance(cell, KShotResNetBlock) else cell(x, choice, merged)
+        x = torch.relu(self.last_bn(x, merged))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), merged)
+
+    @torch.no_grad()
+    def export(self, arch: str | Sequence[int], lam: torch.Tensor) -> dict[str, torch.Tensor]:
+        """State dict of ``nb201.build(arch, …)`` with the path's merged weights and BN statistics."""
+        choice = nb201.parse(arch)
+        layers = self.path_layers(choice)
+        merged = merge_path([layer for _, layer in layers], lam)
+        state = {}
+        for prefix, layer in layers:
+            for name, tensor in zip(layer.export_names(), merged[layer], strict=True):
+                state[f"{prefix}.{name}"] = tensor.clone()
+            for name, buf in layer.named_buffers(recurse=False):
+                state[f"{prefix}.{name}"] = buf.clone()
+        return state
+
+    def build_standalone(self, arch: str | Sequence[int]) -> nb201.Network:
+        """The plain stand-alone network of ``arch`` with this supernet's shape."""
+        return nb201.build(
+            arch, C=self.C, N=self.N, num_classes=self.num_classes, in_channels=self.in_channels
+        )

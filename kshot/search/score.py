@@ -1,0 +1,70 @@
+"""Scoring a path on the supernet: λ = π(a), BN recalibration, validation accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kshot.nn.nb201_supernet import NB201Supernet
+from kshot.nn.simplex import SimplexNet
+from kshot.search.recalibrate import recalibrate_bn
+from kshot.spaces import nb201
+
+__all__ = ["PathScorer"]
+
+
+class PathScorer:
+    """Scores paths of a trained supernet on fixed recalibration and validation images.
+
+    Args:
+        supernet: the trained K-shot supernet.
+        simplex: its simplex-net (λ = π(a)); ``None`` scores with λ = 1/K.
+        bn_images: the N normalised training images used to recalibrate BN, on the device.
+        valid_images: normalised validation images, on the device.
+        valid_labels: their labels, on the device.
+        bn_batch_size: micro-batch of the recalibration pass.
+        eval_batch_size: batch of the validation pass.
+    """
+
+    def __init__(
+        self,
+        supernet: NB201Supernet,
+        simplex: SimplexNet | None,
+        bn_images: torch.Tensor,
+        valid_images: torch.Tensor,
+        valid_labels: torch.Tensor,
+        bn_batch_size: int,
+        eval_batch_size: int,
+    ) -> None:
+        self.supernet, self.simplex = supernet, simplex
+        self.bn_images, self.valid_images, self.valid_labels = bn_images, valid_images, valid_labels
+        self.bn_batch_size, self.eval_batch_size = bn_batch_size, eval_batch_size
+        self.device = bn_images.device
+
+    @torch.no_grad()
+    def lam(self, arch: Sequence[int]) -> torch.Tensor:
+        if self.simplex is None:
+            return torch.full((self.supernet.k,), 1.0 / self.supernet.k, device=self.device)
+        return self.simplex(nb201.one_hot(arch).to(self.device))
+
+    @torch.no_grad()
+    def score(self, arch: str | Sequence[int]) -> tuple[float, list[float]]:
+        """(validation accuracy in %, λ) of ``arch`` after BN recalibration."""
+        choice = nb201.parse(arch)
+        lam = self.lam(choice)
+        recalibrate_bn(
+            self.supernet,
+            lambda x: self.supernet(x, choice, lam),
+            self.bn_images,
+            self.bn_batch_size,
+        )
+        self.supernet.eval()
+        correct = 0
+        for x, y in zip(
+            self.valid_images.split(self.eval_batch_size),
+            self.valid_labels.split(self.eval_batch_size),
+            strict=True,
+        ):
+            correct += int((self.supernet(x, choice, lam).argmax(1) == y).sum())
+        return 100.0 * correct / len(self.valid_labels), lam.tolist()

@@ -1,0 +1,157 @@
+"""What several stages share: artifact arguments, the split's data, a trained supernet, a scorer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from kshot import distributed as dist
+from kshot import storage
+from kshot.config import Config
+from kshot.data.datasets import channel_stats, load_dataset
+from kshot.data.split import split_from_dict
+from kshot.nn.nb201_supernet import NB201Supernet
+from kshot.nn.simplex import SimplexNet
+from kshot.search.score import PathScorer
+from kshot.train import checkpoint as ckpt
+from kshot.train.trainer import TrainData, build_simplex, build_supernet, identity_of
+
+__all__ = [
+    "require",
+    "load_train_data",
+    "load_trained",
+    "make_scorer",
+    "device_of",
+    "score_paths",
+    "flops_of",
+]
+
+
+def require(artifacts: Mapping[str, str], names: tuple[str, ...], stage: str, kind: str) -> None:
+    """Fail early when a stage is called without one of its artifact URIs."""
+    missing = [n for n in names if not artifacts.get(n)]
+    if missing:
+        flag = "--input" if kind == "input" else "--output"
+        raise ValueError(
+            f"stage {stage!r} needs {kind} artifact(s) {', '.join(missing)} "
+            f"(e.g. {flag} {missing[0]}=URI)"
+        )
+
+
+def device_of(cfg: Config) -> torch.device:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return dist.device_for_rank(cfg.device)
+
+
+def load_train_data(cfg: Config, split_uri: str) -> TrainData:
+    """The dataset's images cut by the split file at ``split_uri``, held in memory."""
+    train = load_dataset(cfg.dataset, "train")
+    split = split_from_dict(storage.read_json(split_uri), split_uri, num_images=len(train))
+    recorded = storage.read_json(split_uri).get("dataset")
+    if recorded and recorded != cfg.dataset:
+        raise ValueError(
+            f"split {split_uri!r} was made for dataset {recorded!r}, but config key 'dataset' is "
+            f"{cfg.dataset!r}"
+        )
+    tr, va = torch.from_numpy(split.train), torch.from_numpy(split.valid)
+    mean, std = channel_stats(train.images[tr])
+    if split.test is not None:
+        te = torch.from_numpy(split.test)
+        test_images, test_labels = train.images[te], train.labels[te]
+    else:
+        test = load_dataset(cfg.dataset, "test")
+        test_images, test_labels = test.images, test.labels
+    return TrainData(
+        train_images=train.images[tr],
+        train_labels=train.labels[tr],
+        valid_images=train.images[va],
+        valid_labels=train.labels[va],
+        test_images=test_images,
+        test_labels=test_labels,
+        mean=mean,
+        std=std,
+        num_classes=train.num_classes,
+    )
+
+
+def load_trained(
+    cfg: Config, data: TrainData, checkpoint_folder: str, device: torch.device
+) -> tuple[NB201Supernet, SimplexNet, dict]:
+    """The newest supernet and simplex-net under ``checkpoint_folder``, checked against ``cfg``."""
+    state = ckpt.load_latest(checkpoint_folder)
+    ckpt.check_identity(state, identity_of(cfg, data), state["uri"])
+    supernet, simplex = build_supernet(cfg, data), build_simplex(cfg)
+    supernet.load_state_dict(state["supernet"])
+    simplex.load_state_dict(state["simplex"])
+    return supernet.to(device), simplex.to(device).eval(), state
+
+
+def make_scorer(
+    cfg: Config,
+    data: TrainData,
+    supernet: NB201Supernet,
+    simplex: SimplexNet | None,
+    device: torch.device,
+    eval_images: int | None = None,
+) -> PathScorer:
+    """A scorer with ``cfg.bn_images`` seeded training images and the validation split."""
+    n_train = len(data.train_labels)
+    if cfg.bn_images > n_train:
+        raise ValueError(
+            f"config key 'bn_images' = {cfg.bn_images} exceeds the {n_train} training images of "
+            f"the split: recalibration needs that many"
+        )
+    bn_idx = np.random.default_rng([cfg.seed, 5]).permutation(n_train)[: cfg.bn_images]
+    n_valid = eval_images if eval_images is not None else cfg.eval_images
+    n_valid = n_valid or len(data.valid_labels)
+    return PathScorer(
+        supernet,
+        simplex,
+        bn_images=data.prepare(data.train_images[torch.from_numpy(bn_idx)], device),
+        valid_images=data.prepare(data.valid_images[:n_valid], device),
+        valid_labels=data.valid_labels[:n_valid].to(device),
+        bn_batch_size=cfg.bn_batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+    )
+
+
+def score_paths(
+    scorer: PathScorer, archs: list[tuple[int, ...]], desc: str = "scoring", progress: bool = True
+) -> list[dict]:
+    """Score ``archs`` split over the ranks (round robin), gathered back in the given order.
+
+    Returns one ``{"arch", "accuracy", "lam"}`` record per path, ``arch`` as the benchmark string.
+    """
+    from tqdm.auto import tqdm
+
+    from kshot.spaces import nb201
+
+    mine = list(range(dist.rank(), len(archs), dist.world_size()))
+    records = []
+    for i in tqdm(
+        mine, desc=desc, unit="path", leave=False, disable=not (progress and dist.is_main())
+    ):
+        accuracy, lam = scorer.score(archs[i])
+        records.append((i, {"arch": nb201.format_arch(archs[i]), "accuracy": accuracy, "lam": lam}))
+    gathered = sorted(dist.gather_lists(records), key=lambda r: r[0])
+    return [record for _, record in gathered]
+
+
+def flops_of(cfg: Config, data: TrainData):  # noqa: ANN201 - a closure
+    """MFLOPs of a path's stand-alone network at this run's shape and resolution."""
+    from kshot.spaces import nb201
+
+    def flops(arch: tuple[int, ...] | str) -> float:
+        return nb201.flops(
+            arch,
+            C=cfg.channels,
+            N=cfg.cells,
+            num_classes=data.num_classes,
+            resolution=data.resolution,
+            in_channels=data.in_channels,
+        )
+
+    return flops

@@ -1,0 +1,78 @@
+"""Stage ``rank``: how faithfully the supernet ranks paths against stand-alone ground truth.
+
+Scores paths on the trained supernet (λ = π(a), BN recalibrated on ``bn_images`` images), joins them
+with a ground-truth table by arch string and reports Kendall τ, Spearman ρ, Pearson r and the paper's
+top-group Kendall τ (Fig. 5). The paths scored are all those of the table when it is a sample (the
+``standalone`` stage's), else ``rank_paths`` drawn from it with the run's seed (0: all 15,625).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+
+from kshot import distributed as dist
+from kshot import storage
+from kshot.config import Config
+from kshot.eval.ground_truth import align_scores, load_ground_truth
+from kshot.eval.ranking import ranking_metrics
+from kshot.spaces import nb201
+from kshot.stages.common import (
+    device_of,
+    load_train_data,
+    load_trained,
+    make_scorer,
+    require,
+    score_paths,
+)
+
+__all__ = ["run", "paths_to_rank"]
+
+
+def paths_to_rank(truth: dict[str, float], count: int, seed: int) -> list[str]:
+    """The archs of ``truth`` to score: ``count`` of them seeded (0 or more than there are: all)."""
+    archs = sorted(truth)
+    if 0 < count < len(archs):
+        rng = np.random.default_rng([seed, 7])
+        archs = [archs[i] for i in sorted(rng.choice(len(archs), size=count, replace=False))]
+    return archs
+
+
+def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+    """Write ``outputs["scores"]`` (CSV arch, supernet accuracy, ground truth) and
+    ``outputs["metrics"]`` (JSON); ground truth from ``inputs["ground_truth"]`` or ``cfg.ground_truth``.
+    """
+    require(inputs, ("split", "checkpoint"), "rank", "input")
+    require(outputs, ("scores", "metrics"), "rank", "output")
+    truth_uri = inputs.get("ground_truth") or cfg.ground_truth
+    if not truth_uri:
+        raise ValueError(
+            "stage 'rank' needs ground truth: --input ground_truth=URI or config key "
+            "'ground_truth' (a CSV with arch and accuracy columns)"
+        )
+    column = "accuracy" if inputs.get("ground_truth") else cfg.ground_truth_column
+    truth = load_ground_truth(truth_uri, column)
+    archs = paths_to_rank(truth, cfg.rank_paths, cfg.seed)
+    data = load_train_data(cfg, inputs["split"])
+    device = device_of(cfg)
+    supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device)
+    scorer = make_scorer(cfg, data, supernet, simplex, device)
+    records = score_paths(scorer, [nb201.parse(a) for a in archs], desc="ranking")
+    scores = {r["arch"]: r["accuracy"] for r in records}
+    names, truth_values, score_values = align_scores(truth, scores, truth_uri)
+    metrics = ranking_metrics(truth_values, score_values, cfg.top_n)
+    metrics.update(k=cfg.k, ground_truth=truth_uri, ground_truth_column=column)
+    if dist.is_main():
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(
+            ["arch", "supernet_accuracy", "ground_truth", *[f"lam_{i}" for i in range(cfg.k)]]
+        )
+        for rec, t in zip(records, truth_values, strict=True):
+            writer.writerow([rec["arch"], rec["accuracy"], t, *rec["lam"]])
+        storage.write_text(outputs["scores"], text.getvalue())
+        storage.write_json(outputs["metrics"], metrics)
+    return metrics

@@ -1,0 +1,81 @@
+"""Stage ``search``: NSGA-II over the trained supernet under a hard FLOPs budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kshot import distributed as dist
+from kshot import storage
+from kshot.config import Config
+from kshot.search.nsga2 import BudgetError, nsga2_search
+from kshot.spaces import nb201
+from kshot.stages.common import (
+    device_of,
+    flops_of,
+    load_train_data,
+    load_trained,
+    make_scorer,
+    require,
+    score_paths,
+)
+
+__all__ = ["run", "check_budget"]
+
+
+def check_budget(cfg: Config, flops) -> float | None:  # noqa: ANN001
+    """The budget in MFLOPs (None: unconstrained); fails when no path of the space meets it."""
+    if not cfg.flops_budget:
+        return None
+    cheapest = min(flops(a) for a in nb201.all_archs())
+    if cfg.flops_budget < cheapest:
+        raise BudgetError(
+            f"config key 'flops_budget' = {cfg.flops_budget} MFLOPs: no {cfg.search_space} path "
+            f"meets it (the cheapest needs {cheapest:.6g} MFLOPs at C={cfg.channels}, N={cfg.cells})"
+        )
+    return cfg.flops_budget
+
+
+def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+    """Write ``outputs["results"]``: every evaluated path, the Pareto front and the best path."""
+    require(inputs, ("split", "checkpoint"), "search", "input")
+    require(outputs, ("results",), "search", "output")
+    data = load_train_data(cfg, inputs["split"])
+    flops = flops_of(cfg, data)
+    budget = check_budget(cfg, flops)
+    device = device_of(cfg)
+    supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device)
+    scorer = make_scorer(cfg, data, supernet, simplex, device)
+    result = nsga2_search(
+        nb201,
+        lambda archs: score_paths(scorer, archs, desc="generation"),
+        flops,
+        budget=budget,
+        population=cfg.population,
+        generations=cfg.generations,
+        parents=cfg.parents,
+        mutation_prob=cfg.mutation_prob,
+        seed=cfg.seed,
+        progress=dist.is_main(),
+    )
+    payload = results_payload(cfg, budget, result.evaluated, result.front, result.best)
+    if dist.is_main():
+        storage.write_json(outputs["results"], payload)
+    return payload["best"]
+
+
+def results_payload(
+    cfg: Config, budget: float | None, evaluated: list[dict], front: list[dict], best: dict
+) -> dict[str, Any]:
+    """The JSON document of a search (also what ``recalibrate`` writes)."""
+
+    def clean(record: dict) -> dict:
+        return {k: v for k, v in record.items() if k != "choice"}
+
+    return {
+        "k": cfg.k,
+        "search_space": cfg.search_space,
+        "flops_budget": budget,
+        "evaluated": [clean(r) for r in evaluated],
+        "front": [clean(r) for r in front],
+        "best": clean(best),
+    }

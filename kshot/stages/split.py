@@ -1,0 +1,30 @@
+"""Stage ``split``: seeded train / local-validation indices of the dataset's training part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kshot import storage
+from kshot.config import Config
+from kshot.data.datasets import load_dataset
+from kshot.data.split import make_split, split_to_dict
+from kshot.stages.common import require
+
+__all__ = ["run"]
+
+
+def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+    """Write ``outputs["split"]`` (JSON of index arrays); a test share is carved when the dataset
+    has no test part."""
+    require(outputs, ("split",), "split", "output")
+    train = load_dataset(cfg.dataset, "train")
+    has_test = load_dataset(cfg.dataset, "test") is not None
+    split = make_split(len(train), cfg.valid_fraction, cfg.seed, carve_test=not has_test)
+    storage.write_json(
+        outputs["split"], split_to_dict(split, cfg.dataset, cfg.seed, cfg.valid_fraction)
+    )
+    return {
+        "train": len(split.train),
+        "valid": len(split.valid),
+        "test": len(split.test) if split.test is not None else None,
+    }

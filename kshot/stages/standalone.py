@@ -1,0 +1,49 @@
+"""Stage ``standalone``: ground truth where no benchmark exists.
+
+Trains a seeded sample of ``standalone_paths`` paths from scratch (the retraining recipe on a short
+budget, ``standalone_epochs``) and records their test accuracies as a table ``arch,accuracy`` that
+the ``rank`` stage reads like NAS-Bench-201's. Paths are spread over the ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kshot import distributed as dist
+from kshot.config import Config
+from kshot.eval.ground_truth import write_ground_truth_csv
+from kshot.spaces import nb201
+from kshot.stages.common import device_of, load_train_data, require
+from kshot.train.standalone import train_standalone
+
+__all__ = ["run", "sample_paths"]
+
+
+def sample_paths(count: int, seed: int) -> list[nb201.Arch]:
+    """``count`` distinct paths drawn uniformly, seeded."""
+    if count > nb201.SIZE:
+        raise ValueError(f"config key 'standalone_paths' = {count} exceeds the {nb201.SIZE} paths")
+    rng = np.random.default_rng([seed, 6])
+    return [nb201.from_index(int(i)) for i in rng.choice(nb201.SIZE, size=count, replace=False)]
+
+
+def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+    """Write ``outputs["table"]``: CSV ``arch,accuracy`` of the sampled paths."""
+    require(inputs, ("split",), "standalone", "input")
+    require(outputs, ("table",), "standalone", "output")
+    archs = sample_paths(cfg.standalone_paths, cfg.seed)
+    data = load_train_data(cfg, inputs["split"])
+    device = device_of(cfg)
+    mine = []
+    for i in range(dist.rank(), len(archs), dist.world_size()):
+        _, history = train_standalone(
+            archs[i], cfg, data, device, cfg.standalone_epochs, cfg.seed + i, data_parallel=False
+        )
+        mine.append((i, history["test_acc"][-1]))
+    results = sorted(dist.gather_lists(mine))
+    table = {nb201.format_arch(archs[i]): acc for i, acc in results}
+    if dist.is_main():
+        write_ground_truth_csv(outputs["table"], table, column="accuracy")
+    return {"paths": len(table), "accuracy_mean": float(np.mean(list(table.values())))}

@@ -1,0 +1,36 @@
+"""Stage ``train``: alternating K-shot supernet / simplex-net training (Algorithm 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kshot import distributed as dist
+from kshot import storage
+from kshot.config import Config
+from kshot.stages.common import device_of, load_train_data, require
+from kshot.train import checkpoint as ckpt
+from kshot.train.trainer import KShotTrainer, curves
+
+__all__ = ["run"]
+
+
+def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+    """Continue from the warmup checkpoint (or resume this stage's own) until epoch ``epochs``.
+
+    Writes checkpoints to ``outputs["checkpoint"]`` and, when given, the per-epoch curves to
+    ``outputs["curves"]`` (JSON).
+    """
+    require(inputs, ("split", "checkpoint"), "train", "input")
+    require(outputs, ("checkpoint",), "train", "output")
+    data = load_train_data(cfg, inputs["split"])
+    trainer = KShotTrainer(cfg, data, device_of(cfg))
+    if trainer.resume(outputs["checkpoint"], inputs["checkpoint"]) is None:
+        raise ckpt.CheckpointError(
+            f"checkpoint folder {inputs['checkpoint']!r} holds no checkpoint"
+        )
+    trainer.fit(cfg.epochs, outputs["checkpoint"])
+    if not ckpt.list_checkpoints(outputs["checkpoint"]):  # nothing left to train after warmup
+        trainer.save(outputs["checkpoint"])
+    if outputs.get("curves") and dist.is_main():
+        storage.write_json(outputs["curves"], curves(trainer.history))
+    return {"epoch": trainer.step // trainer.steps_per_epoch, "step": trainer.step}

@@ -1,0 +1,25 @@
+"""Stage ``warmup``: T_w epochs of uniform single-path training with λ = 1/K (Algorithm 1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kshot.config import Config
+from kshot.stages.common import device_of, load_train_data, require
+from kshot.train import checkpoint as ckpt
+from kshot.train.trainer import KShotTrainer
+
+__all__ = ["run"]
+
+
+def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+    """Train from scratch (or resume from ``outputs["checkpoint"]``) until epoch ``warmup_epochs``."""
+    require(inputs, ("split",), "warmup", "input")
+    require(outputs, ("checkpoint",), "warmup", "output")
+    data = load_train_data(cfg, inputs["split"])
+    trainer = KShotTrainer(cfg, data, device_of(cfg))
+    trainer.resume(outputs["checkpoint"])
+    trainer.fit(cfg.warmup_epochs, outputs["checkpoint"])
+    if not ckpt.list_checkpoints(outputs["checkpoint"]):  # T_w = 0: hand on the initial weights
+        trainer.save(outputs["checkpoint"])
+    return {"epoch": trainer.step // trainer.steps_per_epoch, "step": trainer.step}

@@ -1,0 +1,86 @@
+"""Checkpoints of the supernet stages: one folder URI, one complete file per save.
+
+A checkpoint folder holds ``ckpt-e{epoch:04d}-s{step:08d}.pt`` files, each written atomically through
+:mod:`kshot.storage`, so a killed worker never leaves a truncated file under a final name. Loading
+takes the newest file that loads; a damaged newest one is reported and the previous one is used.
+Every checkpoint records what it was trained as (space, K, C, N, classes) so that a mismatch with
+the run's configuration is caught before training resumes.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+from kshot import storage
+
+__all__ = [
+    "CheckpointError",
+    "checkpoint_name",
+    "list_checkpoints",
+    "save_checkpoint",
+    "load_latest",
+    "check_identity",
+]
+
+_NAME = re.compile(r"ckpt-e(\d{4,})-s(\d{8,})\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or from another configuration."""
+
+
+def checkpoint_name(epoch: int, step: int) -> str:
+    return f"ckpt-e{epoch:04d}-s{step:08d}.pt"
+
+
+def list_checkpoints(folder: str) -> list[str]:
+    """Checkpoint URIs under ``folder``, oldest first."""
+    if not storage.exists(folder):
+        return []
+    found = []
+    for uri in storage.list_uris(folder):
+        m = _NAME.search(uri)
+        if m:
+            found.append(((int(m.group(1)), int(m.group(2))), uri))
+    return [uri for _, uri in sorted(found)]
+
+
+def save_checkpoint(folder: str, state: dict[str, Any], keep: int = 2) -> str:
+    """Write ``state`` (which must hold ``epoch`` and ``step``) and drop all but the ``keep`` newest."""
+    uri = storage.join(folder, checkpoint_name(state["epoch"], state["step"]))
+    storage.save_torch(state, uri)
+    for old in list_checkpoints(folder)[:-keep]:
+        storage.delete(old)
+    return uri
+
+
+def load_latest(folder: str, required: bool = True) -> dict[str, Any] | None:
+    """The newest checkpoint under ``folder`` that loads, or None (``required=False``) if none does."""
+    uris = list_checkpoints(folder)
+    for uri in reversed(uris):
+        try:
+            state = storage.load_torch(uri)
+        except Exception as e:  # a truncated or corrupt file: fall back to the previous one
+            warnings.warn(
+                f"checkpoint {uri} is damaged ({type(e).__name__}: {e}); using the previous one",
+                stacklevel=2,
+            )
+            continue
+        state["uri"] = uri
+        return state
+    if required:
+        why = "holds no checkpoint" if not uris else "holds only damaged checkpoints"
+        raise CheckpointError(f"checkpoint folder {folder!r} {why}")
+    return None
+
+
+def check_identity(state: dict[str, Any], expected: dict[str, Any], uri: str) -> None:
+    """Fail if the checkpoint was trained with another space / K / shape than ``expected``."""
+    found = state.get("identity", {})
+    diffs = [
+        f"{k} = {found.get(k)!r} (config: {v!r})" for k, v in expected.items() if found.get(k) != v
+    ]
+    if diffs:
+        raise CheckpointError(f"checkpoint {uri} does not match the config: {'; '.join(diffs)}")

@@ -1,0 +1,383 @@
+"""Warmup and alternating K-shot training (the paper's Algorithms 1 and 2).
+
+* Warmup (``T_w`` epochs): every iteration samples one path uniformly, uses λ = 1/K and updates the
+  supernet weights Θ.
+* Alternating: iterations alternate, counted from the end of warmup. Even iterations sample one path,
+  take λ = π(a) with the simplex-net frozen and update Θ on the whole batch (Eq. 9). Odd iterations
+  sample ``m`` paths, split the batch into ``m`` groups of ``b/m`` images, run each group through its
+  own path with its own λ_i = π(a_i), keep Θ frozen and update σ on the mean loss (Eq. 8).
+
+Everything random derives from ``(seed, iteration)``: the path(s) of an iteration, its batch (the
+epoch's permutation comes from ``(seed, epoch)``) and its augmentation. So every DDP rank samples the
+same paths, and a run resumed from a checkpoint at iteration ``s`` continues exactly as the
+uninterrupted run would. The supernet optimiser is SGD with Nesterov momentum and a per-iteration
+cosine schedule spanning warmup and alternating training (paper §4); the simplex-net's is Adam
+(see :class:`kshot.config.Config`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from kshot import distributed as dist
+from kshot.config import Config
+from kshot.data.transforms import normalize, random_crop_flip
+from kshot.nn.nb201_supernet import NB201Supernet
+from kshot.nn.simplex import SimplexNet
+from kshot.spaces import nb201
+from kshot.train import checkpoint as ckpt
+
+__all__ = [
+    "TrainData",
+    "KShotTrainer",
+    "build_supernet",
+    "build_simplex",
+    "identity_of",
+    "uniform_lambda",
+    "frozen",
+    "curves",
+]
+
+
+@dataclass
+class TrainData:
+    """Images of a run's split, held in memory as uint8 (normalised per batch)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    valid_images: torch.Tensor
+    valid_labels: torch.Tensor
+    mean: list[float]
+    std: list[float]
+    num_classes: int
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.train_images.shape[-1])
+
+    def prepare(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """uint8 images → normalised float32 on ``device``."""
+        return normalize(images.to(device), self.mean, self.std)
+
+
+def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed or scored under ``cfg``."""
+    return {
+        "search_space": cfg.search_space,
+        "k": cfg.k,
+        "channels": cfg.channels,
+        "cells": cfg.cells,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+    }
+
+
+def build_supernet(cfg: Config, data: TrainData) -> NB201Supernet:
+    return NB201Supernet(
+        cfg.k,
+        C=cfg.channels,
+        N=cfg.cells,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+    )
+
+
+def build_simplex(cfg: Config) -> SimplexNet:
+    return SimplexNet(nb201.NUM_EDGES * nb201.NUM_OPS, cfg.k, hidden=cfg.simplex_hidden)
+
+
+def uniform_lambda(k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.full((k,), 1.0 / k, device=device)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Θ frozen: gradients flow through the module to its inputs (λ) but not to its parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+def cosine_lambda(total_steps: int) -> Callable[[int], float]:
+    """Per-iteration cosine annealing from 1 to 0 over ``total_steps`` (a LambdaLR factor)."""
+    return lambda it: 0.5 * (1.0 + math.cos(math.pi * min(it, total_steps) / total_steps))
+
+
+def training_batch(
+    data: TrainData,
+    *,
+    seed: int,
+    step: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    augment: bool,
+    device: torch.device,
+    shard: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch of iteration ``step`` (this rank's share of it when ``shard``), normalised.
+
+    The epoch's order comes from ``(seed, epoch)`` and the augmentation from ``(seed, step)``; both
+    are drawn for the global batch and then sliced, so the split over ranks changes nothing.
+    """
+    epoch, pos = divmod(step, steps_per_epoch)
+    order = _rng(seed, epoch, 2).permutation(len(data.train_labels))
+    idx = torch.from_numpy(order[pos * batch_size : (pos + 1) * batch_size])
+    x = data.prepare(data.train_images[idx], device)
+    if augment:
+        gen = torch.Generator().manual_seed(int(_rng(seed, step, 3).integers(2**62)))
+        x = random_crop_flip(
+            x.cpu(), gen, pad=4 if data.resolution >= 16 else 1, flip=data.in_channels == 3
+        ).to(device)
+    y = data.train_labels[idx].to(device)
+    if not shard or dist.world_size() == 1:
+        return x, y
+    share = batch_size // dist.world_size()
+    mine = slice(dist.rank() * share, (dist.rank() + 1) * share)
+    return x[mine], y[mine]
+
+
+class KShotTrainer:
+    """Owns the supernet, the simplex-net, their optimisers and the iteration counter.
+
+    Args:
+        cfg: the run configuration.
+        data: the split's images.
+        device: where to train.
+    """
+
+    def __init__(self, cfg: Config, data: TrainData, device: torch.device) -> None:
+        self.cfg, self.data, self.device = cfg, data, device
+        self.world = dist.world_size()
+        if cfg.batch_size % (cfg.m * self.world):
+            raise ValueError(
+                f"config key 'batch_size' = {cfg.batch_size} must be divisible by m × workers = "
+                f"{cfg.m} × {self.world}: each rank splits its share of the batch into m groups"
+            )
+        n_train = len(data.train_labels)
+        if n_train < cfg.batch_size:
+            raise ValueError(
+                f"config key 'batch_size' = {cfg.batch_size} exceeds the {n_train} training images "
+                f"of dataset {cfg.dataset!r}"
+            )
+        self.steps_per_epoch = n_train // cfg.batch_size
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup_steps = self.steps_per_epoch * cfg.warmup_epochs
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.supernet = build_supernet(cfg, data).to(device)
+        self.simplex = build_simplex(cfg).to(device)
+        self.opt = torch.optim.SGD(
+            self.supernet.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+        self.simplex_opt = torch.optim.Adam(self.simplex.parameters(), lr=cfg.simplex_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, cosine_lambda(self.total_steps)
+        )
+        self.step = 0
+        self.history: dict[str, list[float]] = {
+            "epoch": [],
+            "lr": [],
+            "supernet_loss": [],
+            "supernet_acc": [],
+            "simplex_loss": [],
+        }
+        self._arch_codes = {}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "identity": identity_of(self.cfg, self.data),
+            "config": self.cfg.to_dict(),
+            "epoch": self.step // self.steps_per_epoch,
+            "step": self.step,
+            "supernet": self.supernet.state_dict(),
+            "simplex": self.simplex.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "simplex_optimizer": self.simplex_opt.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], uri: str) -> None:
+        ckpt.check_identity(state, identity_of(self.cfg, self.data), uri)
+        self.supernet.load_state_dict(state["supernet"])
+        self.simplex.load_state_dict(state["simplex"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.simplex_opt.load_state_dict(state["simplex_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
+    # ------------------------------------------------------------------ sampling and data
+    def arch_code(self, choice: nb201.Arch) -> torch.Tensor:
+        if choice not in self._arch_codes:
+            self._arch_codes[choice] = nb201.one_hot(choice).to(self.device)
+        return self._arch_codes[choice]
+
+    def paths_for_step(self, step: int, count: int) -> list[nb201.Arch]:
+        """The path(s) of iteration ``step``: the same on every rank and on every resume."""
+        rng = _rng(self.cfg.seed, step, 1)
+        return [nb201.sample(rng) for _ in range(count)]
+
+    def batch_for_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return training_batch(
+            self.data,
+            seed=self.cfg.seed,
+            step=step,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=self.cfg.batch_size,
+            augment=self.cfg.augment,
+            device=self.device,
+        )
+
+    # ------------------------------------------------------------------ the two kinds of step
+    def supernet_step(
+        self, x: torch.Tensor, y: torch.Tensor, choice: nb201.Arch, lam: torch.Tensor
+    ) -> tuple[float, float]:
+        """Update Θ on one path with a fixed λ (Eq. 9); returns (loss, accuracy)."""
+        self.supernet.train()
+        logits = self.supernet(x, choice, lam.detach())
+        loss = F.cross_entropy(logits, y)
+        self.opt.zero_grad(set_to_none=True)  # unsampled slots keep grad None: SGD skips them
+        loss.backward()
+        dist.all_reduce_gradients(self.supernet.parameters())
+        self.opt.step()
+        acc = (logits.argmax(1) == y).float().mean()
+        return loss.item(), acc.item()
+
+    def simplex_step(self, x: torch.Tensor, y: torch.Tensor, choices: list[nb201.Arch]) -> float:
+        """Update σ on m paths, one per group of b/m images, with Θ frozen (Eq. 8)."""
+        self.supernet.train()
+        m = len(choices)
+        lams = self.simplex(torch.stack([self.arch_code(c) for c in choices]))
+        with frozen(self.supernet):
+            losses = [
+                F.cross_entropy(self.supernet(xg, c, lam), yg)
+                for xg, yg, c, lam in zip(x.chunk(m), y.chunk(m), choices, lams, strict=True)
+            ]
+            loss = torch.stack(losses).mean()
+            self.simplex_opt.zero_grad(set_to_none=True)
+            loss.backward()
+        dist.all_reduce_gradients(self.simplex.parameters())
+        self.simplex_opt.step()
+        return loss.item()
+
+    def lam_for(self, choice: nb201.Arch, warmup: bool) -> torch.Tensor:
+        if warmup:
+            return uniform_lambda(self.cfg.k, self.device)
+        with torch.no_grad():
+            return self.simplex(self.arch_code(choice))
+
+    def train_step(self) -> dict[str, float]:
+        """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter."""
+        step = self.step
+        x, y = self.batch_for_step(step)
+        warmup = step < self.warmup_steps
+        if warmup or (step - self.warmup_steps) % 2 == 0:
+            (choice,) = self.paths_for_step(step, 1)
+            loss, acc = self.supernet_step(x, y, choice, self.lam_for(choice, warmup))
+            out = {"supernet_loss": loss, "supernet_acc": acc}
+        else:
+            out = {"simplex_loss": self.simplex_step(x, y, self.paths_for_step(step, self.cfg.m))}
+        self.scheduler.step()
+        self.step += 1
+        return out
+
+    # ------------------------------------------------------------------ epochs
+    def fit(
+        self,
+        until_epoch: int,
+        checkpoint_folder: str | None = None,
+        on_checkpoint: Callable[[str], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        """Train until ``until_epoch`` epochs are complete, checkpointing on rank 0."""
+        end = until_epoch * self.steps_per_epoch
+        bar = tqdm(
+            total=until_epoch,
+            initial=self.step // self.steps_per_epoch,
+            unit="epoch",
+            desc="supernet",
+            disable=not (progress and dist.is_main()),
+            leave=False,
+        )
+        sums: dict[str, list[float]] = {}
+        while self.step < end:
+            for key, value in self.train_step().items():
+                sums.setdefault(key, []).append(value)
+            every = self.cfg.checkpoint_every_steps
+            epoch_done = self.step % self.steps_per_epoch == 0
+            if epoch_done:
+                self._log_epoch(sums)
+                sums = {}
+                bar.update(1)
+                bar.set_postfix(
+                    {
+                        k: f"{v[-1]:.3f}"
+                        for k, v in self.history.items()
+                        if k.endswith("loss") and v and not math.isnan(v[-1])
+                    }
+                )
+            if checkpoint_folder and (epoch_done or (every and self.step % every == 0)):
+                self.save(checkpoint_folder, on_checkpoint)
+        bar.close()
+
+    def _log_epoch(self, sums: dict[str, list[float]]) -> None:
+        self.history["epoch"].append(self.step // self.steps_per_epoch)
+        self.history["lr"].append(self.opt.param_groups[0]["lr"])
+        for key in ("supernet_loss", "supernet_acc", "simplex_loss"):
+            values = sums.get(key)
+            self.history[key].append(float(np.mean(values)) if values else float("nan"))
+
+    def save(self, folder: str, on_checkpoint: Callable[[str], None] | None = None) -> None:
+        if dist.is_main():
+            uri = ckpt.save_checkpoint(folder, self.state_dict())
+            if on_checkpoint:
+                on_checkpoint(uri)
+        dist.barrier()
+
+    def resume(self, *folders: str) -> str | None:
+        """Load the newest checkpoint of the first folder that has one; returns its URI."""
+        for folder in folders:
+            state = ckpt.load_latest(folder, required=False)
+            if state is not None:
+                self.load_state_dict(state, state["uri"])
+                return state["uri"]
+        return None
+
+
+def curves(history: dict[str, list[float]]) -> dict[str, list[float | None]]:
+    """History with NaN (no such step in an epoch) as None, for JSON."""
+    return {
+        k: [None if isinstance(v, float) and math.isnan(v) else v for v in vs]
+        for k, vs in history.items()
+    }

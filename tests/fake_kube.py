@@ -1,0 +1,398 @@
+"""A fake Kubernetes API server for the launcher's tests: the few paths ``kshot.launch.kube`` uses.
+
+It serves HTTP on 127.0.0.1 (a free port) in a thread, so the real ``kubernetes`` client talks to
+it through its real REST layer. It validates every created PyTorchJob / TrainJob against the CRD's
+``openAPIV3Schema`` from ``shared/kubeflow`` — made strict: a field the schema does not know is an
+error here, where a real API server would silently prune it — and plays a scripted life for each
+job: one scenario step per GET of the job, pods and their log as the operators would make them.
+
+Paths: create / get / delete the custom object, list pods by ``labelSelector``, read a pod's log
+(``tailLines``, ``follow``, ``previous``), read a ConfigMap. A forbidden namespace answers 403.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import re
+import signal
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import jsonschema
+import yaml
+from kubernetes import client
+
+__all__ = [
+    "FakeKube",
+    "Request",
+    "SHARED_KUBEFLOW",
+    "STEPS",
+    "crd_schema",
+    "validate_against_crd",
+]
+
+SHARED_KUBEFLOW = Path(__file__).resolve().parents[2] / "shared" / "kubeflow"
+_CRD_FILES = {
+    ("kubeflow.org", "pytorchjobs"): "pytorchjobs.kubeflow.org.crd.yaml",
+    ("trainer.kubeflow.org", "trainjobs"): "trainjobs.trainer.kubeflow.org.crd.yaml",
+}
+_KINDS = {
+    "PyTorchJob": ("kubeflow.org", "pytorchjobs"),
+    "TrainJob": ("trainer.kubeflow.org", "trainjobs"),
+}
+# What a scenario step may be; the job and its pods at that step.
+STEPS = ("created", "running", "succeeded", "failed", "unschedulable", "sigterm")
+FAILURE_REASON = "PyTorchJobFailed"
+FAILURE_MESSAGE = "PyTorchJob kshot is failed because 1 Master replica(s) failed."
+UNSCHEDULABLE_MESSAGE = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+
+_CUSTOM_OBJECT = re.compile(
+    r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/]+))?$"
+)
+_PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
+_POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log$")
+_CONFIG_MAP = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps/(?P<name>[^/]+)$")
+
+
+def _strict(schema: Any) -> Any:
+    """The schema with unknown fields forbidden wherever it lists the known ones."""
+    if isinstance(schema, dict):
+        strict = {key: _strict(value) for key, value in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            strict["additionalProperties"] = False
+        return strict
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    return schema
+
+
+@functools.cache
+def crd_schema(group: str, plural: str) -> dict[str, Any]:
+    """The strict ``openAPIV3Schema`` of the CRD's served version, from ``shared/kubeflow``."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load((SHARED_KUBEFLOW / _CRD_FILES[(group, plural)]).read_text(), Loader=loader)
+    version = next(v for v in crd["spec"]["versions"] if v.get("served", True))
+    return _strict(version["schema"]["openAPIV3Schema"])
+
+
+@functools.cache
+def _validator(group: str, plural: str) -> jsonschema.protocols.Validator:
+    schema = crd_schema(group, plural)
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator_class.check_schema(schema)
+    return validator_class(schema)
+
+
+def validate_against_crd(obj: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` unless ``obj`` fits its kind's CRD schema."""
+    _validator(*_KINDS[obj["kind"]]).validate(obj)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+
+
+@dataclass
+class _Job:
+    body: dict[str, Any]
+    steps: list[str]
+    gets: int = 0
+    deleted: bool = False
+
+    @property
+    def step(self) -> str:
+        return self.steps[min(self.gets, len(self.steps)) - 1] if self.gets else "created"
+
+
+@dataclass
+class FakeKube:
+    """The fake API server; start with :meth:`start`, stop with :meth:`stop`.
+
+    Attributes:
+        scenario: the steps every created job walks through, one per GET (the last one stays).
+        master_log: what the master pod prints.
+        forbidden_namespaces: namespaces where every request is 403 Forbidden.
+        config_maps: ``(namespace, name) → data`` of the ConfigMaps that exist.
+        requests: every request received, in order.
+        jobs: ``(namespace, plural, name) → job`` for every job created (deleted ones included).
+        rejected: the schema errors of refused creates.
+    """
+
+    scenario: list[str] = field(default_factory=lambda: ["created", "running", "succeeded"])
+    master_log: str = "epoch 1/1 loss 0.5\ndone\n"
+    forbidden_namespaces: set[str] = field(default_factory=set)
+    config_maps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    jobs: dict[tuple[str, str, str], _Job] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)
+
+    def start(self) -> FakeKube:
+        """Serve on a free port of 127.0.0.1 in a daemon thread."""
+        unknown = sorted(set(self.scenario) - set(STEPS))
+        if unknown:
+            raise ValueError(f"unknown scenario steps {unknown}; steps are {STEPS}")
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down and close its socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def host(self) -> str:
+        """The base URL, for ``Configuration.host``."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def api_client(self) -> client.ApiClient:
+        """A real ``kubernetes`` ApiClient pointed at this server."""
+        configuration = client.Configuration()
+        configuration.host = self.host
+        return client.ApiClient(configuration)
+
+    def deleted(self, name: str) -> bool:
+        """Whether the job ``name`` was created and then deleted."""
+        return any(job.deleted for key, job in self.jobs.items() if key[2] == name)
+
+    def created_bodies(self) -> list[dict[str, Any]]:
+        """The bodies of all jobs created, as posted."""
+        return [job.body for job in self.jobs.values()]
+
+    # Handling (called from the server threads).
+
+    def handle(self, method: str, url: str, body: bytes) -> tuple[int, Any]:
+        parsed = urlparse(url)
+        query = parse_qs(parsed.query)
+        path = parsed.path
+        with self._lock:
+            self.requests.append(Request(method, path, query))
+            namespace = re.match(r"^/apis?/.*?/namespaces/([^/]+)", path)
+            if namespace and namespace.group(1) in self.forbidden_namespaces:
+                return 403, _status(403, "Forbidden", f"forbidden: namespace {namespace.group(1)}")
+            if match := _CUSTOM_OBJECT.match(path):
+                return self._custom_object(method, match.groupdict(), body)
+            if method == "GET" and (match := _PODS.match(path)):
+                return 200, self._pod_list(match["ns"], query.get("labelSelector", [""])[0])
+            if method == "GET" and (match := _POD_LOG.match(path)):
+                return self._log(match["ns"], match["pod"], query)
+            if method == "GET" and (match := _CONFIG_MAP.match(path)):
+                data = self.config_maps.get((match["ns"], match["name"]))
+                if data is None:
+                    return 404, _status(404, "NotFound", f"configmaps {match['name']} not found")
+                config_map = {"apiVersion": "v1", "kind": "ConfigMap", "data": data}
+                config_map["metadata"] = {"name": match["name"], "namespace": match["ns"]}
+                return 200, config_map
+            return 404, _status(404, "NotFound", f"no fake for {method} {path}")
+
+    def _custom_object(self, method: str, route: dict[str, str], body: bytes) -> tuple[int, Any]:
+        key = (route["ns"], route["plural"], route["name"] or "")
+        if (route["group"], route["plural"]) not in _CRD_FILES:
+            return 404, _status(404, "NotFound", f"the server could not find {route['plural']}")
+        if method == "POST" and not route["name"]:
+            obj = json.loads(body)
+            try:
+                _validator(route["group"], route["plural"]).validate(obj)
+            except jsonschema.ValidationError as error:
+                self.rejected.append(error.message)
+                return 422, _status(422, "Invalid", error.message)
+            key = (route["ns"], route["plural"], obj["metadata"]["name"])
+            if key in self.jobs and not self.jobs[key].deleted:
+                return 409, _status(409, "AlreadyExists", f"{key[2]} already exists")
+            self.jobs[key] = _Job(copy.deepcopy(obj), list(self.scenario))
+            return 201, obj
+        job = self.jobs.get(key)
+        if job is None or job.deleted:
+            return 404, _status(404, "NotFound", f"{route['plural']} {key[2]} not found")
+        if method == "DELETE":
+            job.deleted = True
+            return 200, _status(200, "", "deleted")
+        if method == "GET":
+            job.gets += 1
+            if job.step == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            return 200, {**job.body, "status": {"conditions": _conditions(job)}}
+        return 405, _status(405, "MethodNotAllowed", method)
+
+    def _live_jobs(self, namespace: str) -> list[_Job]:
+        return [j for k, j in self.jobs.items() if k[0] == namespace and not j.deleted]
+
+    def _pod_list(self, namespace: str, selector: str) -> dict[str, Any]:
+        wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
+        pods = [
+            pod
+            for job in self._live_jobs(namespace)
+            for pod in _pods(job, self.master_log)
+            if all(pod["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+        ]
+        return {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}
+
+    def _log(self, namespace: str, pod_name: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        for job in self._live_jobs(namespace):
+            for pod in _pods(job, self.master_log):
+                if pod["metadata"]["name"] == pod_name:
+                    if pod["status"]["phase"] == "Pending":
+                        message = f"container in pod {pod_name} is waiting to start"
+                        return 400, _status(400, "BadRequest", message)
+                    lines = pod["metadata"]["annotations"]["fake/log"].splitlines(keepends=True)
+                    tail = int(query.get("tailLines", ["0"])[0])
+                    return 200, "".join(lines[-tail:] if tail else lines)
+        return 404, _status(404, "NotFound", f"pods {pod_name} not found")
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Success" if code < 400 else "Failure",
+        "reason": reason,
+        "message": message,
+        "code": code,
+    }
+
+
+def _conditions(job: _Job) -> list[dict[str, str]]:
+    kind = job.body["kind"]
+    done = {"PyTorchJob": "Succeeded", "TrainJob": "Complete"}[kind]
+    conditions = [{"type": "Created", "status": "True", "reason": "Created", "message": ""}]
+    if job.step in ("running", "sigterm", "succeeded", "failed"):
+        conditions.append({"type": "Running", "status": "True", "reason": "Running"})
+    if job.step == "succeeded":
+        conditions.append({"type": done, "status": "True", "reason": done, "message": "done"})
+    if job.step == "failed":
+        conditions.append(
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": FAILURE_REASON,
+                "message": FAILURE_MESSAGE,
+            }
+        )
+    return conditions
+
+
+def _pods(job: _Job, master_log: str) -> list[dict[str, Any]]:
+    """The job's pods at its current step, labelled as the real operators label them."""
+    body = job.body
+    name = body["metadata"]["name"]
+    if body["kind"] == "PyTorchJob":
+        replicas = body["spec"]["pytorchReplicaSpecs"]
+        members = [("master", 0, "pytorch")] + [
+            ("worker", i, "pytorch") for i in range(replicas.get("Worker", {}).get("replicas", 0))
+        ]
+    else:
+        members = [
+            ("trainer-node", i, "trainer") for i in range(body["spec"]["trainer"]["numNodes"])
+        ]
+    pods = []
+    for rank, (role, index, container) in enumerate(members):
+        if body["kind"] == "PyTorchJob":
+            pod_name = f"{name}-{role}-{index}"
+            labels = {
+                "training.kubeflow.org/job-name": name,
+                "training.kubeflow.org/replica-type": role,
+                "training.kubeflow.org/replica-index": str(index),
+            }
+            annotations: dict[str, str] = {}
+        else:
+            pod_name = f"{name}-{role}-0-{index}-x{index:04d}"
+            labels = {
+                "jobset.sigs.k8s.io/jobset-name": name,
+                "jobset.sigs.k8s.io/replicatedjob-name": role,
+                "jobset.sigs.k8s.io/job-index": "0",
+            }
+            annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
+        log = master_log if rank == 0 else ""
+        if job.step == "failed" and rank == 0:
+            log += "Traceback (most recent call last):\nRuntimeError: CUDA error: out of memory\n"
+        annotations["fake/log"] = log
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": body["metadata"]["namespace"],
+                    "labels": labels,
+                    "annotations": annotations,
+                },
+                "status": _pod_status(job.step, container, failing=rank == 0),
+            }
+        )
+    return pods
+
+
+def _pod_status(step: str, container: str, *, failing: bool) -> dict[str, Any]:
+    scheduled = {"type": "PodScheduled", "status": "True"}
+    waiting = {"waiting": {"reason": "ContainerCreating"}}
+    phase, state, ready = "Pending", waiting, False
+    if step == "unschedulable":
+        scheduled = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": UNSCHEDULABLE_MESSAGE,
+        }
+        return {"phase": "Pending", "conditions": [scheduled]}
+    if step in ("running", "sigterm"):
+        phase, state, ready = "Running", {"running": {"startedAt": "2026-01-01T00:00:00Z"}}, True
+    if step == "succeeded" or (step == "failed" and not failing):
+        phase, state = "Succeeded", {"terminated": {"exitCode": 0, "reason": "Completed"}}
+    if step == "failed" and failing:
+        phase = "Failed"
+        state = {"terminated": {"exitCode": 1, "reason": "Error", "message": "worker exited"}}
+    container_status = {
+        "name": container,
+        "image": "ghcr.io/kshot-nas/kshot:latest",
+        "imageID": "",
+        "ready": ready,
+        "restartCount": 0,
+        "state": state,
+    }
+    return {"phase": phase, "conditions": [scheduled], "containerStatuses": [container_status]}
+
+
+def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _respond(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            code, payload = fake.handle(self.command, self.path, self.rfile.read(length))
+            text = payload if isinstance(payload, str) else json.dumps(payload)
+            data = text.encode()
+            self.send_response(code)
+            content_type = "text/plain" if isinstance(payload, str) else "application/json"
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_DELETE = _respond  # noqa: N815
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            """Keep test output clean."""
+
+    return Handler

@@ -1,0 +1,196 @@
+"""Ranking metrics (τ, ρ, r, top-group τ) and NAS-Bench-201 ground-truth tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from kshot.eval import (
+    align_scores,
+    kendall_tau,
+    kendall_tau_top_group,
+    load_ground_truth,
+    pearson_r,
+    ranking_metrics,
+    spearman_rho,
+    write_ground_truth_csv,
+)
+from kshot.spaces import nb201
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_CSV = SHARED_DATA / "nb201" / "nb201_accuracy.csv"
+ARCH_A = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
+ARCH_B = "|skip_connect~0|+|nor_conv_1x1~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"
+
+
+def brute_force_top_group_tau(truth: list[float], scores: list[float], n: int) -> float:
+    """The Fig. 5 definition, pair by pair."""
+    group = sorted(range(len(truth)), key=lambda i: -truth[i])[:n]
+    concordant = discordant = pairs = 0
+    for high in group:
+        for low in range(len(truth)):
+            if truth[high] > truth[low]:
+                pairs += 1
+                if scores[high] > scores[low]:
+                    concordant += 1
+                elif scores[high] < scores[low]:
+                    discordant += 1
+    return (concordant - discordant) / pairs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_global_correlations_match_scipy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(size=200)
+    scores = truth + rng.normal(scale=0.8, size=200)
+    scores[:20] = np.round(scores[:20])  # some ties
+    assert kendall_tau(truth, scores) == pytest.approx(stats.kendalltau(truth, scores).statistic)
+    assert spearman_rho(truth, scores) == pytest.approx(stats.spearmanr(truth, scores).statistic)
+    assert pearson_r(truth, scores) == pytest.approx(stats.pearsonr(truth, scores).statistic)
+    assert 0.3 < kendall_tau(truth, scores) < 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_top_group_tau_matches_brute_force_with_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 15, size=80).astype(float).tolist()  # many ties in truth
+    scores = (np.asarray(truth) + rng.integers(-4, 5, size=80)).astype(float).tolist()
+    for n in (1, 3, 10, 25, 80):
+        expected = brute_force_top_group_tau(truth, scores, n)
+        assert kendall_tau_top_group(truth, scores, n) == pytest.approx(expected, abs=1e-12)
+
+
+def test_top_group_tau_blocks_agree_with_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    truth, scores = rng.normal(size=300), rng.normal(size=300)
+    whole = kendall_tau_top_group(truth, scores, 300)
+    monkeypatch.setattr("kshot.eval.ranking._MAX_BLOCK_ELEMENTS", 1000)  # 3 rows per block
+    assert kendall_tau_top_group(truth, scores, 300) == pytest.approx(whole, abs=1e-12)
+
+
+def test_perfect_and_reversed_rankings() -> None:
+    truth = np.linspace(50.0, 95.0, 40)
+    for scores, sign in ((truth * 0.01 + 3.0, 1.0), (-truth, -1.0)):
+        metrics = ranking_metrics(truth, scores, top_n=[1, 5, 40])
+        assert metrics["kendall_tau"] == pytest.approx(sign)
+        assert metrics["spearman_rho"] == pytest.approx(sign)
+        assert metrics["pearson_r"] == pytest.approx(sign)
+        assert metrics["top_group_tau"] == {
+            "1": pytest.approx(sign),
+            "5": pytest.approx(sign),
+            "40": pytest.approx(sign),
+        }
+
+
+def test_group_larger_than_paths_uses_all() -> None:
+    rng = np.random.default_rng(3)
+    truth, scores = rng.normal(size=30), rng.normal(size=30)
+    assert kendall_tau_top_group(truth, scores, 1000) == kendall_tau_top_group(truth, scores, 30)
+    # Without ties, the all-paths value is Kendall's τ.
+    assert kendall_tau_top_group(truth, scores, 30) == pytest.approx(kendall_tau(truth, scores))
+
+
+def test_ranking_metrics_is_json_ready() -> None:
+    rng = np.random.default_rng(5)
+    truth = rng.normal(size=50)
+    metrics = ranking_metrics(truth, truth + rng.normal(size=50), top_n=[10, 100])
+    assert set(metrics) == {"n_paths", "kendall_tau", "spearman_rho", "pearson_r", "top_group_tau"}
+    assert metrics["n_paths"] == 50
+    assert list(metrics["top_group_tau"]) == ["10", "100"]
+    assert json.loads(json.dumps(metrics)) == metrics
+
+
+def test_constant_scores_give_nan() -> None:
+    assert math.isnan(kendall_tau([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
+    assert math.isnan(pearson_r([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="3 truth values, 2 scores"):
+        ranking_metrics([1.0, 2.0, 3.0], [1.0, 2.0], top_n=[1])
+    with pytest.raises(ValueError, match="at least 2 paths"):
+        kendall_tau([1.0], [1.0])
+    with pytest.raises(ValueError, match="non-finite.*nan.*position 1"):
+        spearman_rho([1.0, 2.0, 3.0], [1.0, float("nan"), 3.0])
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
+        kendall_tau_top_group([1.0, 2.0], [1.0, 2.0], 0)
+    with pytest.raises(ValueError, match="top_n holds -5"):
+        ranking_metrics([1.0, 2.0], [1.0, 2.0], top_n=[3, -5])
+
+
+@pytest.mark.skipif(
+    not SHARED_CSV.exists(), reason=f"shared NAS-Bench-201 table absent: {SHARED_CSV}"
+)
+def test_loads_shared_nb201_table() -> None:
+    truth = load_ground_truth(str(SHARED_CSV), "cifar10_test")
+    assert len(truth) == nb201.SIZE == 15_625
+    assert max(truth.values()) == pytest.approx(94.37333, abs=1e-5)
+    assert {nb201.parse(arch) for arch in truth} == set(nb201.all_archs())
+    cifar100 = load_ground_truth(str(SHARED_CSV), "cifar100_test")
+    assert max(cifar100.values()) == pytest.approx(73.51333, abs=1e-5)
+
+
+def test_round_trip_and_normalised_archs(tmp_path: Path) -> None:
+    uri = str(tmp_path / "standalone" / "ground_truth.csv")
+    write_ground_truth_csv(uri, {ARCH_A: 91.5, ARCH_B: 80.25})
+    assert load_ground_truth(uri, "accuracy") == {ARCH_A: 91.5, ARCH_B: 80.25}
+    padded = tmp_path / "padded.csv"
+    padded.write_text(f"arch,acc\n  {ARCH_A}  ,70\n")
+    assert load_ground_truth(str(padded), "acc") == {ARCH_A: 70.0}
+
+
+def test_bad_arch_names_row_and_uri(tmp_path: Path) -> None:
+    table = tmp_path / "truth.csv"
+    table.write_text(f"arch,accuracy\n{ARCH_A},90\n{ARCH_B},80\n|conv_9x9~0|+|x|,70\n")
+    with pytest.raises(ValueError, match=r"truth\.csv.*row 3.*conv_9x9"):
+        load_ground_truth(str(table), "accuracy")
+
+
+def test_missing_column_names_column_uri_and_columns(tmp_path: Path) -> None:
+    table = tmp_path / "truth.csv"
+    table.write_text(f"index,arch,cifar10_test\n0,{ARCH_A},90\n")
+    with pytest.raises(ValueError, match=r"truth\.csv.*'cifar100_test'.*'index', 'arch'") as error:
+        load_ground_truth(str(table), "cifar100_test")
+    assert str(table) in str(error.value)
+
+
+def test_duplicate_arch_and_bad_accuracy_raise(tmp_path: Path) -> None:
+    duplicate = tmp_path / "duplicate.csv"
+    duplicate.write_text(f"arch,accuracy\n{ARCH_A},90\n{ARCH_B},80\n{ARCH_A},85\n")
+    with pytest.raises(ValueError, match=r"duplicate\.csv.*row 3.*already appeared in row 1"):
+        load_ground_truth(str(duplicate), "accuracy")
+    not_number = tmp_path / "not_number.csv"
+    not_number.write_text(f"arch,accuracy\n{ARCH_A},ninety\n")
+    with pytest.raises(ValueError, match=r"not_number\.csv.*row 1.*'ninety'"):
+        load_ground_truth(str(not_number), "accuracy")
+
+
+def test_benchmark_file_without_api_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for package in ("nats_bench", "nas_201_api"):
+        monkeypatch.setitem(sys.modules, package, None)  # makes the package unimportable
+    benchmark = str(tmp_path / "NAS-Bench-201-v1_1-096897.pth")
+    with pytest.raises(ValueError, match=r"096897\.pth.*pip install nats_bench"):
+        load_ground_truth(benchmark, "cifar10_test")
+    with pytest.raises(ValueError, match=r"'accuracy'.*cifar10_test"):
+        load_ground_truth(benchmark, "accuracy")
+
+
+def test_align_scores(tmp_path: Path) -> None:
+    truth = {ARCH_A: 90.0, ARCH_B: 80.0}
+    archs, truth_values, score_values = align_scores(
+        truth, {nb201.format_arch(nb201.parse(ARCH_B)): 0.3, ARCH_A: 0.7}, "truth.csv"
+    )
+    assert archs == [ARCH_B, ARCH_A]
+    assert truth_values.tolist() == [80.0, 90.0]
+    assert score_values.tolist() == [0.3, 0.7]
+    missing = nb201.format_arch((0, 0, 0, 0, 0, 0))
+    with pytest.raises(ValueError, match=r"none~0.*not in the ground truth 'truth\.csv'"):
+        align_scores(truth, {missing: 0.1}, "truth.csv")

@@ -1,0 +1,290 @@
+"""kshot.storage against a local folder and a real GCS-compatible server (gcp-storage-emulator).
+
+Needs the fixtures of ``tests/gcs.py`` (registered in conftest, or ``pytest -p tests.gcs``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+
+from kshot import storage
+from tests.gcs import FlakyProxy
+
+
+@pytest.fixture(params=["local", "gcs"])
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A folder URI to work under: a local path, or a folder in a fresh emulator bucket."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    return storage.join(request.getfixturevalue("gcs_bucket"), "root")
+
+
+def _make_tree(folder: Path) -> dict[str, bytes]:
+    files = {"a.txt": b"alpha", "sub/b.bin": bytes(range(256)) * 4, "sub/deeper/c.json": b"{}"}
+    for relative, content in files.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(content)
+    return files
+
+
+def _read_tree(folder: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
+def test_bytes_text_json_round_trip(root: str) -> None:
+    storage.write_bytes(storage.join(root, "raw.bin"), b"\x00\x01payload")
+    storage.write_text(storage.join(root, "notes", "n.txt"), "héllo\n")
+    storage.write_json(storage.join(root, "m.json"), {"acc": [0.5, 0.75], "arch": "0-1-2"})
+
+    assert storage.read_bytes(storage.join(root, "raw.bin")) == b"\x00\x01payload"
+    assert storage.read_text(storage.join(root, "notes/n.txt")) == "héllo\n"
+    assert storage.read_json(storage.join(root, "m.json")) == {"acc": [0.5, 0.75], "arch": "0-1-2"}
+    assert storage.exists(storage.join(root, "raw.bin"))
+    assert storage.exists(storage.join(root, "notes"))
+    assert not storage.exists(storage.join(root, "absent.bin"))
+
+
+def test_overwrite_replaces_content(root: str) -> None:
+    uri = storage.join(root, "x.txt")
+    storage.write_text(uri, "first version, longer")
+    storage.write_text(uri, "second")
+    assert storage.read_text(uri) == "second"
+
+
+def test_torch_round_trip(root: str) -> None:
+    state = {"weight": torch.arange(12.0).reshape(3, 4), "step": 7}
+    uri = storage.join(root, "ckpt", "e1.pt")
+    storage.save_torch(state, uri)
+    loaded = storage.load_torch(uri)
+    assert loaded["step"] == 7
+    assert torch.equal(loaded["weight"], state["weight"])
+
+
+def test_folder_round_trip_listing_and_local_copy(root: str, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    files = _make_tree(source)
+    run = storage.join(root, "run")
+    storage.upload_dir(source, run)
+    storage.write_text(storage.join(root, "run2", "other.txt"), "not inside run")
+
+    assert storage.list_uris(run) == sorted(storage.join(run, name) for name in files)
+    assert storage.list_uris(storage.join(root, "nothing-here")) == []
+    assert storage.exists(run)
+
+    with storage.local_copy(run) as copy:
+        assert _read_tree(copy) == files
+    with storage.local_copy(storage.join(run, "sub/b.bin")) as copy:
+        assert copy.read_bytes() == files["sub/b.bin"]
+
+    destination = tmp_path / "downloaded"
+    storage.download_dir(run, destination)
+    assert _read_tree(destination) == files
+
+
+def test_local_copy_of_gcs_is_removed_after_the_block(gcs_bucket: str) -> None:
+    storage.write_text(storage.join(gcs_bucket, "d", "f.txt"), "x")
+    with storage.local_copy(storage.join(gcs_bucket, "d")) as copy:
+        assert (copy / "f.txt").read_text() == "x"
+    assert not copy.exists()
+
+
+def test_delete_file_and_folder(root: str) -> None:
+    storage.write_text(storage.join(root, "keep.txt"), "k")
+    storage.write_text(storage.join(root, "one.txt"), "1")
+    storage.write_text(storage.join(root, "dir", "a.txt"), "a")
+    storage.write_text(storage.join(root, "dir", "sub", "b.txt"), "b")
+
+    storage.delete(storage.join(root, "one.txt"))
+    storage.delete(storage.join(root, "dir"))
+
+    assert storage.list_uris(root) == [storage.join(root, "keep.txt")]
+    with pytest.raises(FileNotFoundError, match="one.txt"):
+        storage.delete(storage.join(root, "one.txt"))
+
+
+def test_open_write_that_raises_leaves_nothing(root: str) -> None:
+    fresh = storage.join(root, "fresh.bin")
+    existing = storage.join(root, "existing.bin")
+    storage.write_bytes(existing, b"old content")
+
+    for uri in (fresh, existing):
+        with pytest.raises(RuntimeError, match="worker killed"), storage.open_write(uri) as f:
+            f.write(b"half of the new ")
+            raise RuntimeError("worker killed")
+
+    assert not storage.exists(fresh)
+    assert storage.read_bytes(existing) == b"old content"
+    assert storage.list_uris(root) == [existing]
+
+
+def test_reader_never_sees_a_partial_object(root: str) -> None:
+    uri = storage.join(root, "hot.bin")
+    versions = [bytes([value]) * 200_000 for value in (1, 2)]
+    storage.write_bytes(uri, versions[0])
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def read_repeatedly() -> None:
+        while not stop.is_set():
+            seen.add(storage.read_bytes(uri))
+
+    reader = threading.Thread(target=read_repeatedly)
+    reader.start()
+    try:
+        for round_number in range(20):
+            storage.write_bytes(uri, versions[round_number % 2])
+    finally:
+        stop.set()
+        reader.join()
+    assert seen and seen <= set(versions)
+
+
+def test_large_checkpoint_streams_through_gcs(gcs_bucket: str) -> None:
+    state = {"weight": torch.randn(12 * 1024 * 1024)}  # 48 MiB: a chunked, resumable upload
+    size = state["weight"].numel() * state["weight"].element_size()
+    uri = storage.join(gcs_bucket, "ckpt", "big.pt")
+
+    tracemalloc.start()
+    try:
+        storage.save_torch(state, uri)
+        _, upload_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        loaded = storage.load_torch(uri)
+        _, download_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert torch.equal(loaded["weight"], state["weight"])
+    assert upload_peak < size / 2, f"upload held {upload_peak} bytes of a {size}-byte file"
+    assert download_peak < size / 2, f"download held {download_peak} bytes of a {size}-byte file"
+
+
+def test_operations_succeed_through_flaky_connection(
+    flaky_proxy: FlakyProxy, gcs_bucket: str, tmp_path: Path
+) -> None:
+    flaky_proxy.fail_share = 0.3
+    run = storage.join(gcs_bucket, "run")
+    blob = bytes(range(256)) * 40_000  # 10 MB: a resumable upload in two chunks
+    files = _make_tree(tmp_path / "source")
+
+    storage.write_bytes(storage.join(run, "blob.bin"), blob)
+    storage.write_json(storage.join(run, "m.json"), {"ok": True})
+    storage.upload_dir(tmp_path / "source", storage.join(run, "tree"))
+    storage.save_torch({"w": torch.ones(3)}, storage.join(run, "w.pt"))
+
+    assert storage.read_bytes(storage.join(run, "blob.bin")) == blob
+    assert storage.read_json(storage.join(run, "m.json")) == {"ok": True}
+    assert torch.equal(storage.load_torch(storage.join(run, "w.pt"))["w"], torch.ones(3))
+    assert storage.exists(storage.join(run, "tree"))
+    with storage.local_copy(storage.join(run, "tree")) as copy:
+        assert _read_tree(copy) == files
+    storage.delete(storage.join(run, "tree"))
+    assert storage.list_uris(run) == [
+        storage.join(run, name) for name in ("blob.bin", "m.json")
+    ] + [storage.join(run, "w.pt")]
+    total = flaky_proxy.failed + flaky_proxy.forwarded
+    assert flaky_proxy.failed >= 0.25 * total, "the proxy should fail about 30% of the requests"
+
+
+def test_faults_that_never_stop_fail_clearly_and_write_nothing(
+    flaky_proxy: FlakyProxy, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(storage.RETRY_DEADLINE_ENV, "1.5")
+    flaky_proxy.fail_share = 1.0
+    uri = storage.join(gcs_bucket, "never.bin")
+
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError) as failure:
+        storage.write_bytes(uri, b"x" * 1000)
+    assert time.monotonic() - started < 10
+    message = str(failure.value)
+    assert uri in message
+    assert "last error" in message and storage.RETRY_DEADLINE_ENV in message
+    with pytest.raises(storage.StorageError, match=uri):
+        storage.read_bytes(uri)
+
+    flaky_proxy.fail_share = 0.0
+    assert not storage.exists(uri)
+
+
+@pytest.mark.parametrize(
+    ("operation", "uri", "message"),
+    [
+        (storage.read_bytes, "gs://", "no bucket name"),
+        (storage.read_bytes, "gs:///key", "no bucket name"),
+        (storage.read_bytes, "gs://bucket-only", "not an object"),
+        (lambda uri: storage.write_bytes(uri, b"x"), "gs://bucket-only/folder/", "not an object"),
+        (lambda uri: storage.write_bytes(uri, b"x"), "s3://bucket/key", "unsupported URI scheme"),
+        (storage.exists, "https://example.com/key", "unsupported URI scheme"),
+        (storage.list_uris, "gs://Not_A_Bucket!/key", "bucket name"),
+        (storage.delete, "gs://whole-bucket", "refusing to delete"),
+        (storage.read_bytes, "", "empty URI"),
+    ],
+)
+def test_malformed_uris_are_rejected_before_any_request(
+    operation, uri: str, message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    with pytest.raises(ValueError, match=message) as failure:
+        operation(uri)
+    assert repr(uri) in str(failure.value) or not uri
+    assert list(tmp_path.iterdir()) == [], "nothing may be written for a malformed URI"
+
+
+@pytest.mark.parametrize(
+    ("operation", "key", "message"),
+    [
+        (storage.read_bytes, "missing.bin", "does not exist"),
+        (storage.load_torch, "missing.pt", "does not exist"),
+        (lambda uri: storage.local_copy(uri).__enter__(), "missing-folder", "does not exist"),
+        (lambda uri: storage.download_dir(uri, "unused"), "missing-folder", "holds no objects"),
+        (storage.delete, "missing.bin", "does not exist"),
+    ],
+)
+def test_missing_objects_name_the_uri(operation, key: str, message: str, gcs_bucket: str) -> None:
+    uri = storage.join(gcs_bucket, key)
+    with pytest.raises(FileNotFoundError, match=message) as failure:
+        operation(uri)
+    assert uri in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        storage.read_bytes,
+        lambda uri: storage.write_bytes(uri, b"x"),
+        storage.list_uris,
+        storage.exists,
+    ],
+)
+def test_missing_bucket_names_the_uri(operation, gcs_emulator: str) -> None:
+    uri = "gs://kshot-no-such-bucket/run/file.bin"
+    with pytest.raises(FileNotFoundError, match="bucket gs://kshot-no-such-bucket does not exist"):
+        operation(uri)
+
+
+def test_missing_local_file_names_the_path(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.bin")
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        storage.read_bytes(missing)
+    with pytest.raises(FileNotFoundError, match="missing.bin"), storage.local_copy(missing):
+        pass
+
+
+def test_bad_retry_deadline_setting_is_named(
+    gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(storage.RETRY_DEADLINE_ENV, "soon")
+    with pytest.raises(ValueError, match=f"{storage.RETRY_DEADLINE_ENV}='soon'"):
+        storage.read_bytes(storage.join(gcs_bucket, "x"))
