@@ -32,10 +32,21 @@ class CommandError(Exception):
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="YAML config file (local path or gs:// URI); repeat to layer several")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one config key (see `kshot config --help-keys`); repeatable")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML config file (local path or gs:// URI); repeat to layer several",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one config key (see `kshot config --help-keys`); repeatable",
+    )
 
 
 def config_from_args(args: argparse.Namespace, base: Sequence[str] = ()) -> Config:
@@ -51,7 +62,9 @@ def _artifact_help(stage: str) -> str:
     for kind, table in (("--input", inputs), ("--output", outputs)):
         for name, what in table.items():
             optional = name.endswith("?")
-            lines.append(f"  {kind} {name.rstrip('?')}=URI  {what}{' (optional)' if optional else ''}")
+            lines.append(
+                f"  {kind} {name.rstrip('?')}=URI  {what}{' (optional)' if optional else ''}"
+            )
     return "\n".join(lines)
 
 
@@ -63,8 +76,15 @@ def _stage(args: argparse.Namespace) -> int:
         from kshot.launch.local import run_local
         from kshot.launch.spec import LaunchSpec
 
-        run_local(LaunchSpec(stage=args.name, config=cfg.to_dict(), inputs=inputs,
-                             outputs=outputs, workers=args.workers))
+        run_local(
+            LaunchSpec(
+                stage=args.name,
+                config=cfg.to_dict(),
+                inputs=inputs,
+                outputs=outputs,
+                workers=args.workers,
+            )
+        )
         return 0
     from kshot.stages import run_stage
 
@@ -84,8 +104,10 @@ def _config(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if not args.local:
-        raise CommandError("kshot run: only --local is supported here; on a cluster use "
-                           "`kshot pipeline run --host URL`")
+        raise CommandError(
+            "kshot run: only --local is supported here; on a cluster use "
+            "`kshot pipeline run --host URL`"
+        )
     from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline
 
     cfg = config_from_args(args, base=[] if args.config else [DEFAULT_CONFIG])
@@ -95,43 +117,78 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kshot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="kshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stage = sub.add_parser("stage", help="run one stage of the pipeline",
-                           description="Run one stage on artifact URIs (local paths or gs://).")
+    stage = sub.add_parser(
+        "stage",
+        help="run one stage of the pipeline",
+        description="Run one stage on artifact URIs (local paths or gs://).",
+    )
     stage_sub = stage.add_subparsers(dest="name", required=True)
     for name in STAGES:
         module_doc = __import__(f"kshot.stages.{name}", fromlist=["run"]).__doc__ or ""
-        p = stage_sub.add_parser(name, help=module_doc.splitlines()[0],
-                                 description=module_doc, epilog=_artifact_help(name),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = stage_sub.add_parser(
+            name,
+            help=module_doc.splitlines()[0],
+            description=module_doc,
+            epilog=_artifact_help(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         _add_config_args(p)
-        p.add_argument("--input", action="append", default=[], metavar="NAME=URI",
-                       help="an input artifact (see below); repeatable")
-        p.add_argument("--output", action="append", default=[], metavar="NAME=URI",
-                       help="an output artifact (see below); repeatable")
-        p.add_argument("--workers", type=int, default=1,
-                       help="run as this many local torchrun processes (gloo); 1: in this process")
+        p.add_argument(
+            "--input",
+            action="append",
+            default=[],
+            metavar="NAME=URI",
+            help="an input artifact (see below); repeatable",
+        )
+        p.add_argument(
+            "--output",
+            action="append",
+            default=[],
+            metavar="NAME=URI",
+            help="an output artifact (see below); repeatable",
+        )
+        p.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="run as this many local torchrun processes (gloo); 1: in this process",
+        )
         p.set_defaults(func=_stage)
 
-    run = sub.add_parser("run", help="run the whole pipeline",
-                         description="Run the K-shot NAS pipeline. --local runs the real KFP DAG "
-                         "through kfp.local's SubprocessRunner on this machine, heavy stages as "
-                         "local torchrun jobs; without --config it uses the offline default "
-                         "(digits, tiny supernet).")
+    run = sub.add_parser(
+        "run",
+        help="run the whole pipeline",
+        description="Run the K-shot NAS pipeline. --local runs the real KFP DAG "
+        "through kfp.local's SubprocessRunner on this machine, heavy stages as "
+        "local torchrun jobs; without --config it uses the offline default "
+        "(digits, tiny supernet).",
+    )
     run.add_argument("--local", action="store_true", help="run on this machine (required)")
     _add_config_args(run)
-    run.add_argument("--output", default="runs/local", metavar="DIR",
-                     help="where artifacts and summary.json go (a folder or gs:// prefix)")
+    run.add_argument(
+        "--output",
+        default="runs/local",
+        metavar="DIR",
+        help="where artifacts and summary.json go (a folder or gs:// prefix)",
+    )
     run.set_defaults(func=_run)
 
-    config = sub.add_parser("config", help="print the resolved configuration",
-                            description="Print the configuration that --config/--set resolve to.")
+    config = sub.add_parser(
+        "config",
+        help="print the resolved configuration",
+        description="Print the configuration that --config/--set resolve to.",
+    )
     _add_config_args(config)
-    config.add_argument("--help-keys", action="store_true",
-                        help="list every key with its meaning and the source of its default")
+    config.add_argument(
+        "--help-keys",
+        action="store_true",
+        help="list every key with its meaning and the source of its default",
+    )
     config.set_defaults(func=_config)
 
     _add_optional(sub, "kshot.pipeline.cli", "pipeline")

@@ -50,11 +50,7 @@ DeletePolicy = Literal["always", "on-success", "never"]
 LAUNCH_DEFAULTS_CONFIGMAP = "kshot-launch-defaults"
 _DELETE_POLICIES = ("always", "on-success", "never")
 _LOG_TAIL_LINES = 30
-_DRAIN_TIMEOUT_S = 30.0
-# Waiting reasons after which a container will not start by itself.
-_STUCK_WAITING = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
-)
+_DRAIN_TIMEOUT_S = 5.0
 
 
 class JobCancelled(LaunchError):
@@ -73,6 +69,8 @@ class JobKind:
         failed: the one that means failure.
         pod_label: label key whose value is the job name on all its pods.
         container: the container that runs torchrun.
+        master_labels: labels that mark the pod of node rank 0.
+        master_annotations: annotations that mark it too.
     """
 
     group: str
@@ -82,6 +80,8 @@ class JobKind:
     failed: str
     pod_label: str
     container: str
+    master_labels: Mapping[str, str]
+    master_annotations: Mapping[str, str]
 
     def pod_selector(self, name: str) -> str:
         """Label selector of all pods of job ``name``."""
@@ -91,12 +91,8 @@ class JobKind:
         """Whether ``pod`` runs node rank 0, whose log the launcher streams."""
         labels = pod.metadata.labels or {}
         annotations = pod.metadata.annotations or {}
-        if self.plural == "pytorchjobs":
-            return labels.get("training.kubeflow.org/replica-type") == "master"
-        return (
-            labels.get("jobset.sigs.k8s.io/replicatedjob-name") == TRAINER_JOB
-            and labels.get("jobset.sigs.k8s.io/job-index", "0") == "0"
-            and annotations.get("batch.kubernetes.io/job-completion-index") == "0"
+        return all(labels.get(k) == v for k, v in self.master_labels.items()) and all(
+            annotations.get(k) == v for k, v in self.master_annotations.items()
         )
 
 
@@ -110,6 +106,8 @@ JOB_KINDS: dict[str, JobKind] = {
         failed="Failed",
         pod_label="training.kubeflow.org/job-name",
         container="pytorch",
+        master_labels={"training.kubeflow.org/replica-type": "master"},
+        master_annotations={},
     ),
     # Trainer v2 runs a JobSet named after the TrainJob; JobSet labels its pods with that name.
     "trainjob": JobKind(
@@ -120,6 +118,12 @@ JOB_KINDS: dict[str, JobKind] = {
         failed="Failed",
         pod_label="jobset.sigs.k8s.io/jobset-name",
         container=TRAINER_CONTAINER,
+        # Node rank 0: the first Job of the trainer's replicated job, completion index 0.
+        master_labels={
+            "jobset.sigs.k8s.io/replicatedjob-name": TRAINER_JOB,
+            "jobset.sigs.k8s.io/job-index": "0",
+        },
+        master_annotations={"batch.kubernetes.io/job-completion-index": "0"},
     ),
 }
 
@@ -270,7 +274,7 @@ def run_job(
         raise
     finally:
         restore_sigterm()
-        watcher.stop_log()
+        watcher.stop_log(drain=not cancelled)
         # A cancel while the create was in flight may have left the job: delete it too.
         if (cancelled and create_sent) or (
             created and (delete_policy == "always" or (succeeded and delete_policy == "on-success"))
@@ -297,9 +301,9 @@ def _api_failure(error: ApiException, action: str, namespace: str) -> str:
     if error.status == 403:
         return (
             f"forbidden to {action} in namespace {namespace!r}: {error.reason}. The pipeline's "
-            "service account needs the kshot-runner Role there: `kubectl apply -k "
-            f"manifests/base -n {namespace}` binds it to kshot-runner and to default-editor, "
-            "the Kubeflow profile's pipeline runner."
+            "service account needs the kshot-launcher Role there: apply manifests/base (or its "
+            f"gpu overlay) with namespace {namespace!r}; it binds the Role to kshot-runner and to "
+            "default-editor, the Kubeflow profile's pipeline runner."
         )
     return f"could not {action} in namespace {namespace!r}: {error.status} {error.reason}"
 
@@ -383,6 +387,12 @@ def _pod_states(pods: list[Any]) -> list[str]:
                 )
                 if terminated.message:
                     parts[-1] += f": {terminated.message.strip()}"
+            last = status.last_state.terminated if status.last_state else None
+            if last and last.exit_code:
+                parts.append(
+                    f"{status.name} previously terminated: {last.reason} (exit code "
+                    f"{last.exit_code}), restarts: {status.restart_count}"
+                )
         lines.append(f"{pod.metadata.name}: " + "; ".join(parts))
     return lines
 
@@ -412,8 +422,8 @@ class _JobWatcher:
         self._poll_s = poll_s
         self._master: Any = None
         self._stop = threading.Event()
-        self._stream: Any = None
         self._lines_logged = 0
+        self._muted = False
         self._follower = threading.Thread(target=self._follow_master_log, daemon=True)
 
     @property
@@ -446,13 +456,13 @@ class _JobWatcher:
                 )
             time.sleep(self._poll_s)
 
-    def stop_log(self) -> None:
-        """Stop following the log, after a last read of what is left."""
+    def stop_log(self, *, drain: bool) -> None:
+        """Stop following the log; with ``drain``, first wait briefly for its last lines."""
         self._stop.set()
-        if self._stream is not None:
-            self._stream.close()  # unblocks a follow of a container that is still running
-        if self._follower.is_alive():
+        if drain and self._follower.is_alive():
             self._follower.join(timeout=_DRAIN_TIMEOUT_S)
+        # A follower still blocked on a running container's stream ends when the pod goes.
+        self._muted = True
 
     def _read_job(self) -> dict[str, Any]:
         try:
@@ -556,7 +566,7 @@ class _JobWatcher:
 
     def _stream_log(self, pod_name: str, *, follow: bool) -> None:
         """Log the pod's lines beyond the ``_lines_logged`` already logged."""
-        self._stream = self._core.read_namespaced_pod_log(
+        response = self._core.read_namespaced_pod_log(
             pod_name,
             self._namespace,
             container=self._kind.container,
@@ -566,7 +576,7 @@ class _JobWatcher:
         line_number = 0
         pending = ""
         try:
-            for chunk in self._stream.stream(amt=None, decode_content=True):
+            for chunk in response.stream(amt=None, decode_content=True):
                 *complete, pending = (pending + chunk.decode("utf-8", errors="replace")).split("\n")
                 for line in complete:
                     line_number += 1
@@ -574,9 +584,9 @@ class _JobWatcher:
             if pending and not follow:
                 self._log_once(line_number + 1, pending)
         finally:
-            self._stream.release_conn()
+            response.release_conn()
 
     def _log_once(self, line_number: int, line: str) -> None:
-        if line_number > self._lines_logged:
+        if line_number > self._lines_logged and not self._muted:
             self._log(line)
             self._lines_logged = line_number

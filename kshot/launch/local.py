@@ -20,8 +20,16 @@ __all__ = ["run_local", "local_command"]
 def local_command(spec: LaunchSpec) -> list[str]:
     """The command line the local backend runs for ``spec``."""
     nproc = spec.workers * spec.nproc_per_worker
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "-m", "kshot.worker", *spec.worker_args()]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "kshot.worker",
+        *spec.worker_args(),
+    ]
 
 
 def run_local(spec: LaunchSpec, log: Callable[[str], None] = print) -> None:
@@ -35,8 +43,14 @@ def run_local(spec: LaunchSpec, log: Callable[[str], None] = print) -> None:
     if spec.workers > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.workers)))
     tail: deque[str] = deque(maxlen=30)
-    with subprocess.Popen(local_command(spec), env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    with subprocess.Popen(
+        local_command(spec),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as proc:
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -50,5 +64,6 @@ def run_local(spec: LaunchSpec, log: Callable[[str], None] = print) -> None:
             raise
     if code:
         last = "\n".join(tail)
-        raise LaunchError(f"stage {spec.stage!r} failed locally (exit code {code}); last lines:\n"
-                          f"{last}")
+        raise LaunchError(
+            f"stage {spec.stage!r} failed locally (exit code {code}); last lines:\n{last}"
+        )

@@ -3,7 +3,8 @@
 Objectives: maximise the supernet accuracy of a path (after BN recalibration) and minimise its FLOPs.
 The first population is sampled inside the budget. Each generation the ``parents`` most accurate
 paths of the population breed ``population`` children, half by mutation and half by crossover, all
-inside the budget and none evaluated before; the next population is the NSGA-II survival (rank by
+inside the budget and none evaluated before (random in-budget paths fill in when the parents'
+neighbourhood has no new ones left, as in SPOS); the next population is the NSGA-II survival (rank by
 non-dominated sorting, then crowding distance) of parents and children. Non-dominated sorting and
 crowding distance are pymoo's.
 """
@@ -116,21 +117,26 @@ def nsga2_search(
     fits = (lambda a: True) if budget is None else (lambda a: flops(a) <= budget)
     seen: set[Arch] = set()
 
-    def draw(make: Callable[[], Arch], count: int, what: str) -> list[Arch]:
+    def draw(make: Callable[[], Arch], count: int, tries: int) -> list[Arch]:
+        """Up to ``count`` new in-budget paths from ``make`` within ``tries`` attempts."""
         out: list[Arch] = []
-        for _ in range(max_tries):
+        for _ in range(tries):
             if len(out) == count:
-                return out
+                break
             arch = make()
             if arch not in seen and fits(arch):
                 seen.add(arch)
                 out.append(arch)
-        if len(out) == count:
-            return out
-        raise BudgetError(
-            f"found only {len(out)} of {count} new {what} paths within the FLOPs "
-            f"budget {budget} MFLOPs after {max_tries} tries"
-        )
+        return out
+
+    def sample_new(count: int) -> list[Arch]:
+        out = draw(lambda: space.sample(rng), count, max_tries)
+        if len(out) < count:
+            raise BudgetError(
+                f"found only {len(out)} of {count} new paths within the FLOPs "
+                f"budget {budget} MFLOPs after {max_tries} random draws"
+            )
+        return out
 
     def scored(archs: list[Arch], generation: int) -> list[dict[str, Any]]:
         records = evaluate(archs)
@@ -141,7 +147,7 @@ def nsga2_search(
         return records
 
     bar = tqdm(total=generations, unit="gen", desc="NSGA-II", disable=not progress, leave=False)
-    pop = scored(draw(lambda: space.sample(rng), population, "sampled"), 0)
+    pop = scored(sample_new(population), 0)
     evaluated = list(pop)
     bar.update(1)
     for gen in range(1, generations):
@@ -156,9 +162,12 @@ def nsga2_search(
             i, j = rng.choice(len(parents), size=2, replace=False)
             return space.crossover(parents[i], parents[j], rng)
 
+        children = draw(mutant, n_mut, 100 * n_mut)
+        children += draw(child, population - n_mut, 100 * (population - n_mut))
+        # as SPOS does, random paths fill in when the parents' neighbourhood runs dry
         try:
-            children = draw(mutant, n_mut, "mutated") + draw(child, population - n_mut, "crossed")
-        except BudgetError as e:  # the in-budget space is exhausted (small spaces): stop early
+            children += sample_new(population - len(children))
+        except BudgetError as e:  # the whole in-budget space is exhausted (small spaces)
             warnings.warn(f"NSGA-II stopped after generation {gen - 1}: {e}", stacklevel=2)
             break
         offspring = scored(children, gen)

@@ -39,8 +39,11 @@ ARTIFACTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
         {"results": "JSON: every evaluated path, the Pareto front, the best path"},
     ),
     "recalibrate": (
-        {"split": "split JSON", "checkpoint": "trained checkpoint folder",
-         "results": "search results JSON"},
+        {
+            "split": "split JSON",
+            "checkpoint": "trained checkpoint folder",
+            "results": "search results JSON",
+        },
         {"results": "JSON: the front and best path re-scored after BN recalibration"},
     ),
     "retrain": (
@@ -49,8 +52,11 @@ ARTIFACTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
     ),
     "standalone": ({"split": "split JSON"}, {"table": "CSV arch,accuracy of sampled paths"}),
     "rank": (
-        {"split": "split JSON", "checkpoint": "trained checkpoint folder",
-         "ground_truth?": "CSV arch,accuracy (default: config key ground_truth)"},
+        {
+            "split": "split JSON",
+            "checkpoint": "trained checkpoint folder",
+            "ground_truth?": "CSV arch,accuracy (default: config key ground_truth)",
+        },
         {"scores": "CSV of per-path scores", "metrics": "JSON: τ, ρ, r, top-group τ"},
     ),
 }

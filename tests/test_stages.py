@@ -1,0 +1,215 @@
+"""Every stage on digits with a tiny supernet, through the ``kshot stage`` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kshot.cli import main
+from kshot.spaces import nb201
+from kshot.train import checkpoint as ckpt
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A folder holding the artifacts of the whole chain of stages, run once for this module."""
+    d = tmp_path_factory.mktemp("stages")
+    cfg = d / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "flops_budget": 0.05}))
+
+    def stage(name, *args):
+        assert main(["stage", name, "--config", str(cfg), *args]) == 0, name
+
+    stage("split", "--output", f"split={d}/split.json")
+    stage("warmup", "--input", f"split={d}/split.json", "--output", f"checkpoint={d}/warm")
+    stage(
+        "train",
+        "--input",
+        f"split={d}/split.json",
+        "--input",
+        f"checkpoint={d}/warm",
+        "--output",
+        f"checkpoint={d}/trained",
+        "--output",
+        f"curves={d}/curves.json",
+    )
+    stage(
+        "search",
+        "--input",
+        f"split={d}/split.json",
+        "--input",
+        f"checkpoint={d}/trained",
+        "--output",
+        f"results={d}/search.json",
+    )
+    stage(
+        "recalibrate",
+        "--input",
+        f"split={d}/split.json",
+        "--input",
+        f"checkpoint={d}/trained",
+        "--input",
+        f"results={d}/search.json",
+        "--output",
+        f"results={d}/recal.json",
+    )
+    stage("standalone", "--input", f"split={d}/split.json", "--output", f"table={d}/gt.csv")
+    stage(
+        "rank",
+        "--input",
+        f"split={d}/split.json",
+        "--input",
+        f"checkpoint={d}/trained",
+        "--input",
+        f"ground_truth={d}/gt.csv",
+        "--output",
+        f"scores={d}/scores.csv",
+        "--output",
+        f"metrics={d}/rank.json",
+    )
+    stage(
+        "retrain",
+        "--input",
+        f"split={d}/split.json",
+        "--input",
+        f"results={d}/recal.json",
+        "--output",
+        f"model={d}/model.pt",
+        "--output",
+        f"metrics={d}/retrain.json",
+    )
+    return d
+
+
+def test_split_is_disjoint_and_covers_digits(run_dir):
+    split = json.loads((run_dir / "split.json").read_text())
+    parts = [set(split[p]) for p in ("train", "valid", "test")]
+    assert sum(map(len, parts)) == len(set().union(*parts)) == 1797
+
+
+def test_warmup_then_train_checkpoints_carry_on_the_same_schedule(run_dir):
+    warm = ckpt.load_latest(str(run_dir / "warm"))
+    trained = ckpt.load_latest(str(run_dir / "trained"))
+    steps_per_epoch = 899 // TINY["batch_size"]
+    assert warm["epoch"] == TINY["warmup_epochs"] and warm["step"] == steps_per_epoch
+    assert trained["epoch"] == TINY["epochs"] and trained["step"] == 2 * steps_per_epoch
+    assert trained["identity"]["k"] == TINY["k"]
+    curves = json.loads((run_dir / "curves.json").read_text())
+    assert len(curves["supernet_loss"]) == TINY["epochs"]
+    assert curves["simplex_loss"][0] is None and curves["simplex_loss"][1] > 0
+
+
+def test_search_output_is_complete_and_within_budget(run_dir):
+    results = json.loads((run_dir / "search.json").read_text())
+    evaluated = results["evaluated"]
+    assert len(evaluated) == TINY["population"] * TINY["generations"]
+    for r in evaluated:
+        assert r["flops"] <= 0.05
+        assert 0 <= r["accuracy"] <= 100
+        assert len(r["lam"]) == TINY["k"] and abs(sum(r["lam"]) - 1) < 1e-5
+        nb201.parse(r["arch"])
+    assert results["best"]["accuracy"] == max(r["accuracy"] for r in evaluated)
+    assert results["front"] and results["best"]["arch"] in {r["arch"] for r in evaluated}
+
+
+def test_recalibrate_rescores_the_front_and_best(run_dir):
+    searched = json.loads((run_dir / "search.json").read_text())
+    recal = json.loads((run_dir / "recal.json").read_text())
+    chosen = {r["arch"] for r in searched["front"]} | {searched["best"]["arch"]}
+    assert {r["arch"] for r in recal["evaluated"]} == chosen
+    assert all(r["bn_images"] == TINY["bn_images"] for r in recal["evaluated"])
+
+
+def test_rank_compares_every_standalone_path(run_dir):
+    with open(run_dir / "gt.csv") as f:
+        truth = list(csv.DictReader(f))
+    metrics = json.loads((run_dir / "rank.json").read_text())
+    assert len(truth) == TINY["standalone_paths"] == metrics["n_paths"]
+    assert -1 <= metrics["kendall_tau"] <= 1
+    assert set(metrics["top_group_tau"]) == {str(n) for n in TINY["top_n"]}
+    with open(run_dir / "scores.csv") as f:
+        scores = list(csv.DictReader(f))
+    assert {r["arch"] for r in scores} == {r["arch"] for r in truth}
+
+
+def test_retrain_exports_a_loadable_stand_alone_model(run_dir):
+    saved = torch.load(run_dir / "model.pt", weights_only=False)
+    recal = json.loads((run_dir / "recal.json").read_text())
+    assert saved["arch"] == recal["best"]["arch"]
+    net = nb201.build(
+        saved["arch"],
+        C=saved["channels"],
+        N=saved["cells"],
+        num_classes=saved["num_classes"],
+        in_channels=saved["in_channels"],
+    )
+    net.load_state_dict(saved["state_dict"])
+    metrics = json.loads((run_dir / "retrain.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 100 and len(metrics["curves"]["loss"]) == 1
+
+
+def test_train_refuses_a_checkpoint_of_another_k(run_dir, tmp_path, capsys):
+    cfg = tmp_path / "k2.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "k": 2}))
+    code = main(
+        [
+            "stage",
+            "train",
+            "--config",
+            str(cfg),
+            "--input",
+            f"split={run_dir}/split.json",
+            "--input",
+            f"checkpoint={run_dir}/warm",
+            "--output",
+            f"checkpoint={tmp_path}/t",
+        ]
+    )
+    assert code == 2
+    assert "k = 4 (config: 2)" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--set", "k=0"], "config key 'k' from --set: 0 must be >= 1"),
+        (["--set", "m=5"], "'m' from --set: 5 does not divide batch_size"),
+        (["--set", "dataset=/no/such/folder"], "/no/such/folder"),
+        (["--set", "flops_budget=0.0001"], "no nb201 path meets it"),
+        (["--set", "epochs=-1"], "'epochs' from --set: -1 must be >= 1"),
+        (["--set", "colour=red"], "unknown config key 'colour'"),
+        (["--set", "k=four"], "'four' is not a valid int"),
+    ],
+)
+def test_bad_input_stops_with_a_clear_message(run_dir, tmp_path, capsys, argv, message):
+    out = tmp_path / "results.json"
+    code = main(
+        [
+            "stage",
+            "search",
+            "--config",
+            str(run_dir / "tiny.yaml"),
+            *argv,
+            "--input",
+            f"split={run_dir}/split.json",
+            "--input",
+            f"checkpoint={run_dir}/trained",
+            "--output",
+            f"results={out}",
+        ]
+    )
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_artifact_arguments_are_named(capsys):
+    assert main(["stage", "train"]) == 2
+    assert "needs input artifact(s) split, checkpoint" in capsys.readouterr().err

@@ -1,0 +1,127 @@
+"""Algorithms 1 and 2: what each kind of step updates, and resuming that equals not stopping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kshot.config import ConfigError
+from kshot.spaces import nb201
+from kshot.train import checkpoint as ckpt
+from kshot.train.trainer import KShotTrainer, curves
+
+
+def _snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def _changed(before, module):
+    return {n for n, p in module.named_parameters() if not torch.equal(before[n], p)}
+
+
+def test_warmup_steps_train_the_supernet_with_uniform_lambda(tiny_cfg, digits_data):
+    trainer = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    assert trainer.step < trainer.warmup_steps
+    simplex_before = _snapshot(trainer.simplex)
+    supernet_before = _snapshot(trainer.supernet)
+    (choice,) = trainer.paths_for_step(0, 1)
+    trainer.train_step()
+    assert not _changed(simplex_before, trainer.simplex)
+    changed = _changed(supernet_before, trainer.supernet)
+    on_path = {
+        n
+        for n, p in trainer.supernet.named_parameters()
+        if any(p is q for _, layer in trainer.supernet.path_layers(choice) for q in layer.slots())
+    }
+    assert changed == on_path  # exactly the sampled path's slots, no weight decay elsewhere
+    assert torch.equal(trainer.lam_for(choice, warmup=True), torch.full((4,), 0.25))
+
+
+def test_alternating_steps_update_only_the_intended_network(tiny_cfg, digits_data):
+    trainer = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    trainer.step = trainer.warmup_steps  # first alternating iteration: a supernet step
+    for kind in ("supernet", "simplex", "supernet", "simplex"):
+        sup, simp = _snapshot(trainer.supernet), _snapshot(trainer.simplex)
+        out = trainer.train_step()
+        if kind == "supernet":
+            assert "supernet_loss" in out
+            assert _changed(sup, trainer.supernet) and not _changed(simp, trainer.simplex)
+        else:
+            assert "simplex_loss" in out
+            assert _changed(simp, trainer.simplex) and not _changed(sup, trainer.supernet)
+    # the simplex-net moved λ off 1/K but it stays on the simplex
+    lam = trainer.lam_for(nb201.sample(__import__("numpy").random.default_rng(0)), warmup=False)
+    assert (lam >= 0).all() and torch.isclose(lam.sum(), torch.tensor(1.0))
+
+
+def test_simplex_step_uses_m_paths_on_m_groups_of_the_batch(tiny_cfg, digits_data):
+    trainer = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    seen = []
+    original = trainer.supernet.forward
+
+    def spy(x, arch, lam):
+        seen.append((len(x), nb201.parse(arch), lam.requires_grad))
+        return original(x, arch, lam)
+
+    trainer.supernet.forward = spy
+    trainer.step = trainer.warmup_steps + 1
+    expected = trainer.paths_for_step(trainer.step, tiny_cfg.m)
+    trainer.train_step()
+    assert [s[0] for s in seen] == [tiny_cfg.batch_size // tiny_cfg.m] * tiny_cfg.m
+    assert [s[1] for s in seen] == expected
+    assert all(s[2] for s in seen)  # λ carries the simplex-net's gradient
+
+
+def test_paths_depend_only_on_seed_and_step(tiny_cfg, digits_data):
+    a = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    b = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    assert a.paths_for_step(7, 16) == b.paths_for_step(7, 16)
+    assert a.paths_for_step(7, 1) != a.paths_for_step(8, 1) or a.paths_for_step(9, 1)
+
+
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tiny_cfg, digits_data, tmp_path):
+    cfg = tiny_cfg.replace(epochs=3, warmup_epochs=1, augment=True)
+    straight = KShotTrainer(cfg, digits_data, torch.device("cpu"))
+    straight.fit(3, progress=False)
+
+    first = KShotTrainer(cfg, digits_data, torch.device("cpu"))
+    first.fit(2, str(tmp_path / "ckpt"), progress=False)  # stops after epoch 2 (mid alternation)
+    resumed = KShotTrainer(cfg, digits_data, torch.device("cpu"))
+    assert resumed.resume(str(tmp_path / "ckpt")).endswith(ckpt.checkpoint_name(2, resumed.step))
+    resumed.fit(3, progress=False)
+
+    for name, p in straight.supernet.state_dict().items():
+        assert torch.equal(p, resumed.supernet.state_dict()[name]), name
+    for name, p in straight.simplex.state_dict().items():
+        assert torch.equal(p, resumed.simplex.state_dict()[name]), name
+    assert curves(straight.history) == curves(resumed.history)
+
+
+def test_a_checkpoint_from_another_k_is_refused(tiny_cfg, digits_data, tmp_path):
+    trainer = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    trainer.save(str(tmp_path))
+    other = KShotTrainer(tiny_cfg.replace(k=2), digits_data, torch.device("cpu"))
+    with pytest.raises(ckpt.CheckpointError, match=r"k = 4 \(config: 2\)"):
+        other.resume(str(tmp_path))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(
+    tiny_cfg, digits_data, tmp_path
+):
+    trainer = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    trainer.save(str(tmp_path))
+    trainer.step = 5
+    trainer.save(str(tmp_path))
+    newest = ckpt.list_checkpoints(str(tmp_path))[-1]
+    with open(newest, "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(UserWarning, match="damaged"):
+        state = ckpt.load_latest(str(tmp_path))
+    assert state["step"] == 0
+
+
+def test_bad_batch_settings_are_refused_before_training(tiny_cfg, digits_data):
+    with pytest.raises(ConfigError, match="'m' .*does not divide batch_size"):
+        tiny_cfg.replace(m=5)
+    with pytest.raises(ValueError, match="exceeds the .* training images"):
+        KShotTrainer(tiny_cfg.replace(batch_size=4096, m=4), digits_data, torch.device("cpu"))
