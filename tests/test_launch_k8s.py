@@ -351,3 +351,55 @@ def test_reserved_env_never_reaches_the_server(start_fake) -> None:
     with pytest.raises(LaunchError, match="PET_NODE_RANK"):
         launch(fake, make_spec(env={"PET_NODE_RANK": "0"}), "trainjob")
     assert fake.requests == []
+
+
+def test_launch_render_prints_the_job_the_launcher_creates(capsys):
+    """`kshot launch render` is a dry run of a launch: same object, same validation."""
+    import yaml as _yaml
+
+    from kshot.cli import main
+    from kshot.launch.kube import render_job
+
+    argv = [
+        "launch",
+        "render",
+        "--backend",
+        "pytorchjob",
+        "--stage",
+        "train",
+        "--workers",
+        "3",
+        "--gpus-per-worker",
+        "8",
+        "--image",
+        "ghcr.io/acme/kshot:1.0",
+        "--namespace",
+        "team-a",
+        "--set",
+        "k=4",
+        "--input",
+        "split=gs://b/split.json",
+        "--input",
+        "checkpoint=gs://b/warm",
+        "--output",
+        "checkpoint=gs://b/train",
+    ]
+    assert main(argv) == 0
+    printed = _yaml.safe_load(capsys.readouterr().out)
+    from kshot.config import load_config
+
+    spec = LaunchSpec(
+        stage="train",
+        config=load_config({"k": 4}).to_dict(),
+        inputs={"split": "gs://b/split.json", "checkpoint": "gs://b/warm"},
+        outputs={"checkpoint": "gs://b/train"},
+        workers=3,
+        gpus_per_worker=8,
+        image="ghcr.io/acme/kshot:1.0",
+        namespace="team-a",
+    )
+    assert printed == render_job(spec, "pytorchjob")
+    assert printed["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+
+    assert main([*argv[:7], "0", *argv[8:]]) == 2
+    assert "workers = 0" in capsys.readouterr().err
