@@ -52,6 +52,15 @@ class Config:
         "flips are skipped for 1-channel data such as digits",
     )
     seed: int = _f(0, "base seed: the split, every sampled path and every batch derive from it")
+    train_subset: int = _f(
+        0, "split only this many images of the training part, seeded (0: all)", ge=0
+    )
+    resolution: int = _f(
+        0,
+        "resize images to resolution x resolution (0: native); a multiple "
+        "of 4, as the two reductions halve it twice",
+        ge=0,
+    )
 
     # ---- search space and supernet
     search_space: str = _f("nb201", "search space", choices=("nb201",))
@@ -81,6 +90,12 @@ class Config:
     )
     momentum: float = _f(0.9, "SGD momentum, Nesterov (paper: 0.9)", ge=0.0, lt=1.0)
     weight_decay: float = _f(5e-4, "supernet weight decay (NAS-Bench-201: 5e-4)", ge=0.0)
+    lambda_mode: str = _f(
+        "learned",
+        "λ of a path after warmup: learned by the simplex-net (K-shot), or Table 6's ablations: "
+        "fixed 1/K, random on the simplex",
+        choices=("learned", "fixed", "random"),
+    )
     m: int = _f(
         16, "paths per simplex-net step; the batch is split into m groups (paper: 16)", ge=1
     )
@@ -217,6 +232,8 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
             f"does not divide batch_size = {cfg.batch_size}: each of the m paths of a "
             "simplex-net step needs b/m images",
         )
+    if cfg.resolution % 4:
+        fail("resolution", "must be a multiple of 4")
     if cfg.parents > cfg.population:
         fail("parents", f"exceeds population = {cfg.population}")
     if any(n < 1 for n in cfg.top_n):

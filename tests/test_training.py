@@ -125,3 +125,19 @@ def test_bad_batch_settings_are_refused_before_training(tiny_cfg, digits_data):
         tiny_cfg.replace(m=5)
     with pytest.raises(ValueError, match="exceeds the .* training images"):
         KShotTrainer(tiny_cfg.replace(batch_size=4096, m=4), digits_data, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mode", ["fixed", "random"])
+def test_lambda_ablations_train_only_the_supernet(tiny_cfg, digits_data, mode):
+    """Table 6's fixed-1/K and random-λ ablations: no simplex-net steps, λ as the mode says."""
+    trainer = KShotTrainer(tiny_cfg.replace(lambda_mode=mode), digits_data, torch.device("cpu"))
+    trainer.step = trainer.warmup_steps
+    simplex_before = _snapshot(trainer.simplex)
+    for _ in range(4):
+        assert "supernet_loss" in trainer.train_step()
+    assert not _changed(simplex_before, trainer.simplex)
+    choice = trainer.paths_for_step(0, 1)[0]
+    lam_a = trainer.lam_for(choice, warmup=False, step=10)
+    lam_b = trainer.lam_for(choice, warmup=False, step=11)
+    assert torch.isclose(lam_a.sum(), torch.tensor(1.0)) and (lam_a >= 0).all()
+    assert torch.equal(lam_a, lam_b) == (mode == "fixed")

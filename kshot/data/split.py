@@ -39,7 +39,9 @@ class Split:
         return sum(len(part) for part in (self.train, self.valid, self.test) if part is not None)
 
 
-def make_split(num_images: int, valid_fraction: float, seed: int, carve_test: bool) -> Split:
+def make_split(
+    num_images: int, valid_fraction: float, seed: int, carve_test: bool, subset: int = 0
+) -> Split:
     """Shuffle ``range(num_images)`` with ``numpy.random.default_rng(seed)`` and cut it.
 
     ``round(num_images * valid_fraction)`` images are held out; with ``carve_test`` the held-out
@@ -51,6 +53,8 @@ def make_split(num_images: int, valid_fraction: float, seed: int, carve_test: bo
         valid_fraction: Held-out share, in ``(0, 1)``.
         seed: Seed of the shuffle; the same arguments always give the same split.
         carve_test: Whether to carve a test set (for datasets without a test part).
+        subset: Split only this many images, the first of the seeded shuffle (0: all of them);
+            the other images are in no part.
 
     Returns:
         The split.
@@ -60,13 +64,16 @@ def make_split(num_images: int, valid_fraction: float, seed: int, carve_test: bo
     """
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
-    held_out = round(num_images * valid_fraction)
+    if subset < 0 or subset > num_images:
+        raise ValueError(f"subset {subset} must be in [0, {num_images}] (0: all images)")
+    pool = subset or num_images
+    held_out = round(pool * valid_fraction)
     test_size = held_out // 2 if carve_test else 0
     valid_size = held_out - test_size
-    train_size = num_images - held_out
+    train_size = pool - held_out
     if train_size < 1 or valid_size < 1 or (carve_test and test_size < 1):
         raise ValueError(
-            f"cannot split {num_images} images with valid_fraction={valid_fraction} "
+            f"cannot split {pool} images with valid_fraction={valid_fraction} "
             f"(carve_test={carve_test}): gives {train_size} train, {valid_size} valid"
             + (f", {test_size} test" if carve_test else "")
             + " images; every part needs at least one"
@@ -74,11 +81,13 @@ def make_split(num_images: int, valid_fraction: float, seed: int, carve_test: bo
     order = np.random.default_rng(seed).permutation(num_images).astype(np.int64)
     valid = np.sort(order[:valid_size])
     test = np.sort(order[valid_size:held_out]) if carve_test else None
-    train = np.sort(order[held_out:])
+    train = np.sort(order[held_out:pool])
     return Split(train=train, valid=valid, test=test)
 
 
-def split_to_dict(split: Split, dataset: str, seed: int, valid_fraction: float) -> dict[str, Any]:
+def split_to_dict(
+    split: Split, dataset: str, seed: int, valid_fraction: float, num_images: int | None = None
+) -> dict[str, Any]:
     """The JSON-ready form of ``split`` with the metadata it was made from.
 
     Args:
@@ -86,16 +95,18 @@ def split_to_dict(split: Split, dataset: str, seed: int, valid_fraction: float) 
         dataset: The dataset URI the split indexes into.
         seed: The seed given to :func:`make_split`.
         valid_fraction: The fraction given to :func:`make_split`.
+        num_images: Size of the dataset's train part when the split covers a subset of it.
 
     Returns:
-        ``{dataset, seed, valid_fraction, num_images, train, valid, test}`` with index lists
+        ``{dataset, seed, valid_fraction, num_images, subset, train, valid, test}`` with index lists
         (``test`` is ``None`` when the dataset has its own test part).
     """
     return {
         "dataset": dataset,
         "seed": seed,
         "valid_fraction": valid_fraction,
-        "num_images": split.num_images,
+        "num_images": num_images or split.num_images,
+        "subset": split.num_images if num_images and num_images != split.num_images else 0,
         "train": split.train.tolist(),
         "valid": split.valid.tolist(),
         "test": None if split.test is None else split.test.tolist(),
@@ -136,7 +147,7 @@ def split_from_dict(data: Mapping[str, Any], source: str, num_images: int | None
     counts = np.bincount(indices, minlength=recorded)
     if (counts > 1).any():
         raise ValueError(f"{source}: index {int(np.argmax(counts > 1))} is in more than one part")
-    if (counts == 0).any():
+    if not data.get("subset") and (counts == 0).any():
         raise ValueError(f"{source}: index {int(np.argmax(counts == 0))} is in no part")
     return Split(**parts)
 

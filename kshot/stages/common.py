@@ -38,6 +38,16 @@ def require(artifacts: Mapping[str, str], names: tuple[str, ...], stage: str, ki
             f"stage {stage!r} needs {kind} artifact(s) {', '.join(missing)} "
             f"(e.g. {flag} {missing[0]}=URI)"
         )
+    # A malformed URI or an output that can never be written stops the stage before any work.
+    for name in names:
+        uri = artifacts[name]
+        try:
+            if kind == "output":
+                storage.check_writable(uri)
+            else:
+                storage.check_uri(uri)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"stage {stage!r}, {kind} artifact {name}={uri!r}: {e}") from e
 
 
 def device_of(cfg: Config) -> torch.device:
@@ -48,21 +58,23 @@ def device_of(cfg: Config) -> torch.device:
 
 def load_train_data(cfg: Config, split_uri: str) -> TrainData:
     """The dataset's images cut by the split file at ``split_uri``, held in memory."""
-    train = load_dataset(cfg.dataset, "train")
-    split = split_from_dict(storage.read_json(split_uri), split_uri, num_images=len(train))
-    recorded = storage.read_json(split_uri).get("dataset")
+    train = load_dataset(cfg.dataset, "train", resolution=cfg.resolution or None)
+    split_doc = storage.read_json(split_uri)
+    # Another dataset's split would otherwise fail (or, worse, pass) on its image count.
+    recorded = split_doc.get("dataset") if isinstance(split_doc, dict) else None
     if recorded and recorded != cfg.dataset:
         raise ValueError(
             f"split {split_uri!r} was made for dataset {recorded!r}, but config key 'dataset' is "
             f"{cfg.dataset!r}"
         )
+    split = split_from_dict(split_doc, split_uri, num_images=len(train))
     tr, va = torch.from_numpy(split.train), torch.from_numpy(split.valid)
     mean, std = channel_stats(train.images[tr])
     if split.test is not None:
         te = torch.from_numpy(split.test)
         test_images, test_labels = train.images[te], train.labels[te]
     else:
-        test = load_dataset(cfg.dataset, "test")
+        test = load_dataset(cfg.dataset, "test", resolution=cfg.resolution or None)
         test_images, test_labels = test.images, test.labels
     return TrainData(
         train_images=train.images[tr],

@@ -17,8 +17,8 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     """Write ``outputs["split"]`` (JSON of index arrays); a test share is carved when the dataset
     has no test part."""
     require(outputs, ("split",), "split", "output")
-    train = load_dataset(cfg.dataset, "train")
-    has_test = load_dataset(cfg.dataset, "test") is not None
+    train = load_dataset(cfg.dataset, "train", resolution=cfg.resolution or None)
+    has_test = load_dataset(cfg.dataset, "test", resolution=cfg.resolution or None) is not None
     split = make_split(len(train), cfg.valid_fraction, cfg.seed, carve_test=not has_test)
     storage.write_json(
         outputs["split"], split_to_dict(split, cfg.dataset, cfg.seed, cfg.valid_fraction)

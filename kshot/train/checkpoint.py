@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from pathlib import Path
 from typing import Any
 
 from kshot import storage
@@ -51,9 +52,23 @@ def save_checkpoint(folder: str, state: dict[str, Any], keep: int = 2) -> str:
     """Write ``state`` (which must hold ``epoch`` and ``step``) and drop all but the ``keep`` newest."""
     uri = storage.join(folder, checkpoint_name(state["epoch"], state["step"]))
     storage.save_torch(state, uri)
+    _remove_stale_partials(folder)
     for old in list_checkpoints(folder)[:-keep]:
         storage.delete(old)
     return uri
+
+
+def _remove_stale_partials(folder: str) -> None:
+    """Delete temporary files that a writer killed mid-save left in a local folder.
+
+    Only this folder's single writer (rank 0) calls it, right after its own save completed, so
+    every ``.ckpt-*.partial`` file still there belongs to a dead process. (A killed ``gs://`` upload
+    leaves its temporary file on the worker's disk and nothing in the bucket.)
+    """
+    if storage.is_gcs(folder):
+        return
+    for stale in Path(folder).glob(".ckpt-*.partial"):
+        stale.unlink(missing_ok=True)
 
 
 def load_latest(folder: str, required: bool = True) -> dict[str, Any] | None:

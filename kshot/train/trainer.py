@@ -291,20 +291,30 @@ class KShotTrainer:
         self.simplex_opt.step()
         return loss.item()
 
-    def lam_for(self, choice: nb201.Arch, warmup: bool) -> torch.Tensor:
-        if warmup:
+    def lam_for(self, choice: nb201.Arch, warmup: bool, step: int = 0) -> torch.Tensor:
+        """λ of the path of a supernet step: 1/K in warmup, else by ``cfg.lambda_mode``."""
+        mode = self.cfg.lambda_mode
+        if warmup or mode == "fixed":
             return uniform_lambda(self.cfg.k, self.device)
+        if mode == "random":  # Table 6's ablation: a uniformly random point of the simplex
+            lam = _rng(self.cfg.seed, step, 4).dirichlet(np.ones(self.cfg.k))
+            return torch.as_tensor(lam, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             return self.simplex(self.arch_code(choice))
 
     def train_step(self) -> dict[str, float]:
-        """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter."""
+        """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter.
+
+        Without a simplex-net to learn (``lambda_mode`` fixed or random) every iteration is a
+        supernet step.
+        """
         step = self.step
         x, y = self.batch_for_step(step)
         warmup = step < self.warmup_steps
-        if warmup or (step - self.warmup_steps) % 2 == 0:
+        alternating = self.cfg.lambda_mode == "learned"
+        if warmup or not alternating or (step - self.warmup_steps) % 2 == 0:
             (choice,) = self.paths_for_step(step, 1)
-            loss, acc = self.supernet_step(x, y, choice, self.lam_for(choice, warmup))
+            loss, acc = self.supernet_step(x, y, choice, self.lam_for(choice, warmup, step))
             out = {"supernet_loss": loss, "supernet_acc": acc}
         else:
             out = {"simplex_loss": self.simplex_step(x, y, self.paths_for_step(step, self.cfg.m))}
