@@ -116,6 +116,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from e
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from kshot.eval.experiment import run_ranking_experiment
+
+    report = run_ranking_experiment(
+        config_from_args(args), args.k, args.seeds, args.ablations, args.workdir, args.out
+    )
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -177,6 +196,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="where artifacts and summary.json go (a folder or gs:// prefix)",
     )
     run.set_defaults(func=_run)
+
+    experiment = sub.add_parser("experiment", help="experiments that reproduce the paper's tables")
+    exp_sub = experiment.add_subparsers(dest="experiment", required=True)
+    ranking = exp_sub.add_parser(
+        "ranking",
+        help="K-shot against one-shot: ranking quality on NAS-Bench-201",
+        description="Train the supernet for every K and seed under one budget, score paths with "
+        "BN recalibration and compare with the ground truth (config key ground_truth): Kendall τ, "
+        "Spearman ρ, Pearson r, top-group τ, mean ± std over seeds (paper Tables 6, 7, 9, Fig. 5).",
+    )
+    _add_config_args(ranking)
+    ranking.add_argument("--k", type=_int_list, default=[1, 8], help="values of K, e.g. 1,8")
+    ranking.add_argument("--seeds", type=_int_list, default=[0, 1], help="seeds, e.g. 0,1")
+    ranking.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also the fixed-1/K and random-λ ablations (Table 6) for K > 1",
+    )
+    ranking.add_argument(
+        "--workdir", default="runs/ranking", help="the runs' artifacts (resumable)"
+    )
+    ranking.add_argument("--out", default="runs/ranking/report.json", help="the JSON report")
+    ranking.set_defaults(func=_experiment)
 
     config = sub.add_parser(
         "config",

@@ -141,3 +141,9 @@ def test_lambda_ablations_train_only_the_supernet(tiny_cfg, digits_data, mode):
     lam_b = trainer.lam_for(choice, warmup=False, step=11)
     assert torch.isclose(lam_a.sum(), torch.tensor(1.0)) and (lam_a >= 0).all()
     assert torch.equal(lam_a, lam_b) == (mode == "fixed")
+
+
+def test_k1_trains_the_supernet_on_every_iteration_as_spos(tiny_cfg, digits_data):
+    trainer = KShotTrainer(tiny_cfg.replace(k=1), digits_data, torch.device("cpu"))
+    trainer.step = trainer.warmup_steps
+    assert all("supernet_loss" in trainer.train_step() for _ in range(4))

@@ -305,13 +305,13 @@ class KShotTrainer:
     def train_step(self) -> dict[str, float]:
         """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter.
 
-        Without a simplex-net to learn (``lambda_mode`` fixed or random) every iteration is a
-        supernet step.
+        Without a simplex-net to learn (``lambda_mode`` fixed or random, or K = 1 where λ = [1]
+        always: SPOS) every iteration is a supernet step.
         """
         step = self.step
         x, y = self.batch_for_step(step)
         warmup = step < self.warmup_steps
-        alternating = self.cfg.lambda_mode == "learned"
+        alternating = self.cfg.lambda_mode == "learned" and self.cfg.k > 1
         if warmup or not alternating or (step - self.warmup_steps) % 2 == 0:
             (choice,) = self.paths_for_step(step, 1)
             loss, acc = self.supernet_step(x, y, choice, self.lam_for(choice, warmup, step))
