@@ -135,6 +135,24 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from kshot import storage
+    from kshot.bench import run_benchmarks
+
+    result = run_benchmarks(quick=args.quick, device=args.device)
+    storage.write_json(args.out, result)
+    keys = (
+        "device",
+        "train_step_ratio_k8_vs_k1",
+        "supernet_vs_standalone_k8",
+        "peak_memory_ratio_k8_vs_k1",
+        "search_evals_per_s",
+        "ddp2_efficiency",
+    )
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ranking.add_argument("--out", default="runs/ranking/report.json", help="the JSON report")
     ranking.set_defaults(func=_experiment)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure K-shot training and search speed against a plain network",
+        description=__import__("kshot.bench", fromlist=["run_benchmarks"]).__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a CPU")
+    bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    bench.add_argument("--out", default="bench.json", help="where the JSON goes")
+    bench.set_defaults(func=_bench)
 
     config = sub.add_parser(
         "config",

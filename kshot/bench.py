@@ -1,0 +1,314 @@
+"""Benchmarks of the K-shot supernet against a plain network, measured side by side in one process.
+
+Measures, on whatever device is present:
+
+1. the training-step time of the K-shot supernet for several K on fixed paths (all 3x3 convs, and a
+   mixed path) and with a new random path every step, against the plain stand-alone network of the
+   same path in idiomatic PyTorch (same batch, dtype, memory format);
+2. the peak GPU memory of each (``None`` on the CPU);
+3. the search evaluation throughput: paths per second, BN recalibration on ``bn_images`` images and
+   validation on ``eval_images`` included, and the time it implies for all 15,625 paths;
+4. the throughput of 2 local gloo processes against 1 on the CPU, as a scaling efficiency.
+
+Timings are medians over repeats after warm-up; nothing here is asserted by a test.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kshot.nn.nb201_supernet import NB201Supernet
+from kshot.search.score import PathScorer
+from kshot.spaces import nb201
+
+__all__ = ["run_benchmarks", "ALL_3X3", "MIXED"]
+
+ALL_3X3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+MIXED = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(
+    step: Callable[[int], None], device: torch.device, warmup: int, repeats: int
+) -> float:
+    for i in range(warmup):
+        step(i)
+    _sync(device)
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        step(warmup + i)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_memory(run: Callable[[], None], device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    run()
+    _sync(device)
+    return int(torch.cuda.max_memory_allocated(device))
+
+
+def _train_steps(
+    model_step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    params: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+) -> tuple[float, int | None]:
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step(i: int) -> None:
+        with autocast:
+            loss = F.cross_entropy(model_step(x, y, i), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    seconds = _median_time(step, device, warmup, repeats)
+    return seconds, _peak_memory(lambda: [step(i) for i in range(2)], device)
+
+
+def _bench_training(
+    device: torch.device,
+    C: int,
+    N: int,
+    batch: int,
+    resolution: int,
+    ks: list[int],
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    x = torch.randn(batch, 3, resolution, resolution, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    out: dict[str, Any] = {}
+    for name, arch in (("all_3x3", ALL_3X3), ("mixed", MIXED)):
+        torch.manual_seed(0)
+        plain = nb201.build(arch, C=C, N=N).to(device, memory_format=torch.channels_last)
+        t_plain, m_plain = _train_steps(
+            lambda x, y, i, net=plain: net(x), plain.parameters(), x, y, device, warmup, repeats
+        )
+        rows = {
+            "standalone": {
+                "step_s": t_plain,
+                "images_per_s": batch / t_plain,
+                "peak_bytes": m_plain,
+            }
+        }
+        for k in ks:
+            supernet = NB201Supernet(k, C=C, N=N).to(device, memory_format=torch.channels_last)
+            lam = torch.full((k,), 1.0 / k, device=device)
+            t, m = _train_steps(
+                lambda x, y, i, net=supernet, a=arch, lam=lam: net(x, a, lam),
+                supernet.parameters(),
+                x,
+                y,
+                device,
+                warmup,
+                repeats,
+            )
+            rows[f"k{k}"] = {"step_s": t, "images_per_s": batch / t, "peak_bytes": m}
+        out[name] = rows
+    # real training samples a new path every step
+    rng_paths = [nb201.sample(np.random.default_rng([0, i])) for i in range(warmup + repeats)]
+    random_rows = {}
+    for k in ks:
+        supernet = NB201Supernet(k, C=C, N=N).to(device, memory_format=torch.channels_last)
+        lam = torch.full((k,), 1.0 / k, device=device)
+        t, _ = _train_steps(
+            lambda x, y, i, net=supernet, lam=lam: net(x, rng_paths[i % len(rng_paths)], lam),
+            supernet.parameters(),
+            x,
+            y,
+            device,
+            warmup,
+            repeats,
+        )
+        random_rows[f"k{k}"] = {"step_s": t, "images_per_s": batch / t}
+    out["random_path"] = random_rows
+    return out
+
+
+def _bench_search(
+    device: torch.device,
+    C: int,
+    N: int,
+    bn_images: int,
+    eval_images: int,
+    resolution: int,
+    paths: int,
+) -> dict[str, float]:
+    torch.manual_seed(0)
+    supernet = NB201Supernet(8, C=C, N=N).to(device)
+    scorer = PathScorer(
+        supernet,
+        None,
+        bn_images=torch.randn(bn_images, 3, resolution, resolution, device=device),
+        valid_images=torch.randn(eval_images, 3, resolution, resolution, device=device),
+        valid_labels=torch.randint(0, 10, (eval_images,), device=device),
+        bn_batch_size=bn_images,
+        eval_batch_size=min(eval_images, 2500),
+    )
+    rng = np.random.default_rng(0)
+    scorer.score(nb201.sample(rng))  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(paths):
+        scorer.score(nb201.sample(rng))
+    _sync(device)
+    per_s = paths / (time.perf_counter() - start)
+    return {
+        "search_evals_per_s": per_s,
+        "seconds_per_1000_evals": 1000 / per_s,
+        "estimated_seconds_all_15625": nb201.SIZE / per_s,
+        "paths_timed": paths,
+    }
+
+
+_DDP_SCRIPT = """
+import json, sys, time, torch
+import torch.nn.functional as F
+from kshot import distributed as dist
+from kshot.nn.nb201_supernet import NB201Supernet
+from kshot.spaces import nb201
+dist.init_from_env("cpu")
+torch.set_num_threads(1)
+C, N, batch, res, steps = (int(v) for v in sys.argv[1:6])
+torch.manual_seed(0)
+net = NB201Supernet(8, C=C, N=N)
+opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+local = batch // dist.world_size()
+x, y = torch.randn(local, 3, res, res), torch.randint(0, 10, (local,))
+lam = torch.full((8,), 1 / 8)
+def step(i):
+    loss = F.cross_entropy(net(x, nb201.from_index(i * 7919 % nb201.SIZE), lam), y)
+    opt.zero_grad(set_to_none=True); loss.backward()
+    dist.all_reduce_gradients(net.parameters()); opt.step()
+for i in range(3): step(i)
+dist.barrier(); start = time.perf_counter()
+for i in range(steps): step(3 + i)
+dist.barrier(); elapsed = time.perf_counter() - start
+if dist.is_main(): print(json.dumps({"images_per_s": batch * steps / elapsed}))
+dist.shutdown()
+"""
+
+
+def _bench_ddp(C: int, N: int, batch: int, resolution: int, steps: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "ddp_bench.py")
+        with open(script, "w") as f:
+            f.write(_DDP_SCRIPT)
+        rates = {}
+        for nproc in (1, 2):
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc-per-node={nproc}",
+                    script,
+                    str(C),
+                    str(N),
+                    str(batch),
+                    str(resolution),
+                    str(steps),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
+            rates[nproc] = json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]
+    return {
+        "ddp1_images_per_s": rates[1],
+        "ddp2_images_per_s": rates[2],
+        "ddp2_efficiency": rates[2] / (2 * rates[1]),
+    }
+
+
+def run_benchmarks(quick: bool = True, device: str = "auto") -> dict[str, Any]:
+    """Run every benchmark; ``quick`` sizes them for a CPU in a few minutes."""
+    dev = torch.device(
+        "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    )
+    if quick:
+        shape = {"C": 8, "N": 1, "batch": 64, "resolution": 32}
+        timing = {"warmup": 3, "repeats": 10}
+        search = {"bn_images": 256, "eval_images": 1000, "paths": 10}
+        ddp = {"C": 8, "N": 1, "batch": 64, "resolution": 32, "steps": 20}
+    else:
+        shape = {"C": 16, "N": 5, "batch": 256, "resolution": 32}
+        timing = {"warmup": 10, "repeats": 50}
+        search = {"bn_images": 2048, "eval_images": 10_000, "paths": 50}
+        ddp = {"C": 16, "N": 1, "batch": 128, "resolution": 32, "steps": 20}
+    ks = [1, 2, 4, 8, 12]
+    training = _bench_training(
+        dev,
+        shape["C"],
+        shape["N"],
+        shape["batch"],
+        shape["resolution"],
+        ks,
+        timing["warmup"],
+        timing["repeats"],
+    )
+    searching = _bench_search(
+        dev,
+        shape["C"],
+        shape["N"],
+        search["bn_images"],
+        search["eval_images"],
+        shape["resolution"],
+        search["paths"],
+    )
+    scaling = _bench_ddp(**ddp)
+    fixed = training["all_3x3"]
+    mem_k1, mem_k8 = fixed["k1"]["peak_bytes"], fixed["k8"]["peak_bytes"]
+    return {
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+        "quick": quick,
+        "shape": shape,
+        "train_step_ratio_k8_vs_k1": fixed["k8"]["step_s"] / fixed["k1"]["step_s"],
+        "supernet_vs_standalone_k8": fixed["k8"]["images_per_s"]
+        / fixed["standalone"]["images_per_s"],
+        "supernet_random_path_vs_standalone_k8": training["random_path"]["k8"]["images_per_s"]
+        / fixed["standalone"]["images_per_s"],
+        "peak_memory_ratio_k8_vs_k1": None if mem_k1 is None else mem_k8 / mem_k1,
+        "search_evals_per_s": searching["search_evals_per_s"],
+        "ddp2_efficiency": scaling["ddp2_efficiency"],
+        "training": training,
+        "search": {**searching, **search},
+        "ddp": {**scaling, **ddp},
+    }
