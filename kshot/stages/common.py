@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -46,6 +46,8 @@ def require(artifacts: Mapping[str, str], names: tuple[str, ...], stage: str, ki
                 storage.check_writable(uri)
             else:
                 storage.check_uri(uri)
+        except storage.StorageError:
+            raise  # the store did not answer: not a bad URI
         except (ValueError, OSError) as e:
             raise ValueError(f"stage {stage!r}, {kind} artifact {name}={uri!r}: {e}") from e
 
@@ -152,7 +154,7 @@ def score_paths(
     return [record for _, record in gathered]
 
 
-def flops_of(cfg: Config, data: TrainData):  # noqa: ANN201 - a closure
+def flops_of(cfg: Config, data: TrainData) -> Callable[[tuple[int, ...] | str], float]:
     """MFLOPs of a path's stand-alone network at this run's shape and resolution."""
     from kshot.spaces import nb201
 

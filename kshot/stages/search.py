@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kshot import distributed as dist
@@ -22,7 +23,7 @@ from kshot.stages.common import (
 __all__ = ["run", "check_budget"]
 
 
-def check_budget(cfg: Config, flops) -> float | None:  # noqa: ANN001
+def check_budget(cfg: Config, flops: Callable[[nb201.Arch], float]) -> float | None:
     """The budget in MFLOPs (None: unconstrained); fails when no path of the space meets it."""
     if not cfg.flops_budget:
         return None
