@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from kshot.config import FIELD_HELP, Config, ConfigError, load_config, parse_overrides
+from kshot.launch.spec import LaunchError
 from kshot.stages import ARTIFACTS, STAGES
 
 __all__ = ["main", "build_parser", "config_from_args"]
@@ -284,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, CommandError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CommandError, ValueError, OSError, LaunchError) as e:
         print(f"kshot {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -55,6 +55,8 @@ __all__ = [
     "StorageError",
     "is_gcs",
     "parse_gcs",
+    "check_uri",
+    "check_writable",
     "join",
     "exists",
     "read_bytes",
@@ -134,6 +136,41 @@ def _is_remote(uri: str) -> bool:
             "use a local path or gs://bucket/key"
         )
     return False
+
+
+def check_uri(uri: str) -> None:
+    """Raise :class:`ValueError` for an empty or malformed URI (no request is made)."""
+    if _is_remote(uri):
+        parse_gcs(uri)
+
+
+def check_writable(uri: str) -> None:
+    """Fail before any work when nothing could ever be written at ``uri``.
+
+    Raises:
+        ValueError: ``uri`` is malformed, or a local path runs through a regular file.
+        FileNotFoundError: the bucket of a ``gs://`` URI does not exist.
+        PermissionError: the nearest existing local folder is not writable.
+    """
+    if _is_remote(uri):
+        bucket, _ = parse_gcs(uri)
+        found = _gcs_call(
+            uri,
+            "checking the bucket of",
+            lambda retry: _client().bucket(bucket).exists(retry=retry),
+        )
+        if not found:
+            raise FileNotFoundError(
+                f"{uri}: bucket gs://{bucket} does not exist (or these credentials cannot see it)"
+            )
+        return
+    ancestor = Path(uri).absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor != Path(uri).absolute() and not ancestor.is_dir():
+        raise ValueError(f"cannot write {uri}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor if ancestor.is_dir() else ancestor.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {uri}: {ancestor} is not writable")
 
 
 def _object_ref(uri: str) -> tuple[str, str]:
@@ -369,8 +406,15 @@ def write_text(uri: str, text: str) -> None:
 
 
 def read_json(uri: str) -> Any:
-    """The JSON document at ``uri``."""
-    return json.loads(read_text(uri))
+    """The JSON document at ``uri``.
+
+    Raises:
+        ValueError: the file is not valid JSON (naming ``uri``).
+    """
+    try:
+        return json.loads(read_text(uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{uri} is not valid JSON: {err}") from None
 
 
 def write_json(uri: str, obj: Any) -> None:

@@ -26,8 +26,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _die_with_parent() -> None:
+    """Linux: end this worker when its launcher (torchrun's agent) dies, even by SIGKILL, so a
+    restarted stage never races an orphan writing to the same checkpoint folder."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _die_with_parent()
     try:
         cfg = load_config(json.loads(args.config_json), sources=["--config-json"])
         inputs = parse_overrides(args.input, "--input")

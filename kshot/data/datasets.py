@@ -424,7 +424,7 @@ def _decode_all(
             raise ValueError(
                 f"image {describe(index)} is {pixels.shape[1]}x{pixels.shape[0]} but "
                 f"{describe(0)} is {width}x{height}; all images must have the same size "
-                f"(pass resolution= to resize them)"
+                f"(set config key 'resolution' to resize them)"
             )
     channels = max(pixels.shape[2] for pixels in decoded)
     stacked = np.empty((len(decoded), height, width, channels), dtype=np.uint8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "device_of",
     "score_paths",
     "flops_of",
+    "read_search_results",
 ]
 
 
@@ -169,3 +171,33 @@ def flops_of(cfg: Config, data: TrainData) -> Callable[[tuple[int, ...] | str], 
         )
 
     return flops
+
+
+def read_search_results(uri: str) -> dict[str, Any]:
+    """The front, best path and budget of a search / recalibrate results JSON, each arch checked.
+
+    Returns:
+        ``{"front": [arch, …], "best": arch, "flops_budget": float | None}`` with normalised archs.
+    """
+    from kshot.spaces import nb201
+
+    results = storage.read_json(uri)
+    if not isinstance(results, dict):
+        raise ValueError(f"results {uri!r} must be a JSON object")
+
+    def arch_of(record: Any, where: str) -> str:
+        if not isinstance(record, dict) or "arch" not in record:
+            raise ValueError(f"results {uri!r} have no path with an 'arch' string at {where}")
+        try:
+            return nb201.format_arch(nb201.parse(record["arch"]))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"results {uri!r}, key {where}.arch: {e}") from None
+
+    front = results.get("front", [])
+    if not isinstance(front, list):
+        raise ValueError(f"results {uri!r}: 'front' must be a list of paths")
+    return {
+        "front": [arch_of(r, f"front[{i}]") for i, r in enumerate(front)],
+        "best": arch_of(results.get("best"), "best"),
+        "flops_budget": results.get("flops_budget"),
+    }

@@ -46,7 +46,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     for rec, arch in zip(records, archs, strict=True):
         rec["flops"] = flops(arch)
         rec["bn_images"] = cfg.bn_images
-    budget = searched.get("flops_budget")
+    budget = searched["flops_budget"]
     in_budget = [r for r in records if budget is None or r["flops"] <= budget]
     best = max(in_budget, key=lambda r: (r["accuracy"], -r["flops"]))
     payload = results_payload(cfg, budget, records, pareto_front(records), best)

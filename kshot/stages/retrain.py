@@ -8,22 +8,10 @@ from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
 from kshot.spaces import nb201
-from kshot.stages.common import device_of, load_train_data, require
+from kshot.stages.common import device_of, load_train_data, read_search_results, require
 from kshot.train.standalone import train_standalone
 
-__all__ = ["run", "best_arch"]
-
-
-def best_arch(results_uri: str) -> str:
-    """The normalised ``best.arch`` of a search / recalibrate results JSON, checked."""
-    results = storage.read_json(results_uri)
-    best = results.get("best") if isinstance(results, dict) else None
-    if not isinstance(best, dict) or "arch" not in best:
-        raise ValueError(f"results {results_uri!r} have no 'best' path with an 'arch' string")
-    try:
-        return nb201.format_arch(nb201.parse(best["arch"]))
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"results {results_uri!r}, key best.arch: {e}") from None
+__all__ = ["run"]
 
 
 def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
@@ -31,7 +19,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     the arch and the stand-alone state dict) and ``outputs["metrics"]`` (JSON curves and accuracy)."""
     require(inputs, ("split", "results"), "retrain", "input")
     require(outputs, ("model", "metrics"), "retrain", "output")
-    arch = best_arch(inputs["results"])
+    arch = read_search_results(inputs["results"])["best"]
     data = load_train_data(cfg, inputs["split"])
     model, history = train_standalone(
         arch, cfg, data, device_of(cfg), cfg.retrain_epochs, cfg.seed, data_parallel=True

@@ -203,6 +203,7 @@ class KShotTrainer:
             self.opt, cosine_lambda(self.total_steps)
         )
         self.step = 0
+        self.epoch_sums: dict[str, list[float]] = {}  # this epoch's step values, for its curves
         self.history: dict[str, list[float]] = {
             "epoch": [],
             "lr": [],
@@ -225,6 +226,7 @@ class KShotTrainer:
             "simplex_optimizer": self.simplex_opt.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
+            "epoch_sums": self.epoch_sums,
         }
 
     def load_state_dict(self, state: dict[str, Any], uri: str) -> None:
@@ -236,6 +238,7 @@ class KShotTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        self.epoch_sums = {k: list(v) for k, v in state["epoch_sums"].items()}
 
     # ------------------------------------------------------------------ sampling and data
     def arch_code(self, choice: nb201.Arch) -> torch.Tensor:
@@ -320,6 +323,8 @@ class KShotTrainer:
             out = {"simplex_loss": self.simplex_step(x, y, self.paths_for_step(step, self.cfg.m))}
         self.scheduler.step()
         self.step += 1
+        for key, value in out.items():
+            self.epoch_sums.setdefault(key, []).append(value)
         return out
 
     # ------------------------------------------------------------------ epochs
@@ -340,15 +345,13 @@ class KShotTrainer:
             disable=not (progress and dist.is_main()),
             leave=False,
         )
-        sums: dict[str, list[float]] = {}
         while self.step < end:
-            for key, value in self.train_step().items():
-                sums.setdefault(key, []).append(value)
+            self.train_step()
             every = self.cfg.checkpoint_every_steps
             epoch_done = self.step % self.steps_per_epoch == 0
             if epoch_done:
-                self._log_epoch(sums)
-                sums = {}
+                self._log_epoch(self.epoch_sums)
+                self.epoch_sums = {}
                 bar.update(1)
                 bar.set_postfix(
                     {

@@ -1,0 +1,439 @@
+"""Bad input gets a clear error naming it, before any expensive work, and nothing is written.
+
+Each row of the table runs one ``kshot stage`` command (``kshot.cli.main``, as a user would) with
+one bad input: the command must exit with code 2, print ``kshot stage: error: …`` naming the
+offending value (URI, config key, arch string, file), and leave the output folder exactly as it was:
+no new file, and an output that already existed keeps its old bytes (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from kshot import storage
+from kshot.cli import main
+from kshot.config import load_config
+from kshot.spaces import nb201
+from kshot.stages import run_stage
+from kshot.train import checkpoint as ckpt
+from tests.conftest import TINY
+
+SENTINEL = b"old bytes of an earlier, successful run\n"
+VALID_ARCH = nb201.format_arch(nb201.from_index(1234))
+NO_BUCKET = "gs://kshot-no-such-bucket"
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Good artifacts (TINY config file, digits split, a warmup checkpoint, search results and a
+    ground-truth table) that each row spoils one thing of."""
+    d = tmp_path_factory.mktemp("good")
+    (d / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    cfg = load_config(TINY)
+    run_stage("split", cfg, {}, {"split": str(d / "split.json")})
+    run_stage("warmup", cfg, {"split": str(d / "split.json")}, {"checkpoint": str(d / "warm")})
+    (d / "results.json").write_text(json.dumps({"best": {"arch": VALID_ARCH}}))
+    (d / "truth.csv").write_text(f"arch,accuracy\n{VALID_ARCH},50.0\n")
+    return d
+
+
+# ------------------------------------------------------------------- files that spoil a run
+
+
+def _png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((side, side), 128, np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _newest_checkpoint(good: Path) -> Path:
+    return Path(ckpt.list_checkpoints(str(good / "warm"))[-1])
+
+
+def empty_checkpoint(t: Path, good: Path) -> None:
+    (t / "empty-ckpt").mkdir()
+    (t / "empty-ckpt" / _newest_checkpoint(good).name).write_bytes(b"")
+
+
+def truncated_checkpoint(t: Path, good: Path) -> None:
+    newest = _newest_checkpoint(good)
+    (t / "cut-ckpt").mkdir()
+    (t / "cut-ckpt" / newest.name).write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+
+
+def parquet_label_out_of_range(t: Path, good: Path) -> None:
+    """Two classes named in the schema, and a label 5."""
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "image": pa.array([{"bytes": _png(8), "path": f"{i}.png"} for i in range(4)], image),
+            "label": pa.array([0, 1, 5, 0], pa.int64()),
+        }
+    ).replace_schema_metadata({"label_names": "zero,one"})
+    pq.write_table(table, t / "bad.parquet")
+
+
+def cifar_label_out_of_range(t: Path, good: Path) -> None:
+    """A CIFAR-10 pickle folder whose last training batch holds a label 10."""
+    folder = t / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [0, 10] if name == "data_batch_5" else [0, 9]
+        batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def mixed_image_sizes(t: Path, good: Path) -> None:
+    for cls, side in (("a", 8), ("b", 6)):
+        (t / "tree" / "train" / cls).mkdir(parents=True)
+        (t / "tree" / "train" / cls / f"{cls}.png").write_bytes(_png(side))
+
+
+def file_where_a_folder_should_be(t: Path, good: Path) -> None:
+    (t / "afile").write_bytes(b"a file, not a folder")
+
+
+def config_with_unknown_key(t: Path, good: Path) -> None:
+    (t / "bad.yaml").write_text(yaml.safe_dump({**TINY, "colour": "red"}))
+
+
+def results_with_invalid_arch(t: Path, good: Path) -> None:
+    (t / "results.json").write_text(json.dumps({"best": {"arch": "|conv_5x5~0|+|none~0|"}}))
+
+
+def truth_without_the_column(t: Path, good: Path) -> None:
+    (t / "truth.csv").write_text(f"arch,acc\n{VALID_ARCH},50.0\n")
+
+
+def split_of_another_dataset(t: Path, good: Path) -> None:
+    split = {
+        "dataset": "gs://datasets/cifar10-small.parquet",
+        "seed": 0,
+        "valid_fraction": 0.5,
+        "num_images": 20,
+        "train": list(range(10)),
+        "valid": list(range(10, 20)),
+        "test": None,
+    }
+    (t / "other-split.json").write_text(json.dumps(split))
+
+
+def split_that_is_not_json(t: Path, good: Path) -> None:
+    (t / "garbage.json").write_text('{"train": [1, 2,')
+
+
+def output_folder_of_another_k(t: Path, good: Path) -> None:
+    """An output checkpoint folder already holding a K = 4 run (the existing output to keep)."""
+    shutil.copytree(good / "warm", t / "out" / "trained")
+
+
+# ------------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Case:
+    """One bad input: the stage, what differs from a good command, and what the error says."""
+
+    id: str
+    stage: str
+    says: tuple[str, ...]
+    inputs: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    extra: tuple[str, ...] = ()
+    setup: Callable[[Path, Path], None] | None = None
+    existing: tuple[str, ...] = ()  # output files an earlier run left, which must keep their bytes
+    warns: str | None = None
+    gcs: bool = False
+
+
+GOOD_INPUTS = {
+    "split": {},
+    "warmup": {"split": "{good}/split.json"},
+    "train": {"split": "{good}/split.json", "checkpoint": "{good}/warm"},
+    "search": {"split": "{good}/split.json", "checkpoint": "{good}/warm"},
+    "retrain": {"split": "{good}/split.json", "results": "{good}/results.json"},
+    "rank": {
+        "split": "{good}/split.json",
+        "checkpoint": "{good}/warm",
+        "ground_truth": "{good}/truth.csv",
+    },
+}
+GOOD_OUTPUTS = {
+    "split": {"split": "{out}/split.json"},
+    "warmup": {"checkpoint": "{out}/warm"},
+    "train": {"checkpoint": "{out}/trained"},
+    "search": {"results": "{out}/results.json"},
+    "retrain": {"model": "{out}/model.pt", "metrics": "{out}/metrics.json"},
+    "rank": {"scores": "{out}/scores.csv", "metrics": "{out}/rank.json"},
+}
+
+CASES = [
+    # --- URIs
+    Case(
+        "gs-uri-without-bucket",
+        "warmup",
+        ("input artifact split='gs://'", "no bucket name"),
+        inputs={"split": "gs://"},
+    ),
+    Case(
+        "s3-input-uri",
+        "warmup",
+        ("split='s3://bucket/split.json'", "unsupported URI scheme 's3'"),
+        inputs={"split": "s3://bucket/split.json"},
+    ),
+    Case(
+        "s3-output-uri",
+        "search",
+        ("output artifact results='s3://bucket/results.json'", "unsupported URI scheme"),
+        outputs={"results": "s3://bucket/results.json"},
+    ),
+    Case(
+        "invalid-bucket-name",
+        "search",
+        ("gs://Not_A_Bucket!/results.json", "bucket name 'Not_A_Bucket!'"),
+        outputs={"results": "gs://Not_A_Bucket!/results.json"},
+    ),
+    Case(
+        "missing-bucket-input",
+        "warmup",
+        (f"{NO_BUCKET}/split.json", f"bucket {NO_BUCKET} does not exist"),
+        inputs={"split": f"{NO_BUCKET}/split.json"},
+        gcs=True,
+    ),
+    Case(
+        "missing-bucket-output",
+        "search",
+        (f"results='{NO_BUCKET}/results.json'", f"bucket {NO_BUCKET} does not exist"),
+        outputs={"results": f"{NO_BUCKET}/results.json"},
+        gcs=True,
+    ),
+    Case(
+        "missing-gcs-object",
+        "warmup",
+        ("{bucket}/no-such-split.json does not exist",),
+        inputs={"split": "{bucket}/no-such-split.json"},
+        gcs=True,
+    ),
+    Case(
+        "missing-local-file",
+        "warmup",
+        ("{t}/no-such-split.json",),
+        inputs={"split": "{t}/no-such-split.json"},
+    ),
+    Case(
+        "unwritable-output-under-a-file",
+        "search",
+        ("results='{t}/afile/results.json'", "{t}/afile is a file, not a folder"),
+        outputs={"results": "{t}/afile/results.json"},
+        setup=file_where_a_folder_should_be,
+    ),
+    # --- checkpoints
+    Case(
+        "missing-checkpoint-folder",
+        "search",
+        ("'{t}/no-ckpt' holds no checkpoint",),
+        inputs={"checkpoint": "{t}/no-ckpt"},
+    ),
+    Case(
+        "empty-checkpoint-file",
+        "search",
+        ("'{t}/empty-ckpt' holds only damaged checkpoints",),
+        inputs={"checkpoint": "{t}/empty-ckpt"},
+        setup=empty_checkpoint,
+        warns="empty-ckpt/ckpt-.* is damaged",
+    ),
+    Case(
+        "truncated-checkpoint",
+        "search",
+        ("'{t}/cut-ckpt' holds only damaged checkpoints",),
+        inputs={"checkpoint": "{t}/cut-ckpt"},
+        setup=truncated_checkpoint,
+        warns="cut-ckpt/ckpt-.* is damaged",
+    ),
+    Case(
+        "checkpoint-of-another-k",
+        "search",
+        ("{good}/warm/ckpt-", "does not match the config", "k = 4 (config: 2)"),
+        extra=("--set", "k=2"),
+    ),
+    Case(
+        "checkpoint-of-another-shape",
+        "search",
+        ("{good}/warm/ckpt-", "channels = 4 (config: 8)"),
+        extra=("--set", "channels=8"),
+    ),
+    Case(
+        "train-output-folder-of-another-k-is-kept",
+        "train",
+        ("{t}/out/trained/ckpt-", "k = 4 (config: 2)"),
+        extra=("--set", "k=2"),
+        setup=output_folder_of_another_k,
+    ),
+    # --- datasets and splits
+    Case(
+        "parquet-label-out-of-range",
+        "split",
+        ("{t}/bad.parquet", "label 5 is outside [0, 2)"),
+        extra=("--set", "dataset={t}/bad.parquet"),
+        setup=parquet_label_out_of_range,
+    ),
+    Case(
+        "cifar-label-out-of-range",
+        "split",
+        ("{t}/cifar-10-batches-py/data_batch_5", "label 10 is outside [0, 10)"),
+        extra=("--set", "dataset={t}"),
+        setup=cifar_label_out_of_range,
+    ),
+    Case(
+        "class-folders-of-mixed-image-sizes",
+        "split",
+        ("{t}/tree/train/b/b.png is 6x6", "all images must have the same size"),
+        extra=("--set", "dataset={t}/tree"),
+        setup=mixed_image_sizes,
+    ),
+    Case(
+        "missing-dataset",
+        "split",
+        ("/no/such/dataset",),
+        extra=("--set", "dataset=/no/such/dataset"),
+    ),
+    Case(
+        "split-of-another-dataset",
+        "warmup",
+        ("{t}/other-split.json", "made for dataset 'gs://datasets/cifar10-small.parquet'"),
+        inputs={"split": "{t}/other-split.json"},
+        setup=split_of_another_dataset,
+    ),
+    Case(
+        "split-that-is-not-json",
+        "warmup",
+        ("{t}/garbage.json is not valid JSON",),
+        inputs={"split": "{t}/garbage.json"},
+        setup=split_that_is_not_json,
+    ),
+    # --- configuration
+    Case(
+        "unknown-key-in-config-file",
+        "search",
+        ("unknown config key 'colour' from {t}/bad.yaml",),
+        extra=("--config", "{t}/bad.yaml"),
+        setup=config_with_unknown_key,
+    ),
+    Case(
+        "negative-epochs",
+        "warmup",
+        ("'epochs' from --set: -1 must be >= 1",),
+        extra=("--set", "epochs=-1"),
+    ),
+    Case("k-zero", "warmup", ("'k' from --set: 0 must be >= 1",), extra=("--set", "k=0")),
+    Case(
+        "m-not-dividing-batch-size",
+        "train",
+        ("'m' from --set: 5 does not divide batch_size = 32",),
+        extra=("--set", "m=5"),
+    ),
+    Case(
+        "flops-budget-no-arch-meets",
+        "search",
+        ("'flops_budget' = 0.0001", "no nb201 path meets it"),
+        extra=("--set", "flops_budget=0.0001"),
+    ),
+    Case(
+        "bn-images-beyond-the-training-split",
+        "search",
+        ("'bn_images' = 5000 exceeds the 899 training images",),
+        extra=("--set", "bn_images=5000"),
+    ),
+    # --- results and ground truth
+    Case(
+        "invalid-arch-in-results-keeps-existing-outputs",
+        "retrain",
+        ("{t}/results.json", "best.arch", "invalid nb201 arch string '|conv_5x5~0|+|none~0|'"),
+        inputs={"results": "{t}/results.json"},
+        setup=results_with_invalid_arch,
+        existing=("model.pt", "metrics.json"),
+    ),
+    Case(
+        "ground-truth-without-the-column",
+        "rank",
+        ("{t}/truth.csv", "has no column 'accuracy'", "['arch', 'acc']"),
+        inputs={"ground_truth": "{t}/truth.csv"},
+        setup=truth_without_the_column,
+    ),
+    Case(
+        "failing-search-keeps-the-existing-results",
+        "search",
+        ("k = 4 (config: 2)",),
+        extra=("--set", "k=2"),
+        existing=("results.json",),
+    ),
+    Case("unknown-stage", "sprint", ("invalid choice: 'sprint'",)),
+]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (temporary ones included) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_named_and_nothing_is_written(
+    case: Case,
+    good: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+) -> None:
+    """The command exits 2 with ``kshot stage: error:`` and the offending value in the message;
+    the output folder holds exactly what it held before (nothing new, old bytes kept)."""
+    names = {"good": str(good), "t": str(tmp_path), "out": str(tmp_path / "out")}
+    if case.gcs:
+        names["bucket"] = request.getfixturevalue("gcs_bucket")
+    (tmp_path / "out").mkdir()
+    if case.setup:
+        case.setup(tmp_path, good)
+    for name in case.existing:
+        (tmp_path / "out" / name).write_bytes(SENTINEL)
+    before = _tree(tmp_path)
+
+    argv = ["stage", case.stage, "--config", str(good / "tiny.yaml")]
+    artifacts = {
+        "--input": {**GOOD_INPUTS.get(case.stage, {}), **case.inputs},
+        "--output": {**GOOD_OUTPUTS.get(case.stage, {}), **case.outputs},
+    }
+    for flag, table in artifacts.items():
+        for name, uri in table.items():
+            argv += [flag, f"{name}={uri.format(**names)}"]
+    argv += [arg.format(**names) for arg in case.extra]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse refuses the command line itself
+            code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "kshot stage: error: " in err
+    for piece in case.says:
+        assert piece.format(**names) in err, f"{piece.format(**names)!r} not in {err!r}"
+    if case.warns:  # the damaged file itself is named too
+        assert any(re.search(case.warns, str(w.message)) for w in caught), caught
+    assert _tree(tmp_path) == before
+    if case.gcs:
+        assert storage.list_uris(names["bucket"]) == []
