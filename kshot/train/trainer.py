@@ -72,8 +72,10 @@ class TrainData:
         return int(self.train_images.shape[-1])
 
     def prepare(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """uint8 images → normalised float32 on ``device``."""
-        return normalize(images.to(device), self.mean, self.std)
+        """uint8 images → normalised float32 on ``device``, channels-last (faster convolutions and
+        pooling on CPU and GPU alike)."""
+        x = normalize(images.to(device), self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last)
 
 
 def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
