@@ -35,9 +35,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_cfg, digits_spl
     finals = {}
     for workers in (1, 2):
         out = str(tmp_path / f"train{workers}")
-        spec = LaunchSpec(stage="train", config=cfg.to_dict(),
-                          inputs={"split": digits_split, "checkpoint": warm},
-                          outputs={"checkpoint": out}, workers=workers)
+        spec = LaunchSpec(
+            stage="train",
+            config=cfg.to_dict(),
+            inputs={"split": digits_split, "checkpoint": warm},
+            outputs={"checkpoint": out},
+            workers=workers,
+        )
         # a rank waiting on an all-reduce the other never joins would hang: the timeout catches it
         done = subprocess.run(local_command(spec), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -70,14 +74,29 @@ def test_gradients_are_averaged_only_where_they_exist(tmp_path):
         "kd.shutdown()\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         str(script)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_local_command_runs_the_worker_under_torchrun():
-    spec = LaunchSpec(stage="search", config={"k": 2}, inputs={"split": "s.json"},
-                      outputs={"results": "r.json"}, workers=2)
+    spec = LaunchSpec(
+        stage="search",
+        config={"k": 2},
+        inputs={"split": "s.json"},
+        outputs={"results": "r.json"},
+        workers=2,
+    )
     cmd = local_command(spec)
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert cmd[5:8] == ["-m", "kshot.worker", "search"]

@@ -1,0 +1,215 @@
+"""What the components show in the Kubeflow Pipelines UI: Metrics, HTML plots, a Markdown summary.
+
+Every plot comes from :mod:`kshot.report`; these functions read a stage's outputs and write the
+UI artifacts (at their local ``path``, which KFP uploads).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from kshot import report, storage
+from kshot.components.runtime import Artifact, artifact_uri
+
+__all__ = [
+    "training_report",
+    "search_report",
+    "recalibrate_report",
+    "retrain_report",
+    "rank_report",
+    "run_summary",
+    "tau_vs_k_report",
+]
+
+_CORRELATIONS = ("kendall_tau", "spearman_rho", "pearson_r")
+_LABELS = ("Kendall τ", "Spearman ρ", "Pearson r")
+
+
+class MetricsArtifact(Protocol):
+    """The part of a KFP ``Metrics`` artifact used here."""
+
+    def log_metric(self, metric: str, value: float) -> None: ...
+
+
+def _write(artifact: Artifact, text: str) -> None:
+    Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(artifact.path).write_text(text, encoding="utf-8")
+
+
+def _log_finite(metrics: MetricsArtifact, values: Mapping[str, Any]) -> None:
+    """Log every finite number of ``values`` (NaN, e.g. τ of constant scores, is left out)."""
+    for name, value in values.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            metrics.log_metric(name, float(value))
+
+
+def training_report(curves: Artifact, page: Artifact) -> None:
+    """Loss, accuracy and learning-rate curves of the supernet training, one panel each."""
+    data = storage.read_json(artifact_uri(curves))
+    panels = {name: values for name, values in data.items() if name != "epoch"}
+    png = report.curves_plot(panels, "Supernet training (warmup, then alternating K-shot)")
+    _write(page, report.html_page("Supernet training", [("Curves per epoch", png)]))
+
+
+def search_report(results: Artifact, metrics: MetricsArtifact, page: Artifact) -> None:
+    """The search's best path as Metrics; its Pareto front and λ histograms (Figs. 6, 8) as HTML."""
+    data = storage.read_json(artifact_uri(results))
+    best = data["best"]
+    _log_finite(
+        metrics,
+        {
+            "best_accuracy": best["accuracy"],
+            "best_flops": best["flops"],
+            "evaluated_paths": len(data["evaluated"]),
+            "front_size": len(data["front"]),
+        },
+    )
+    sections: list[tuple[str, bytes | str]] = [
+        (
+            "Pareto front",
+            report.pareto_plot(data["evaluated"], data["front"], data["flops_budget"]),
+        ),
+        (
+            "Simplex codes λ of the evaluated paths",
+            report.lambda_histogram([path["lam"] for path in data["evaluated"]]),
+        ),
+        ("Best path", json.dumps(best, indent=2)),
+    ]
+    _write(page, report.html_page("NSGA-II search", sections))
+
+
+def recalibrate_report(results: Artifact, metrics: MetricsArtifact) -> None:
+    """The best path's accuracy and FLOPs after BatchNorm recalibration."""
+    best = storage.read_json(artifact_uri(results))["best"]
+    _log_finite(metrics, {"best_accuracy": best["accuracy"], "best_flops": best["flops"]})
+
+
+def retrain_report(retrained: Artifact, metrics: MetricsArtifact, page: Artifact) -> None:
+    """Test accuracy, FLOPs and parameters of the retrained path; its training curves."""
+    data = storage.read_json(artifact_uri(retrained))
+    _log_finite(
+        metrics,
+        {
+            "test_accuracy": data["test_accuracy"],
+            "flops": data["flops"],
+            "params": data["params"],
+        },
+    )
+    panels = {name: values for name, values in data["curves"].items() if name != "epoch"}
+    sections: list[tuple[str, bytes | str]] = [
+        ("Curves per epoch", report.curves_plot(panels, f"Retraining {data['arch']}")),
+    ]
+    _write(page, report.html_page("Retraining the best path", sections))
+
+
+def _read_scores(scores: Artifact) -> tuple[list[float], list[float], list[list[float]]]:
+    """Ground truth, supernet accuracy and λ of every ranked path, from rank's scores CSV."""
+    rows = list(csv.DictReader(io.StringIO(storage.read_text(artifact_uri(scores)))))
+    lam_columns = sorted(
+        (name for name in rows[0] if name.startswith("lam_")), key=lambda n: int(n[4:])
+    )
+    truth = [float(row["ground_truth"]) for row in rows]
+    supernet = [float(row["supernet_accuracy"]) for row in rows]
+    lams = [[float(row[name]) for name in lam_columns] for row in rows]
+    return truth, supernet, lams
+
+
+def rank_report(
+    ranking: Artifact, scores: Artifact, metrics: MetricsArtifact, page: Artifact
+) -> None:
+    """τ, ρ, r and the top-group τ as Metrics; the scatter, Fig. 5's curve and λ as HTML."""
+    data = storage.read_json(artifact_uri(ranking))
+    _log_finite(metrics, {name: data[name] for name in (*_CORRELATIONS, "n_paths")})
+    top_group = data["top_group_tau"]
+    _log_finite(metrics, {f"top_group_tau_{n}": tau for n, tau in top_group.items()})
+    truth, supernet, lams = _read_scores(scores)
+    title = ", ".join(
+        f"{label} = {data[name]:.3f}" for name, label in zip(_CORRELATIONS, _LABELS, strict=True)
+    )
+    sections: list[tuple[str, bytes | str]] = [
+        ("Supernet score against ground truth", report.scatter_plot(truth, supernet, title)),
+    ]
+    if top_group:
+        sections.append(("Top-group Kendall τ (Fig. 5)", report.top_group_plot(top_group)))
+    sections.append(("Simplex codes λ of the ranked paths", report.lambda_histogram(lams)))
+    _write(page, report.html_page(f"Ranking, K = {data['k']}", sections))
+
+
+def run_summary(
+    config_json: str,
+    results: Artifact,
+    retrained: Artifact,
+    ranking: Artifact,
+    pages: Mapping[str, Artifact],
+    summary: Artifact,
+    markdown: Artifact,
+    metrics: MetricsArtifact,
+) -> dict[str, Any]:
+    """The run's headline numbers as JSON, Markdown and Metrics.
+
+    Args:
+        config_json: the config step's output.
+        results: recalibrate's results (the best path).
+        retrained: retrain's metrics JSON.
+        ranking: rank's metrics JSON.
+        pages: report name → HTML artifact, listed in the summary with their URIs.
+        summary: where the JSON goes.
+        markdown: where the Markdown goes.
+        metrics: where the Metrics go.
+
+    Returns:
+        The summary.
+    """
+    config = json.loads(config_json)
+    best = storage.read_json(artifact_uri(results))["best"]
+    retrain = storage.read_json(artifact_uri(retrained))
+    rank = storage.read_json(artifact_uri(ranking))
+    headline: dict[str, Any] = {
+        "k": config["k"],
+        "search_space": config["search_space"],
+        "dataset": config["dataset"],
+        "best_arch": best["arch"],
+        "best_accuracy": best["accuracy"],
+        "best_flops": best["flops"],
+        "flops_budget": config["flops_budget"],
+        "retrained_test_accuracy": retrain["test_accuracy"],
+        "retrained_params": retrain["params"],
+        **{name: rank[name] for name in _CORRELATIONS},
+        "n_paths": rank["n_paths"],
+        "top_group_tau": rank["top_group_tau"],
+        "ground_truth": config["ground_truth"] or "standalone stage (paths trained from scratch)",
+    }
+    _log_finite(metrics, headline)
+    reports = {name: page.uri for name, page in pages.items()}
+    reports["summary_markdown"] = markdown.uri
+    text = "# K-shot NAS run\n\n" + report.markdown_summary(headline)
+    text += "\n## Reports\n\n" + "".join(f"- {name}: `{uri}`\n" for name, uri in reports.items())
+    _write(markdown, text)
+    result = {**headline, "reports": reports}
+    _write(summary, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def tau_vs_k_report(rankings: Sequence[Artifact], metrics: MetricsArtifact, page: Artifact) -> None:
+    """Kendall τ against K over a sweep's rank outputs (the paper's Fig. 4)."""
+    rows = sorted(
+        (storage.read_json(artifact_uri(ranking)) for ranking in rankings), key=lambda r: r["k"]
+    )
+    points = [(row["k"], row["kendall_tau"]) for row in rows]
+    for row in rows:
+        _log_finite(metrics, {f"{name}_k{row['k']}": row[name] for name in _CORRELATIONS})
+    table = "\n".join(
+        f"K = {row['k']:>3}: " + ", ".join(f"{name} = {row[name]:.4f}" for name in _CORRELATIONS)
+        for row in rows
+    )
+    sections: list[tuple[str, bytes | str]] = [
+        ("Kendall τ against K (Fig. 4)", report.tau_vs_k_plot(points)),
+        ("Correlations per K", table),
+    ]
+    _write(page, report.html_page("K sweep", sections))

@@ -1,0 +1,198 @@
+"""What the pipeline's components share when they run: the config, artifact URIs, the launch.
+
+The component functions in :mod:`kshot.components.stages` stay thin: KFP ships only a component's own
+source to its pod, so everything they share lives here, in the installed package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from kshot import storage
+from kshot.config import Config, ConfigError, load_config
+from kshot.launch import BACKENDS, LaunchError, LaunchSpec, launch
+from kshot.launch.spec import is_image_reference
+from kshot.stages import HEAVY_STAGES, run_stage
+
+__all__ = [
+    "Artifact",
+    "IMAGE_ENV",
+    "NAMESPACE_ENV",
+    "RUN_ID_LABEL",
+    "PIPELINE_CONFIG_KEYS",
+    "component_image",
+    "build_config",
+    "config_from_json",
+    "artifact_uri",
+    "pod_namespace",
+    "run_pipeline_stage",
+]
+
+IMAGE_ENV = "KSHOT_IMAGE"
+NAMESPACE_ENV = "KSHOT_NAMESPACE"
+RUN_ID_LABEL = "pipelines.kubeflow.org/run_id"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# Config keys that are pipeline parameters of their own; every other key goes through extra_config.
+PIPELINE_CONFIG_KEYS: tuple[str, ...] = (
+    "k",
+    "search_space",
+    "dataset",
+    "epochs",
+    "warmup_epochs",
+    "m",
+    "alpha",
+    "tau",
+    "population",
+    "generations",
+    "flops_budget",
+    "bn_images",
+    "seed",
+    "ground_truth",
+    "workers",
+    "gpus_per_worker",
+)
+_DEFAULT_IMAGE: str = next(f.default for f in dataclasses.fields(LaunchSpec) if f.name == "image")
+
+
+class Artifact(Protocol):
+    """The part of a KFP artifact the components use."""
+
+    uri: str
+    path: str
+
+
+def component_image() -> str:
+    """The image the components run in: ``$KSHOT_IMAGE``, else the launcher's default worker image.
+
+    Read when the components are defined (import, compile), so set it before compiling.
+    """
+    return os.environ.get(IMAGE_ENV) or _DEFAULT_IMAGE
+
+
+def build_config(arguments: Mapping[str, Any]) -> Config:
+    """Validate the config step's arguments (the pipeline parameters) as one :class:`Config`.
+
+    Args:
+        arguments: every key of :data:`PIPELINE_CONFIG_KEYS`, plus ``extra_config`` (a JSON or
+            YAML mapping of any other config keys, '' for none), ``launcher`` (the heavy stages'
+            launch backend) and ``image`` (their jobs' worker image).
+
+    Returns:
+        The configuration every stage receives.
+
+    Raises:
+        ConfigError: a bad value, naming the pipeline parameter or config key and its source.
+    """
+    parameters = {key: arguments[key] for key in PIPELINE_CONFIG_KEYS}
+    extra_config, launcher, image = (
+        arguments["extra_config"],
+        arguments["launcher"],
+        arguments["image"],
+    )
+    try:
+        extra = yaml.safe_load(extra_config) if extra_config.strip() else {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"pipeline parameter 'extra_config' is not JSON/YAML: {error}") from error
+    if not isinstance(extra, dict):
+        raise ConfigError(
+            f"pipeline parameter 'extra_config' must be a mapping of config keys, got {extra!r}"
+        )
+    shadowed = sorted(set(extra) & set(parameters))
+    if shadowed:
+        raise ConfigError(
+            f"pipeline parameter 'extra_config' sets {', '.join(shadowed)}: set the pipeline "
+            "parameter of that name instead"
+        )
+    if launcher not in BACKENDS:
+        raise ConfigError(
+            f"pipeline parameter 'launcher': {launcher!r} is not one of {', '.join(BACKENDS)}"
+        )
+    if not is_image_reference(image):
+        raise ConfigError(f"pipeline parameter 'image': {image!r} is not a valid image reference")
+    return load_config(
+        extra, parameters, sources=["pipeline parameter 'extra_config'", "pipeline parameters"]
+    )
+
+
+def config_from_json(config_json: str) -> Config:
+    """The :class:`Config` that the config step emitted as JSON."""
+    return load_config(json.loads(config_json), sources=["the config step's output"])
+
+
+def artifact_uri(artifact: Artifact) -> str:
+    """Where a worker reads or writes ``artifact``.
+
+    Its ``gs://`` URI when the pipeline root is in Cloud Storage (workers in other pods reach the
+    bucket directly), else its local path (kfp.local, or a pod that runs the stage itself).
+    """
+    return artifact.uri if storage.is_gcs(artifact.uri) else artifact.path
+
+
+def pod_namespace() -> str:
+    """The Kubernetes namespace of this pod: ``$KSHOT_NAMESPACE``, else the service account's.
+
+    Raises:
+        LaunchError: neither is there (not in a pod, and no namespace given).
+    """
+    namespace = os.environ.get(NAMESPACE_ENV, "").strip()
+    if namespace:
+        return namespace
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    except FileNotFoundError as error:
+        raise LaunchError(
+            f"cannot tell the namespace for the job: set {NAMESPACE_ENV} or run in a pod with a "
+            f"service account token ({SERVICE_ACCOUNT_NAMESPACE} is absent)"
+        ) from error
+
+
+def run_pipeline_stage(
+    stage: str,
+    config_json: str,
+    inputs: Mapping[str, Artifact],
+    outputs: Mapping[str, Artifact],
+    launcher: str = "local",
+    image: str = "",
+    run_id: str = "",
+) -> None:
+    """Run one stage on the component's artifacts.
+
+    Heavy stages (:data:`kshot.stages.HEAVY_STAGES`) run as a job through
+    :func:`kshot.launch.launch` — local torchrun processes, or a PyTorchJob / TrainJob in this pod's
+    namespace labelled with the KFP run id; light ones run in this process.
+
+    Args:
+        stage: the stage name.
+        config_json: the config step's output.
+        inputs: stage input name → artifact.
+        outputs: stage output name → artifact.
+        launcher: the launch backend (``local``, ``pytorchjob``, ``trainjob``).
+        image: the worker image of a job (default: this component's image).
+        run_id: the KFP run id, put on the job as the label :data:`RUN_ID_LABEL`.
+    """
+    cfg = config_from_json(config_json)
+    input_uris = {name: artifact_uri(artifact) for name, artifact in inputs.items()}
+    output_uris = {name: artifact_uri(artifact) for name, artifact in outputs.items()}
+    if stage not in HEAVY_STAGES:
+        run_stage(stage, cfg, input_uris, output_uris)
+        return
+    placement = {"namespace": pod_namespace()} if launcher != "local" else {}
+    spec = LaunchSpec(
+        stage=stage,
+        config=cfg.to_dict(),
+        inputs=input_uris,
+        outputs=output_uris,
+        workers=cfg.workers,
+        gpus_per_worker=cfg.gpus_per_worker,
+        image=image or component_image(),
+        **placement,
+        labels={RUN_ID_LABEL: run_id} if run_id else {},
+    )
+    launch(spec, backend=launcher)

@@ -1,0 +1,232 @@
+"""``kshot pipeline compile|upload|run``: the pipelines as YAML, and on a Kubeflow Pipelines host.
+
+    kshot pipeline compile --output pipeline.yaml [--sweep]
+    kshot pipeline upload --host URL [--name N] [--version V] [--package F] [--sweep]
+    kshot pipeline run --host URL [--experiment E] [--pipeline-id ID | --name N] [--package F]
+                       [--sweep] [--config F] [--set key=value …]
+
+Components run in ``$KSHOT_IMAGE`` (read when compiling). ``--set`` takes config keys (`kshot config
+--help-keys`) and the pipeline's own parameters ``launcher``, ``image`` and, with ``--sweep``,
+``k_values``; config keys that are not pipeline parameters travel in ``extra_config``. Only
+values that differ from the pipeline's defaults are sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kshot.config import ConfigError, parse_overrides
+
+__all__ = ["add_parser", "compile_pipeline", "run_arguments"]
+
+_PIPELINE_ONLY = ("launcher", "image")
+_SWEEP_ONLY = ("k_values",)
+
+
+def _pipeline(sweep: bool) -> tuple[Callable[..., Any], str]:
+    """The pipeline function and its name."""
+    if sweep:
+        from kshot.pipeline.sweep import SWEEP_PIPELINE_NAME, kshot_k_sweep
+
+        return kshot_k_sweep, SWEEP_PIPELINE_NAME
+    from kshot.pipeline.pipeline import PIPELINE_NAME, kshot_nas
+
+    return kshot_nas, PIPELINE_NAME
+
+
+def compile_pipeline(output: str, sweep: bool = False) -> str:
+    """Compile the K-shot NAS pipeline (or the K sweep) to the YAML file ``output``.
+
+    Returns:
+        The pipeline's name.
+    """
+    from kfp import compiler
+
+    func, name = _pipeline(sweep)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(func, output)
+    return name
+
+
+def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -> dict[str, Any]:
+    """The pipeline arguments of ``--config`` files and ``--set`` pairs, validated.
+
+    Args:
+        files: YAML config files, applied in order.
+        overrides: ``key=value`` pairs (config keys or pipeline parameters).
+        sweep: whether they are for the K sweep (which takes ``k_values``, not ``k``).
+
+    Returns:
+        Only the arguments that differ from the pipeline's defaults.
+
+    Raises:
+        ConfigError: a bad key or value, named with its source.
+    """
+    from kshot.components.runtime import build_config
+    from kshot.config import Config, load_config
+    from kshot.pipeline.local_run import pipeline_arguments
+
+    pairs = parse_overrides(overrides)
+    own = _PIPELINE_ONLY + (_SWEEP_ONLY if sweep else ())
+    direct = {key: yaml.safe_load(pairs.pop(key)) for key in own if key in pairs}
+    if sweep and "k" in pairs:
+        raise ConfigError("--set k: the K sweep takes k_values (e.g. --set k_values=[1,2,4,8])")
+    if "k_values" in direct and not (
+        isinstance(direct["k_values"], list)
+        and direct["k_values"]
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in direct["k_values"])
+    ):
+        raise ConfigError(f"--set k_values: {direct['k_values']!r} is not a list of integers")
+    cfg = load_config(*files, pairs, sources=[*files, "--set"])
+    everything = pipeline_arguments(cfg)
+    build_config({**everything, **{key: direct[key] for key in _PIPELINE_ONLY if key in direct}})
+    defaults = pipeline_arguments(Config())
+    changed = {key: value for key, value in everything.items() if value != defaults[key]}
+    if sweep:
+        changed.pop("k", None)
+    return {**changed, **direct}
+
+
+def _auth_args(parser: argparse.ArgumentParser) -> None:
+    from kshot.pipeline.client import TOKEN_ENV
+
+    parser.add_argument(
+        "--host",
+        required=True,
+        metavar="URL",
+        help="Kubeflow Pipelines API endpoint, e.g. https://HOST/pipeline",
+    )
+    parser.add_argument(
+        "--existing-token",
+        metavar="TOKEN",
+        help=f"bearer token for the host (default: ${TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--namespace", default="", help="your profile namespace on a multi-user Kubeflow"
+    )
+    parser.add_argument("--sweep", action="store_true", help="the K-sweep pipeline")
+
+
+def _package(args: argparse.Namespace, scratch: str) -> str:
+    """``--package``, else the pipeline compiled into ``scratch``."""
+    if args.package:
+        if not Path(args.package).is_file():
+            raise FileNotFoundError(f"--package {args.package}: no such file")
+        return args.package
+    path = str(Path(scratch) / "pipeline.yaml")
+    compile_pipeline(path, args.sweep)
+    return path
+
+
+def _timestamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def _compile(args: argparse.Namespace) -> int:
+    name = compile_pipeline(args.output, args.sweep)
+    print(f"compiled pipeline {name!r} to {args.output}")
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from kshot.pipeline.client import connect, upload
+
+    host = connect(args.host, args.existing_token, args.namespace)
+    with tempfile.TemporaryDirectory(prefix="kshot-pipeline-") as scratch:
+        package = _package(args, scratch)
+        name = args.name or _pipeline(args.sweep)[1]
+        uploaded = upload(host, package, name, args.version or _timestamp(), args.description)
+    what = "pipeline" if uploaded.new_pipeline else "version"
+    print(f"uploaded {what}: pipeline_id={uploaded.pipeline_id} version_id={uploaded.version_id}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kshot.pipeline.client import PipelineHostError, connect, find_pipeline, submit_run
+
+    arguments = run_arguments(args.config, args.overrides, args.sweep)
+    host = connect(args.host, args.existing_token, args.namespace)
+    pipeline_id = args.pipeline_id
+    if args.name and not pipeline_id:
+        pipeline_id = find_pipeline(host, args.name)
+        if pipeline_id is None:
+            raise PipelineHostError(f"Kubeflow Pipelines at {args.host}: no pipeline {args.name!r}")
+    run_name = args.run_name or f"{_pipeline(args.sweep)[1]}-{_timestamp()}"
+    with tempfile.TemporaryDirectory(prefix="kshot-pipeline-") as scratch:
+        run_id = submit_run(
+            host,
+            args.experiment,
+            run_name,
+            arguments,
+            package_path=None if pipeline_id else _package(args, scratch),
+            pipeline_id=pipeline_id,
+            version_id=args.version_id,
+            service_account=args.service_account,
+        )
+    shown = ", ".join(f"{key}={value}" for key, value in sorted(arguments.items())) or "defaults"
+    print(f"submitted run {run_name!r} (run_id={run_id}) with {shown}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``pipeline compile|upload|run`` to the ``kshot`` command."""
+    parser = subparsers.add_parser(
+        "pipeline",
+        help="compile the pipelines; upload and run them on Kubeflow Pipelines",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    compile_ = sub.add_parser("compile", help="compile a pipeline to YAML")
+    compile_.add_argument("--output", default="pipeline.yaml", metavar="FILE")
+    compile_.add_argument("--sweep", action="store_true", help="the K-sweep pipeline")
+    compile_.set_defaults(func=_compile)
+
+    upload_ = sub.add_parser("upload", help="upload a pipeline (a new version when it exists)")
+    _auth_args(upload_)
+    upload_.add_argument("--name", default="", help="pipeline name (default: the pipeline's)")
+    upload_.add_argument("--version", default="", help="version name (default: a UTC timestamp)")
+    upload_.add_argument("--description", default="", help="shown in the UI")
+    upload_.add_argument(
+        "--package", default="", metavar="FILE", help="compiled YAML (default: compile now)"
+    )
+    upload_.set_defaults(func=_upload)
+
+    run = sub.add_parser("run", help="start a run; parameters from --config/--set")
+    _auth_args(run)
+    run.add_argument("--experiment", default="kshot", help="experiment name (created if missing)")
+    run.add_argument("--run-name", default="", help="default: pipeline name and a UTC timestamp")
+    run.add_argument("--pipeline-id", default="", help="run an uploaded pipeline")
+    run.add_argument("--name", default="", help="run the uploaded pipeline of this name")
+    run.add_argument("--version-id", default="", help="its version (default: the newest)")
+    run.add_argument(
+        "--package",
+        default="",
+        metavar="FILE",
+        help="run this compiled YAML (default: compile now)",
+    )
+    run.add_argument("--service-account", default="", help="Kubernetes service account of the run")
+    run.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML config file (local path or gs:// URI); repeat to layer several",
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="a config key or pipeline parameter (launcher, image, k_values)",
+    )
+    run.set_defaults(func=_run)

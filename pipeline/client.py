@@ -1,0 +1,234 @@
+"""Upload and run the pipelines on a Kubeflow Pipelines host through ``kfp.Client``.
+
+Authentication is what a Kubeflow user has at hand: a bearer token (``--existing-token`` or
+``$KF_PIPELINES_TOKEN``, e.g. from ``gcloud auth print-access-token`` or a service-account token),
+and the profile namespace of a multi-user deployment. A host that cannot be reached or that refuses
+a request gives one :class:`PipelineHostError` line with the URL and the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kfp
+import kfp_server_api
+from urllib3.exceptions import HTTPError, MaxRetryError
+
+__all__ = [
+    "TOKEN_ENV",
+    "PipelineHostError",
+    "Uploaded",
+    "PipelineHost",
+    "connect",
+    "find_pipeline",
+    "upload",
+    "latest_version_id",
+    "submit_run",
+]
+
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
+_BODY_CHARS = 300
+_HEALTHZ = "/apis/v2beta1/healthz"
+_HEALTH_TIMEOUT_S = 30.0
+
+
+class PipelineHostError(ValueError):
+    """The Kubeflow Pipelines host could not be reached or refused a request."""
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """Where an upload landed.
+
+    Attributes:
+        pipeline_id: the pipeline's id.
+        version_id: the id of the version just uploaded.
+        new_pipeline: whether the pipeline was created (else a version was added).
+    """
+
+    pipeline_id: str
+    version_id: str
+    new_pipeline: bool
+
+
+def _cause(error: Exception) -> str:
+    """One line saying why a request failed."""
+    if isinstance(error, MaxRetryError) and error.reason is not None:
+        error = error.reason
+    if isinstance(error, kfp_server_api.ApiException):
+        body = " ".join(str(error.body or "").split())[:_BODY_CHARS]
+        return f"HTTP {error.status} {error.reason}" + (f": {body}" if body else "")
+    return " ".join(str(error).split())
+
+
+@contextlib.contextmanager
+def _requests(host: str, action: str) -> Iterator[None]:
+    """Turn a failed request into a :class:`PipelineHostError` naming ``host`` and ``action``."""
+    try:
+        yield
+    except (HTTPError, kfp_server_api.ApiException) as error:
+        raise PipelineHostError(
+            f"Kubeflow Pipelines at {host}: could not {action}: {_cause(error)}"
+        ) from error
+
+
+@dataclass(frozen=True)
+class PipelineHost:
+    """A Kubeflow Pipelines API endpoint and a client logged in to it.
+
+    Attributes:
+        url: the endpoint, as given.
+        client: the ``kfp.Client``.
+        namespace: the user's profile namespace ('' on a single-user deployment).
+    """
+
+    url: str
+    client: kfp.Client
+    namespace: str = ""
+
+
+def connect(host: str, existing_token: str | None = None, namespace: str = "") -> PipelineHost:
+    """A client of the Kubeflow Pipelines API at ``host``.
+
+    Args:
+        host: the API endpoint, e.g. ``https://kubeflow.example.com/pipeline`` (https when
+            no scheme is given).
+        existing_token: bearer token; default ``$KF_PIPELINES_TOKEN`` (none when unset).
+        namespace: the user's profile namespace (multi-user Kubeflow); '' for single-user.
+
+    Raises:
+        PipelineHostError: the host cannot be reached or refuses the health check.
+    """
+    if not host:
+        raise PipelineHostError("no Kubeflow Pipelines host: give --host URL")
+    if "://" not in host:
+        host = f"https://{host}"  # as kfp.Client assumes
+    token = existing_token or os.environ.get(TOKEN_ENV) or None
+    _check_health(host, token)
+    options: dict[str, Any] = {"host": host, "existing_token": token}
+    if namespace:
+        options["namespace"] = namespace
+    with _requests(host, "connect"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This client only works with", FutureWarning)
+        return PipelineHost(host, kfp.Client(**options), namespace)
+
+
+def _check_health(host: str, token: str | None) -> None:
+    """One request to the health endpoint, so that a bad host or token fails at once.
+
+    (``kfp.Client`` retries a failed health check five times, five seconds apart.)
+    """
+    request = urllib.request.Request(f"{host.rstrip('/')}{_HEALTHZ}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=_HEALTH_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as error:
+        body = " ".join(error.read().decode(errors="replace").split())[:_BODY_CHARS]
+        cause = f"HTTP {error.code} {error.reason}" + (f": {body}" if body else "")
+    except urllib.error.URLError as error:
+        cause = " ".join(str(error.reason).split())
+    except OSError as error:
+        cause = " ".join(str(error).split())
+    raise PipelineHostError(f"Kubeflow Pipelines at {host}: could not connect: {cause}")
+
+
+def upload(
+    host: PipelineHost, package_path: str, name: str, version: str, description: str = ""
+) -> Uploaded:
+    """Upload a compiled pipeline: a new pipeline, or a new version of the one named ``name``.
+
+    Args:
+        host: from :func:`connect`; a namespaced host uploads into the profile namespace.
+        package_path: the compiled pipeline YAML.
+        name: the pipeline's display name.
+        version: the version's name (a new pipeline's first version takes the pipeline's name).
+        description: shown in the UI.
+    """
+    pipeline_id = find_pipeline(host, name)
+    if pipeline_id is None:
+        with _requests(host.url, f"upload pipeline {name!r}"):
+            pipeline = host.client.upload_pipeline(
+                package_path,
+                pipeline_name=name,
+                description=description or None,
+                namespace=host.namespace or None,
+            )
+        return Uploaded(pipeline.pipeline_id, latest_version_id(host, pipeline.pipeline_id), True)
+    with _requests(host.url, f"upload version {version!r} of pipeline {name!r}"):
+        created = host.client.upload_pipeline_version(
+            package_path,
+            pipeline_version_name=version,
+            pipeline_id=pipeline_id,
+            description=description or None,
+        )
+    return Uploaded(pipeline_id, created.pipeline_version_id, False)
+
+
+def find_pipeline(host: PipelineHost, name: str) -> str | None:
+    """The id of the pipeline named ``name``, None when there is none."""
+    with _requests(host.url, f"look up pipeline {name!r}"):
+        return host.client.get_pipeline_id(name)
+
+
+def latest_version_id(host: PipelineHost, pipeline_id: str) -> str:
+    """The id of the newest version of pipeline ``pipeline_id``."""
+    with _requests(host.url, f"list the versions of pipeline {pipeline_id}"):
+        listed = host.client.list_pipeline_versions(
+            pipeline_id, page_size=1, sort_by="created_at desc"
+        )
+    if not listed.pipeline_versions:
+        raise PipelineHostError(
+            f"Kubeflow Pipelines at {host.url}: pipeline {pipeline_id} has no version"
+        )
+    return listed.pipeline_versions[0].pipeline_version_id
+
+
+def submit_run(
+    host: PipelineHost,
+    experiment: str,
+    run_name: str,
+    arguments: Mapping[str, Any],
+    package_path: str | None = None,
+    pipeline_id: str | None = None,
+    version_id: str | None = None,
+    service_account: str = "",
+) -> str:
+    """Start a run of a compiled package, or of an uploaded pipeline version.
+
+    Args:
+        host: from :func:`connect`; a namespaced host runs in the profile namespace.
+        experiment: the experiment's name (created when missing).
+        run_name: the run's display name.
+        arguments: pipeline parameters.
+        package_path: a compiled pipeline YAML; or:
+        pipeline_id: an uploaded pipeline, with
+        version_id: its version (default: the newest).
+        service_account: the Kubernetes service account of the run's pods ('' for the default).
+
+    Returns:
+        The run's id.
+    """
+    if pipeline_id and not version_id:
+        version_id = latest_version_id(host, pipeline_id)
+    with _requests(host.url, f"create experiment {experiment!r}"):
+        found = host.client.create_experiment(experiment, namespace=host.namespace or None)
+    with _requests(host.url, f"create run {run_name!r}"):
+        run = host.client.run_pipeline(
+            experiment_id=found.experiment_id,
+            job_name=run_name,
+            pipeline_package_path=package_path,
+            params=dict(arguments),
+            pipeline_id=pipeline_id or None,
+            version_id=version_id or None,
+            service_account=service_account or None,
+        )
+    return run.run_id

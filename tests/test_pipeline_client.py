@@ -1,0 +1,267 @@
+"""`kshot pipeline upload|run` and the rerun workflow, against a recording KFP API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kshot.cli import main
+from kshot.pipeline.cli import compile_pipeline
+from tests.recording_kfp_server import RecordingKfpServer, serve
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "test-token"
+WORKFLOWS = ROOT / ".github" / "workflows"
+
+
+@pytest.fixture
+def kfp_server() -> Iterator[RecordingKfpServer]:
+    """A recording KFP API on 127.0.0.1 that expects the bearer token :data:`TOKEN`."""
+    with serve(token=TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("package") / "pipeline.yaml"
+    compile_pipeline(str(path))
+    return str(path)
+
+
+def _host(server: RecordingKfpServer) -> list[str]:
+    return ["--host", server.url, "--existing-token", TOKEN]
+
+
+def test_upload_creates_the_pipeline_then_versions(
+    kfp_server: RecordingKfpServer, package: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["pipeline", "upload", *_host(kfp_server), "--package", package]) == 0
+    (pipeline,) = kfp_server.pipelines.values()
+    assert pipeline["display_name"] == "kshot-nas"
+    (upload,) = kfp_server.calls("POST", "/pipelines/upload")
+    assert upload.headers["authorization"] == f"Bearer {TOKEN}"
+    assert b"kshot-nas" in upload.body and b"comp-train" in upload.body
+    assert "uploaded pipeline" in capsys.readouterr().out
+
+    args = ["pipeline", "upload", *_host(kfp_server), "--package", package, "--version", "v2"]
+    assert main(args) == 0
+    (added,) = kfp_server.calls("POST", "/pipelines/upload_version")
+    assert added.query["pipelineid"] == [pipeline["pipeline_id"]]
+    assert added.query["name"] == ["v2"]
+    assert [v["display_name"] for v in kfp_server.versions[pipeline["pipeline_id"]]] == [
+        "kshot-nas",
+        "v2",
+    ]
+    assert "uploaded version" in capsys.readouterr().out
+
+
+def test_run_sends_k_and_the_token_from_the_environment(
+    kfp_server: RecordingKfpServer,
+    package: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", TOKEN)
+    args = [
+        "pipeline",
+        "run",
+        "--host",
+        kfp_server.url,
+        "--package",
+        package,
+        "--set",
+        "k=4",
+        "--set",
+        "channels=4",
+        "--set",
+        "launcher=pytorchjob",
+        "--experiment",
+        "ks",
+    ]
+    assert main(args) == 0
+    (run,) = kfp_server.runs.values()
+    parameters = run["runtime_config"]["parameters"]
+    assert parameters["k"] == 4
+    assert parameters["launcher"] == "pytorchjob"
+    assert yaml.safe_load(parameters["extra_config"]) == {"channels": 4}
+    assert "epochs" not in parameters  # defaults stay the pipeline's
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kshot-nas"
+    (experiment,) = kfp_server.experiments.values()
+    assert (
+        experiment["display_name"] == "ks" and run["experiment_id"] == experiment["experiment_id"]
+    )
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in kfp_server.requests)
+    assert "k=4" in capsys.readouterr().out
+
+
+def test_run_an_uploaded_pipeline_by_name(kfp_server: RecordingKfpServer, package: str) -> None:
+    assert main(["pipeline", "upload", *_host(kfp_server), "--package", package]) == 0
+    assert (
+        main(["pipeline", "upload", *_host(kfp_server), "--package", package, "--version", "newer"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "pipeline",
+                "run",
+                *_host(kfp_server),
+                "--name",
+                "kshot-nas",
+                "--set",
+                "k=2",
+                "--namespace",
+                "team-a",
+            ]
+        )
+        == 0
+    )
+    (run,) = kfp_server.runs.values()
+    (pipeline_id,) = kfp_server.versions
+    newest = kfp_server.versions[pipeline_id][-1]
+    assert run["pipeline_version_reference"] == {
+        "pipeline_id": pipeline_id,
+        "pipeline_version_id": newest["pipeline_version_id"],
+    }
+    assert "pipeline_spec" not in run or not run["pipeline_spec"]
+    (experiment,) = kfp_server.experiments.values()
+    assert experiment["namespace"] == "team-a"
+
+
+def test_a_sweep_run_takes_k_values(kfp_server: RecordingKfpServer) -> None:
+    args = ["pipeline", "run", *_host(kfp_server), "--sweep", "--set", "k_values=[1, 2, 4]"]
+    assert main(args) == 0
+    (run,) = kfp_server.runs.values()
+    assert run["runtime_config"]["parameters"] == {"k_values": [1, 2, 4]}
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
+
+
+def test_a_bad_parameter_is_refused_before_any_request(
+    kfp_server: RecordingKfpServer, package: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["pipeline", "run", *_host(kfp_server), "--package", package, "--set", "k=0"]
+    assert main(args) == 2
+    assert "config key 'k' from --set: 0 must be >= 1" in capsys.readouterr().err
+    assert kfp_server.requests == []
+
+
+def test_a_bad_launcher_is_refused_before_any_request(
+    kfp_server: RecordingKfpServer, package: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["pipeline", "run", *_host(kfp_server), "--package", package, "--set", "launcher=slurm"]
+    assert main(args) == 2
+    assert "pipeline parameter 'launcher': 'slurm'" in capsys.readouterr().err
+    assert kfp_server.requests == []
+
+
+def test_a_wrong_token_fails_in_one_line(
+    kfp_server: RecordingKfpServer, package: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [
+        "pipeline",
+        "upload",
+        "--host",
+        kfp_server.url,
+        "--existing-token",
+        "stale",
+        "--package",
+        package,
+    ]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error
+    assert kfp_server.url in error and "HTTP 401" in error
+    assert kfp_server.pipelines == {}
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("action", ["upload", "run"])
+def test_an_unreachable_host_fails_in_one_line(
+    action: str, package: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["pipeline", action, "--host", url, "--package", package]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("kshot pipeline: error: Kubeflow Pipelines at " + url)
+    assert "\n" not in error and "Traceback" not in error
+    assert "refused" in error.lower()
+
+
+def _rerun(server_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "KFP_HOST": server_url,
+        "KFP_TOKEN": TOKEN,
+        "PYTHON": sys.executable,
+        "GITHUB_SHA": "0123456789abcdef",
+    }
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "submit_reruns.sh"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def test_the_rerun_script_submits_one_run_per_k(kfp_server: RecordingKfpServer) -> None:
+    done = _rerun(kfp_server.url, "1, 2,4", "--experiment", "reruns")
+    assert done.returncode == 0, done.stderr
+    runs = list(kfp_server.runs.values())
+    assert [r["runtime_config"]["parameters"]["k"] for r in runs] == [1, 2, 4]
+    assert [r["display_name"] for r in runs] == [f"kshot-nas-k{k}-0123456" for k in (1, 2, 4)]
+    assert all(r["pipeline_spec"]["pipelineInfo"]["name"] == "kshot-nas" for r in runs)
+    assert {e["display_name"] for e in kfp_server.experiments.values()} == {"reruns"}
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in kfp_server.requests)
+
+
+def test_the_rerun_script_refuses_a_bad_k_before_submitting(
+    kfp_server: RecordingKfpServer,
+) -> None:
+    done = _rerun(kfp_server.url, "2,x")
+    assert done.returncode == 2
+    assert "K must be a positive integer, got 'x'" in done.stderr
+    assert kfp_server.requests == []
+
+
+def test_the_workflows_are_valid_github_workflows() -> None:
+    files = [str(WORKFLOWS / "ci.yml"), str(WORKFLOWS / "rerun.yml")]
+    command = shutil.which("check-jsonschema")
+    runner = [command] if command else [sys.executable, "-m", "check_jsonschema"]
+    done = subprocess.run(
+        [*runner, "--builtin-schema", "vendor.github-workflows", *files],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_rerun_workflow_submits_through_the_script() -> None:
+    workflow = yaml.safe_load((WORKFLOWS / "rerun.yml").read_text())
+    dispatch = workflow[True]["workflow_dispatch"]  # YAML 1.1 reads the key `on` as True
+    assert dispatch["inputs"]["k"]["required"] is True
+    (submit,) = [
+        s for s in workflow["jobs"]["submit"]["steps"] if "submit_reruns.sh" in s.get("run", "")
+    ]
+    assert submit["env"]["KFP_HOST"] == "${{ secrets.KFP_HOST }}"
+    assert submit["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
+    assert submit["env"]["K_VALUES"] == "${{ inputs.k }}"
+    ci = yaml.safe_load((WORKFLOWS / "ci.yml").read_text())
+    steps = ci["jobs"]["test"]["steps"]
+    assert any(step.get("run") == "bash .ci/run" for step in steps)
+    assert any(step.get("with", {}).get("python-version") == "3.11" for step in steps)
