@@ -27,6 +27,7 @@ __all__ = [
     "device_of",
     "score_paths",
     "flops_of",
+    "network_shape",
     "read_search_results",
 ]
 
@@ -156,19 +157,24 @@ def score_paths(
     return [record for _, record in gathered]
 
 
+def network_shape(cfg: Config, data: TrainData) -> dict[str, int]:
+    """The stand-alone network's shape arguments (``nb201.build`` / ``flops`` / ``params``)."""
+    return {
+        "C": cfg.channels,
+        "N": cfg.cells,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+    }
+
+
 def flops_of(cfg: Config, data: TrainData) -> Callable[[tuple[int, ...] | str], float]:
     """MFLOPs of a path's stand-alone network at this run's shape and resolution."""
     from kshot.spaces import nb201
 
+    shape = network_shape(cfg, data)
+
     def flops(arch: tuple[int, ...] | str) -> float:
-        return nb201.flops(
-            arch,
-            C=cfg.channels,
-            N=cfg.cells,
-            num_classes=data.num_classes,
-            resolution=data.resolution,
-            in_channels=data.in_channels,
-        )
+        return nb201.flops(arch, resolution=data.resolution, **shape)
 
     return flops
 

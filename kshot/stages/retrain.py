@@ -8,7 +8,14 @@ from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
 from kshot.spaces import nb201
-from kshot.stages.common import device_of, load_train_data, read_search_results, require
+from kshot.stages.common import (
+    device_of,
+    flops_of,
+    load_train_data,
+    network_shape,
+    read_search_results,
+    require,
+)
 from kshot.train.standalone import train_standalone
 
 __all__ = ["run"]
@@ -27,21 +34,8 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     metrics = {
         "arch": arch,
         "test_accuracy": history["test_acc"][-1],
-        "flops": nb201.flops(
-            arch,
-            C=cfg.channels,
-            N=cfg.cells,
-            num_classes=data.num_classes,
-            resolution=data.resolution,
-            in_channels=data.in_channels,
-        ),
-        "params": nb201.params(
-            arch,
-            C=cfg.channels,
-            N=cfg.cells,
-            num_classes=data.num_classes,
-            in_channels=data.in_channels,
-        ),
+        "flops": flops_of(cfg, data)(arch),
+        "params": nb201.params(arch, **network_shape(cfg, data)),
         "epochs": cfg.retrain_epochs,
         "curves": history,
     }
@@ -50,10 +44,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
             {
                 "arch": arch,
                 "search_space": cfg.search_space,
-                "channels": cfg.channels,
-                "cells": cfg.cells,
-                "num_classes": data.num_classes,
-                "in_channels": data.in_channels,
+                **network_shape(cfg, data),
                 "mean": data.mean,
                 "std": data.std,
                 "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
