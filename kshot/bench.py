@@ -106,12 +106,11 @@ def _bench_training(
 ) -> dict[str, Any]:
     x = torch.randn(batch, 3, resolution, resolution, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)  # as the trainer feeds its networks
     out: dict[str, Any] = {}
     for name, arch in (("all_3x3", ALL_3X3), ("mixed", MIXED)):
         torch.manual_seed(0)
-        plain = nb201.build(arch, C=C, N=N).to(device, memory_format=torch.channels_last)
+        plain = nb201.build(arch, C=C, N=N).to(device)
         t_plain, m_plain = _train_steps(
             lambda x, y, i, net=plain: net(x), plain.parameters(), x, y, device, warmup, repeats
         )
@@ -123,7 +122,7 @@ def _bench_training(
             }
         }
         for k in ks:
-            supernet = NB201Supernet(k, C=C, N=N).to(device, memory_format=torch.channels_last)
+            supernet = NB201Supernet(k, C=C, N=N).to(device)
             lam = torch.full((k,), 1.0 / k, device=device)
             t, m = _train_steps(
                 lambda x, y, i, net=supernet, a=arch, lam=lam: net(x, a, lam),
@@ -140,7 +139,7 @@ def _bench_training(
     rng_paths = [nb201.sample(np.random.default_rng([0, i])) for i in range(warmup + repeats)]
     random_rows = {}
     for k in ks:
-        supernet = NB201Supernet(k, C=C, N=N).to(device, memory_format=torch.channels_last)
+        supernet = NB201Supernet(k, C=C, N=N).to(device)
         lam = torch.full((k,), 1.0 / k, device=device)
         t, _ = _train_steps(
             lambda x, y, i, net=supernet, lam=lam: net(x, rng_paths[i % len(rng_paths)], lam),
