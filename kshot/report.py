@@ -28,6 +28,7 @@ __all__ = [
     "lambda_histogram",
     "curves_plot",
     "tau_vs_k_plot",
+    "ranking_summary_plot",
     "html_page",
     "markdown_summary",
 ]
@@ -248,6 +249,44 @@ def tau_vs_k_plot(points: Sequence[tuple[int, float]]) -> bytes:
     axes.set_ylabel("Kendall τ")
     axes.set_title("Ranking correlation against K")
     axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def ranking_summary_plot(summary: Sequence[Mapping[str, Any]]) -> bytes:
+    """Kendall τ (mean ± std over seeds) against K, one series per λ mode (paper Fig. 4, Table 6).
+
+    Args:
+        summary: rows with ``k``, ``lambda_mode`` and ``kendall_tau`` as ``{"mean", "std"}``.
+
+    Raises:
+        ValueError: no row.
+    """
+    if not summary:
+        raise ValueError("ranking summary plot needs at least one row, got none")
+    figure = _new_figure()
+    axes = figure.subplots()
+    modes = sorted({row["lambda_mode"] for row in summary}, key=lambda m: m != "learned")
+    for offset, mode in enumerate(modes):
+        rows = sorted((r for r in summary if r["lambda_mode"] == mode), key=lambda r: r["k"])
+        ks = [r["k"] * (1 + 0.04 * offset) for r in rows]  # side by side when K coincide
+        axes.errorbar(
+            ks,
+            [r["kendall_tau"]["mean"] for r in rows],
+            yerr=[r["kendall_tau"]["std"] for r in rows],
+            marker="o",
+            capsize=4,
+            linestyle="-" if len(rows) > 1 else "none",
+            label=f"λ {mode}",
+        )
+    all_k = sorted({r["k"] for r in summary})
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(all_k, [str(k) for k in all_k])
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("K (weight slots)")
+    axes.set_ylabel("Kendall τ (mean ± std over seeds)")
+    axes.set_title("Ranking correlation against K")
+    axes.grid(alpha=0.3)
+    axes.legend()
     return _png(figure)
 
 

@@ -115,12 +115,7 @@ def run_ranking_experiment(
                 )
     report = {"config": base.to_dict(), "runs": runs, "summary": summarise_runs(runs)}
     storage.write_json(out, report)
-    from kshot.report import tau_vs_k_plot
+    from kshot.report import ranking_summary_plot
 
-    learned = [
-        (row["k"], row["kendall_tau"]["mean"])
-        for row in report["summary"]
-        if row["lambda_mode"] == "learned"
-    ]
-    storage.write_bytes(out.rsplit(".", 1)[0] + ".png", tau_vs_k_plot(learned))
+    storage.write_bytes(out.rsplit(".", 1)[0] + ".png", ranking_summary_plot(report["summary"]))
     return report
