@@ -17,7 +17,13 @@ from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.nn.simplex import SimplexNet
 from kshot.search.score import PathScorer
 from kshot.train import checkpoint as ckpt
-from kshot.train.trainer import TrainData, build_simplex, build_supernet, identity_of
+from kshot.train.trainer import (
+    TrainData,
+    build_simplex,
+    build_supernet,
+    identity_of,
+    network_shape,
+)
 
 __all__ = [
     "require",
@@ -155,16 +161,6 @@ def score_paths(
         records.append((i, {"arch": nb201.format_arch(archs[i]), "accuracy": accuracy, "lam": lam}))
     gathered = sorted(dist.gather_lists(records), key=lambda r: r[0])
     return [record for _, record in gathered]
-
-
-def network_shape(cfg: Config, data: TrainData) -> dict[str, int]:
-    """The stand-alone network's shape arguments (``nb201.build`` / ``flops`` / ``params``)."""
-    return {
-        "C": cfg.channels,
-        "N": cfg.cells,
-        "num_classes": data.num_classes,
-        "in_channels": data.in_channels,
-    }
 
 
 def flops_of(cfg: Config, data: TrainData) -> Callable[[tuple[int, ...] | str], float]:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from kshot import distributed as dist
 from kshot.config import Config
 from kshot.spaces import nb201
-from kshot.train.trainer import TrainData, cosine_lambda, training_batch
+from kshot.train.trainer import TrainData, cosine_lambda, network_shape, training_batch
 
 __all__ = ["train_standalone", "evaluate"]
 
@@ -66,13 +66,7 @@ def train_standalone(
         The trained network and its per-epoch curves (``loss``, ``train_acc``, ``test_acc``, ``lr``).
     """
     torch.manual_seed(seed)
-    model = nb201.build(
-        arch,
-        C=cfg.channels,
-        N=cfg.cells,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-    ).to(device)
+    model = nb201.build(arch, **network_shape(cfg, data)).to(device)
     batch = min(cfg.retrain_batch_size, len(data.train_labels))
     world = dist.world_size() if data_parallel else 1
     batch -= batch % world

@@ -46,6 +46,9 @@ __all__ = [
     "uniform_lambda",
     "frozen",
     "curves",
+    "network_shape",
+    "training_batch",
+    "cosine_lambda",
 ]
 
 
@@ -90,14 +93,18 @@ def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
     }
 
 
+def network_shape(cfg: Config, data: TrainData) -> dict[str, int]:
+    """The network's shape arguments (supernet, ``nb201.build`` / ``flops`` / ``params``)."""
+    return {
+        "C": cfg.channels,
+        "N": cfg.cells,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+    }
+
+
 def build_supernet(cfg: Config, data: TrainData) -> NB201Supernet:
-    return NB201Supernet(
-        cfg.k,
-        C=cfg.channels,
-        N=cfg.cells,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-    )
+    return NB201Supernet(cfg.k, **network_shape(cfg, data))
 
 
 def build_simplex(cfg: Config) -> SimplexNet:
