@@ -39,6 +39,12 @@ class Config:
         "dataset URI: 'digits' (built in), a CIFAR pickle folder, a "
         "parquet file/folder, a class-folder tree or ImageNet16 pickles; local or gs://",
     )
+    valid_size: int = _f(
+        0,
+        "images held out of the training part as local validation, seeded (ImageNet recipe: "
+        "50,000); 0: use valid_fraction",
+        ge=0,
+    )
     valid_fraction: float = _f(
         0.5,
         "share of the training images held out as local validation "
@@ -63,10 +69,26 @@ class Config:
     )
 
     # ---- search space and supernet
-    search_space: str = _f("nb201", "search space", choices=("nb201",))
+    search_space: str = _f(
+        "nb201",
+        "search space: nb201 (NAS-Bench-201 cells) or mbv2 (the paper's ImageNet space: "
+        "MobileNetV2 blocks with width search)",
+        choices=("nb201", "mbv2"),
+    )
     k: int = _f(8, "K, the number of supernets (paper: K = 8 in Tables 1, 7, 9)", ge=1)
     channels: int = _f(16, "C, channels of the first stage (NAS-Bench-201: 16)", ge=1)
     cells: int = _f(5, "N, cells per stage (NAS-Bench-201: 5)", ge=1)
+    width_mult: float = _f(
+        1.0, "mbv2: scales every layer's channels (paper: 1.0; tests use tiny values)", gt=0.0
+    )
+    channel_divisor: int = _f(
+        8, "mbv2: layer channels are rounded to multiples of it (MobileNetV2: 8)", ge=1
+    )
+    channel_search: bool = _f(
+        True,
+        "mbv2: search the width factor of every layer jointly with the operations (paper, Table 5 "
+        "ablation: off = every layer at width 1.0)",
+    )
     simplex_hidden: int = _f(64, "hidden units of the simplex-net's MLP (paper: not stated)", ge=1)
 
     # ---- supernet training (Algorithms 1 and 2)
@@ -105,8 +127,17 @@ class Config:
         "optimiser; Adam as for other architecture parameters, e.g. DARTS)",
         gt=0.0,
     )
-    alpha: float = _f(1.0, "α, weight of the channel regulariser r_c (paper: 1)", ge=0.0)
+    alpha: float = _f(
+        1.0, "α, weight of the channel regulariser r_c (paper: 1; 0 switches r_c off)", ge=0.0
+    )
     tau: float = _f(0.3, "τ, temperature of r_c (paper: 0.3)", gt=0.0)
+    rc_threshold: float = _f(
+        0.3,
+        "r_c: two paths of a simplex-net step are positives when their mean per-layer width "
+        "difference ‖c_i − c_k‖₁ / 24 is below this (the paper gives no value; 0.3 makes about a "
+        "third of random pairs positive)",
+        gt=0.0,
+    )
     checkpoint_every_steps: int = _f(0, "also checkpoint every N steps (0: only every epoch)", ge=0)
 
     # ---- search (NSGA-II) and BN recalibration
@@ -140,6 +171,29 @@ class Config:
     retrain_lr: float = _f(0.1, "retraining SGD lr, Nesterov, cosine (NAS-Bench-201: 0.1)", gt=0.0)
     retrain_batch_size: int = _f(256, "retraining batch size (NAS-Bench-201: 256)", ge=1)
     retrain_weight_decay: float = _f(5e-4, "retraining weight decay (NAS-Bench-201: 5e-4)", ge=0.0)
+    retrain_recipe: str = _f(
+        "nb201",
+        "nb201: SGD Nesterov, cosine lr, per NAS-Bench-201; imagenet: the paper's RMSProp "
+        "(momentum 0.9) with lr warmed up linearly from 0 over retrain_warmup_epochs, then × "
+        "retrain_lr_decay every retrain_decay_epochs, and an EMA of the weights",
+        choices=("nb201", "imagenet"),
+    )
+    retrain_warmup_epochs: float = _f(
+        5.0, "imagenet recipe: epochs of linear lr warmup from 0 (paper: 5)", ge=0.0
+    )
+    retrain_lr_decay: float = _f(
+        0.97, "imagenet recipe: lr factor every retrain_decay_epochs (paper: 0.97)", gt=0.0, le=1.0
+    )
+    retrain_decay_epochs: float = _f(
+        2.4, "imagenet recipe: epochs between lr decays (paper: 2.4)", gt=0.0
+    )
+    retrain_ema_decay: float = _f(
+        0.9999,
+        "imagenet recipe: decay of the EMA of the weights that is evaluated and exported "
+        "(paper: 0.9999; 0: no EMA)",
+        ge=0.0,
+        lt=1.0,
+    )
     standalone_paths: int = _f(16, "paths the standalone stage trains from scratch", ge=2)
     standalone_epochs: int = _f(12, "epochs of each stand-alone training (short budget)", ge=1)
 
@@ -234,6 +288,8 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
         )
     if cfg.resolution % 4:
         fail("resolution", "must be a multiple of 4")
+    if cfg.search_space == "mbv2" and cfg.channel_search and cfg.m < 2 and cfg.alpha > 0:
+        fail("m", "must be >= 2 for r_c, which compares the m paths of a simplex-net step")
     if cfg.parents > cfg.population:
         fail("parents", f"exceeds population = {cfg.population}")
     if any(n < 1 for n in cfg.top_n):

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from kshot.cli import main
+from kshot.export import load_model
 from kshot.spaces import nb201
 from kshot.train import checkpoint as ckpt
 from tests.conftest import TINY
@@ -139,13 +140,16 @@ def test_rank_compares_every_standalone_path(run_dir):
 
 
 def test_retrain_exports_a_loadable_stand_alone_model(run_dir):
-    saved = torch.load(run_dir / "model.pt", weights_only=False)
+    saved = torch.load(run_dir / "model.pt", weights_only=True)  # plain tensors and values
     recal = json.loads((run_dir / "recal.json").read_text())
     assert saved["arch"] == recal["best"]["arch"]
-    shape = {key: saved[key] for key in ("C", "N", "num_classes", "in_channels")}
-    net = nb201.build(saved["arch"], **shape).eval()
+    net = nb201.build(saved["arch"], **saved["shape"]).eval()
     net.load_state_dict(saved["state_dict"])
     assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 10)  # runs alone, without the supernet code
+    loaded, meta = load_model(str(run_dir / "model.pt"))
+    assert meta["arch"] == saved["arch"] and len(meta["mean"]) == 1
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(loaded(x), net(x))
     metrics = json.loads((run_dir / "retrain.json").read_text())
     assert 0 <= metrics["test_accuracy"] <= 100 and len(metrics["curves"]["loss"]) == 1
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from kshot import storage
-from kshot.spaces import nb201
+from kshot.spaces import Space, nb201
 
 __all__ = [
     "BENCHMARK_DATASETS",
@@ -50,22 +50,25 @@ def _is_benchmark_file(uri: str) -> bool:
     return not storage.is_gcs(uri) and Path(uri).is_dir()
 
 
-def _normalised_arch(arch: str, where: str) -> str:
-    """The benchmark string of ``arch``, or a ValueError that says ``where`` it was found."""
+def _normalised_arch(arch: str, where: str, space: Space | None = None) -> str:
+    """The string of ``arch`` in ``space`` (default nb201), or a ValueError that says ``where`` it
+    was found."""
+    space = space or Space("nb201")
     try:
-        return nb201.format_arch(nb201.parse(arch))
+        return space.format(space.parse(arch))
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
 
 
-def load_ground_truth(uri: str, column: str) -> dict[str, float]:
-    """Stand-alone accuracy of every cell in a ground-truth table or benchmark file.
+def load_ground_truth(uri: str, column: str, space: Space | None = None) -> dict[str, float]:
+    """Stand-alone accuracy of every path in a ground-truth table or (nb201) benchmark file.
 
     Args:
         uri: A CSV table with an ``arch`` column and ``column``, or the benchmark's own file or
             folder (read through ``nats_bench`` or ``nas_201_api``: 200-epoch results, averaged
             over seeds).
         column: The accuracy column; for a benchmark file one of :data:`BENCHMARK_DATASETS`.
+        space: The search space of the paths (default: nb201).
 
     Returns:
         ``{normalised arch string: accuracy}`` in the order of the source.
@@ -75,7 +78,12 @@ def load_ground_truth(uri: str, column: str) -> dict[str, float]:
             accuracy (naming the row), a duplicate arch, or a benchmark file without its API
             package.
     """
+    space = space or Space("nb201")
     if _is_benchmark_file(uri):
+        if space.name != "nb201":
+            raise ValueError(
+                f"ground truth {uri!r}: benchmark files hold nb201 cells, not {space.name}"
+            )
         return _load_benchmark(uri, column)
     reader = csv.DictReader(io.StringIO(storage.read_text(uri), newline=""))
     available = reader.fieldnames or []
@@ -88,7 +96,7 @@ def load_ground_truth(uri: str, column: str) -> dict[str, float]:
     first_row_of: dict[str, int] = {}
     for row_number, row in enumerate(reader, start=1):
         where = f"ground truth {uri!r}, row {row_number} (file line {reader.line_num})"
-        arch = _normalised_arch(row["arch"] or "", where)
+        arch = _normalised_arch(row["arch"] or "", where, space)
         try:
             accuracy = float(row[column] or "")
         except ValueError:
@@ -138,15 +146,19 @@ def _load_benchmark(uri: str, column: str) -> dict[str, float]:
         }
 
 
-def write_ground_truth_csv(uri: str, rows: dict[str, float], column: str = "accuracy") -> None:
-    """Write ``{arch: accuracy}`` as a CSV ``arch,<column>`` that :func:`load_ground_truth` reads.
+def write_ground_truth_csv(
+    uri: str, rows: dict[str, float], column: str = "accuracy", space: Space | None = None
+) -> None:
+    """Write ``{arch: accuracy}`` (paths of ``space``, default nb201) as a CSV ``arch,<column>``
+    that :func:`load_ground_truth` reads.
 
     Raises:
         ValueError: an invalid arch string or non-finite accuracy (naming it), before writing.
     """
+    space = space or Space("nb201")
     normalised: dict[str, float] = {}
     for arch, accuracy in rows.items():
-        key = _normalised_arch(arch, f"ground truth for {uri!r}")
+        key = _normalised_arch(arch, f"ground truth for {uri!r}", space)
         if not math.isfinite(float(accuracy)):
             raise ValueError(f"ground truth for {uri!r}: arch {arch!r} has accuracy {accuracy!r}")
         if key in normalised:
@@ -160,7 +172,10 @@ def write_ground_truth_csv(uri: str, rows: dict[str, float], column: str = "accu
 
 
 def align_scores(
-    truth: dict[str, float], scores: dict[str, float], truth_source: str
+    truth: dict[str, float],
+    scores: dict[str, float],
+    truth_source: str,
+    space: Space | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Pair supernet scores with ground truth by normalised arch string.
 
@@ -168,6 +183,7 @@ def align_scores(
         truth: ``{arch: accuracy}`` from :func:`load_ground_truth`.
         scores: ``{arch: supernet score}`` of the scored paths.
         truth_source: Where ``truth`` came from (a URI), for error messages.
+        space: The search space of the paths (default: nb201).
 
     Returns:
         ``(archs, truth_values, score_values)`` in the order of ``scores``.
@@ -177,7 +193,7 @@ def align_scores(
     """
     archs, truth_values, score_values = [], [], []
     for arch, score in scores.items():
-        key = _normalised_arch(arch, "scored path")
+        key = _normalised_arch(arch, "scored path", space)
         if key not in truth:
             raise ValueError(f"scored arch {arch!r} is not in the ground truth {truth_source!r}")
         archs.append(key)

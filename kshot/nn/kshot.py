@@ -57,11 +57,25 @@ def merge_kshot_weights(slots: Sequence[torch.Tensor], lam: torch.Tensor) -> lis
     ]
 
 
-def merge_path(layers: Sequence[KShotLayer], lam: torch.Tensor) -> Merged:
-    """Merge every K-shot parameter of ``layers`` with ``lam``; the result feeds their forwards."""
-    slots = [p for layer in layers for p in layer.slots()]
-    merged = iter(merge_kshot_weights(slots, lam))
-    return {layer: tuple(next(merged) for _ in layer.slots()) for layer in layers}
+def merge_path(
+    layers: Sequence[KShotLayer],
+    lam: torch.Tensor,
+    dims: Sequence[tuple[int, int] | None] | None = None,
+) -> Merged:
+    """Merge every K-shot parameter of ``layers`` with ``lam``; the result feeds their forwards.
+
+    With ``dims`` (one ``(c_in, c_out)`` or ``None`` per layer) each layer's slots are first cut to
+    its active channels (:meth:`KShotLayer.active_slots`), so a narrower width of a path gets its own
+    merged weights ``Σ_k λ_k Θ_k[:c_out, :c_in]`` (the paper's Fig. 3), not a slice of another
+    width's merge.
+    """
+    dims = dims if dims is not None else [None] * len(layers)
+    groups = [layer.active_slots(d) for layer, d in zip(layers, dims, strict=True)]
+    merged = iter(merge_kshot_weights([p for group in groups for p in group], lam))
+    return {
+        layer: tuple(next(merged) for _ in group)
+        for layer, group in zip(layers, groups, strict=True)
+    }
 
 
 class KShotLayer(nn.Module):
@@ -77,24 +91,66 @@ class KShotLayer(nn.Module):
         """The K-slot parameters, in the order :func:`merge_path` returns their merged weights."""
         return tuple(self.parameters(recurse=False))
 
+    def active_slots(self, dims: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+        """The slots cut to ``dims = (c_in, c_out)`` active channels (all of them when ``None``)."""
+        if dims is None:
+            return self.slots()
+        return tuple(self._cut(p, *dims) for p in self.slots())
+
+    def _cut(self, slot: torch.Tensor, c_in: int, c_out: int) -> torch.Tensor:
+        """One slot tensor ``(K, out, in, …)`` or ``(K, out)`` cut to the active channels."""
+        return slot[:, :c_out, :c_in] if slot.dim() > 2 else slot[:, :c_out]
+
     def export_names(self) -> tuple[str, ...]:
         """Names of the merged parameters in the matching plain ``torch.nn`` layer."""
         return tuple(name for name, _ in self.named_parameters(recurse=False))
 
 
 class KShotConv2d(KShotLayer):
-    """Bias-free convolution with K weight slots, each initialised as ``nn.Conv2d`` would be."""
+    """Convolution with K weight (and bias) slots, each initialised as ``nn.Conv2d`` would be.
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, k: int, stride: int = 1) -> None:
+    ``depthwise`` convolutions have one group per channel; cut to fewer active channels they stay
+    depthwise (the group count follows the merged weight).
+    """
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        k: int,
+        stride: int = 1,
+        *,
+        depthwise: bool = False,
+        bias: bool = False,
+    ) -> None:
         super().__init__(k)
-        self.stride, self.padding = stride, kernel // 2
-        self.weight = nn.Parameter(torch.empty(k, c_out, c_in, kernel, kernel))
+        if depthwise and c_in != c_out:
+            raise ValueError(f"a depthwise convolution maps C to C channels, got {c_in} → {c_out}")
+        self.stride, self.padding, self.depthwise = stride, kernel // 2, depthwise
+        fan_in_channels = 1 if depthwise else c_in
+        self.weight = nn.Parameter(torch.empty(k, c_out, fan_in_channels, kernel, kernel))
         for slot in self.weight.data:  # independent slots: identical ones would never diverge
             nn.init.kaiming_uniform_(slot, a=math.sqrt(5))
+        if bias:
+            bound = 1 / math.sqrt(fan_in_channels * kernel * kernel)
+            self.bias = nn.Parameter(torch.empty(k, c_out).uniform_(-bound, bound))
+
+    def _cut(self, slot: torch.Tensor, c_in: int, c_out: int) -> torch.Tensor:
+        if self.depthwise:
+            return slot[:, :c_out]
+        return super()._cut(slot, c_in, c_out)
 
     def forward(self, x: torch.Tensor, merged: Merged) -> torch.Tensor:
-        (weight,) = merged[self]
-        return F.conv2d(x, weight, stride=self.stride, padding=self.padding)
+        weight, *bias = merged[self]
+        return F.conv2d(
+            x,
+            weight,
+            bias[0] if bias else None,
+            stride=self.stride,
+            padding=self.padding,
+            groups=weight.shape[0] if self.depthwise else 1,
+        )
 
 
 class KShotBatchNorm2d(KShotLayer):
@@ -116,6 +172,7 @@ class KShotBatchNorm2d(KShotLayer):
 
     def forward(self, x: torch.Tensor, merged: Merged) -> torch.Tensor:
         weight, bias = merged[self]
+        c = weight.shape[0]  # active channels: the statistics of the first c are used and updated
         momentum = self.momentum
         if self.training:
             self.num_batches_tracked.add_(1)
@@ -123,8 +180,8 @@ class KShotBatchNorm2d(KShotLayer):
                 momentum = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(
             x,
-            self.running_mean,
-            self.running_var,
+            self.running_mean[:c],
+            self.running_var[:c],
             weight,
             bias,
             self.training,

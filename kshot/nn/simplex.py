@@ -8,10 +8,13 @@ path starts at λ = 1/K, the code used during warmup.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SimplexNet"]
+__all__ = ["SimplexNet", "channel_regularizer", "width_positives"]
 
 
 class SimplexNet(nn.Module):
@@ -43,3 +46,41 @@ class SimplexNet(nn.Module):
                 raise ValueError("this simplex-net has a channel branch: pass the width encoding")
             hidden = hidden + self.width_branch(width_code)
         return torch.softmax(self.out(torch.relu(hidden)), dim=-1)
+
+
+def width_positives(
+    ops: Sequence[Sequence[int]], widths: torch.Tensor, threshold: float
+) -> torch.Tensor:
+    """The positive pairs of r_c: ``(m, m)`` bool, True where paths i ≠ k share their operations
+    and their width distance ``d(c_i, c_k) = ‖c_i − c_k‖₁ / L`` (the mean per-layer difference of
+    the width factors) is below ``threshold``.
+
+    Args:
+        ops: the operation part of each of the m paths.
+        widths: ``(m, L)`` width factors.
+        threshold: the distance below which two paths are positives.
+    """
+    m = len(ops)
+    same_ops = torch.tensor([[tuple(a) == tuple(b) for b in ops] for a in ops])
+    distance = torch.cdist(widths.double(), widths.double(), p=1) / widths.shape[1]
+    return same_ops & (distance < threshold) & ~torch.eye(m, dtype=torch.bool)
+
+
+def channel_regularizer(lams: torch.Tensor, positives: torch.Tensor, tau: float) -> torch.Tensor:
+    """r_c (paper Eq. 13–16): codes of paths with similar widths should be similar.
+
+    For a positive pair (i, k), ``P(c_i | c_k) = exp(λ_iᵀλ_k / τ) / (exp(λ_iᵀλ_k / τ) +
+    Σ_{j ∉ {i, k}} exp(λ_iᵀλ_j / τ))``, a softmax over the other m − 1 paths of the step, and
+    ``r_c = −log P`` averaged over the ordered positive pairs; 0 when the step has none.
+
+    Args:
+        lams: ``(m, K)`` codes of the step's paths (with gradients to the simplex-net).
+        positives: ``(m, m)`` bool from :func:`width_positives`.
+        tau: the temperature τ (paper: 0.3).
+    """
+    if not positives.any():
+        return lams.sum() * 0.0  # keeps the graph (and DDP's gradient set) the same every step
+    similarity = lams @ lams.T / tau
+    eye = torch.eye(len(lams), dtype=torch.bool, device=lams.device)
+    log_p = F.log_softmax(similarity.masked_fill(eye, float("-inf")), dim=1)
+    return -log_p[positives.to(lams.device)].mean()

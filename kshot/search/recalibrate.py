@@ -75,7 +75,8 @@ def recalibrate_bn(
             s, sq, n = sums[layer]
             mean = s / n
             var = (sq / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))
-            layer.running_mean.copy_(mean)
-            layer.running_var.copy_(var)
+            # a narrower width of the path only uses (and recalibrates) its first channels
+            layer.running_mean[: len(mean)].copy_(mean)
+            layer.running_var[: len(var)].copy_(var)
             layer.num_batches_tracked.fill_(1)
     return seen

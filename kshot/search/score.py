@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
-from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.nn.simplex import SimplexNet
 from kshot.search.recalibrate import recalibrate_bn
-from kshot.spaces import nb201
+from kshot.spaces import Space
 
 __all__ = ["PathScorer"]
 
@@ -18,6 +18,7 @@ class PathScorer:
     """Scores paths of a trained supernet on fixed recalibration and validation images.
 
     Args:
+        space: the supernet's search space (parsing and encoding paths).
         supernet: the trained K-shot supernet.
         simplex: its simplex-net (λ = π(a)); ``None`` scores with λ = 1/K.
         bn_images: the N normalised training images used to recalibrate BN, on the device.
@@ -29,7 +30,8 @@ class PathScorer:
 
     def __init__(
         self,
-        supernet: NB201Supernet,
+        space: Space,
+        supernet: nn.Module,
         simplex: SimplexNet | None,
         bn_images: torch.Tensor,
         valid_images: torch.Tensor,
@@ -37,7 +39,7 @@ class PathScorer:
         bn_batch_size: int,
         eval_batch_size: int,
     ) -> None:
-        self.supernet, self.simplex = supernet, simplex
+        self.space, self.supernet, self.simplex = space, supernet, simplex
         self.bn_images, self.valid_images, self.valid_labels = bn_images, valid_images, valid_labels
         self.bn_batch_size, self.eval_batch_size = bn_batch_size, eval_batch_size
         self.device = bn_images.device
@@ -46,12 +48,16 @@ class PathScorer:
     def lam(self, arch: Sequence[int]) -> torch.Tensor:
         if self.simplex is None:
             return torch.full((self.supernet.k,), 1.0 / self.supernet.k, device=self.device)
-        return self.simplex(nb201.one_hot(arch).to(self.device))
+        width = self.space.width_code(arch)
+        return self.simplex(
+            self.space.arch_code(arch).to(self.device),
+            None if width is None else width.to(self.device),
+        )
 
     @torch.no_grad()
     def score(self, arch: str | Sequence[int]) -> tuple[float, list[float]]:
         """(validation accuracy in %, λ) of ``arch`` after BN recalibration."""
-        choice = nb201.parse(arch)
+        choice = self.space.parse(arch)
         lam = self.lam(choice)
         recalibrate_bn(
             self.supernet,

@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
 from kshot.data.datasets import channel_stats, load_dataset
 from kshot.data.split import split_from_dict
-from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.nn.simplex import SimplexNet
 from kshot.search.score import PathScorer
+from kshot.spaces import Space
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import (
     TrainData,
@@ -23,6 +24,7 @@ from kshot.train.trainer import (
     build_supernet,
     identity_of,
     network_shape,
+    space_of,
 )
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "score_paths",
     "flops_of",
     "network_shape",
+    "space_of",
     "read_search_results",
 ]
 
@@ -102,7 +105,7 @@ def load_train_data(cfg: Config, split_uri: str) -> TrainData:
 
 def load_trained(
     cfg: Config, data: TrainData, checkpoint_folder: str, device: torch.device
-) -> tuple[NB201Supernet, SimplexNet, dict]:
+) -> tuple[nn.Module, SimplexNet, dict]:
     """The newest supernet and simplex-net under ``checkpoint_folder``, checked against ``cfg``."""
     state = ckpt.load_latest(checkpoint_folder)
     ckpt.check_identity(state, identity_of(cfg, data), state["uri"])
@@ -115,7 +118,7 @@ def load_trained(
 def make_scorer(
     cfg: Config,
     data: TrainData,
-    supernet: NB201Supernet,
+    supernet: nn.Module,
     simplex: SimplexNet | None,
     device: torch.device,
     eval_images: int | None = None,
@@ -131,6 +134,7 @@ def make_scorer(
     n_valid = eval_images if eval_images is not None else cfg.eval_images
     n_valid = n_valid or len(data.valid_labels)
     return PathScorer(
+        space_of(cfg, data),
         supernet,
         simplex,
         bn_images=data.prepare(data.train_images[torch.from_numpy(bn_idx)], device),
@@ -146,11 +150,9 @@ def score_paths(
 ) -> list[dict]:
     """Score ``archs`` split over the ranks (round robin), gathered back in the given order.
 
-    Returns one ``{"arch", "accuracy", "lam"}`` record per path, ``arch`` as the benchmark string.
+    Returns one ``{"arch", "accuracy", "lam"}`` record per path, ``arch`` as the space's string.
     """
     from tqdm.auto import tqdm
-
-    from kshot.spaces import nb201
 
     mine = list(range(dist.rank(), len(archs), dist.world_size()))
     records = []
@@ -158,40 +160,38 @@ def score_paths(
         mine, desc=desc, unit="path", leave=False, disable=not (progress and dist.is_main())
     ):
         accuracy, lam = scorer.score(archs[i])
-        records.append((i, {"arch": nb201.format_arch(archs[i]), "accuracy": accuracy, "lam": lam}))
+        arch = scorer.space.format(archs[i])
+        records.append((i, {"arch": arch, "accuracy": accuracy, "lam": lam}))
     gathered = sorted(dist.gather_lists(records), key=lambda r: r[0])
     return [record for _, record in gathered]
 
 
 def flops_of(cfg: Config, data: TrainData) -> Callable[[tuple[int, ...] | str], float]:
     """MFLOPs of a path's stand-alone network at this run's shape and resolution."""
-    from kshot.spaces import nb201
-
-    shape = network_shape(cfg, data)
-
-    def flops(arch: tuple[int, ...] | str) -> float:
-        return nb201.flops(arch, resolution=data.resolution, **shape)
-
-    return flops
+    return space_of(cfg, data).flops
 
 
-def read_search_results(uri: str) -> dict[str, Any]:
+def read_search_results(uri: str, space: Space) -> dict[str, Any]:
     """The front, best path and budget of a search / recalibrate results JSON, each arch checked.
 
     Returns:
         ``{"front": [arch, …], "best": arch, "flops_budget": float | None}`` with normalised archs.
     """
-    from kshot.spaces import nb201
-
     results = storage.read_json(uri)
     if not isinstance(results, dict):
         raise ValueError(f"results {uri!r} must be a JSON object")
+    recorded = results.get("search_space", space.name)
+    if recorded != space.name:
+        raise ValueError(
+            f"results {uri!r} are of search space {recorded!r}, but config key 'search_space' is "
+            f"{space.name!r}"
+        )
 
     def arch_of(record: Any, where: str) -> str:
         if not isinstance(record, dict) or "arch" not in record:
             raise ValueError(f"results {uri!r} have no path with an 'arch' string at {where}")
         try:
-            return nb201.format_arch(nb201.parse(record["arch"]))
+            return space.format(space.parse(record["arch"]))
         except (ValueError, TypeError) as e:
             raise ValueError(f"results {uri!r}, key {where}.arch: {e}") from None
 

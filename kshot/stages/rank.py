@@ -19,7 +19,7 @@ from kshot import storage
 from kshot.config import Config
 from kshot.eval.ground_truth import align_scores, load_ground_truth
 from kshot.eval.ranking import ranking_metrics
-from kshot.spaces import nb201
+from kshot.spaces import Space
 from kshot.stages.common import (
     device_of,
     load_train_data,
@@ -54,15 +54,16 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
             "'ground_truth' (a CSV with arch and accuracy columns)"
         )
     column = "accuracy" if inputs.get("ground_truth") else cfg.ground_truth_column
-    truth = load_ground_truth(truth_uri, column)
+    space = Space(cfg.search_space, channel_search=cfg.channel_search)
+    truth = load_ground_truth(truth_uri, column, space)
     archs = paths_to_rank(truth, cfg.rank_paths, cfg.seed)
     data = load_train_data(cfg, inputs["split"])
     device = device_of(cfg)
     supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device)
     scorer = make_scorer(cfg, data, supernet, simplex, device)
-    records = score_paths(scorer, [nb201.parse(a) for a in archs], desc="ranking")
+    records = score_paths(scorer, [space.parse(a) for a in archs], desc="ranking")
     scores = {r["arch"]: r["accuracy"] for r in records}
-    names, truth_values, score_values = align_scores(truth, scores, truth_uri)
+    names, truth_values, score_values = align_scores(truth, scores, truth_uri, space)
     metrics = ranking_metrics(truth_values, score_values, cfg.top_n)
     metrics.update(k=cfg.k, ground_truth=truth_uri, ground_truth_column=column)
     if dist.is_main():

@@ -13,15 +13,16 @@ from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
 from kshot.search.nsga2 import pareto_front
-from kshot.spaces import nb201
+from kshot.spaces import Space
 from kshot.stages.common import (
     device_of,
-    flops_of,
     load_train_data,
     load_trained,
     make_scorer,
+    read_search_results,
     require,
     score_paths,
+    space_of,
 )
 from kshot.stages.search import results_payload
 
@@ -32,19 +33,16 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     """Read ``inputs["results"]`` (a search's JSON) and write the re-scored ``outputs["results"]``."""
     require(inputs, ("split", "checkpoint", "results"), "recalibrate", "input")
     require(outputs, ("results",), "recalibrate", "output")
-    searched = storage.read_json(inputs["results"])
-    chosen = list(
-        dict.fromkeys([r["arch"] for r in searched["front"]] + [searched["best"]["arch"]])
-    )
-    archs = [nb201.parse(a) for a in chosen]
+    searched = read_search_results(inputs["results"], Space(cfg.search_space))
     data = load_train_data(cfg, inputs["split"])
-    flops = flops_of(cfg, data)
+    space = space_of(cfg, data)
+    archs = [space.parse(a) for a in dict.fromkeys([*searched["front"], searched["best"]])]
     device = device_of(cfg)
     supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device)
     scorer = make_scorer(cfg, data, supernet, simplex, device, eval_images=0)
     records = score_paths(scorer, archs, desc="recalibrate")
     for rec, arch in zip(records, archs, strict=True):
-        rec["flops"] = flops(arch)
+        rec["flops"] = space.flops(arch)
         rec["bn_images"] = cfg.bn_images
     budget = searched["flops_budget"]
     in_budget = [r for r in records if budget is None or r["flops"] <= budget]

@@ -7,14 +7,15 @@ from typing import Any
 from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
-from kshot.spaces import nb201
+from kshot.export import save_model
+from kshot.spaces import Space
 from kshot.stages.common import (
     device_of,
-    flops_of,
     load_train_data,
     network_shape,
     read_search_results,
     require,
+    space_of,
 )
 from kshot.train.standalone import train_standalone
 
@@ -22,34 +23,33 @@ __all__ = ["run"]
 
 
 def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
-    """Read the best path from ``inputs["results"]``; write ``outputs["model"]`` (a torch file with
-    the arch and the stand-alone state dict) and ``outputs["metrics"]`` (JSON curves and accuracy)."""
+    """Read the best path from ``inputs["results"]``; write ``outputs["model"]`` (the stand-alone
+    network, :func:`kshot.export.load_model` rebuilds it) and ``outputs["metrics"]`` (JSON curves and accuracy)."""
     require(inputs, ("split", "results"), "retrain", "input")
     require(outputs, ("model", "metrics"), "retrain", "output")
-    arch = read_search_results(inputs["results"])["best"]
+    arch = read_search_results(inputs["results"], Space(cfg.search_space))["best"]
     data = load_train_data(cfg, inputs["split"])
+    space = space_of(cfg, data)
     model, history = train_standalone(
         arch, cfg, data, device_of(cfg), cfg.retrain_epochs, cfg.seed, data_parallel=True
     )
     metrics = {
         "arch": arch,
         "test_accuracy": history["test_acc"][-1],
-        "flops": flops_of(cfg, data)(arch),
-        "params": nb201.params(arch, **network_shape(cfg, data)),
+        "flops": space.flops(arch),
+        "params": space.params(arch),
         "epochs": cfg.retrain_epochs,
         "curves": history,
     }
     if dist.is_main():
-        storage.save_torch(
-            {
-                "arch": arch,
-                "search_space": cfg.search_space,
-                **network_shape(cfg, data),
-                "mean": data.mean,
-                "std": data.std,
-                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            },
+        save_model(
             outputs["model"],
+            model,
+            search_space=cfg.search_space,
+            arch=arch,
+            shape=network_shape(cfg, data),
+            mean=data.mean,
+            std=data.std,
         )
         storage.write_json(outputs["metrics"], metrics)
     return metrics

@@ -2,36 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
 from kshot.search.nsga2 import BudgetError, nsga2_search
-from kshot.spaces import nb201
+from kshot.spaces import Space
 from kshot.stages.common import (
     device_of,
-    flops_of,
     load_train_data,
     load_trained,
     make_scorer,
     require,
     score_paths,
+    space_of,
 )
 
 __all__ = ["run", "check_budget"]
 
 
-def check_budget(cfg: Config, flops: Callable[[nb201.Arch], float]) -> float | None:
+def check_budget(cfg: Config, space: Space) -> float | None:
     """The budget in MFLOPs (None: unconstrained); fails when no path of the space meets it."""
     if not cfg.flops_budget:
         return None
-    cheapest = min(flops(a) for a in nb201.all_archs())
+    cheapest = space.cheapest_flops()
     if cfg.flops_budget < cheapest:
+        shape = ", ".join(f"{k}={v}" for k, v in space.shape.items())
         raise BudgetError(
             f"config key 'flops_budget' = {cfg.flops_budget} MFLOPs: no {cfg.search_space} path "
-            f"meets it (the cheapest needs {cheapest:.6g} MFLOPs at C={cfg.channels}, N={cfg.cells})"
+            f"meets it (the cheapest needs {cheapest:.6g} MFLOPs at {shape}, resolution "
+            f"{space.resolution})"
         )
     return cfg.flops_budget
 
@@ -41,15 +42,15 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     require(inputs, ("split", "checkpoint"), "search", "input")
     require(outputs, ("results",), "search", "output")
     data = load_train_data(cfg, inputs["split"])
-    flops = flops_of(cfg, data)
-    budget = check_budget(cfg, flops)
+    space = space_of(cfg, data)
+    budget = check_budget(cfg, space)
     device = device_of(cfg)
     supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device)
     scorer = make_scorer(cfg, data, supernet, simplex, device)
     result = nsga2_search(
-        nb201,
+        space,
         lambda archs: score_paths(scorer, archs, desc="generation"),
-        flops,
+        space.flops,
         budget=budget,
         population=cfg.population,
         generations=cfg.generations,

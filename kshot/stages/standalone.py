@@ -14,26 +14,30 @@ import numpy as np
 from kshot import distributed as dist
 from kshot.config import Config
 from kshot.eval.ground_truth import write_ground_truth_csv
-from kshot.spaces import nb201
+from kshot.spaces import Path, Space
 from kshot.stages.common import device_of, load_train_data, require
 from kshot.train.standalone import train_standalone
 
 __all__ = ["run", "sample_paths"]
 
 
-def sample_paths(count: int, seed: int) -> list[nb201.Arch]:
-    """``count`` distinct paths drawn uniformly, seeded."""
-    if count > nb201.SIZE:
-        raise ValueError(f"config key 'standalone_paths' = {count} exceeds the {nb201.SIZE} paths")
-    rng = np.random.default_rng([seed, 6])
-    return [nb201.from_index(int(i)) for i in rng.choice(nb201.SIZE, size=count, replace=False)]
+def sample_paths(count: int, seed: int, space: Space | None = None) -> list[Path]:
+    """``count`` distinct paths of ``space`` (default: nb201) drawn uniformly, seeded."""
+    space = space or Space("nb201")
+    if count > space.size:
+        raise ValueError(
+            f"config key 'standalone_paths' = {count} exceeds the {space.size} paths of "
+            f"{space.name}"
+        )
+    return space.distinct_sample(count, seed)
 
 
 def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
     """Write ``outputs["table"]``: CSV ``arch,accuracy`` of the sampled paths."""
     require(inputs, ("split",), "standalone", "input")
     require(outputs, ("table",), "standalone", "output")
-    archs = sample_paths(cfg.standalone_paths, cfg.seed)
+    space = Space(cfg.search_space, channel_search=cfg.channel_search)
+    archs = sample_paths(cfg.standalone_paths, cfg.seed, space)
     data = load_train_data(cfg, inputs["split"])
     device = device_of(cfg)
     mine = []
@@ -43,7 +47,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
         )
         mine.append((i, history["test_acc"][-1]))
     results = sorted(dist.gather_lists(mine))
-    table = {nb201.format_arch(archs[i]): acc for i, acc in results}
+    table = {space.format(archs[i]): acc for i, acc in results}
     if dist.is_main():
-        write_ground_truth_csv(outputs["table"], table, column="accuracy")
+        write_ground_truth_csv(outputs["table"], table, column="accuracy", space=space)
     return {"paths": len(table), "accuracy_mean": float(np.mean(list(table.values())))}

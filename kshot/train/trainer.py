@@ -32,9 +32,8 @@ from tqdm.auto import tqdm
 from kshot import distributed as dist
 from kshot.config import Config
 from kshot.data.transforms import normalize, random_crop_flip
-from kshot.nn.nb201_supernet import NB201Supernet
-from kshot.nn.simplex import SimplexNet
-from kshot.spaces import nb201
+from kshot.nn.simplex import SimplexNet, channel_regularizer, width_positives
+from kshot.spaces import Path, Space
 from kshot.train import checkpoint as ckpt
 
 __all__ = [
@@ -47,6 +46,7 @@ __all__ = [
     "frozen",
     "curves",
     "network_shape",
+    "space_of",
     "training_batch",
     "cosine_lambda",
 ]
@@ -83,32 +83,49 @@ class TrainData:
 
 def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed or scored under ``cfg``."""
+    if cfg.search_space == "nb201":
+        shape = {"channels": cfg.channels, "cells": cfg.cells}
+    else:
+        shape = {
+            "width_mult": cfg.width_mult,
+            "channel_divisor": cfg.channel_divisor,
+            "channel_search": cfg.channel_search,
+        }
     return {
         "search_space": cfg.search_space,
         "k": cfg.k,
-        "channels": cfg.channels,
-        "cells": cfg.cells,
+        **shape,
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
     }
 
 
-def network_shape(cfg: Config, data: TrainData) -> dict[str, int]:
-    """The network's shape arguments (supernet, ``nb201.build`` / ``flops`` / ``params``)."""
-    return {
-        "C": cfg.channels,
-        "N": cfg.cells,
-        "num_classes": data.num_classes,
-        "in_channels": data.in_channels,
-    }
+def network_shape(cfg: Config, data: TrainData) -> dict[str, Any]:
+    """The network's shape arguments (supernet, the space's ``build`` / ``flops`` / ``params``)."""
+    if cfg.search_space == "nb201":
+        space_shape: dict[str, Any] = {"C": cfg.channels, "N": cfg.cells}
+    else:
+        space_shape = {"width_mult": cfg.width_mult, "divisor": cfg.channel_divisor}
+    return {**space_shape, "num_classes": data.num_classes, "in_channels": data.in_channels}
 
 
-def build_supernet(cfg: Config, data: TrainData) -> NB201Supernet:
-    return NB201Supernet(cfg.k, **network_shape(cfg, data))
+def space_of(cfg: Config, data: TrainData) -> Space:
+    """The run's search space at its network shape and image resolution."""
+    return Space(
+        cfg.search_space,
+        shape=network_shape(cfg, data),
+        resolution=data.resolution,
+        channel_search=cfg.channel_search,
+    )
+
+
+def build_supernet(cfg: Config, data: TrainData) -> nn.Module:
+    return space_of(cfg, data).supernet(cfg.k)
 
 
 def build_simplex(cfg: Config) -> SimplexNet:
-    return SimplexNet(nb201.NUM_EDGES * nb201.NUM_OPS, cfg.k, hidden=cfg.simplex_hidden)
+    space = Space(cfg.search_space, channel_search=cfg.channel_search)
+    return SimplexNet(space.arch_dim, cfg.k, hidden=cfg.simplex_hidden, width_dim=space.width_dim)
 
 
 def uniform_lambda(k: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -197,8 +214,9 @@ class KShotTrainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = self.steps_per_epoch * cfg.warmup_epochs
 
+        self.space = space_of(cfg, data)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.supernet = build_supernet(cfg, data).to(device)
+        self.supernet = self.space.supernet(cfg.k).to(device)
         self.simplex = build_simplex(cfg).to(device)
         self.opt = torch.optim.SGD(
             self.supernet.parameters(),
@@ -219,8 +237,9 @@ class KShotTrainer:
             "supernet_loss": [],
             "supernet_acc": [],
             "simplex_loss": [],
+            **({"channel_reg": []} if self.space.has_widths else {}),
         }
-        self._arch_codes = {}
+        self._codes: dict[Path, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -250,15 +269,26 @@ class KShotTrainer:
         self.epoch_sums = {k: list(v) for k, v in state["epoch_sums"].items()}
 
     # ------------------------------------------------------------------ sampling and data
-    def arch_code(self, choice: nb201.Arch) -> torch.Tensor:
-        if choice not in self._arch_codes:
-            self._arch_codes[choice] = nb201.one_hot(choice).to(self.device)
-        return self._arch_codes[choice]
+    def codes(self, choices: list[Path]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The simplex-net's inputs for a list of paths: architecture and width codes."""
+        if len(self._codes) > 100_000:  # large spaces rarely repeat a path: bound the cache
+            self._codes.clear()
+        for c in choices:
+            if c not in self._codes:
+                width = self.space.width_code(c)
+                self._codes[c] = (
+                    self.space.arch_code(c).to(self.device),
+                    None if width is None else width.to(self.device),
+                )
+        arch = torch.stack([self._codes[c][0] for c in choices])
+        if not self.space.has_widths:
+            return arch, None
+        return arch, torch.stack([self._codes[c][1] for c in choices])  # type: ignore[misc]
 
-    def paths_for_step(self, step: int, count: int) -> list[nb201.Arch]:
+    def paths_for_step(self, step: int, count: int) -> list[Path]:
         """The path(s) of iteration ``step``: the same on every rank and on every resume."""
         rng = _rng(self.cfg.seed, step, 1)
-        return [nb201.sample(rng) for _ in range(count)]
+        return [self.space.sample(rng)] if count == 1 else self.space.sample_group(rng, count)
 
     def batch_for_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return training_batch(
@@ -273,7 +303,7 @@ class KShotTrainer:
 
     # ------------------------------------------------------------------ the two kinds of step
     def supernet_step(
-        self, x: torch.Tensor, y: torch.Tensor, choice: nb201.Arch, lam: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, choice: Path, lam: torch.Tensor
     ) -> tuple[float, float]:
         """Update Θ on one path with a fixed λ (Eq. 9); returns (loss, accuracy)."""
         self.supernet.train()
@@ -286,24 +316,36 @@ class KShotTrainer:
         acc = (logits.argmax(1) == y).float().mean()
         return loss.item(), acc.item()
 
-    def simplex_step(self, x: torch.Tensor, y: torch.Tensor, choices: list[nb201.Arch]) -> float:
-        """Update σ on m paths, one per group of b/m images, with Θ frozen (Eq. 8)."""
+    def simplex_step(
+        self, x: torch.Tensor, y: torch.Tensor, choices: list[Path]
+    ) -> dict[str, float]:
+        """Update σ on m paths, one per group of b/m images, with Θ frozen (Eq. 8); with width
+        search the loss adds α · r_c over the m paths (Eq. 17)."""
         self.supernet.train()
         m = len(choices)
-        lams = self.simplex(torch.stack([self.arch_code(c) for c in choices]))
+        lams = self.simplex(*self.codes(choices))
         with frozen(self.supernet):
             losses = [
                 F.cross_entropy(self.supernet(xg, c, lam), yg)
                 for xg, yg, c, lam in zip(x.chunk(m), y.chunk(m), choices, lams, strict=True)
             ]
             loss = torch.stack(losses).mean()
+            out = {"simplex_loss": loss.item()}
+            if self.space.has_widths:
+                widths = torch.tensor([self.space.width_factors(c) for c in choices])
+                positives = width_positives(
+                    [self.space.ops(c) for c in choices], widths, self.cfg.rc_threshold
+                )
+                reg = channel_regularizer(lams, positives, self.cfg.tau)
+                out["channel_reg"] = reg.item()
+                loss = loss + self.cfg.alpha * reg
             self.simplex_opt.zero_grad(set_to_none=True)
             loss.backward()
         dist.all_reduce_gradients(self.simplex.parameters())
         self.simplex_opt.step()
-        return loss.item()
+        return out
 
-    def lam_for(self, choice: nb201.Arch, warmup: bool, step: int = 0) -> torch.Tensor:
+    def lam_for(self, choice: Path, warmup: bool, step: int = 0) -> torch.Tensor:
         """λ of the path of a supernet step: 1/K in warmup, else by ``cfg.lambda_mode``."""
         mode = self.cfg.lambda_mode
         if warmup or mode == "fixed":
@@ -312,7 +354,7 @@ class KShotTrainer:
             lam = _rng(self.cfg.seed, step, 4).dirichlet(np.ones(self.cfg.k))
             return torch.as_tensor(lam, dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            return self.simplex(self.arch_code(choice))
+            return self.simplex(*self.codes([choice]))[0]
 
     def train_step(self) -> dict[str, float]:
         """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter.
@@ -329,7 +371,7 @@ class KShotTrainer:
             loss, acc = self.supernet_step(x, y, choice, self.lam_for(choice, warmup, step))
             out = {"supernet_loss": loss, "supernet_acc": acc}
         else:
-            out = {"simplex_loss": self.simplex_step(x, y, self.paths_for_step(step, self.cfg.m))}
+            out = self.simplex_step(x, y, self.paths_for_step(step, self.cfg.m))
         self.scheduler.step()
         self.step += 1
         for key, value in out.items():
@@ -376,7 +418,7 @@ class KShotTrainer:
     def _log_epoch(self, sums: dict[str, list[float]]) -> None:
         self.history["epoch"].append(self.step // self.steps_per_epoch)
         self.history["lr"].append(self.opt.param_groups[0]["lr"])
-        for key in ("supernet_loss", "supernet_acc", "simplex_loss"):
+        for key in self.history.keys() - {"epoch", "lr"}:
             values = sums.get(key)
             self.history[key].append(float(np.mean(values)) if values else float("nan"))
 
