@@ -94,6 +94,22 @@ def test_split_is_disjoint_and_covers_digits(run_dir):
     assert sum(map(len, parts)) == len(set().union(*parts)) == 1797
 
 
+def test_split_takes_a_subset_and_holds_out_exactly_valid_size(tmp_path):
+    from kshot.config import load_config
+    from kshot.stages import run_stage
+
+    cfg = load_config(TINY, {"train_subset": 300, "valid_size": 40})
+    run_stage("split", cfg, {}, {"split": str(tmp_path / "split.json")})
+    split = json.loads((tmp_path / "split.json").read_text())
+    sizes = [len(split[p]) for p in ("train", "valid", "test")]
+    assert sizes == [260, 20, 20]  # digits has no test part: the 40 held out are halved
+    assert split["num_images"] == 1797 and split["subset"] == 300
+    bad = load_config(TINY, {"train_subset": 300, "valid_size": 300})
+    with pytest.raises(ValueError, match="valid_size=300.*cannot split 300 images"):
+        run_stage("split", bad, {}, {"split": str(tmp_path / "bad.json")})
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_warmup_then_train_checkpoints_carry_on_the_same_schedule(run_dir):
     warm = ckpt.load_latest(str(run_dir / "warm"))
     trained = ckpt.load_latest(str(run_dir / "trained"))

@@ -14,6 +14,7 @@ from PIL import Image
 
 from kshot import storage
 from kshot.data import stream
+from kshot.data.split import make_split
 from kshot.data.stream import (
     ImageFolderIndex,
     StreamingImages,
@@ -22,7 +23,6 @@ from kshot.data.stream import (
     eval_transform,
     random_resized_crop_params,
     read_image,
-    split_indices,
     train_batches,
 )
 
@@ -63,7 +63,8 @@ def index(tree) -> ImageFolderIndex:
 
 @pytest.fixture(scope="module")
 def split(index) -> tuple[np.ndarray, np.ndarray]:
-    return split_indices(len(index), 6, seed=3)  # 12 train images
+    split = make_split(len(index), 0.0, seed=3, carve_test=False, held_out=6)  # 12 train images
+    return split.train, split.valid
 
 
 def _take(batches, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -255,24 +256,6 @@ def test_decode_falls_back_to_pil_and_names_bad_files(tmp_path, monkeypatch):
         decode_image_bytes(b"not an image at all", "broken.jpg")
     with pytest.raises(ValueError, match="empty.png.*empty"):
         decode_image_bytes(b"", "empty.png")
-
-
-# ---------------------------------------------------------------------------------- split
-
-
-def test_split_indices():
-    train, valid = split_indices(100, 30, seed=1)
-    assert len(train) == 70 and len(valid) == 30 and train.dtype == valid.dtype == np.int64
-    assert not set(train) & set(valid) and sorted([*train, *valid]) == list(range(100))
-    assert list(train) == sorted(train) and list(valid) == sorted(valid)
-    again = split_indices(100, 30, seed=1)
-    assert np.array_equal(again[0], train) and np.array_equal(again[1], valid)
-    assert not np.array_equal(split_indices(100, 30, seed=2)[1], valid)
-    expected = np.sort(np.random.default_rng([1, 0]).permutation(100)[:30])
-    assert np.array_equal(valid, expected)
-    for bad in (0, -1, 100, 101):
-        with pytest.raises(ValueError, match=r"valid_size must be in \[1, n\)"):
-            split_indices(100, bad, seed=1)
 
 
 # ----------------------------------------------------------------------------------- gs://

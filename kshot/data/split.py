@@ -40,11 +40,17 @@ class Split:
 
 
 def make_split(
-    num_images: int, valid_fraction: float, seed: int, carve_test: bool, subset: int = 0
+    num_images: int,
+    valid_fraction: float,
+    seed: int,
+    carve_test: bool,
+    subset: int = 0,
+    held_out: int = 0,
 ) -> Split:
     """Shuffle ``range(num_images)`` with ``numpy.random.default_rng(seed)`` and cut it.
 
-    ``round(num_images * valid_fraction)`` images are held out; with ``carve_test`` the held-out
+    ``held_out`` images (default ``round(num_images * valid_fraction)``) are held out; with
+    ``carve_test`` the held-out
     images are halved between ``test`` (the smaller half) and ``valid``, else all go to ``valid``.
     The rest form ``train``. Each part is sorted.
 
@@ -55,6 +61,8 @@ def make_split(
         carve_test: Whether to carve a test set (for datasets without a test part).
         subset: Split only this many images, the first of the seeded shuffle (0: all of them);
             the other images are in no part.
+        held_out: Exactly this many images held out (e.g. ImageNet's 50,000); 0: use
+            ``valid_fraction``.
 
     Returns:
         The split.
@@ -62,18 +70,18 @@ def make_split(
     Raises:
         ValueError: ``valid_fraction`` outside ``(0, 1)`` or too few images for non-empty parts.
     """
-    if not 0.0 < valid_fraction < 1.0:
+    if not held_out and not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
     if subset < 0 or subset > num_images:
         raise ValueError(f"subset {subset} must be in [0, {num_images}] (0: all images)")
     pool = subset or num_images
-    held_out = round(pool * valid_fraction)
+    held_out = held_out or round(pool * valid_fraction)
     test_size = held_out // 2 if carve_test else 0
     valid_size = held_out - test_size
     train_size = pool - held_out
     if train_size < 1 or valid_size < 1 or (carve_test and test_size < 1):
         raise ValueError(
-            f"cannot split {pool} images with valid_fraction={valid_fraction} "
+            f"cannot split {pool} images holding out {held_out} "
             f"(carve_test={carve_test}): gives {train_size} train, {valid_size} valid"
             + (f", {test_size} test" if carve_test else "")
             + " images; every part needs at least one"

@@ -8,8 +8,8 @@ workers instead.
   optionally ``root/test/<class>/...``, or ``val/`` or ``validation/``, looked for in that order),
   local or ``gs://``, with the same rules as :mod:`kshot.data.datasets`: classes are the train
   part's subfolders sorted by name, and files are taken in name order within each class.
-* :func:`split_indices` holds a seeded share of the train part out as a local validation set (the
-  ImageNet recipe holds 50,000 training images out for ranking architectures).
+* The train / local-validation split is the project's one split (:func:`kshot.data.split.make_split`,
+  config key ``valid_size``: the ImageNet recipe holds 50,000 training images out).
 * :func:`train_batches` streams the batches of iterations ``start_step, start_step + 1, ...`` under
   the trainer's determinism contract (:func:`kshot.train.trainer.training_batch`): epoch ``e``
   visits the split in the order ``numpy.random.default_rng([seed, e, 2]).permutation(n)``,
@@ -58,7 +58,6 @@ __all__ = [
     "EVAL_CROP_FRACTION",
     "ImageFolderIndex",
     "StreamingImages",
-    "split_indices",
     "train_batches",
     "eval_batches",
     "read_image",
@@ -77,7 +76,6 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _CROP_TRIES = 10
 _AUGMENT_STREAM = 3  # the trainer's key for augmentation draws: (seed, step, 3)
 _ORDER_STREAM = 2  # the trainer's key for an epoch's order: (seed, epoch, 2)
-_SPLIT_STREAM = 0
 _PREFETCH_FACTOR = 4
 _EVAL_STEP = -1  # the step of evaluation samples (unused: evaluation draws nothing)
 
@@ -246,39 +244,6 @@ class _GcsTree:
 
     def images(self, folder: str, class_name: str) -> list[str]:
         return self._classes(folder).get(class_name, [])
-
-
-def split_indices(n: int, valid_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hold ``valid_size`` of ``n`` images out as a local validation set, seeded.
-
-    The images are shuffled with ``numpy.random.default_rng([seed, 0])``; the first ``valid_size``
-    of the shuffle are held out and the rest train.
-
-    Args:
-        n: The number of images (``len(index)``).
-        valid_size: How many to hold out, in ``[1, n)`` (ImageNet: 50,000).
-        seed: The seed of the shuffle; the same arguments always give the same split.
-
-    Returns:
-        ``(train, valid)``: disjoint, sorted ``int64`` arrays covering ``range(n)``.
-
-    Raises:
-        ValueError: ``valid_size`` is not in ``[1, n)`` or ``seed`` is negative.
-    """
-    for name, value in (("n", n), ("valid_size", valid_size), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"split_indices: {name} must be an int, got {value!r}")
-    if not 1 <= valid_size < n:
-        raise ValueError(
-            f"split_indices: valid_size must be in [1, n) = [1, {n}) so both parts get images, "
-            f"got {valid_size}"
-        )
-    if seed < 0:
-        raise ValueError(f"split_indices: seed must be >= 0, got {seed}")
-    order = np.random.default_rng([int(seed), _SPLIT_STREAM]).permutation(int(n))
-    valid = np.sort(order[:valid_size]).astype(np.int64)
-    train = np.sort(order[valid_size:]).astype(np.int64)
-    return train, valid
 
 
 # -------------------------------------------------------------------------------- transforms
@@ -532,7 +497,7 @@ def train_batches(
     Args:
         index: The train part's images.
         indices: Positions into ``index`` forming the training split (e.g. from
-            :func:`split_indices`).
+            :func:`kshot.data.split.make_split`).
         seed: The run's seed, ``>= 0``.
         start_step: The first iteration to deliver, ``>= 0``.
         steps_per_epoch: Iterations per epoch; ``steps_per_epoch * batch_size <= len(indices)``.

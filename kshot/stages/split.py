@@ -19,9 +19,24 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     require(outputs, ("split",), "split", "output")
     train = load_dataset(cfg.dataset, "train", resolution=cfg.resolution or None)
     has_test = load_dataset(cfg.dataset, "test", resolution=cfg.resolution or None) is not None
-    split = make_split(len(train), cfg.valid_fraction, cfg.seed, carve_test=not has_test)
+    try:
+        split = make_split(
+            len(train),
+            cfg.valid_fraction,
+            cfg.seed,
+            carve_test=not has_test,
+            subset=cfg.train_subset,
+            held_out=cfg.valid_size,
+        )
+    except ValueError as e:
+        raise ValueError(
+            f"dataset {cfg.dataset!r} ({len(train)} training images), config keys "
+            f"train_subset={cfg.train_subset}, valid_size={cfg.valid_size}, "
+            f"valid_fraction={cfg.valid_fraction}: {e}"
+        ) from None
     storage.write_json(
-        outputs["split"], split_to_dict(split, cfg.dataset, cfg.seed, cfg.valid_fraction)
+        outputs["split"],
+        split_to_dict(split, cfg.dataset, cfg.seed, cfg.valid_fraction, num_images=len(train)),
     )
     return {
         "train": len(split.train),
