@@ -72,6 +72,51 @@ def digits_split(tmp_path_factory) -> str:
     return uri
 
 
+@pytest.fixture(scope="session")
+def cifar_folders(tmp_path_factory) -> Path:
+    """A tiny class-folder tree (``train/<class>/*.jpg``, ``test/<class>/*.jpg``) written from the
+    CIFAR-10 JPEGs in ``../shared/data/cifar10``: 200 training and 100 test images."""
+    import pyarrow.parquet as pq
+
+    source = shared_data("cifar10")
+    root = tmp_path_factory.mktemp("cifar-folders")
+    for part, count in (("train", 200), ("test", 100)):
+        table = pq.ParquetFile(source / f"{part}.parquet").read_row_group(0).slice(0, count)
+        names = pq.read_schema(source / f"{part}.parquet").metadata[b"label_names"].decode()
+        names = names.split(",")
+        for i, (image, label) in enumerate(
+            zip(table.column("image").to_pylist(), table.column("label").to_pylist(), strict=True)
+        ):
+            folder = root / part / names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i:04d}.jpg").write_bytes(image["bytes"])
+    return root
+
+
+MBV2_TINY = {
+    **TINY,
+    "search_space": "mbv2",
+    "width_mult": 0.125,
+    "channel_divisor": 1,
+    "resolution": 16,
+    "augment": True,
+    "valid_fraction": 0.2,
+    "k": 2,
+    "batch_size": 40,
+    "m": 4,
+    "bn_images": 32,
+    "bn_batch_size": 32,
+    "eval_images": 40,
+    "retrain_recipe": "imagenet",
+    "retrain_lr": 0.01,
+    "retrain_batch_size": 40,
+    "retrain_weight_decay": 1e-5,
+    "retrain_warmup_epochs": 0.5,
+    "retrain_ema_decay": 0.9,
+}
+"""A C ≈ 4 mbv2 supernet (width_mult 1/8, 16x16 images) for :func:`cifar_folders`."""
+
+
 @pytest.fixture
 def digits_data(tiny_cfg, digits_split):
     from kshot.stages.common import load_train_data

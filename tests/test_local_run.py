@@ -7,13 +7,17 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from kfp import local
 
 from kshot import storage
 from kshot.cli import main
 from kshot.config import load_config, parse_overrides
+from kshot.export import load_model
 from kshot.pipeline.local_run import DEFAULT_CONFIG, pipeline_arguments, publish
 from kshot.pipeline.sweep import kshot_k_sweep
+from kshot.spaces import mbv2
+from tests.conftest import MBV2_TINY
 
 FLOPS_BUDGET = 0.25  # MFLOPs: about the median path of the tiny digits supernet
 STANDALONE_PATHS = 4
@@ -81,6 +85,54 @@ def test_the_local_run_completes_and_reports(
     )
     (table,) = artifacts.glob("kshot-nas-*/ground-truth/table")
     assert len(table.read_text().splitlines()) == 1 + STANDALONE_PATHS
+
+
+@pytest.mark.slow
+def test_the_local_run_searches_the_mbv2_space_on_class_folders(
+    tmp_path: Path, cifar_folders: Path
+) -> None:
+    """The paper's ImageNet space through the same DAG, on a tiny class-folder tree."""
+    budget = 0.15  # MFLOPs at width 1/8 and 16x16: about the median path
+    settings = {
+        key: MBV2_TINY[key]
+        for key in (
+            "search_space",
+            "width_mult",
+            "channel_divisor",
+            "resolution",
+            "valid_fraction",
+            "batch_size",
+            "m",
+            "bn_images",
+            "bn_batch_size",
+            "retrain_recipe",
+            "retrain_batch_size",
+            "retrain_ema_decay",
+        )
+    }
+    overrides = [*TINY, f"flops_budget={budget}", "standalone_paths=3", f"dataset={cifar_folders}"]
+    overrides += [f"{key}={value}" for key, value in settings.items()]
+    output = tmp_path / "run"
+    assert (
+        main(
+            [
+                "run",
+                "--local",
+                *[a for o in overrides for a in ("--set", o)],
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["search_space"] == "mbv2"
+    assert mbv2.parse(summary["best_arch"]) and 0 < summary["best_flops"] <= budget
+    assert 0.0 <= summary["retrained_test_accuracy"] <= 100.0 and summary["n_paths"] == 3
+    (model_file,) = (output / "artifacts").glob("kshot-nas-*/retrain/model")
+    model, meta = load_model(str(model_file))
+    assert meta["arch"] == summary["best_arch"]
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
 
 
 def test_pipeline_arguments_put_other_keys_in_extra_config() -> None:

@@ -1,0 +1,122 @@
+"""The mbv2 space end to end on a tiny class-folder dataset: training with the channel branch and
+r_c, NSGA-II under a FLOPs budget, the ImageNet retraining recipe and the exported model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kshot.config import load_config
+from kshot.export import load_model
+from kshot.spaces import mbv2
+from kshot.stages import run_stage
+from kshot.stages.common import load_train_data, space_of
+from kshot.train.standalone import imagenet_lambda, retrain_schedule
+from kshot.train.trainer import KShotTrainer
+from tests.conftest import MBV2_TINY
+
+
+@pytest.fixture(scope="module")
+def mbv2_cfg(cifar_folders):
+    return load_config(MBV2_TINY, {"dataset": str(cifar_folders)}, sources=["MBV2_TINY", "fixture"])
+
+
+@pytest.fixture(scope="module")
+def mbv2_run(mbv2_cfg, tmp_path_factory):
+    """split → warmup → train, once for the module."""
+    run = tmp_path_factory.mktemp("mbv2-run")
+    uris = {name: str(run / name) for name in ("split.json", "warm", "trained", "curves.json")}
+    run_stage("split", mbv2_cfg, {}, {"split": uris["split.json"]})
+    split = {"split": uris["split.json"]}
+    run_stage("warmup", mbv2_cfg, split, {"checkpoint": uris["warm"]})
+    run_stage(
+        "train",
+        mbv2_cfg,
+        {**split, "checkpoint": uris["warm"]},
+        {"checkpoint": uris["trained"], "curves": uris["curves.json"]},
+    )
+    return run
+
+
+def test_the_simplex_step_trains_both_branches_on_paths_that_share_operations(mbv2_cfg, mbv2_run):
+    data = load_train_data(mbv2_cfg, str(mbv2_run / "split.json"))
+    trainer = KShotTrainer(mbv2_cfg, data, torch.device("cpu"))
+    choices = trainer.paths_for_step(7, mbv2_cfg.m)
+    assert len({mbv2.split(c)[0] for c in choices}) == 1  # one set of operations
+    assert len({mbv2.split(c)[1] for c in choices}) == mbv2_cfg.m  # m widths
+    supernet_before = [p.detach().clone() for p in trainer.supernet.parameters()]
+    x, y = trainer.batch_for_step(7)
+    trainer.simplex_step(x, y, choices)  # the zero-initialised output layer moves first
+    before = {n: p.detach().clone() for n, p in trainer.simplex.named_parameters()}
+    out = trainer.simplex_step(x, y, choices)
+    assert math.isfinite(out["simplex_loss"]) and out["channel_reg"] >= 0
+    changed = {n for n, p in trainer.simplex.named_parameters() if not torch.equal(p, before[n])}
+    assert {"width_branch.weight", "arch_branch.weight", "out.weight"} <= changed
+    after = trainer.supernet.parameters()
+    assert all(torch.equal(a, b) for a, b in zip(supernet_before, after, strict=True))
+
+
+def test_channel_regularizer_is_logged_and_moves_lambda(mbv2_cfg, mbv2_run):
+    curves = json.loads((mbv2_run / "curves.json").read_text())
+    assert curves["channel_reg"][0] is None  # warmup epoch: no simplex-net steps
+    assert curves["channel_reg"][1] >= 0 and curves["simplex_loss"][1] > 0
+
+
+def test_search_keeps_every_path_within_the_flops_budget(mbv2_cfg, mbv2_run, cifar_folders):
+    data = load_train_data(mbv2_cfg, str(mbv2_run / "split.json"))
+    space = space_of(mbv2_cfg, data)
+    rng = np.random.default_rng(0)
+    budget = float(np.median([space.flops(space.sample(rng)) for _ in range(200)]))
+    cfg = mbv2_cfg.replace(flops_budget=budget)
+    inputs = {"split": str(mbv2_run / "split.json"), "checkpoint": str(mbv2_run / "trained")}
+    results = mbv2_run / "search.json"
+    run_stage("search", cfg, inputs, {"results": str(results)})
+    searched = json.loads(results.read_text())
+    assert len(searched["evaluated"]) == cfg.population * cfg.generations
+    for record in searched["evaluated"]:
+        assert record["flops"] <= budget
+        assert record["flops"] == pytest.approx(space.flops(record["arch"]), abs=0)
+    recal = mbv2_run / "recal.json"
+    run_stage("recalibrate", cfg, {**inputs, "results": str(results)}, {"results": str(recal)})
+    best = json.loads(recal.read_text())["best"]
+    assert best["flops"] <= budget and mbv2.parse(best["arch"])
+
+    model_uri, metrics_uri = str(mbv2_run / "model.pt"), str(mbv2_run / "retrain.json")
+    metrics = run_stage(
+        "retrain",
+        cfg,
+        {"split": inputs["split"], "results": str(recal)},
+        {"model": model_uri, "metrics": metrics_uri},
+    )
+    assert metrics["arch"] == best["arch"] and metrics["flops"] == best["flops"]
+    model, meta = load_model(model_uri)  # rebuilt from kshot.spaces alone
+    assert isinstance(model, mbv2.Network) and meta["arch"] == best["arch"]
+    logits = model(torch.randn(3, 3, 16, 16))
+    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+
+
+def test_the_retraining_lr_follows_the_papers_formula(mbv2_cfg):
+    steps_per_epoch, peak = 10, 0.128
+    factor = imagenet_lambda(steps_per_epoch, warmup_epochs=5, decay=0.97, decay_epochs=2.4)
+    # linear warmup from 0 over 5 epochs, then × 0.97 every 2.4 epochs (counted from step 0)
+    expected = {0: 0.0, 10: 0.2, 25: 0.5, 49: 0.98, 50: 0.97**2, 71: 0.97**2, 72: 0.97**3}
+    for step, value in expected.items():
+        assert peak * factor(step) == pytest.approx(peak * value, rel=1e-12), step
+    cfg = mbv2_cfg.replace(
+        retrain_lr=peak, retrain_warmup_epochs=5.0, retrain_lr_decay=0.97, retrain_decay_epochs=2.4
+    )
+    model = mbv2.build(mbv2.full_width([0] * 21), num_classes=10, width_mult=0.125, divisor=1)
+    opt, sched = retrain_schedule(cfg, model, steps_per_epoch, epochs=10)
+    assert isinstance(opt, torch.optim.RMSprop)
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["alpha"] == 0.9
+    seen = {}
+    for step in range(80):
+        seen[step] = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+    for step, value in expected.items():
+        assert seen[step] == pytest.approx(peak * value, rel=1e-12), step
