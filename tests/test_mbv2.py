@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -202,3 +203,20 @@ def test_channel_regularizer_without_positives_is_zero_and_differentiable():
     lams = torch.softmax(torch.randn(4, 3, requires_grad=True), 1)
     reg = channel_regularizer(lams, torch.zeros(4, 4, dtype=torch.bool), 0.3)
     assert reg.item() == 0.0 and reg.requires_grad
+
+
+@pytest.mark.parametrize("budget", [145, 286, 343, 412])
+def test_table_2_configs_load_and_their_budgets_are_reachable(budget):
+    from kshot.config import load_config
+
+    configs = files("kshot") / "configs"
+    cfg = load_config(
+        str(configs / "mbv2-imagenet.yaml"), str(configs / f"mbv2-imagenet-{budget}m.yaml")
+    )
+    assert (cfg.search_space, cfg.k, cfg.flops_budget, cfg.resolution) == ("mbv2", 8, budget, 224)
+    space = Space(
+        "mbv2", shape={"num_classes": 1000, "width_mult": 1.0, "divisor": 8}, resolution=224
+    )
+    rng = np.random.default_rng(budget)
+    assert space.cheapest_flops() < budget
+    assert any(space.flops(space.sample(rng)) <= budget for _ in range(200))
