@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.search.score import PathScorer
-from kshot.spaces import nb201
+from kshot.spaces import Space, nb201
 
 __all__ = ["run_benchmarks", "ALL_3X3", "MIXED"]
 
@@ -167,6 +167,7 @@ def _bench_search(
     torch.manual_seed(0)
     supernet = NB201Supernet(8, C=C, N=N).to(device)
     scorer = PathScorer(
+        Space("nb201"),
         supernet,
         None,
         bn_images=torch.randn(bn_images, 3, resolution, resolution, device=device),

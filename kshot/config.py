@@ -39,6 +39,14 @@ class Config:
         "dataset URI: 'digits' (built in), a CIFAR pickle folder, a "
         "parquet file/folder, a class-folder tree or ImageNet16 pickles; local or gs://",
     )
+    data_loading: str = _f(
+        "memory",
+        "memory: decode the dataset once into RAM (CIFAR-size data); stream: read class-folder "
+        "images in DataLoader workers every step, with RandomResizedCrop and flip (ImageNet); the "
+        "validation and test images are still held in RAM as uint8",
+        choices=("memory", "stream"),
+    )
+    loader_workers: int = _f(8, "stream: DataLoader worker processes per rank", ge=0)
     valid_size: int = _f(
         0,
         "images held out of the training part as local validation, seeded (ImageNet recipe: "

@@ -120,3 +120,42 @@ def test_the_retraining_lr_follows_the_papers_formula(mbv2_cfg):
         sched.step()
     for step, value in expected.items():
         assert seen[step] == pytest.approx(peak * value, rel=1e-12), step
+
+
+def test_streamed_class_folders_train_search_and_retrain(mbv2_cfg, tmp_path):
+    """ImageNet's loading (data_loading: stream): the same stages read the tree through DataLoader
+    workers, with the trainer's batches fixed by (seed, step) as in memory."""
+    cfg = mbv2_cfg.replace(
+        data_loading="stream", loader_workers=2, valid_size=40, epochs=2, warmup_epochs=1
+    )
+    uri = {name: str(tmp_path / name) for name in ("split", "warm", "trained", "search", "model")}
+    run_stage("split", cfg, {}, {"split": uri["split"]})
+    split = json.loads((tmp_path / "split").read_text())
+    assert (len(split["train"]), len(split["valid"]), split["test"]) == (160, 40, None)
+
+    data = load_train_data(cfg, uri["split"])
+    assert data.resolution == 16 and data.in_channels == 3 and len(data.train_labels) == 160
+    trainer = KShotTrainer(cfg, data, torch.device("cpu"))
+    later = trainer.batch_for_step(5)
+    first = [trainer.batch_for_step(s) for s in range(3)]  # a jump back restarts the stream
+    again = KShotTrainer(cfg, data, torch.device("cpu"))
+    assert torch.equal(again.batch_for_step(5)[0], later[0])
+    for step, (x, y) in enumerate(first):
+        assert x.shape == (40, 3, 16, 16) and x.dtype == torch.float32
+        assert torch.equal(again.batch_for_step(step)[1], y)
+    data.train_images.close()
+
+    split_in = {"split": uri["split"]}
+    run_stage("warmup", cfg, split_in, {"checkpoint": uri["warm"]})
+    run_stage("train", cfg, {**split_in, "checkpoint": uri["warm"]}, {"checkpoint": uri["trained"]})
+    best = run_stage(
+        "search", cfg, {**split_in, "checkpoint": uri["trained"]}, {"results": uri["search"]}
+    )
+    assert mbv2.parse(best["arch"])
+    metrics = run_stage(
+        "retrain",
+        cfg,
+        {**split_in, "results": uri["search"]},
+        {"model": uri["model"], "metrics": str(tmp_path / "retrain.json")},
+    )
+    assert 0 <= metrics["test_accuracy"] <= 100  # on the tree's own test/ folder, streamed

@@ -58,6 +58,7 @@ __all__ = [
     "EVAL_CROP_FRACTION",
     "ImageFolderIndex",
     "StreamingImages",
+    "StreamedPart",
     "train_batches",
     "eval_batches",
     "read_image",
@@ -651,3 +652,100 @@ def _check_indices(index: ImageFolderIndex, indices: np.ndarray) -> np.ndarray:
             f"[{indices.min()}, {indices.max()}]"
         )
     return indices.astype(np.int64, copy=False)
+
+
+class StreamedPart:
+    """One part of a split (e.g. the training images) of a class-folder tree, streamed.
+
+    It stands where the in-memory loaders keep a ``uint8`` tensor: :meth:`batch` gives the
+    batch of an iteration under the trainer's contract (keeping one :func:`train_batches` iterator
+    alive across consecutive iterations, and starting a new one when a caller jumps), and indexing
+    (``part[positions]``) decodes a few images with the evaluation transform, e.g. the images of BN
+    recalibration.
+
+    Args:
+        index: the scanned tree.
+        indices: positions into ``index`` that form this part.
+        resolution: output side in pixels.
+        num_workers: DataLoader workers per process.
+    """
+
+    def __init__(
+        self, index: ImageFolderIndex, indices: np.ndarray, resolution: int, num_workers: int
+    ) -> None:
+        self.index, self.indices = index, _check_indices(index, np.asarray(indices))
+        self.resolution, self.num_workers = resolution, num_workers
+        self.labels = torch.from_numpy(index.labels[self.indices])
+        self._stream: tuple[tuple, int, Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """As an in-memory ``(N, C, H, W)`` tensor of this part would have."""
+        return (len(self), 3, self.resolution, self.resolution)
+
+    def batch(
+        self,
+        *,
+        seed: int,
+        step: int,
+        steps_per_epoch: int,
+        batch_size: int,
+        augment: bool,
+        rank: int = 0,
+        world: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the batch of iteration ``step`` (uint8 images, labels)."""
+        key = (seed, steps_per_epoch, batch_size, augment, rank, world)
+        if self._stream is None or self._stream[0] != key or self._stream[1] != step:
+            self.close()
+            batches = train_batches(
+                self.index,
+                self.indices,
+                seed=seed,
+                start_step=step,
+                steps_per_epoch=steps_per_epoch,
+                batch_size=batch_size,
+                resolution=self.resolution,
+                augment=augment,
+                rank=rank,
+                world=world,
+                num_workers=self.num_workers,
+            )
+            self._stream = (key, step, batches)
+        key, _, batches = self._stream
+        images, labels = next(batches)
+        self._stream = (key, step + 1, batches)
+        return images, labels
+
+    def __getitem__(self, positions: torch.Tensor | np.ndarray | slice) -> torch.Tensor:
+        """The images at ``positions`` of this part, decoded with the evaluation transform."""
+        chosen = self.indices[positions if isinstance(positions, slice) else np.asarray(positions)]
+        if len(chosen) == 0:
+            return torch.empty(0, 3, self.resolution, self.resolution, dtype=torch.uint8)
+        batches = eval_batches(
+            self.index,
+            chosen,
+            batch_size=256,
+            resolution=self.resolution,
+            num_workers=min(self.num_workers, max(1, len(chosen) // 256)),
+        )
+        return torch.cat([images for images, _ in batches])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole part in order with the evaluation transform: ``(uint8 images, labels)``."""
+        return eval_batches(
+            self.index,
+            self.indices,
+            batch_size=batch_size,
+            resolution=self.resolution,
+            num_workers=self.num_workers,
+        )
+
+    def close(self) -> None:
+        """Stop the workers of the current training stream."""
+        if self._stream is not None:
+            self._stream[2].close()  # type: ignore[attr-defined]
+            self._stream = None

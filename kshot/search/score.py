@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -22,10 +22,12 @@ class PathScorer:
         supernet: the trained K-shot supernet.
         simplex: its simplex-net (λ = π(a)); ``None`` scores with λ = 1/K.
         bn_images: the N normalised training images used to recalibrate BN, on the device.
-        valid_images: normalised validation images, on the device.
+        valid_images: validation images as stored (e.g. uint8), on the device; ``prepare``
+            normalises one batch at a time, so ImageNet's 50,000 need no float copy.
         valid_labels: their labels, on the device.
         bn_batch_size: micro-batch of the recalibration pass.
         eval_batch_size: batch of the validation pass.
+        prepare: turns a batch of ``valid_images`` into the network's input.
     """
 
     def __init__(
@@ -38,10 +40,12 @@ class PathScorer:
         valid_labels: torch.Tensor,
         bn_batch_size: int,
         eval_batch_size: int,
+        prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
     ) -> None:
         self.space, self.supernet, self.simplex = space, supernet, simplex
         self.bn_images, self.valid_images, self.valid_labels = bn_images, valid_images, valid_labels
         self.bn_batch_size, self.eval_batch_size = bn_batch_size, eval_batch_size
+        self.prepare = prepare
         self.device = bn_images.device
 
     @torch.no_grad()
@@ -72,5 +76,5 @@ class PathScorer:
             self.valid_labels.split(self.eval_batch_size),
             strict=True,
         ):
-            correct += int((self.supernet(x, choice, lam).argmax(1) == y).sum())
+            correct += int((self.supernet(self.prepare(x), choice, lam).argmax(1) == y).sum())
         return 100.0 * correct / len(self.valid_labels), lam.tolist()

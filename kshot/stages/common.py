@@ -14,6 +14,7 @@ from kshot import storage
 from kshot.config import Config
 from kshot.data.datasets import channel_stats, load_dataset
 from kshot.data.split import split_from_dict
+from kshot.data.stream import ImageFolderIndex, StreamedPart
 from kshot.nn.simplex import SimplexNet
 from kshot.search.score import PathScorer
 from kshot.spaces import Space
@@ -71,8 +72,8 @@ def device_of(cfg: Config) -> torch.device:
 
 
 def load_train_data(cfg: Config, split_uri: str) -> TrainData:
-    """The dataset's images cut by the split file at ``split_uri``, held in memory."""
-    train = load_dataset(cfg.dataset, "train", resolution=cfg.resolution or None)
+    """The dataset's images cut by the split file at ``split_uri``: held in memory, or (config key
+    ``data_loading: stream``) the training part streamed from a class-folder tree."""
     split_doc = storage.read_json(split_uri)
     # Another dataset's split would otherwise fail (or, worse, pass) on its image count.
     recorded = split_doc.get("dataset") if isinstance(split_doc, dict) else None
@@ -81,6 +82,9 @@ def load_train_data(cfg: Config, split_uri: str) -> TrainData:
             f"split {split_uri!r} was made for dataset {recorded!r}, but config key 'dataset' is "
             f"{cfg.dataset!r}"
         )
+    if cfg.data_loading == "stream":
+        return _streamed_train_data(cfg, split_doc, split_uri)
+    train = load_dataset(cfg.dataset, "train", resolution=cfg.resolution or None)
     split = split_from_dict(split_doc, split_uri, num_images=len(train))
     tr, va = torch.from_numpy(split.train), torch.from_numpy(split.valid)
     mean, std = channel_stats(train.images[tr])
@@ -100,6 +104,48 @@ def load_train_data(cfg: Config, split_uri: str) -> TrainData:
         mean=mean,
         std=std,
         num_classes=train.num_classes,
+    )
+
+
+_STATS_IMAGES = 2000  # a seeded sample of streamed training images gives the channel statistics
+
+
+def stream_index(cfg: Config) -> ImageFolderIndex:
+    """The scanned class-folder tree of a streamed dataset (config key ``data_loading: stream``)."""
+    if not cfg.resolution:
+        raise ValueError(
+            "config key 'data_loading' = 'stream' needs config key 'resolution' (e.g. 224): "
+            "streamed images are cropped to it"
+        )
+    return ImageFolderIndex.scan(cfg.dataset, "train")
+
+
+def _streamed_train_data(cfg: Config, split_doc: Any, split_uri: str) -> TrainData:
+    index = stream_index(cfg)
+    split = split_from_dict(split_doc, split_uri, num_images=len(index))
+
+    def part(source: ImageFolderIndex, indices: np.ndarray) -> StreamedPart:
+        return StreamedPart(source, indices, cfg.resolution, cfg.loader_workers)
+
+    train = part(index, split.train)
+    sample = np.random.default_rng([cfg.seed, 7]).permutation(len(train))[:_STATS_IMAGES]
+    mean, std = channel_stats(train[np.sort(sample)])
+    if split.test is not None:
+        test = part(index, split.test)
+    else:
+        test_index = ImageFolderIndex.scan(cfg.dataset, "test", classes=index.classes)
+        test = part(test_index, np.arange(len(test_index)))
+    valid = part(index, split.valid)
+    return TrainData(
+        train_images=train,
+        train_labels=train.labels,
+        valid_images=valid,
+        valid_labels=valid.labels,
+        test_images=test,
+        test_labels=test.labels,
+        mean=mean,
+        std=std,
+        num_classes=index.num_classes,
     )
 
 
@@ -138,10 +184,11 @@ def make_scorer(
         supernet,
         simplex,
         bn_images=data.prepare(data.train_images[torch.from_numpy(bn_idx)], device),
-        valid_images=data.prepare(data.valid_images[:n_valid], device),
+        valid_images=data.valid_images[:n_valid].to(device),  # uint8: normalised per batch
         valid_labels=data.valid_labels[:n_valid].to(device),
         bn_batch_size=cfg.bn_batch_size,
         eval_batch_size=cfg.eval_batch_size,
+        prepare=lambda x: data.prepare(x, device),
     )
 
 

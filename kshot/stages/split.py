@@ -8,7 +8,8 @@ from kshot import storage
 from kshot.config import Config
 from kshot.data.datasets import load_dataset
 from kshot.data.split import make_split, split_to_dict
-from kshot.stages.common import require
+from kshot.data.stream import ImageFolderIndex
+from kshot.stages.common import require, stream_index
 
 __all__ = ["run"]
 
@@ -17,11 +18,19 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     """Write ``outputs["split"]`` (JSON of index arrays); a test share is carved when the dataset
     has no test part."""
     require(outputs, ("split",), "split", "output")
-    train = load_dataset(cfg.dataset, "train", resolution=cfg.resolution or None)
-    has_test = load_dataset(cfg.dataset, "test", resolution=cfg.resolution or None) is not None
+    if cfg.data_loading == "stream":  # list the tree; decode nothing
+        num_images = len(stream_index(cfg))
+        try:
+            ImageFolderIndex.scan(cfg.dataset, "test")
+            has_test = True
+        except FileNotFoundError:
+            has_test = False
+    else:
+        num_images = len(load_dataset(cfg.dataset, "train", resolution=cfg.resolution or None))
+        has_test = load_dataset(cfg.dataset, "test", resolution=cfg.resolution or None) is not None
     try:
         split = make_split(
-            len(train),
+            num_images,
             cfg.valid_fraction,
             cfg.seed,
             carve_test=not has_test,
@@ -30,13 +39,13 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
         )
     except ValueError as e:
         raise ValueError(
-            f"dataset {cfg.dataset!r} ({len(train)} training images), config keys "
+            f"dataset {cfg.dataset!r} ({num_images} training images), config keys "
             f"train_subset={cfg.train_subset}, valid_size={cfg.valid_size}, "
             f"valid_fraction={cfg.valid_fraction}: {e}"
         ) from None
     storage.write_json(
         outputs["split"],
-        split_to_dict(split, cfg.dataset, cfg.seed, cfg.valid_fraction, num_images=len(train)),
+        split_to_dict(split, cfg.dataset, cfg.seed, cfg.valid_fraction, num_images=num_images),
     )
     return {
         "train": len(split.train),

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from kshot import distributed as dist
 from kshot.config import Config
+from kshot.data.stream import StreamedPart
 from kshot.train.trainer import TrainData, cosine_lambda, space_of, training_batch
 
 __all__ = ["train_standalone", "evaluate", "imagenet_lambda", "retrain_schedule"]
@@ -80,7 +81,7 @@ def retrain_schedule(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | StreamedPart,
     labels: torch.Tensor,
     data: TrainData,
     batch_size: int,
@@ -89,7 +90,11 @@ def evaluate(
     """Top-1 accuracy (%) of ``model`` in eval mode on uint8 ``images``."""
     model.eval()
     correct = 0
-    for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
+    if isinstance(images, StreamedPart):
+        pairs = images.batches(batch_size)
+    else:
+        pairs = zip(images.split(batch_size), labels.split(batch_size), strict=True)
+    for x, y in pairs:
         correct += int((model(data.prepare(x, device)).argmax(1) == y.to(device)).sum())
     return 100.0 * correct / len(labels)
 

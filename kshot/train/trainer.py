@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from kshot import distributed as dist
 from kshot.config import Config
+from kshot.data.stream import StreamedPart
 from kshot.data.transforms import normalize, random_crop_flip
 from kshot.nn.simplex import SimplexNet, channel_regularizer, width_positives
 from kshot.spaces import Path, Space
@@ -54,16 +55,17 @@ __all__ = [
 
 @dataclass
 class TrainData:
-    """Images of a run's split, held in memory as uint8 (normalised per batch)."""
+    """Images of a run's split as uint8 (normalised per batch): held in memory, or the training
+    part streamed from a class-folder tree (config key ``data_loading``)."""
 
-    train_images: torch.Tensor
+    train_images: torch.Tensor | StreamedPart
     train_labels: torch.Tensor
-    valid_images: torch.Tensor
+    valid_images: torch.Tensor | StreamedPart
     valid_labels: torch.Tensor
     mean: list[float]
     std: list[float]
     num_classes: int
-    test_images: torch.Tensor | None = None
+    test_images: torch.Tensor | StreamedPart | None = None
     test_labels: torch.Tensor | None = None
 
     @property
@@ -168,8 +170,22 @@ def training_batch(
     """The batch of iteration ``step`` (this rank's share of it when ``shard``), normalised.
 
     The epoch's order comes from ``(seed, epoch)`` and the augmentation from ``(seed, step)``; both
-    are drawn for the global batch and then sliced, so the split over ranks changes nothing.
+    are drawn for the global batch and then sliced, so the split over ranks changes nothing. A
+    streamed training part follows the same contract with ImageNet's augmentation
+    (:mod:`kshot.data.stream`).
     """
+    if isinstance(data.train_images, StreamedPart):
+        sharded = shard and dist.world_size() > 1
+        images, labels = data.train_images.batch(
+            seed=seed,
+            step=step,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+            augment=augment,
+            rank=dist.rank() if sharded else 0,
+            world=dist.world_size() if sharded else 1,
+        )
+        return data.prepare(images, device), labels.to(device)
     epoch, pos = divmod(step, steps_per_epoch)
     order = _rng(seed, epoch, 2).permutation(len(data.train_labels))
     idx = torch.from_numpy(order[pos * batch_size : (pos + 1) * batch_size])
