@@ -334,10 +334,10 @@ def benchmark_table(config: str, table: Output[Dataset]) -> str:
     """
     from kshot.components.runtime import artifact_uri, config_from_json
     from kshot.eval.ground_truth import load_ground_truth, write_ground_truth_csv
-    from kshot.spaces import Space
+    from kshot.train.trainer import space_of
 
     cfg = config_from_json(config)
-    space = Space(cfg.search_space, channel_search=cfg.channel_search)
+    space = space_of(cfg)
     rows = load_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space)
     write_ground_truth_csv(artifact_uri(table), rows, column="accuracy", space=space)
     return artifact_uri(table)

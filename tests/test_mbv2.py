@@ -179,7 +179,7 @@ def _brute_force_rc(lams, ops, widths, threshold, tau):
         if ops[i] != ops[k] or distance >= threshold:
             continue
         num = math.exp(dot[i][k] / tau)
-        den = num + sum(math.exp(dot[i][j] / tau) for j in range(m) if j not in (i, k))
+        den = num + sum(math.exp(dot[i][j] / tau) for j in range(m) if j != k)  # Eq. 15
         terms.append(-math.log(num / den))
     return sum(terms) / len(terms) if terms else 0.0
 
@@ -187,7 +187,7 @@ def _brute_force_rc(lams, ops, widths, threshold, tau):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_channel_regularizer_matches_eq_15_16_by_brute_force(seed):
     rng = np.random.default_rng(seed)
-    m, k, threshold, tau = 8, 4, 0.3, 0.3
+    m, k, threshold, tau = 8, 4, 0.31, 0.3  # 0.31 is no multiple of a width step: no ties
     lams = torch.softmax(torch.as_tensor(rng.normal(size=(m, k))), dim=1)
     ops = [tuple(rng.integers(0, 2, size=3)) if seed == 2 else (0,) for _ in range(m)]
     widths = torch.as_tensor(rng.choice(mbv2.WIDTHS, size=(m, 24)))
@@ -197,6 +197,17 @@ def test_channel_regularizer_matches_eq_15_16_by_brute_force(seed):
     want = _brute_force_rc(lams.tolist(), ops, widths.tolist(), threshold, tau)
     assert got.item() == pytest.approx(want, rel=1e-9)
     assert positives.diagonal().any().item() is False
+
+
+def test_a_pair_at_the_threshold_is_not_positive_whatever_the_rounding():
+    # a mean width difference of exactly 0.3 (12 of 24 layers differ by 0.6), reached two ways
+    half = torch.cat([torch.ones(12), torch.zeros(12)])
+    pairs = [(torch.full((24,), 0.2), 0.2 + 0.6 * half), (torch.full((24,), 0.4), 0.4 + 0.6 * half)]
+    off_diagonal = ~torch.eye(2, dtype=torch.bool)
+    for a, b in pairs:
+        widths = torch.stack([a, b])
+        assert not width_positives([(0,), (0,)], widths, threshold=0.3).any()
+        assert torch.equal(width_positives([(0,), (0,)], widths, threshold=0.31), off_diagonal)
 
 
 def test_channel_regularizer_without_positives_is_zero_and_differentiable():

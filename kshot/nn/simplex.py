@@ -62,16 +62,20 @@ def width_positives(
     """
     m = len(ops)
     same_ops = torch.tensor([[tuple(a) == tuple(b) for b in ops] for a in ops])
-    distance = torch.cdist(widths.double(), widths.double(), p=1) / widths.shape[1]
-    return same_ops & (distance < threshold) & ~torch.eye(m, dtype=torch.bool)
+    widths = widths.to(torch.float64)
+    distance = torch.cdist(widths, widths, p=1) / widths.shape[1]
+    # strictly below, with a margin far under any width step, so that a pair at the threshold
+    # is never decided by rounding
+    return same_ops & (distance < threshold - 1e-6) & ~torch.eye(m, dtype=torch.bool)
 
 
 def channel_regularizer(lams: torch.Tensor, positives: torch.Tensor, tau: float) -> torch.Tensor:
     """r_c (paper Eq. 13–16): codes of paths with similar widths should be similar.
 
     For a positive pair (i, k), ``P(c_i | c_k) = exp(λ_iᵀλ_k / τ) / (exp(λ_iᵀλ_k / τ) +
-    Σ_{j ∉ {i, k}} exp(λ_iᵀλ_j / τ))``, a softmax over the other m − 1 paths of the step, and
-    ``r_c = −log P`` averaged over the ordered positive pairs; 0 when the step has none.
+    Σ_{j ≠ k} exp(λ_iᵀλ_j / τ))`` with j over the m paths of the step (Eq. 15 as written, so
+    j = i is in the sum): a softmax of ``λ_iᵀλ_j / τ`` over all j, read at k. ``r_c = −log P``
+    averaged over the ordered positive pairs (Eq. 16); 0 when the step has none.
 
     Args:
         lams: ``(m, K)`` codes of the step's paths (with gradients to the simplex-net).
@@ -80,7 +84,5 @@ def channel_regularizer(lams: torch.Tensor, positives: torch.Tensor, tau: float)
     """
     if not positives.any():
         return lams.sum() * 0.0  # keeps the graph (and DDP's gradient set) the same every step
-    similarity = lams @ lams.T / tau
-    eye = torch.eye(len(lams), dtype=torch.bool, device=lams.device)
-    log_p = F.log_softmax(similarity.masked_fill(eye, float("-inf")), dim=1)
+    log_p = F.log_softmax(lams @ lams.T / tau, dim=1)
     return -log_p[positives.to(lams.device)].mean()

@@ -8,6 +8,7 @@ stages one interface, so none of them needs to know which space it works on.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,21 +35,24 @@ class Space:
         shape: the keyword arguments of the space's ``build`` / ``flops`` / ``params`` besides the
             path and the resolution (nb201: ``C, N, num_classes, in_channels``; mbv2:
             ``num_classes, width_mult, divisor, in_channels``).
-        resolution: input side in pixels (FLOPs depend on it).
+        resolution: input side in pixels, which FLOPs depend on (default: the space's own, 32 for
+            nb201's CIFAR cells and 224 for mbv2's ImageNet).
         channel_search: mbv2 only: search the widths too (else every layer is at width 1.0).
     """
 
     name: str
     shape: dict[str, Any] = field(default_factory=dict)
-    resolution: int = 32
+    resolution: int | None = None
     channel_search: bool = True
 
     def __post_init__(self) -> None:
         if self.name not in SPACES:
             raise ValueError(f"unknown search space {self.name!r}; spaces are {', '.join(SPACES)}")
+        if self.resolution is None:
+            object.__setattr__(self, "resolution", 32 if self.name == "nb201" else 224)
 
     @property
-    def module(self) -> Any:
+    def module(self) -> types.ModuleType:
         return nb201 if self.name == "nb201" else mbv2
 
     @property
@@ -64,7 +68,18 @@ class Space:
 
     # ---------------------------------------------------------------- encodings
     def parse(self, path: str | Sequence[int]) -> Path:
-        return self.module.parse(path)
+        """The choice vector of a path string (or vector) of this space; ValueError naming it."""
+        choice = self.module.parse(path)
+        if (
+            self.name == "mbv2"
+            and not self.channel_search
+            and choice != mbv2.full_width(choice[:21])
+        ):
+            raise ValueError(
+                f"mbv2 path {self.format(choice)!r} has widths below 1.0, but channel search is "
+                "off (config key 'channel_search')"
+            )
+        return choice
 
     def format(self, path: str | Sequence[int]) -> str:
         return self.module.format_arch(path)
@@ -88,6 +103,9 @@ class Space:
         return mbv2.width_code(path) if self.has_widths else None
 
     def width_factors(self, path: Sequence[int]) -> tuple[float, ...]:
+        """The 24 width factors of an mbv2 path (what r_c compares)."""
+        if self.name != "mbv2":
+            raise ValueError(f"paths of {self.name} have no widths")
         return mbv2.width_factors(path)
 
     def ops(self, path: Sequence[int]) -> Path:

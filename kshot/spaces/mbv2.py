@@ -129,7 +129,7 @@ Path = tuple[int, ...]
 """A path: 21 operation indices (into :data:`OPS`) then 24 width indices (into :data:`WIDTHS`)."""
 
 _OP_INDEX = {name: i for i, name in enumerate(OPS)}
-_WIDTH_INDEX = {f"{w:.1f}": i for i, w in enumerate(WIDTHS)}
+_WIDTH_INDEX = {f"{w:.1f}": i for i, w in enumerate(WIDTHS)}  # the exact strings paths use
 _EXAMPLE = "-".join(["k3e6"] * NUM_BLOCKS) + ":" + "-".join(["1.0"] * NUM_LAYERS)
 
 
@@ -156,7 +156,9 @@ def _check(choice: tuple[int, ...], shown: object) -> Path:
     for i, c in enumerate(choice):
         limit = NUM_OPS if i < NUM_BLOCKS else NUM_WIDTHS
         if not 0 <= c < limit:
-            what = f"operation of block {i}" if i < NUM_BLOCKS else f"width of layer {i - 21}"
+            what = (
+                f"operation of block {i}" if i < NUM_BLOCKS else f"width of layer {i - NUM_BLOCKS}"
+            )
             raise ValueError(f"invalid mbv2 path {shown!r}: {what} is {c}, not in [0, {limit - 1}]")
     return choice
 
@@ -168,6 +170,8 @@ def parse(path: str | Sequence[int]) -> Path:
         ValueError: naming the path and what is wrong with it.
     """
     if not isinstance(path, str):
+        if any(isinstance(c, bool) or int(c) != c for c in path):
+            raise ValueError(f"invalid mbv2 path {list(path)!r}: choices must be integers")
         return _check(tuple(int(c) for c in path), list(path))
     ops_text, sep, widths_text = path.strip().partition(":")
     ops, widths = ops_text.split("-"), widths_text.split("-")
@@ -185,8 +189,8 @@ def parse(path: str | Sequence[int]) -> Path:
     choice = [_OP_INDEX[o] for o in ops]
     for w in widths:
         try:
-            choice.append(_WIDTH_INDEX[f"{float(w):.1f}"])
-        except (ValueError, KeyError):
+            choice.append(_WIDTH_INDEX[w])
+        except KeyError:
             raise ValueError(
                 f"invalid mbv2 path string {path!r}: width factor {w!r} is not one of "
                 f"{', '.join(map(str, WIDTHS))}"

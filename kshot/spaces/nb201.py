@@ -67,6 +67,10 @@ def parse(arch: str | Sequence[int]) -> Arch:
         ValueError: naming the string and what is wrong with it.
     """
     if not isinstance(arch, str):
+        if any(isinstance(c, bool) or int(c) != c for c in arch):
+            raise ValueError(
+                f"invalid nb201 choice vector {list(arch)!r}: choices must be integers"
+            )
         choice = tuple(int(c) for c in arch)
         if len(choice) != NUM_EDGES or any(not 0 <= c < NUM_OPS for c in choice):
             raise ValueError(

@@ -19,7 +19,6 @@ from kshot import storage
 from kshot.config import Config
 from kshot.eval.ground_truth import align_scores, load_ground_truth
 from kshot.eval.ranking import ranking_metrics
-from kshot.spaces import Space
 from kshot.stages.common import (
     device_of,
     load_train_data,
@@ -27,6 +26,7 @@ from kshot.stages.common import (
     make_scorer,
     require,
     score_paths,
+    space_of,
 )
 
 __all__ = ["run", "paths_to_rank"]
@@ -54,7 +54,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
             "'ground_truth' (a CSV with arch and accuracy columns)"
         )
     column = "accuracy" if inputs.get("ground_truth") else cfg.ground_truth_column
-    space = Space(cfg.search_space, channel_search=cfg.channel_search)
+    space = space_of(cfg)
     truth = load_ground_truth(truth_uri, column, space)
     archs = paths_to_rank(truth, cfg.rank_paths, cfg.seed)
     data = load_train_data(cfg, inputs["split"])

@@ -13,7 +13,6 @@ from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
 from kshot.search.nsga2 import pareto_front
-from kshot.spaces import Space
 from kshot.stages.common import (
     device_of,
     load_train_data,
@@ -33,7 +32,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     """Read ``inputs["results"]`` (a search's JSON) and write the re-scored ``outputs["results"]``."""
     require(inputs, ("split", "checkpoint", "results"), "recalibrate", "input")
     require(outputs, ("results",), "recalibrate", "output")
-    searched = read_search_results(inputs["results"], Space(cfg.search_space))
+    searched = read_search_results(inputs["results"], space_of(cfg))
     data = load_train_data(cfg, inputs["split"])
     space = space_of(cfg, data)
     archs = [space.parse(a) for a in dict.fromkeys([*searched["front"], searched["best"]])]

@@ -8,7 +8,6 @@ from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
 from kshot.export import save_model
-from kshot.spaces import Space
 from kshot.stages.common import (
     device_of,
     load_train_data,
@@ -27,7 +26,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     network, :func:`kshot.export.load_model` rebuilds it) and ``outputs["metrics"]`` (JSON curves and accuracy)."""
     require(inputs, ("split", "results"), "retrain", "input")
     require(outputs, ("model", "metrics"), "retrain", "output")
-    arch = read_search_results(inputs["results"], Space(cfg.search_space))["best"]
+    arch = read_search_results(inputs["results"], space_of(cfg))["best"]
     data = load_train_data(cfg, inputs["split"])
     space = space_of(cfg, data)
     model, history = train_standalone(

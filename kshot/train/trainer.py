@@ -84,7 +84,9 @@ class TrainData:
 
 
 def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
-    """What a checkpoint must agree with to be resumed or scored under ``cfg``."""
+    """What a checkpoint must agree with to be resumed or scored under ``cfg``: the space, K, the
+    network's shape and (mbv2) whether widths are searched, the simplex-net's inputs. Keyed by
+    config key, so that a mismatch names the key to change."""
     if cfg.search_space == "nb201":
         shape = {"channels": cfg.channels, "cells": cfg.cells}
     else:
@@ -111,8 +113,11 @@ def network_shape(cfg: Config, data: TrainData) -> dict[str, Any]:
     return {**space_shape, "num_classes": data.num_classes, "in_channels": data.in_channels}
 
 
-def space_of(cfg: Config, data: TrainData) -> Space:
-    """The run's search space at its network shape and image resolution."""
+def space_of(cfg: Config, data: TrainData | None = None) -> Space:
+    """The run's search space; with ``data``, at its network shape and image resolution (what
+    FLOPs and networks need; parsing and encoding paths need neither)."""
+    if data is None:
+        return Space(cfg.search_space, channel_search=cfg.channel_search)
     return Space(
         cfg.search_space,
         shape=network_shape(cfg, data),
@@ -126,7 +131,7 @@ def build_supernet(cfg: Config, data: TrainData) -> nn.Module:
 
 
 def build_simplex(cfg: Config) -> SimplexNet:
-    space = Space(cfg.search_space, channel_search=cfg.channel_search)
+    space = space_of(cfg)
     return SimplexNet(space.arch_dim, cfg.k, hidden=cfg.simplex_hidden, width_dim=space.width_dim)
 
 
@@ -348,7 +353,9 @@ class KShotTrainer:
             loss = torch.stack(losses).mean()
             out = {"simplex_loss": loss.item()}
             if self.space.has_widths:
-                widths = torch.tensor([self.space.width_factors(c) for c in choices])
+                widths = torch.tensor(
+                    [self.space.width_factors(c) for c in choices], dtype=torch.float64
+                )
                 positives = width_positives(
                     [self.space.ops(c) for c in choices], widths, self.cfg.rc_threshold
                 )
