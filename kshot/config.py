@@ -296,6 +296,11 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
         )
     if cfg.resolution % 4:
         fail("resolution", "must be a multiple of 4")
+    if cfg.data_loading == "stream" and not cfg.resolution:
+        fail(
+            "data_loading",
+            "needs config key 'resolution' (e.g. 224): streamed images are cropped to it",
+        )
     if cfg.search_space == "mbv2" and cfg.channel_search and cfg.m < 2 and cfg.alpha > 0:
         fail("m", "must be >= 2 for r_c, which compares the m paths of a simplex-net step")
     if cfg.parents > cfg.population:

@@ -45,7 +45,9 @@ def save_model(
     )
 
 
-def load_model(uri: str, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_model(
+    uri: str, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """The plain network saved at ``uri`` in eval mode, and its metadata (arch, shape, mean, std).
 
     Raises:
@@ -58,6 +60,9 @@ def load_model(uri: str, map_location: str | torch.device = "cpu") -> tuple[nn.M
         raise ValueError(f"{uri!r} is not an exported kshot model (missing {missing})")
     if saved["search_space"] not in SPACES:
         raise ValueError(f"{uri!r}: unknown search space {saved['search_space']!r}")
-    model = Space(saved["search_space"], shape=saved["shape"]).build(saved["arch"])
-    model.load_state_dict(saved["state_dict"])
+    try:
+        model = Space(saved["search_space"], shape=saved["shape"]).build(saved["arch"])
+        model.load_state_dict(saved["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{uri!r}: cannot rebuild the saved model: {e}") from None
     return model.eval(), {k: v for k, v in saved.items() if k != "state_dict"}

@@ -159,3 +159,18 @@ def test_streamed_class_folders_train_search_and_retrain(mbv2_cfg, tmp_path):
         {"model": uri["model"], "metrics": str(tmp_path / "retrain.json")},
     )
     assert 0 <= metrics["test_accuracy"] <= 100  # on the tree's own test/ folder, streamed
+
+
+def test_streaming_bad_inputs_are_named_before_any_work(tmp_path):
+    from kshot.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'data_loading'.*needs config key 'resolution'"):
+        load_config(MBV2_TINY, {"data_loading": "stream", "resolution": 0})
+    cfg = load_config(MBV2_TINY, {"data_loading": "stream", "dataset": "digits"})
+    with pytest.raises(ValueError, match="'data_loading' = 'stream'.*'digits' is not a folder"):
+        run_stage("split", cfg, {}, {"split": str(tmp_path / "split.json")})
+    (tmp_path / "flat").mkdir()
+    cfg = cfg.replace(dataset=str(tmp_path / "flat"))
+    with pytest.raises(ValueError, match="'data_loading' = 'stream' reads a class-folder tree"):
+        run_stage("split", cfg, {}, {"split": str(tmp_path / "split.json")})
+    assert not (tmp_path / "split.json").exists()

@@ -74,8 +74,8 @@ _IMAGENET16_TRAIN_FILES = tuple(f"train_data_batch_{index}" for index in range(1
 _IMAGENET16_CLASSES = 120
 _IMAGENET16_ALL_CLASSES = 1000
 _PICKLE_SUBFOLDERS = ("cifar-10-batches-py", "cifar-100-python", "ImageNet16", "ImageNet16-120")
-_TEST_FOLDER_NAMES = ("test", "val", "validation")
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+TEST_FOLDER_NAMES = ("test", "val", "validation")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _GRAYSCALE_MODES = ("1", "L", "LA")
 _STATS_CHUNK = 4096
 
@@ -514,7 +514,7 @@ def _load_class_folders(
     if part == "train":
         part_folder = root / "train"
     else:
-        candidates = [root / name for name in _TEST_FOLDER_NAMES if (root / name).is_dir()]
+        candidates = [root / name for name in TEST_FOLDER_NAMES if (root / name).is_dir()]
         if not candidates:
             return None
         part_folder = candidates[0]
@@ -532,12 +532,12 @@ def _load_class_folders(
         if not class_folder.is_dir():
             continue
         class_files = sorted(
-            file for file in class_folder.iterdir() if file.suffix.lower() in _IMAGE_SUFFIXES
+            file for file in class_folder.iterdir() if file.suffix.lower() in IMAGE_SUFFIXES
         )
         files.extend(class_files)
         labels.extend([label] * len(class_files))
     if not files:
-        raise ValueError(f"{uri!r}: no {'/'.join(_IMAGE_SUFFIXES)} images under {part_folder}")
+        raise ValueError(f"{uri!r}: no {'/'.join(IMAGE_SUFFIXES)} images under {part_folder}")
     return ImageDataset(
         images=_decode_all(files, lambda index: str(files[index]), resolution),
         labels=torch.tensor(labels, dtype=torch.int64),

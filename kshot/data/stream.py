@@ -49,7 +49,8 @@ try:  # deprecated in torchvision 0.29 in favour of TorchCodec; PIL decodes once
 except ImportError:  # pragma: no cover - depends on the installed torchvision
     ImageReadMode = decode_image = None
 
-from kshot import storage
+from kshot import seeds, storage
+from kshot.data.datasets import IMAGE_SUFFIXES, TEST_FOLDER_NAMES
 
 __all__ = [
     "PARTS",
@@ -72,11 +73,7 @@ PARTS = ("train", "test")
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 EVAL_CROP_FRACTION = 0.875  # resize the shorter side to resolution / 0.875, e.g. 256 for 224
-_TEST_FOLDER_NAMES = ("test", "val", "validation")  # as in kshot.data.datasets
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _CROP_TRIES = 10
-_AUGMENT_STREAM = 3  # the trainer's key for augmentation draws: (seed, step, 3)
-_ORDER_STREAM = 2  # the trainer's key for an epoch's order: (seed, epoch, 2)
 _PREFETCH_FACTOR = 4
 _EVAL_STEP = -1  # the step of evaluation samples (unused: evaluation draws nothing)
 
@@ -156,11 +153,11 @@ class ImageFolderIndex:
         if part == "train":
             folder = "train"
         else:
-            found = [name for name in _TEST_FOLDER_NAMES if lister.is_folder(name)]
+            found = [name for name in TEST_FOLDER_NAMES if lister.is_folder(name)]
             if not found:
                 raise FileNotFoundError(
                     f"{uri!r} has no test part: none of "
-                    f"{', '.join(name + '/' for name in _TEST_FOLDER_NAMES)} exists"
+                    f"{', '.join(name + '/' for name in TEST_FOLDER_NAMES)} exists"
                 )
             folder = found[0]
         known = set(classes)
@@ -177,13 +174,13 @@ class ImageFolderIndex:
             labels.extend([label] * len(class_files))
         if not files:
             raise ValueError(
-                f"{uri!r}: no {'/'.join(_IMAGE_SUFFIXES)} images under {storage.join(uri, folder)}"
+                f"{uri!r}: no {'/'.join(IMAGE_SUFFIXES)} images under {storage.join(uri, folder)}"
             )
         return cls(files=files, labels=np.asarray(labels, dtype=np.int64), classes=classes)
 
 
 def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in _IMAGE_SUFFIXES
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 class _LocalTree:
@@ -400,7 +397,7 @@ class StreamingImages(Dataset):
         index, step = key
         image = read_image(self._paths[index].decode("utf-8", "surrogateescape"))
         if self.augment:
-            rng = np.random.default_rng([self.seed, int(step), _AUGMENT_STREAM, int(index)])
+            rng = seeds.rng(self.seed, step, seeds.AUGMENT, index)
             image = train_transform(image, self.resolution, rng)
         else:
             image = eval_transform(image, self.resolution)
@@ -440,7 +437,7 @@ class _TrainBatchSampler(Sampler):
         while True:
             if step // self.steps_per_epoch != epoch:
                 epoch = step // self.steps_per_epoch
-                rng = np.random.default_rng([self.seed, epoch, _ORDER_STREAM])
+                rng = seeds.rng(self.seed, epoch, seeds.EPOCH_ORDER)
                 order = rng.permutation(len(self.indices))
             yield self.keys(step, order)
             step += 1

@@ -21,6 +21,8 @@ from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_dis
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from tqdm.auto import tqdm
 
+from kshot import seeds
+
 __all__ = [
     "SearchSpace",
     "SearchResult",
@@ -113,7 +115,7 @@ def nsga2_search(
     Raises:
         BudgetError: when new paths inside the budget cannot be found.
     """
-    rng = np.random.default_rng([seed, 4])
+    rng = seeds.rng(seed, seeds.SEARCH)
     fits = (lambda a: True) if budget is None else (lambda a: flops(a) <= budget)
     seen: set[Arch] = set()
 

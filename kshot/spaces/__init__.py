@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kshot import seeds
 from kshot.spaces import mbv2, nb201
 
 __all__ = ["SPACES", "Space", "nb201", "mbv2"]
@@ -140,7 +141,7 @@ class Space:
             raise ValueError(
                 f"cannot draw {count} distinct paths from the {self.size} of {self.name}"
             )
-        rng = np.random.default_rng([seed, 6])
+        rng = seeds.rng(seed, seeds.STANDALONE_PATHS)
         if self.name == "nb201":
             return [nb201.from_index(int(i)) for i in rng.choice(nb201.SIZE, count, replace=False)]
         seen: dict[Path, None] = {}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kshot import distributed as dist
-from kshot import storage
+from kshot import seeds, storage
 from kshot.config import Config
 from kshot.data.datasets import channel_stats, load_dataset
 from kshot.data.split import split_from_dict
@@ -110,14 +110,23 @@ def load_train_data(cfg: Config, split_uri: str) -> TrainData:
 _STATS_IMAGES = 2000  # a seeded sample of streamed training images gives the channel statistics
 
 
-def stream_index(cfg: Config) -> ImageFolderIndex:
+def stream_index(
+    cfg: Config, part: str = "train", classes: list[str] | None = None
+) -> ImageFolderIndex:
     """The scanned class-folder tree of a streamed dataset (config key ``data_loading: stream``)."""
-    if not cfg.resolution:
+    try:
+        return ImageFolderIndex.scan(cfg.dataset, part, classes=classes)
+    except FileNotFoundError:
+        if part != "train":
+            raise
         raise ValueError(
-            "config key 'data_loading' = 'stream' needs config key 'resolution' (e.g. 224): "
-            "streamed images are cropped to it"
-        )
-    return ImageFolderIndex.scan(cfg.dataset, "train")
+            f"config key 'data_loading' = 'stream' reads a class-folder tree "
+            f"(train/<class>/*.jpg), but dataset {cfg.dataset!r} is not a folder"
+        ) from None
+    except ValueError as e:
+        raise ValueError(
+            f"config key 'data_loading' = 'stream' reads a class-folder tree: {e}"
+        ) from None
 
 
 def _streamed_train_data(cfg: Config, split_doc: Any, split_uri: str) -> TrainData:
@@ -128,12 +137,12 @@ def _streamed_train_data(cfg: Config, split_doc: Any, split_uri: str) -> TrainDa
         return StreamedPart(source, indices, cfg.resolution, cfg.loader_workers)
 
     train = part(index, split.train)
-    sample = np.random.default_rng([cfg.seed, 7]).permutation(len(train))[:_STATS_IMAGES]
+    sample = seeds.rng(cfg.seed, seeds.CHANNEL_STATS).permutation(len(train))[:_STATS_IMAGES]
     mean, std = channel_stats(train[np.sort(sample)])
     if split.test is not None:
         test = part(index, split.test)
     else:
-        test_index = ImageFolderIndex.scan(cfg.dataset, "test", classes=index.classes)
+        test_index = stream_index(cfg, "test", classes=index.classes)
         test = part(test_index, np.arange(len(test_index)))
     valid = part(index, split.valid)
     return TrainData(
@@ -176,7 +185,7 @@ def make_scorer(
             f"config key 'bn_images' = {cfg.bn_images} exceeds the {n_train} training images of "
             f"the split: recalibration needs that many"
         )
-    bn_idx = np.random.default_rng([cfg.seed, 5]).permutation(n_train)[: cfg.bn_images]
+    bn_idx = seeds.rng(cfg.seed, seeds.BN_IMAGES).permutation(n_train)[: cfg.bn_images]
     n_valid = eval_images if eval_images is not None else cfg.eval_images
     n_valid = n_valid or len(data.valid_labels)
     return PathScorer(

@@ -12,10 +12,8 @@ import csv
 import io
 from typing import Any
 
-import numpy as np
-
 from kshot import distributed as dist
-from kshot import storage
+from kshot import seeds, storage
 from kshot.config import Config
 from kshot.eval.ground_truth import align_scores, load_ground_truth
 from kshot.eval.ranking import ranking_metrics
@@ -36,7 +34,7 @@ def paths_to_rank(truth: dict[str, float], count: int, seed: int) -> list[str]:
     """The archs of ``truth`` to score: ``count`` of them seeded (0 or more than there are: all)."""
     archs = sorted(truth)
     if 0 < count < len(archs):
-        rng = np.random.default_rng([seed, 7])
+        rng = seeds.rng(seed, seeds.RANK_PATHS)
         archs = [archs[i] for i in sorted(rng.choice(len(archs), size=count, replace=False))]
     return archs
 

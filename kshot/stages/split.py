@@ -8,7 +8,6 @@ from kshot import storage
 from kshot.config import Config
 from kshot.data.datasets import load_dataset
 from kshot.data.split import make_split, split_to_dict
-from kshot.data.stream import ImageFolderIndex
 from kshot.stages.common import require, stream_index
 
 __all__ = ["run"]
@@ -19,9 +18,10 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     has no test part."""
     require(outputs, ("split",), "split", "output")
     if cfg.data_loading == "stream":  # list the tree; decode nothing
-        num_images = len(stream_index(cfg))
+        index = stream_index(cfg)
+        num_images = len(index)
         try:
-            ImageFolderIndex.scan(cfg.dataset, "test")
+            stream_index(cfg, "test", classes=index.classes)
             has_test = True
         except FileNotFoundError:
             has_test = False

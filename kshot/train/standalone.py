@@ -5,7 +5,8 @@ Two recipes (config key ``retrain_recipe``):
 * ``nb201``, NAS-Bench-201's (Dong & Yang, ICLR 2020, §3): SGD with Nesterov momentum 0.9, learning
   rate cosine-annealed per iteration from ``retrain_lr`` (0.1), weight decay 5e-4, batch 256.
 * ``imagenet``, the paper's (§4.1, after MnasNet / EfficientNet): RMSProp with momentum 0.9 (decay
-  0.9, eps 1e-3), batch 1024, lr warmed up linearly from 0 to ``retrain_lr`` (0.128) over
+  0.9; the reference's eps 1e-3 sits inside the square root, so PyTorch's RMSprop, which adds it
+  outside, gets √1e-3), batch 1024, lr warmed up linearly from 0 to ``retrain_lr`` (0.128) over
   ``retrain_warmup_epochs`` (5), then multiplied by ``retrain_lr_decay`` (0.97) every
   ``retrain_decay_epochs`` (2.4) epochs counted from the start (staircase, as the reference
   implementation's ``exponential_decay``), and an exponential moving average of the weights and BN
@@ -29,6 +30,9 @@ from kshot.data.stream import StreamedPart
 from kshot.train.trainer import TrainData, cosine_lambda, space_of, training_batch
 
 __all__ = ["train_standalone", "evaluate", "imagenet_lambda", "retrain_schedule"]
+
+
+_RMSPROP_EPS = 1e-3**0.5  # TensorFlow's eps 1e-3 inside sqrt(v + eps), moved outside the root
 
 
 def imagenet_lambda(
@@ -56,7 +60,7 @@ def retrain_schedule(
             model.parameters(),
             lr=cfg.retrain_lr,
             alpha=0.9,
-            eps=1e-3,
+            eps=_RMSPROP_EPS,
             momentum=0.9,
             weight_decay=cfg.retrain_weight_decay,
         )

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kshot import distributed as dist
+from kshot import seeds
 from kshot.config import Config
 from kshot.data.stream import StreamedPart
 from kshot.data.transforms import normalize, random_crop_flip
@@ -152,10 +153,6 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
-
-
 def cosine_lambda(total_steps: int) -> Callable[[int], float]:
     """Per-iteration cosine annealing from 1 to 0 over ``total_steps`` (a LambdaLR factor)."""
     return lambda it: 0.5 * (1.0 + math.cos(math.pi * min(it, total_steps) / total_steps))
@@ -192,11 +189,13 @@ def training_batch(
         )
         return data.prepare(images, device), labels.to(device)
     epoch, pos = divmod(step, steps_per_epoch)
-    order = _rng(seed, epoch, 2).permutation(len(data.train_labels))
+    order = seeds.rng(seed, epoch, seeds.EPOCH_ORDER).permutation(len(data.train_labels))
     idx = torch.from_numpy(order[pos * batch_size : (pos + 1) * batch_size])
     x = data.prepare(data.train_images[idx], device)
     if augment:
-        gen = torch.Generator().manual_seed(int(_rng(seed, step, 3).integers(2**62)))
+        gen = torch.Generator().manual_seed(
+            int(seeds.rng(seed, step, seeds.AUGMENT).integers(2**62))
+        )
         x = random_crop_flip(
             x.cpu(), gen, pad=4 if data.resolution >= 16 else 1, flip=data.in_channels == 3
         ).to(device)
@@ -308,7 +307,7 @@ class KShotTrainer:
 
     def paths_for_step(self, step: int, count: int) -> list[Path]:
         """The path(s) of iteration ``step``: the same on every rank and on every resume."""
-        rng = _rng(self.cfg.seed, step, 1)
+        rng = seeds.rng(self.cfg.seed, step, seeds.PATHS)
         return [self.space.sample(rng)] if count == 1 else self.space.sample_group(rng, count)
 
     def batch_for_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,7 +373,7 @@ class KShotTrainer:
         if warmup or mode == "fixed":
             return uniform_lambda(self.cfg.k, self.device)
         if mode == "random":  # Table 6's ablation: a uniformly random point of the simplex
-            lam = _rng(self.cfg.seed, step, 4).dirichlet(np.ones(self.cfg.k))
+            lam = seeds.rng(self.cfg.seed, step, seeds.RANDOM_LAMBDA).dirichlet(np.ones(self.cfg.k))
             return torch.as_tensor(lam, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             return self.simplex(*self.codes([choice]))[0]
