@@ -125,6 +125,9 @@ def rank_report(
 ) -> None:
     """τ, ρ, r and the top-group τ as Metrics; the scatter, Fig. 5's curve and λ as HTML."""
     data = storage.read_json(artifact_uri(ranking))
+    if data.get("skipped"):
+        _write(page, report.html_page(f"Ranking, K = {data['k']}", [("Skipped", data["skipped"])]))
+        return
     _log_finite(metrics, {name: data[name] for name in (*_CORRELATIONS, "n_paths")})
     top_group = data["top_group_tau"]
     _log_finite(metrics, {f"top_group_tau_{n}": tau for n, tau in top_group.items()})
@@ -180,10 +183,12 @@ def run_summary(
         "flops_budget": config["flops_budget"],
         "retrained_test_accuracy": retrain["test_accuracy"],
         "retrained_params": retrain["params"],
-        **{name: rank[name] for name in _CORRELATIONS},
+        **{name: rank.get(name) for name in _CORRELATIONS},
         "n_paths": rank["n_paths"],
-        "top_group_tau": rank["top_group_tau"],
-        "ground_truth": config["ground_truth"] or "standalone stage (paths trained from scratch)",
+        "top_group_tau": rank.get("top_group_tau", {}),
+        "ground_truth": rank.get("skipped")
+        or config["ground_truth"]
+        or "standalone stage (paths trained from scratch)",
     }
     _log_finite(metrics, headline)
     reports = {name: page.uri for name, page in pages.items()}

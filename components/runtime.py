@@ -19,7 +19,7 @@ from kshot import storage
 from kshot.config import Config, ConfigError, load_config
 from kshot.launch import BACKENDS, LaunchError, LaunchSpec, launch
 from kshot.launch.spec import is_image_reference
-from kshot.stages import HEAVY_STAGES, run_stage
+from kshot.stages import HEAVY_STAGES, run_stage, skipped
 
 __all__ = [
     "Artifact",
@@ -180,7 +180,7 @@ def run_pipeline_stage(
     cfg = config_from_json(config_json)
     input_uris = {name: artifact_uri(artifact) for name, artifact in inputs.items()}
     output_uris = {name: artifact_uri(artifact) for name, artifact in outputs.items()}
-    if stage not in HEAVY_STAGES:
+    if stage not in HEAVY_STAGES or skipped(stage, cfg):
         run_stage(stage, cfg, input_uris, output_uris)
         return
     placement = {"namespace": pod_namespace()} if launcher != "local" else {}

@@ -166,6 +166,11 @@ class Config:
     eval_images: int = _f(0, "validation images used to score a path (0: the whole split)", ge=0)
 
     # ---- ranking against ground truth
+    ranking: bool = _f(
+        True,
+        "evaluate the supernet's ranking (the standalone and rank stages); off, both only record "
+        "that ranking was skipped, with no job: for searches without ground truth (ImageNet)",
+    )
     rank_paths: int = _f(0, "paths scored by the rank stage (0: all 15,625)", ge=0)
     top_n: list[int] = _f([10, 50, 100, 500], "n of the top-group Kendall τ (paper Fig. 5)")
     ground_truth: str = _f(

@@ -174,3 +174,25 @@ def test_streaming_bad_inputs_are_named_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="'data_loading' = 'stream' reads a class-folder tree"):
         run_stage("split", cfg, {}, {"split": str(tmp_path / "split.json")})
     assert not (tmp_path / "split.json").exists()
+
+
+def test_standalone_ground_truth_and_ranking_work_on_mbv2_paths_or_are_skipped(
+    mbv2_cfg, mbv2_run, tmp_path
+):
+    split = {"split": str(mbv2_run / "split.json")}
+    table = tmp_path / "gt.csv"
+    cfg = mbv2_cfg.replace(standalone_paths=2, top_n=[1, 2])
+    assert run_stage("standalone", cfg, split, {"table": str(table)})["paths"] == 2
+    rows = table.read_text().splitlines()
+    assert rows[0] == "arch,accuracy" and all(mbv2.parse(r.rsplit(",", 1)[0]) for r in rows[1:])
+    inputs = {**split, "checkpoint": str(mbv2_run / "trained"), "ground_truth": str(table)}
+    outputs = {"scores": str(tmp_path / "scores.csv"), "metrics": str(tmp_path / "rank.json")}
+    assert run_stage("rank", cfg, inputs, outputs)["n_paths"] == 2
+
+    off = cfg.replace(ranking=False)
+    skipped_table = tmp_path / "none.csv"
+    assert run_stage("standalone", off, split, {"table": str(skipped_table)})["paths"] == 0
+    assert skipped_table.read_text() == "arch,accuracy\n"
+    metrics = run_stage("rank", off, {**inputs, "ground_truth": str(skipped_table)}, outputs)
+    assert "config key 'ranking' is false" in metrics["skipped"]
+    assert json.loads((tmp_path / "rank.json").read_text()) == metrics

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kshot.config import Config
 
-__all__ = ["STAGES", "HEAVY_STAGES", "ARTIFACTS", "run_stage"]
+__all__ = ["STAGES", "HEAVY_STAGES", "ARTIFACTS", "run_stage", "skipped"]
 
 # In the paper's order; the KFP pipeline and the CLI both read this list.
 STAGES: tuple[str, ...] = (
@@ -60,6 +60,14 @@ ARTIFACTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
         {"scores": "CSV of per-path scores", "metrics": "JSON: τ, ρ, r, top-group τ"},
     ),
 }
+
+
+def skipped(name: str, config: Config) -> str | None:
+    """Why stage ``name`` does no work under ``config`` (it then runs in-process in a moment and
+    records the reason), or None."""
+    if name in ("standalone", "rank") and not config.ranking:
+        return "ranking is off (config key 'ranking' is false)"
+    return None
 
 
 def run_stage(name: str, config: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict:

@@ -17,6 +17,7 @@ from kshot import seeds, storage
 from kshot.config import Config
 from kshot.eval.ground_truth import align_scores, load_ground_truth
 from kshot.eval.ranking import ranking_metrics
+from kshot.stages import skipped
 from kshot.stages.common import (
     device_of,
     load_train_data,
@@ -45,6 +46,13 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     """
     require(inputs, ("split", "checkpoint"), "rank", "input")
     require(outputs, ("scores", "metrics"), "rank", "output")
+    reason = skipped("rank", cfg)
+    if reason:
+        metrics = {"k": cfg.k, "n_paths": 0, "skipped": reason}
+        if dist.is_main():
+            storage.write_text(outputs["scores"], "arch,supernet_accuracy,ground_truth\n")
+            storage.write_json(outputs["metrics"], metrics)
+        return metrics
     truth_uri = inputs.get("ground_truth") or cfg.ground_truth
     if not truth_uri:
         raise ValueError(
