@@ -214,6 +214,12 @@ class Config:
     workers: int = _f(1, "processes (local) or pods (PyTorchJob) of the distributed stages", ge=1)
     gpus_per_worker: int = _f(0, "GPUs per worker pod (0: CPU)", ge=0)
     device: str = _f("auto", "torch device: auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    precision: str = _f(
+        "auto",
+        "forward passes under bf16 autocast (bf16) or in fp32; auto: bf16 on CUDA, fp32 on the CPU. "
+        "Weights, their K-slot merge, BN and optimiser state stay fp32",
+        choices=("auto", "fp32", "bf16"),
+    )
     num_threads: int = _f(0, "torch CPU threads per process (0: torch's default)", ge=0)
 
     def __post_init__(self) -> None:

@@ -149,3 +149,20 @@ def test_k1_trains_the_supernet_on_every_iteration_as_spos(tiny_cfg, digits_data
     trainer = KShotTrainer(tiny_cfg.replace(k=1), digits_data, torch.device("cpu"))
     trainer.step = trainer.warmup_steps
     assert all("supernet_loss" in trainer.train_step() for _ in range(4))
+
+
+def test_bf16_autocast_trains_with_fp32_weights_close_to_fp32(tiny_cfg, digits_data):
+    """precision bf16 (the default on CUDA) runs the forwards in bf16; the K-slot merge, BN and the
+    optimiser stay fp32, and the first epoch's losses track an fp32 run's."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        trainer = KShotTrainer(
+            tiny_cfg.replace(precision=precision), digits_data, torch.device("cpu")
+        )
+        trainer.fit(until_epoch=2, progress=False)
+        assert all(p.dtype == torch.float32 for p in trainer.supernet.parameters())
+        runs[precision] = trainer.history
+    assert runs["bf16"]["supernet_loss"] != runs["fp32"]["supernet_loss"]  # bf16 did run
+    for key in ("supernet_loss", "simplex_loss"):
+        fp32, bf16 = runs["fp32"][key][-1], runs["bf16"][key][-1]
+        assert bf16 == pytest.approx(fp32, rel=0.05), key

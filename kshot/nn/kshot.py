@@ -50,7 +50,10 @@ def merge_kshot_weights(slots: Sequence[torch.Tensor], lam: torch.Tensor) -> lis
         return []
     k = lam.shape[0]
     flat = torch.cat([s.reshape(k, -1) for s in slots], dim=1)
-    merged = lam.to(flat.dtype) @ flat
+    # In the parameters' dtype even under autocast: the merged weights then stand exactly where a
+    # plain network's parameters would, and each op casts them as it casts those (BN stays fp32).
+    with torch.autocast(flat.device.type, enabled=False):
+        merged = lam.to(flat.dtype) @ flat
     return [
         m.view(s.shape[1:])
         for m, s in zip(merged.split([s[0].numel() for s in slots]), slots, strict=True)

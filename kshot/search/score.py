@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,6 +29,7 @@ class PathScorer:
         bn_batch_size: micro-batch of the recalibration pass.
         eval_batch_size: batch of the validation pass.
         prepare: turns a batch of ``valid_images`` into the network's input.
+        autocast: the forward passes' precision context (default: none).
     """
 
     def __init__(
@@ -41,11 +43,12 @@ class PathScorer:
         bn_batch_size: int,
         eval_batch_size: int,
         prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     ) -> None:
         self.space, self.supernet, self.simplex = space, supernet, simplex
         self.bn_images, self.valid_images, self.valid_labels = bn_images, valid_images, valid_labels
         self.bn_batch_size, self.eval_batch_size = bn_batch_size, eval_batch_size
-        self.prepare = prepare
+        self.prepare, self.autocast = prepare, autocast
         self.device = bn_images.device
 
     @torch.no_grad()
@@ -63,18 +66,20 @@ class PathScorer:
         """(validation accuracy in %, λ) of ``arch`` after BN recalibration."""
         choice = self.space.parse(arch)
         lam = self.lam(choice)
-        recalibrate_bn(
-            self.supernet,
-            lambda x: self.supernet(x, choice, lam),
-            self.bn_images,
-            self.bn_batch_size,
-        )
-        self.supernet.eval()
-        correct = 0
-        for x, y in zip(
-            self.valid_images.split(self.eval_batch_size),
-            self.valid_labels.split(self.eval_batch_size),
-            strict=True,
-        ):
-            correct += int((self.supernet(self.prepare(x), choice, lam).argmax(1) == y).sum())
+        with self.autocast():
+            recalibrate_bn(
+                self.supernet,
+                lambda x: self.supernet(x, choice, lam),
+                self.bn_images,
+                self.bn_batch_size,
+            )
+            self.supernet.eval()
+            correct = 0
+            for x, y in zip(
+                self.valid_images.split(self.eval_batch_size),
+                self.valid_labels.split(self.eval_batch_size),
+                strict=True,
+            ):
+                logits = self.supernet(self.prepare(x), choice, lam)
+                correct += int((logits.argmax(1) == y).sum())
         return 100.0 * correct / len(self.valid_labels), lam.tolist()

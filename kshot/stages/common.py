@@ -21,6 +21,7 @@ from kshot.spaces import Space
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import (
     TrainData,
+    autocast,
     build_simplex,
     build_supernet,
     identity_of,
@@ -198,6 +199,7 @@ def make_scorer(
         bn_batch_size=cfg.bn_batch_size,
         eval_batch_size=cfg.eval_batch_size,
         prepare=lambda x: data.prepare(x, device),
+        autocast=lambda: autocast(cfg, device),
     )
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from kshot import distributed as dist
 from kshot.config import Config
 from kshot.data.stream import StreamedPart
-from kshot.train.trainer import TrainData, cosine_lambda, space_of, training_batch
+from kshot.train.trainer import TrainData, autocast, cosine_lambda, space_of, training_batch
 
 __all__ = ["train_standalone", "evaluate", "imagenet_lambda", "retrain_schedule"]
 
@@ -172,8 +172,9 @@ def train_standalone(
                 device=device,
                 shard=data_parallel,
             )
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with autocast(cfg, device):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if data_parallel:

@@ -49,6 +49,7 @@ __all__ = [
     "curves",
     "network_shape",
     "space_of",
+    "autocast",
     "training_batch",
     "cosine_lambda",
 ]
@@ -134,6 +135,12 @@ def build_supernet(cfg: Config, data: TrainData) -> nn.Module:
 def build_simplex(cfg: Config) -> SimplexNet:
     space = space_of(cfg)
     return SimplexNet(space.arch_dim, cfg.k, hidden=cfg.simplex_hidden, width_dim=space.width_dim)
+
+
+def autocast(cfg: Config, device: torch.device) -> torch.autocast:
+    """The forward passes' autocast context for config key ``precision`` on ``device``."""
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def uniform_lambda(k: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -327,8 +334,9 @@ class KShotTrainer:
     ) -> tuple[float, float]:
         """Update Θ on one path with a fixed λ (Eq. 9); returns (loss, accuracy)."""
         self.supernet.train()
-        logits = self.supernet(x, choice, lam.detach())
-        loss = F.cross_entropy(logits, y)
+        with autocast(self.cfg, self.device):
+            logits = self.supernet(x, choice, lam.detach())
+            loss = F.cross_entropy(logits, y)
         self.opt.zero_grad(set_to_none=True)  # unsampled slots keep grad None: SGD skips them
         loss.backward()
         dist.all_reduce_gradients(self.supernet.parameters())
@@ -345,11 +353,12 @@ class KShotTrainer:
         m = len(choices)
         lams = self.simplex(*self.codes(choices))
         with frozen(self.supernet):
-            losses = [
-                F.cross_entropy(self.supernet(xg, c, lam), yg)
-                for xg, yg, c, lam in zip(x.chunk(m), y.chunk(m), choices, lams, strict=True)
-            ]
-            loss = torch.stack(losses).mean()
+            with autocast(self.cfg, self.device):
+                losses = [
+                    F.cross_entropy(self.supernet(xg, c, lam), yg)
+                    for xg, yg, c, lam in zip(x.chunk(m), y.chunk(m), choices, lams, strict=True)
+                ]
+                loss = torch.stack(losses).mean()
             out = {"simplex_loss": loss.item()}
             if self.space.has_widths:
                 widths = torch.tensor(
