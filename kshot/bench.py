@@ -8,7 +8,9 @@ Measures, on whatever device is present:
 2. the peak GPU memory of each (``None`` on the CPU);
 3. the search evaluation throughput: paths per second, BN recalibration on ``bn_images`` images and
    validation on ``eval_images`` included, and the time it implies for all 15,625 paths;
-4. the throughput of 2 local gloo processes against 1 on the CPU, as a scaling efficiency.
+4. the throughput of 2 local gloo processes against 1 on the CPU, as a scaling efficiency;
+5. the same training-step comparison in the mbv2 space (width search: every K-slot tensor is cut to
+   the path's widths before the merge), K = 1 and 8 against the plain network of the same path.
 
 Timings are medians over repeats after warm-up; nothing here is asserted by a test.
 """
@@ -155,6 +157,46 @@ def _bench_training(
     return out
 
 
+def _bench_mbv2_training(
+    device: torch.device, width_mult: float, batch: int, resolution: int, warmup: int, repeats: int
+) -> dict[str, Any]:
+    """mbv2: K = 1 and 8 on a new random path (widths included) every step, and on one fixed path
+    against its plain network."""
+    space = Space(
+        "mbv2", shape={"num_classes": 100, "width_mult": width_mult}, resolution=resolution
+    )
+    x = torch.randn(batch, 3, resolution, resolution, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (batch,), device=device)
+    paths = [space.sample(np.random.default_rng([1, i])) for i in range(warmup + repeats)]
+    torch.manual_seed(0)
+    plain = space.build(paths[0]).to(device)
+    t_plain, m_plain = _train_steps(
+        lambda x, y, i, net=plain: net(x), plain.parameters(), x, y, device, warmup, repeats
+    )
+    out: dict[str, Any] = {"fixed_path": {"standalone": {"step_s": t_plain, "peak_bytes": m_plain}}}
+    out["random_path"] = {}
+    for k in (1, 8):
+        supernet = space.supernet(k).to(device)
+        lam = torch.full((k,), 1.0 / k, device=device)
+        for name, pick in (("fixed_path", lambda i: paths[0]), ("random_path", paths.__getitem__)):
+            t, m = _train_steps(
+                lambda x, y, i, net=supernet, lam=lam, pick=pick: net(x, pick(i), lam),
+                supernet.parameters(),
+                x,
+                y,
+                device,
+                warmup,
+                repeats,
+            )
+            out[name][f"k{k}"] = {"step_s": t, "peak_bytes": m}
+    fixed, rand = out["fixed_path"], out["random_path"]
+    out["train_step_ratio_k8_vs_k1"] = rand["k8"]["step_s"] / rand["k1"]["step_s"]
+    out["supernet_vs_standalone_k8"] = fixed["standalone"]["step_s"] / fixed["k8"]["step_s"]
+    out["shape"] = {"width_mult": width_mult, "batch": batch, "resolution": resolution}
+    return out
+
+
 def _bench_search(
     device: torch.device,
     C: int,
@@ -262,11 +304,13 @@ def run_benchmarks(quick: bool = True, device: str = "auto") -> dict[str, Any]:
     if dev.type == "cpu":
         torch.set_num_threads(1)  # small networks: one thread is faster and far less noisy
     if quick:
+        mbv2_shape = {"width_mult": 0.25, "batch": 32, "resolution": 64}
         shape = {"C": 8, "N": 1, "batch": 64, "resolution": 32}
         timing = {"warmup": 5, "repeats": 30}
         search = {"bn_images": 256, "eval_images": 1000, "paths": 10}
         ddp = {"C": 8, "N": 1, "batch": 64, "resolution": 32, "steps": 20}
     else:
+        mbv2_shape = {"width_mult": 1.0, "batch": 128, "resolution": 224}
         shape = {"C": 16, "N": 5, "batch": 256, "resolution": 32}
         timing = {"warmup": 10, "repeats": 50}
         search = {"bn_images": 2048, "eval_images": 10_000, "paths": 50}
@@ -292,6 +336,9 @@ def run_benchmarks(quick: bool = True, device: str = "auto") -> dict[str, Any]:
         search["paths"],
     )
     scaling = _bench_ddp(**ddp)
+    mbv2_training = _bench_mbv2_training(
+        dev, **mbv2_shape, warmup=timing["warmup"], repeats=min(timing["repeats"], 20)
+    )
     fixed = training["all_3x3"]
     mem_k1, mem_k8 = fixed["k1"]["peak_bytes"], fixed["k8"]["peak_bytes"]
     return {
@@ -313,4 +360,5 @@ def run_benchmarks(quick: bool = True, device: str = "auto") -> dict[str, Any]:
         "training": training,
         "search": {**searching, **search},
         "ddp": {**scaling, **ddp},
+        "mbv2": mbv2_training,
     }
