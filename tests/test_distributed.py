@@ -102,3 +102,39 @@ def test_local_command_runs_the_worker_under_torchrun():
     assert cmd[5:8] == ["-m", "kshot.worker", "search"]
     assert "split=s.json" in cmd and "results=r.json" in cmd
     assert torch.__version__  # the worker needs torch in the same interpreter
+
+
+def test_sharded_evaluation_counts_every_image_once(tmp_path):
+    """Data-parallel retraining evaluates the test set split over the ranks: the same accuracy."""
+    script = tmp_path / "evaluate.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from kshot import distributed as kd\n"
+        "from kshot.train.standalone import evaluate\n"
+        "from kshot.train.trainer import TrainData\n"
+        "kd.init_from_env('cpu')\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "images = torch.randint(0, 256, (23, 1, 4, 4), dtype=torch.uint8, generator=g)\n"
+        "labels = torch.randint(0, 3, (23,), generator=g)\n"
+        "data = TrainData(images, labels, images, labels, [0.5], [0.25], 3)\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))\n"
+        "one = evaluate(model, images, labels, data, 5, torch.device('cpu'))\n"
+        "shared = evaluate(model, images, labels, data, 5, torch.device('cpu'), shard=True)\n"
+        "assert one == shared and 0 < one < 100, (one, shared)\n"
+        "kd.shutdown()\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -196,3 +196,18 @@ def test_standalone_ground_truth_and_ranking_work_on_mbv2_paths_or_are_skipped(
     metrics = run_stage("rank", off, {**inputs, "ground_truth": str(skipped_table)}, outputs)
     assert "config key 'ranking' is false" in metrics["skipped"]
     assert json.loads((tmp_path / "rank.json").read_text()) == metrics
+
+
+def test_a_streamed_split_refuses_a_tree_whose_files_changed(mbv2_cfg, cifar_folders, tmp_path):
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(cifar_folders, tree)
+    cfg = mbv2_cfg.replace(data_loading="stream", loader_workers=0, dataset=str(tree))
+    split = str(tmp_path / "split.json")
+    run_stage("split", cfg, {}, {"split": split})
+    assert len(load_train_data(cfg, split).train_labels) == 160
+    first = sorted((tree / "train").glob("*/*.jpg"))[0]
+    first.rename(first.with_name("renamed.jpg"))  # same count, other files
+    with pytest.raises(ValueError, match="another list of files.*make the split again"):
+        load_train_data(cfg, split)

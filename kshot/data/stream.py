@@ -32,9 +32,11 @@ the pipeline works with the ``fork``, ``forkserver`` and ``spawn`` start methods
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -116,6 +118,14 @@ class ImageFolderIndex:
         """The number of classes (of the train part, whichever part this is)."""
         return len(self.classes)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the classes and, in order, each file's class and name: a split made on this
+        index records it, so indices never silently point at other images after the tree changed."""
+        digest = hashlib.sha256("\n".join(self.classes).encode())
+        for file, label in zip(self.files, self.labels.tolist(), strict=True):
+            digest.update(f"\n{self.classes[label]}/{file.rsplit('/', 1)[-1]}".encode())
+        return digest.hexdigest()
+
     @classmethod
     def scan(
         cls, uri: str, part: str = "train", *, classes: Sequence[str] | None = None
@@ -153,13 +163,13 @@ class ImageFolderIndex:
         if part == "train":
             folder = "train"
         else:
-            found = [name for name in TEST_FOLDER_NAMES if lister.is_folder(name)]
-            if not found:
+            found = next((name for name in TEST_FOLDER_NAMES if lister.is_folder(name)), None)
+            if found is None:
                 raise FileNotFoundError(
                     f"{uri!r} has no test part: none of "
                     f"{', '.join(name + '/' for name in TEST_FOLDER_NAMES)} exists"
                 )
-            folder = found[0]
+            folder = found
         known = set(classes)
         unknown = sorted(name for name in lister.class_names(folder) if name not in known)
         if unknown:
@@ -235,7 +245,7 @@ class _GcsTree:
         return self._listed[folder]
 
     def is_folder(self, folder: str) -> bool:
-        return bool(storage.list_uris(storage.join(self.uri, folder)))
+        return bool(self._classes(folder))  # the listing is kept for the scan that follows
 
     def class_names(self, folder: str) -> list[str]:
         return list(self._classes(folder))
@@ -263,7 +273,11 @@ def decode_image_bytes(data: bytes | bytearray, name: str) -> torch.Tensor:
     if decode_image is not None:
         buffer = data if isinstance(data, bytearray) else bytearray(data)  # frombuffer: writable
         try:
-            return decode_image(torch.frombuffer(buffer, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            with warnings.catch_warnings():  # torchvision >= 0.29 warns on every call
+                warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+                return decode_image(
+                    torch.frombuffer(buffer, dtype=torch.uint8), mode=ImageReadMode.RGB
+                )
         except RuntimeError as err:
             failure = str(err)
     try:
@@ -731,14 +745,19 @@ class StreamedPart:
         )
         return torch.cat([images for images, _ in batches])
 
-    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole part in order with the evaluation transform: ``(uint8 images, labels)``."""
+    def batches(
+        self, batch_size: int, rank: int = 0, world: int = 1
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The part in order with the evaluation transform, ``(uint8 images, labels)``: all of it,
+        or rank ``rank``'s batches ``rank, rank + world, …``."""
         return eval_batches(
             self.index,
             self.indices,
             batch_size=batch_size,
             resolution=self.resolution,
             num_workers=self.num_workers,
+            rank=rank,
+            world=world,
         )
 
     def close(self) -> None:

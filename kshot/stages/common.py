@@ -132,6 +132,12 @@ def stream_index(
 
 def _streamed_train_data(cfg: Config, split_doc: Any, split_uri: str) -> TrainData:
     index = stream_index(cfg)
+    recorded = split_doc.get("files_sha256")
+    if recorded and recorded != index.fingerprint():
+        raise ValueError(
+            f"split {split_uri!r} was made on another list of files than dataset {cfg.dataset!r} "
+            f"holds now ({len(index)} training images): make the split again"
+        )
     split = split_from_dict(split_doc, split_uri, num_images=len(index))
 
     def part(source: ImageFolderIndex, indices: np.ndarray) -> StreamedPart:

@@ -17,9 +17,11 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     """Write ``outputs["split"]`` (JSON of index arrays); a test share is carved when the dataset
     has no test part."""
     require(outputs, ("split",), "split", "output")
+    fingerprint = {}
     if cfg.data_loading == "stream":  # list the tree; decode nothing
         index = stream_index(cfg)
         num_images = len(index)
+        fingerprint = {"files_sha256": index.fingerprint()}
         try:
             stream_index(cfg, "test", classes=index.classes)
             has_test = True
@@ -45,7 +47,10 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
         ) from None
     storage.write_json(
         outputs["split"],
-        split_to_dict(split, cfg.dataset, cfg.seed, cfg.valid_fraction, num_images=num_images),
+        {
+            **split_to_dict(split, cfg.dataset, cfg.seed, cfg.valid_fraction, num_images),
+            **fingerprint,
+        },
     )
     return {
         "train": len(split.train),

@@ -90,16 +90,22 @@ def evaluate(
     data: TrainData,
     batch_size: int,
     device: torch.device,
+    shard: bool = False,
 ) -> float:
-    """Top-1 accuracy (%) of ``model`` in eval mode on uint8 ``images``."""
+    """Top-1 accuracy (%) of ``model`` in eval mode on uint8 ``images``; with ``shard`` the ranks
+    take the batches round robin and add up their counts (every rank gets the result)."""
     model.eval()
-    correct = 0
+    rank, world = (dist.rank(), dist.world_size()) if shard else (0, 1)
     if isinstance(images, StreamedPart):
-        pairs = images.batches(batch_size)
+        pairs = images.batches(batch_size, rank=rank, world=world)
     else:
-        pairs = zip(images.split(batch_size), labels.split(batch_size), strict=True)
+        batches = zip(images.split(batch_size), labels.split(batch_size), strict=True)
+        pairs = (pair for i, pair in enumerate(batches) if i % world == rank)
+    correct = 0
     for x, y in pairs:
         correct += int((model(data.prepare(x, device)).argmax(1) == y.to(device)).sum())
+    if world > 1:
+        correct = sum(dist.gather_lists([correct]))
     return 100.0 * correct / len(labels)
 
 
@@ -191,6 +197,14 @@ def train_standalone(
         history["lr"].append(opt.param_groups[0]["lr"])
         final = model if ema is None else ema.module
         history["test_acc"].append(
-            evaluate(final, data.test_images, data.test_labels, data, cfg.eval_batch_size, device)
+            evaluate(
+                final,
+                data.test_images,
+                data.test_labels,
+                data,
+                cfg.eval_batch_size,
+                device,
+                shard=data_parallel,
+            )
         )
     return (model if ema is None else ema.module), history
