@@ -206,6 +206,10 @@ def tau_vs_k_report(rankings: Sequence[Artifact], metrics: MetricsArtifact, page
     rows = sorted(
         (storage.read_json(artifact_uri(ranking)) for ranking in rankings), key=lambda r: r["k"]
     )
+    skipped = [row for row in rows if row.get("skipped")]
+    if skipped:
+        _write(page, report.html_page("K sweep", [("Skipped", skipped[0]["skipped"])]))
+        return
     points = [(row["k"], row["kendall_tau"]) for row in rows]
     for row in rows:
         _log_finite(metrics, {f"{name}_k{row['k']}": row[name] for name in _CORRELATIONS})

@@ -338,7 +338,9 @@ def benchmark_table(config: str, table: Output[Dataset]) -> str:
 
     cfg = config_from_json(config)
     space = space_of(cfg)
-    rows = load_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space)
+    rows = (
+        load_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space) if cfg.ranking else {}
+    )
     write_ground_truth_csv(artifact_uri(table), rows, column="accuracy", space=space)
     return artifact_uri(table)
 

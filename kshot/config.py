@@ -216,7 +216,8 @@ class Config:
     device: str = _f("auto", "torch device: auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     precision: str = _f(
         "auto",
-        "forward passes under bf16 autocast (bf16) or in fp32; auto: bf16 on CUDA, fp32 on the CPU. "
+        "forward passes under bf16 autocast (bf16) or in fp32; auto: bf16 on GPUs with native bf16 "
+        "(Ampere and later), else fp32. "
         "Weights, their K-slot merge, BN and optimiser state stay fp32",
         choices=("auto", "fp32", "bf16"),
     )

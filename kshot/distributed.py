@@ -24,6 +24,7 @@ __all__ = [
     "is_main",
     "device_for_rank",
     "all_reduce_gradients",
+    "broadcast_buffers",
     "all_reduce_mean",
     "gather_lists",
     "broadcast_object",
@@ -85,6 +86,15 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     flat /= world_size()
     for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
         g.copy_(reduced)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (e.g. BN running statistics, which each rank gathers from its own share
+    of the batch) on every rank, so that every rank holds the model rank 0 saves."""
+    if world_size() == 1:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:

@@ -138,3 +138,34 @@ def test_sharded_evaluation_counts_every_image_once(tmp_path):
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_data_parallel_retraining_reports_the_accuracy_of_the_model_it_saves(
+    tiny_cfg, digits_split, digits_data, tmp_path
+):
+    """Each rank's BN statistics come from its share of the batch; rank 0's are broadcast before
+    evaluating, so the sharded test accuracy is the saved model's."""
+    from kshot import storage
+    from kshot.export import load_model
+    from kshot.spaces import nb201
+    from kshot.train.standalone import evaluate
+
+    results = tmp_path / "results.json"
+    arch = nb201.format_arch((3, 3, 2, 1, 3, 2))
+    storage.write_json(str(results), {"search_space": "nb201", "front": [], "best": {"arch": arch}})
+    outputs = {"model": str(tmp_path / "model.pt"), "metrics": str(tmp_path / "metrics.json")}
+    spec = LaunchSpec(
+        stage="retrain",
+        config=tiny_cfg.replace(augment=True, retrain_epochs=2).to_dict(),
+        inputs={"split": digits_split, "results": str(results)},
+        outputs=outputs,
+        workers=2,
+    )
+    done = subprocess.run(local_command(spec), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    model, _ = load_model(outputs["model"])
+    data = digits_data
+    alone = evaluate(model, data.test_images, data.test_labels, data, 256, torch.device("cpu"))
+    reported = storage.read_json(outputs["metrics"])["test_accuracy"]
+    assert reported == pytest.approx(alone, abs=1e-9)

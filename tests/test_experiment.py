@@ -76,3 +76,14 @@ def test_ranking_experiment_reports_every_run_from_the_stated_number_of_paths(tm
     before = {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("rank.json")}
     assert main(argv) == 0
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "runs").rglob("rank.json")}
+
+
+def test_the_ranking_experiment_refuses_ranking_off_before_training(tiny_cfg, tmp_path):
+    from kshot.eval.experiment import run_ranking_experiment
+
+    cfg = tiny_cfg.replace(ranking=False, ground_truth="gt.csv")
+    with pytest.raises(ValueError, match="'ranking' to be true"):
+        run_ranking_experiment(
+            cfg, [1], [0], False, str(tmp_path / "work"), str(tmp_path / "r.json")
+        )
+    assert not (tmp_path / "work").exists()

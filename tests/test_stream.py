@@ -272,3 +272,16 @@ def test_gcs_tree_streams_like_the_local_one(tree, index, split, gcs_bucket):
     train, _ = split
     remote_batches = _train(remote, train, count=1, start_step=1, num_workers=2)
     _assert_same(remote_batches, _train(index, train, count=1, start_step=1))
+
+
+def test_a_flat_val_folder_is_refused_alike_on_disk_and_on_gcs(tmp_path, gcs_bucket):
+    """ImageNet's raw val/ (images, no class folders) must fail loudly, not vanish as no test part."""
+    root = tmp_path / "flat-val"
+    _write_tree(root)
+    (root / "val").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "val" / "ILSVRC2012_val_00000001.JPEG")
+    uri = f"{gcs_bucket}/flat-val"
+    storage.upload_dir(root, uri)
+    for where in (str(root), uri):
+        with pytest.raises(ValueError, match="must sit in <class>/ folders"):
+            ImageFolderIndex.scan(where, "test")

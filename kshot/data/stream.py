@@ -184,7 +184,8 @@ class ImageFolderIndex:
             labels.extend([label] * len(class_files))
         if not files:
             raise ValueError(
-                f"{uri!r}: no {'/'.join(IMAGE_SUFFIXES)} images under {storage.join(uri, folder)}"
+                f"{uri!r}: no {'/'.join(IMAGE_SUFFIXES)} images under {storage.join(uri, folder)} "
+                "(images must sit in <class>/ folders named as in train/)"
             )
         return cls(files=files, labels=np.asarray(labels, dtype=np.int64), classes=classes)
 
@@ -228,13 +229,16 @@ class _GcsTree:
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
         self._listed: dict[str, dict[str, list[str]]] = {}
+        self._exists: dict[str, bool] = {}
 
     def _classes(self, folder: str) -> dict[str, list[str]]:
         """``{class: sorted image URIs}`` of every class folder holding an object."""
         if folder not in self._listed:
             prefix = storage.join(self.uri, folder)
             by_class: dict[str, list[str]] = {}
-            for object_uri in storage.list_uris(prefix):
+            objects = storage.list_uris(prefix)
+            self._exists[folder] = bool(objects)
+            for object_uri in objects:
                 parts = object_uri[len(prefix) + 1 :].split("/")
                 if len(parts) < 2:
                     continue
@@ -245,7 +249,9 @@ class _GcsTree:
         return self._listed[folder]
 
     def is_folder(self, folder: str) -> bool:
-        return bool(self._classes(folder))  # the listing is kept for the scan that follows
+        """Whether any object lies under ``folder/`` (as a local folder exists, even a flat one)."""
+        self._classes(folder)  # the listing is kept for the scan that follows
+        return self._exists[folder]
 
     def class_names(self, folder: str) -> list[str]:
         return list(self._classes(folder))

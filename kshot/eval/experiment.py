@@ -93,6 +93,8 @@ def run_ranking_experiment(
     Returns:
         The report.
     """
+    if not base.ranking:
+        raise ValueError("the ranking experiment needs config key 'ranking' to be true")
     if not base.ground_truth:
         raise ValueError(
             "the ranking experiment needs config key 'ground_truth' (e.g. "

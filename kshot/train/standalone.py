@@ -6,7 +6,7 @@ Two recipes (config key ``retrain_recipe``):
   rate cosine-annealed per iteration from ``retrain_lr`` (0.1), weight decay 5e-4, batch 256.
 * ``imagenet``, the paper's (§4.1, after MnasNet / EfficientNet): RMSProp with momentum 0.9 (decay
   0.9; the reference's eps 1e-3 sits inside the square root, so PyTorch's RMSprop, which adds it
-  outside, gets √1e-3), batch 1024, lr warmed up linearly from 0 to ``retrain_lr`` (0.128) over
+  outside, gets √1e-3, which approximates it while the squared-gradient average is ≪ 1e-3), batch 1024, lr warmed up linearly from 0 to ``retrain_lr`` (0.128) over
   ``retrain_warmup_epochs`` (5), then multiplied by ``retrain_lr_decay`` (0.97) every
   ``retrain_decay_epochs`` (2.4) epochs counted from the start (staircase, as the reference
   implementation's ``exponential_decay``), and an exponential moving average of the weights and BN
@@ -32,7 +32,7 @@ from kshot.train.trainer import TrainData, autocast, cosine_lambda, space_of, tr
 __all__ = ["train_standalone", "evaluate", "imagenet_lambda", "retrain_schedule"]
 
 
-_RMSPROP_EPS = 1e-3**0.5  # TensorFlow's eps 1e-3 inside sqrt(v + eps), moved outside the root
+_RMSPROP_EPS = 1e-3**0.5  # approximates TensorFlow's eps 1e-3 inside sqrt(v + eps) while v ≪ 1e-3
 
 
 def imagenet_lambda(
@@ -196,6 +196,8 @@ def train_standalone(
         history["train_acc"].append(sum(accs) / len(accs))
         history["lr"].append(opt.param_groups[0]["lr"])
         final = model if ema is None else ema.module
+        if data_parallel:  # one model on every rank: rank 0's BN statistics, which it saves
+            dist.broadcast_buffers(final)
         history["test_acc"].append(
             evaluate(
                 final,

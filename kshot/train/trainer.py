@@ -138,8 +138,10 @@ def build_simplex(cfg: Config) -> SimplexNet:
 
 
 def autocast(cfg: Config, device: torch.device) -> torch.autocast:
-    """The forward passes' autocast context for config key ``precision`` on ``device``."""
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    """The forward passes' autocast context for config key ``precision`` on ``device`` (auto: bf16
+    on GPUs with native bf16, compute capability 8.0 and up; fp32 elsewhere)."""
+    native_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and native_bf16)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
