@@ -57,6 +57,18 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_cfg, digits_spl
     )
 
 
+def _torchrun_two(script) -> None:
+    """Run ``script`` as 2 local gloo ranks; its asserts fail the test."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        + [str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_gradients_are_averaged_only_where_they_exist(tmp_path):
     """The coalesced all-reduce on a real 2-rank gloo group: None stays None, values average."""
     script = tmp_path / "reduce.py"
@@ -73,20 +85,7 @@ def test_gradients_are_averaged_only_where_they_exist(tmp_path):
         "assert kd.gather_lists([r]) == [0, 1]\n"
         "kd.shutdown()\n"
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            str(script),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    _torchrun_two(script)
 
 
 def test_local_command_runs_the_worker_under_torchrun():
@@ -124,20 +123,7 @@ def test_sharded_evaluation_counts_every_image_once(tmp_path):
         "assert one == shared and 0 < one < 100, (one, shared)\n"
         "kd.shutdown()\n"
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            str(script),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    _torchrun_two(script)
 
 
 @pytest.mark.slow
