@@ -92,7 +92,7 @@ def kshot_nas(
 
     Args:
         k: K, the number of supernets (weight slots).
-        search_space: The search space.
+        search_space: The search space: nb201 (NAS-Bench-201 cells) or mbv2 (ImageNet, Table 2).
         dataset: Dataset URI ('digits' is built in; local path or gs://).
         epochs: Total supernet epochs, warmup included.
         warmup_epochs: Epochs of uniform single-path warmup with λ = 1/K.

@@ -53,7 +53,7 @@ def kshot_k_sweep(
 
     Args:
         k_values: The K values to train and rank, e.g. [1, 2, 4, 8].
-        search_space: The search space.
+        search_space: The search space: nb201 (NAS-Bench-201 cells) or mbv2 (ImageNet, Table 2).
         dataset: Dataset URI ('digits' is built in; local path or gs://).
         epochs: Total supernet epochs, warmup included.
         warmup_epochs: Epochs of uniform single-path warmup with λ = 1/K.
