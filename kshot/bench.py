@@ -8,7 +8,9 @@ Measures, on whatever device is present:
 2. the peak GPU memory of each (``None`` on the CPU);
 3. the search evaluation throughput: paths per second, BN recalibration on ``bn_images`` images and
    validation on ``eval_images`` included, and the time it implies for all 15,625 paths;
-4. the throughput of 2 local gloo processes against 1 on the CPU, as a scaling efficiency;
+4. the throughput of 2 local gloo processes against 1 on the CPU, as a scaling efficiency: at the
+   same global batch (each rank gets half: what adding a worker to a fixed config does) and at the
+   same batch per rank (the usual data-parallel figure), medians of alternating rounds;
 5. the same training-step comparison in the mbv2 space (width search: every K-slot tensor is cut to
    the path's widths before the merge), K = 1 and 8 against the plain network of the same path.
 
@@ -18,6 +20,7 @@ Timings are medians over repeats after warm-up; nothing here is asserted by a te
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -262,13 +265,18 @@ dist.shutdown()
 """
 
 
-def _bench_ddp(C: int, N: int, batch: int, resolution: int, steps: int) -> dict[str, float]:
+def _bench_ddp(
+    C: int, N: int, batch: int, resolution: int, steps: int, rounds: int = 3
+) -> dict[str, float]:
+    """Images/s of 1 process and of 2 (at the same global batch, and at the same batch per rank),
+    each the median of ``rounds`` runs taken in turn, so that a load change hits all three."""
+    runs: dict[str, list[float]] = {"ddp1": [], "ddp2": [], "ddp2_per_rank": []}
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "ddp_bench.py")
         with open(script, "w") as f:
             f.write(_DDP_SCRIPT)
-        rates = {}
-        for nproc in (1, 2):
+        configs = (("ddp1", 1, batch), ("ddp2", 2, batch), ("ddp2_per_rank", 2, 2 * batch))
+        for _, (name, nproc, global_batch) in itertools.product(range(rounds), configs):
             done = subprocess.run(
                 [
                     sys.executable,
@@ -279,7 +287,7 @@ def _bench_ddp(C: int, N: int, batch: int, resolution: int, steps: int) -> dict[
                     script,
                     str(C),
                     str(N),
-                    str(batch),
+                    str(global_batch),
                     str(resolution),
                     str(steps),
                 ],
@@ -288,11 +296,15 @@ def _bench_ddp(C: int, N: int, batch: int, resolution: int, steps: int) -> dict[
                 check=True,
                 env={**os.environ, "OMP_NUM_THREADS": "1"},
             )
-            rates[nproc] = json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
+    rate = {name: statistics.median(values) for name, values in runs.items()}
     return {
-        "ddp1_images_per_s": rates[1],
-        "ddp2_images_per_s": rates[2],
-        "ddp2_efficiency": rates[2] / (2 * rates[1]),
+        "ddp1_images_per_s": rate["ddp1"],
+        "ddp2_images_per_s": rate["ddp2"],
+        "ddp2_per_rank_batch_images_per_s": rate["ddp2_per_rank"],
+        "ddp2_efficiency": rate["ddp2"] / (2 * rate["ddp1"]),
+        "ddp2_efficiency_same_batch_per_rank": rate["ddp2_per_rank"] / (2 * rate["ddp1"]),
+        "rounds": rounds,
     }
 
 
