@@ -55,11 +55,7 @@ class PathScorer:
     def lam(self, arch: Sequence[int]) -> torch.Tensor:
         if self.simplex is None:
             return torch.full((self.supernet.k,), 1.0 / self.supernet.k, device=self.device)
-        width = self.space.width_code(arch)
-        return self.simplex(
-            self.space.arch_code(arch).to(self.device),
-            None if width is None else width.to(self.device),
-        )
+        return self.simplex(*self.space.codes([arch], self.device))[0]
 
     @torch.no_grad()
     def score(self, arch: str | Sequence[int]) -> tuple[float, list[float]]:

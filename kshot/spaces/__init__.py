@@ -95,13 +95,16 @@ class Space:
     def width_dim(self) -> int:
         return mbv2.NUM_LAYERS * mbv2.NUM_WIDTHS if self.has_widths else 0
 
-    def arch_code(self, path: Sequence[int]) -> torch.Tensor:
-        """The one-hot operation encoding the simplex-net's architecture branch reads."""
-        return self.module.one_hot(path)
-
-    def width_code(self, path: Sequence[int]) -> torch.Tensor | None:
-        """The width encoding of the channel branch (``None`` without width search)."""
-        return mbv2.width_code(path) if self.has_widths else None
+    def codes(
+        self, paths: Sequence[Sequence[int]], device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The simplex-net's inputs for ``paths``: the one-hot operation codes its architecture
+        branch reads, ``(len(paths), arch_dim)``, and the width codes of its channel branch,
+        ``(len(paths), width_dim)`` (``None`` without width search)."""
+        arch = torch.stack([self.module.one_hot(p) for p in paths]).to(device)
+        if not self.has_widths:
+            return arch, None
+        return arch, torch.stack([mbv2.width_code(p) for p in paths]).to(device)
 
     def width_factors(self, path: Sequence[int]) -> tuple[float, ...]:
         """The 24 width factors of an mbv2 path (what r_c compares)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,6 @@ __all__ = [
     "make_scorer",
     "device_of",
     "score_paths",
-    "flops_of",
     "network_shape",
     "space_of",
     "read_search_results",
@@ -228,11 +227,6 @@ def score_paths(
         records.append((i, {"arch": arch, "accuracy": accuracy, "lam": lam}))
     gathered = sorted(dist.gather_lists(records), key=lambda r: r[0])
     return [record for _, record in gathered]
-
-
-def flops_of(cfg: Config, data: TrainData) -> Callable[[tuple[int, ...] | str], float]:
-    """MFLOPs of a path's stand-alone network at this run's shape and resolution."""
-    return space_of(cfg, data).flops
 
 
 def read_search_results(uri: str, space: Space) -> dict[str, Any]:

@@ -23,7 +23,8 @@ __all__ = ["run"]
 
 def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
     """Read the best path from ``inputs["results"]``; write ``outputs["model"]`` (the stand-alone
-    network, :func:`kshot.export.load_model` rebuilds it) and ``outputs["metrics"]`` (JSON curves and accuracy)."""
+    network, :func:`kshot.export.load_model` rebuilds it) and ``outputs["metrics"]`` (JSON curves
+    and accuracy)."""
     require(inputs, ("split", "results"), "retrain", "input")
     require(outputs, ("model", "metrics"), "retrain", "output")
     arch = read_search_results(inputs["results"], space_of(cfg))["best"]

@@ -6,11 +6,12 @@ Two recipes (config key ``retrain_recipe``):
   rate cosine-annealed per iteration from ``retrain_lr`` (0.1), weight decay 5e-4, batch 256.
 * ``imagenet``, the paper's (§4.1, after MnasNet / EfficientNet): RMSProp with momentum 0.9 (decay
   0.9; the reference's eps 1e-3 sits inside the square root, so PyTorch's RMSprop, which adds it
-  outside, gets √1e-3, which approximates it while the squared-gradient average is ≪ 1e-3), batch 1024, lr warmed up linearly from 0 to ``retrain_lr`` (0.128) over
-  ``retrain_warmup_epochs`` (5), then multiplied by ``retrain_lr_decay`` (0.97) every
-  ``retrain_decay_epochs`` (2.4) epochs counted from the start (staircase, as the reference
-  implementation's ``exponential_decay``), and an exponential moving average of the weights and BN
-  statistics with decay ``retrain_ema_decay`` (0.9999), which is what is evaluated and returned.
+  outside, gets √1e-3, which approximates it while the squared-gradient average is ≪ 1e-3), batch
+  1024, lr warmed up linearly from 0 to ``retrain_lr`` (0.128) over ``retrain_warmup_epochs`` (5),
+  then multiplied by ``retrain_lr_decay`` (0.97) every ``retrain_decay_epochs`` (2.4) epochs
+  counted from the start (staircase, as the reference implementation's ``exponential_decay``), and
+  an exponential moving average of the weights and BN statistics with decay ``retrain_ema_decay``
+  (0.9999), which is what is evaluated and returned.
 """
 
 from __future__ import annotations

@@ -268,7 +268,6 @@ class KShotTrainer:
             "simplex_loss": [],
             **({"channel_reg": []} if self.space.has_widths else {}),
         }
-        self._codes: dict[Path, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -298,22 +297,6 @@ class KShotTrainer:
         self.epoch_sums = {k: list(v) for k, v in state["epoch_sums"].items()}
 
     # ------------------------------------------------------------------ sampling and data
-    def codes(self, choices: list[Path]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The simplex-net's inputs for a list of paths: architecture and width codes."""
-        if len(self._codes) > 100_000:  # large spaces rarely repeat a path: bound the cache
-            self._codes.clear()
-        for c in choices:
-            if c not in self._codes:
-                width = self.space.width_code(c)
-                self._codes[c] = (
-                    self.space.arch_code(c).to(self.device),
-                    None if width is None else width.to(self.device),
-                )
-        arch = torch.stack([self._codes[c][0] for c in choices])
-        if not self.space.has_widths:
-            return arch, None
-        return arch, torch.stack([self._codes[c][1] for c in choices])  # type: ignore[misc]
-
     def paths_for_step(self, step: int, count: int) -> list[Path]:
         """The path(s) of iteration ``step``: the same on every rank and on every resume."""
         rng = seeds.rng(self.cfg.seed, step, seeds.PATHS)
@@ -353,7 +336,7 @@ class KShotTrainer:
         search the loss adds α · r_c over the m paths (Eq. 17)."""
         self.supernet.train()
         m = len(choices)
-        lams = self.simplex(*self.codes(choices))
+        lams = self.simplex(*self.space.codes(choices, self.device))
         with frozen(self.supernet):
             with autocast(self.cfg, self.device):
                 losses = [
@@ -387,7 +370,7 @@ class KShotTrainer:
             lam = seeds.rng(self.cfg.seed, step, seeds.RANDOM_LAMBDA).dirichlet(np.ones(self.cfg.k))
             return torch.as_tensor(lam, dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            return self.simplex(*self.codes([choice]))[0]
+            return self.simplex(*self.space.codes([choice], self.device))[0]
 
     def train_step(self) -> dict[str, float]:
         """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter.
