@@ -221,6 +221,12 @@ class Config:
         "Weights, their K-slot merge, BN and optimiser state stay fp32",
         choices=("auto", "fp32", "bf16"),
     )
+    compile: bool = _f(
+        False,
+        "train the supernet through its path-masked forward (every operation runs, the path's "
+        "one-hot code keeps its own), whose graph is the same for every path, captured once by "
+        "torch.compile (on CUDA with CUDA graphs); the same updates as the eager step. nb201 only",
+    )
     num_threads: int = _f(0, "torch CPU threads per process (0: torch's default)", ge=0)
 
     def __post_init__(self) -> None:
@@ -300,7 +306,9 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
             fail(name, f"must be < {md['lt']}")
     if cfg.warmup_epochs > cfg.epochs:
         fail("warmup_epochs", f"exceeds epochs = {cfg.epochs} (epochs counts the warmup)")
-    if cfg.batch_size % cfg.m:
+    if cfg.compile and cfg.search_space != "nb201":
+        fail("compile", f"applies to search_space nb201 only, not {cfg.search_space!r}")
+    if cfg.lambda_mode == "learned" and cfg.k > 1 and cfg.batch_size % cfg.m:
         fail(
             "m",
             f"does not divide batch_size = {cfg.batch_size}: each of the m paths of a "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kshot.nn.kshot import KShotConv2d, merge_kshot_weights
 from kshot.nn.nb201_supernet import NB201Supernet
@@ -120,3 +123,28 @@ def test_channel_branch_is_merged_before_the_output_layer():
     assert torch.allclose(lams.sum(1), torch.ones(5))
     with pytest.raises(ValueError, match="width encoding"):
         net(code)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_the_path_masked_forward_equals_the_paths_forward(train_mode):
+    """Every operation runs and the one-hot code keeps the path's: the same logits, the same
+    gradients on the path, zero gradients off it, and the same BN statistics afterwards."""
+    torch.manual_seed(0)
+    eager = NB201Supernet(4, C=4, N=1).train(train_mode)
+    masked = copy.deepcopy(eager)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        arch, lam = nb201.sample(rng), torch.softmax(torch.randn(4), 0)
+        x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))
+        eager.zero_grad(set_to_none=True)
+        masked.zero_grad(set_to_none=True)
+        logits = eager(x, arch, lam)
+        masked_logits = masked.forward_masked(x, nb201.one_hot(arch), lam)
+        assert torch.equal(masked_logits, logits)
+        F.cross_entropy(logits, y).backward()
+        F.cross_entropy(masked_logits, y).backward()
+        for (name, p), q in zip(eager.named_parameters(), masked.parameters(), strict=True):
+            expected = torch.zeros_like(q) if p.grad is None else p.grad
+            assert torch.allclose(q.grad, expected, atol=1e-6), name
+        for (name, b), c in zip(eager.named_buffers(), masked.buffers(), strict=True):
+            assert torch.allclose(b.float(), c.float(), atol=1e-6), name

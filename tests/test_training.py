@@ -8,7 +8,7 @@ import torch
 from kshot.config import ConfigError
 from kshot.spaces import nb201
 from kshot.train import checkpoint as ckpt
-from kshot.train.trainer import KShotTrainer, curves
+from kshot.train.trainer import KShotTrainer, curves, simplex_groups
 
 
 def _snapshot(module):
@@ -166,3 +166,58 @@ def test_bf16_autocast_trains_with_fp32_weights_close_to_fp32(tiny_cfg, digits_d
     for key in ("supernet_loss", "simplex_loss"):
         fp32, bf16 = runs["fp32"][key][-1], runs["bf16"][key][-1]
         assert bf16 == pytest.approx(fp32, rel=0.05), key
+
+
+def test_compiled_training_follows_the_eager_run_and_compiles_once(
+    tiny_cfg, digits_data, monkeypatch
+):
+    """config key ``compile``: the path-masked step, captured once for every path, makes the same
+    updates as the eager step: the same weights, BN statistics, optimiser state and curves."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    # inductor's C++ build of the CPU kernels takes minutes on 2 cores; the capture is the same
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: real_compile(fn, backend=counting_backend, dynamic=False)
+    )
+    torch._dynamo.reset()
+    runs = {}
+    for compiled in (False, True):
+        trainer = KShotTrainer(tiny_cfg.replace(compile=compiled), digits_data, torch.device("cpu"))
+        trainer.step = trainer.warmup_steps - 2  # two warmup steps, then alternating ones
+        trainer.fit(until_epoch=trainer.warmup_steps // trainer.steps_per_epoch + 1, progress=False)
+        runs[compiled] = trainer
+    eager, compiled = runs[False], runs[True]
+    assert len(graphs) == 2  # one per kind of step, whatever the paths
+    for a, b in (
+        (eager.supernet.state_dict(), compiled.supernet.state_dict()),
+        (eager.simplex.state_dict(), compiled.simplex.state_dict()),
+    ):
+        for name in a:
+            assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5, rtol=1e-4), name
+    # SGD state exists for exactly the parameters some path used
+    assert eager.opt.state_dict()["state"].keys() == compiled.opt.state_dict()["state"].keys()
+    assert eager.history["supernet_loss"] == pytest.approx(compiled.history["supernet_loss"])
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 16, 32])
+def test_under_ddp_each_image_takes_the_path_it_takes_in_one_process(world):
+    """A simplex-net step's m groups over ``world`` ranks: each rank chunks its share of the batch
+    into its groups, and every image meets the path of its group in the one-process split."""
+    m, batch = 16, 64
+    share = batch // world
+    for rank in range(world):
+        groups = simplex_groups(m, world, rank)
+        per_group = share // len(groups)
+        for j in range(share):
+            image = rank * share + j
+            assert groups[j // per_group] == image // (batch // m), (rank, j)
+
+
+def test_m_and_the_process_count_must_divide_one_another():
+    with pytest.raises(ValueError, match="m = 16 and 6 processes"):
+        simplex_groups(16, 6, 0)

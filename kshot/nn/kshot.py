@@ -192,6 +192,27 @@ class KShotBatchNorm2d(KShotLayer):
             self.eps,
         )
 
+    def forward_masked(
+        self, x: torch.Tensor, merged: Merged, selected: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`forward` for a layer that runs whether or not the path uses it (see
+        :meth:`NB201Supernet.forward_masked`): its running statistics move only when the 0-dim
+        bool ``selected`` is true, so an unused layer ends the step as :meth:`forward` would
+        have left it, untouched, while the step's graph stays the same for every path."""
+        weight, bias = merged[self]
+        if not self.training:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
+            )
+        with torch.no_grad():
+            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3))  # unbiased, as BN's running var
+            tracked = self.num_batches_tracked + selected.long()
+            momentum = 1.0 / tracked.clamp_min(1) if self.momentum is None else self.momentum
+            for stat, batch in ((self.running_mean, mean), (self.running_var, var)):
+                stat.copy_(torch.where(selected, torch.lerp(stat, batch, momentum), stat))
+            self.num_batches_tracked.copy_(tracked)
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+
 
 class KShotLinear(KShotLayer):
     """Linear layer with K slots of weight and bias, each initialised as ``nn.Linear`` would be."""

@@ -29,6 +29,7 @@ from kshot.spaces import nb201
 __all__ = ["NB201Supernet"]
 
 _CONV_KERNEL = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
+_SKIP, _POOL = nb201.OPS.index("skip_connect"), nb201.OPS.index("avg_pool_3x3")
 
 
 class KShotReLUConvBN(nn.Module):
@@ -39,6 +40,11 @@ class KShotReLUConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor, merged: Merged) -> torch.Tensor:
         return self.bn(self.conv(torch.relu(x), merged), merged)
+
+    def forward_masked(
+        self, x: torch.Tensor, merged: Merged, selected: torch.Tensor
+    ) -> torch.Tensor:
+        return self.bn.forward_masked(self.conv(torch.relu(x), merged), merged, selected)
 
 
 class KShotResNetBlock(nn.Module):
@@ -80,6 +86,30 @@ class SuperCell(nn.Module):
             nodes.append(torch.zeros_like(x) if total is None else total)
         return nodes[-1]
 
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor, merged: Merged) -> torch.Tensor:
+        """Every operation of every edge runs and ``mask`` (edges × ops, bool) keeps the path's:
+        the unused ones add exact zeros, get zero gradients and leave their BN statistics alone."""
+        nodes = [x]
+        for to in range(1, 4):
+            total = None
+            for e, (t, src) in enumerate(nb201.EDGES):
+                if t != to:
+                    continue
+                h, keep = nodes[src], mask[e]
+                out = torch.where(keep[_SKIP], h, 0.0) + torch.where(
+                    keep[_POOL],
+                    F.avg_pool2d(h, 3, stride=1, padding=1, count_include_pad=False),
+                    0.0,
+                )
+                for op, branch in self.edges[e].items():
+                    selected = keep[nb201.OPS.index(op)]
+                    out = out + torch.where(
+                        selected, branch.forward_masked(h, merged, selected), 0.0
+                    )
+                total = out if total is None else total + out
+            nodes.append(total)
+        return nodes[-1]
+
 
 class NB201Supernet(nn.Module):
     """K-shot supernet over the NAS-Bench-201 cell space.
@@ -107,6 +137,11 @@ class NB201Supernet(nn.Module):
         self.last_bn = KShotBatchNorm2d(4 * C, k)
         self.classifier = KShotLinear(4 * C, num_classes, k)
         self._path_cache: dict[nb201.Arch, list[tuple[str, KShotLayer]]] = {}
+
+    @property
+    def kshot_layers(self) -> list[KShotLayer]:
+        """Every K-shot layer, in module order (what :meth:`forward_masked` merges)."""
+        return [m for m in self.modules() if isinstance(m, KShotLayer)]
 
     def path_layers(self, choice: nb201.Arch) -> list[tuple[str, KShotLayer]]:
         """``(name in the stand-alone network, K-shot layer)`` of every layer the path uses."""
@@ -144,6 +179,27 @@ class NB201Supernet(nn.Module):
         x = self.stem_bn(self.stem(x, merged), merged)
         for cell in self.cells:
             x = cell(x, merged) if isinstance(cell, KShotResNetBlock) else cell(x, choice, merged)
+        x = torch.relu(self.last_bn(x, merged))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), merged)
+
+    def forward_masked(
+        self, x: torch.Tensor, arch_code: torch.Tensor, lam: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`forward` with the path given as its one-hot code (:func:`nb201.one_hot`) instead
+        of a Python tuple: every operation runs and the code masks out all but the path's, so the
+        step's graph and shapes are the same for every path and ``torch.compile`` / CUDA graphs
+        capture it once. The logits, the path's gradients and every BN statistic equal
+        :meth:`forward`'s; parameters off the path get zero gradients where :meth:`forward` leaves
+        none (the trainer drops them before the optimiser step)."""
+        mask = arch_code.view(nb201.NUM_EDGES, nb201.NUM_OPS) > 0.5
+        merged = merge_path(self.kshot_layers, lam)
+        x = self.stem_bn(self.stem(x, merged), merged)
+        for cell in self.cells:
+            x = (
+                cell(x, merged)
+                if isinstance(cell, KShotResNetBlock)
+                else cell.forward_masked(x, mask, merged)
+            )
         x = torch.relu(self.last_bn(x, merged))
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), merged)
 

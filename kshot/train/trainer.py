@@ -18,8 +18,9 @@ cosine schedule spanning warmup and alternating training (paper §4); the simple
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
     "autocast",
     "training_batch",
     "cosine_lambda",
+    "simplex_groups",
 ]
 
 
@@ -216,6 +218,40 @@ def training_batch(
     return x[mine], y[mine]
 
 
+def simplex_groups(m: int, world: int, rank: int) -> range:
+    """Which of a simplex-net step's ``m`` groups rank ``rank`` of ``world`` runs.
+
+    Group ``i`` is the i-th of ``m`` equal chunks of the global batch, through path ``i``; a rank
+    holds the ``world``-th share of the batch, so it runs the groups its share falls in: ``m /
+    world`` whole groups each, or one group split over ``world / m`` ranks. Every image therefore
+    goes through the same path as in one process, and averaging the ranks' losses gives the mean
+    over the m paths (Eq. 8), however many processes there are.
+    """
+    if world % m and m % world:
+        raise ValueError(f"m = {m} and {world} processes: one must divide the other")
+    first = rank * m // world
+    return range(first, first + max(m // world, 1))
+
+
+def _grouped_loss(
+    forward: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    paths: Sequence[Any],
+    lams: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over groups of the cross-entropy, correct predictions): the batch in ``len(paths)``
+    equal groups, group i through ``forward(x_i, paths[i], lams[i])``."""
+    losses, correct = [], torch.zeros((), dtype=torch.long, device=x.device)
+    for xg, yg, path, lam in zip(
+        x.chunk(len(paths)), y.chunk(len(paths)), paths, lams, strict=True
+    ):
+        logits = forward(xg, path, lam)
+        losses.append(F.cross_entropy(logits, yg))
+        correct = correct + (logits.argmax(1) == yg).sum()
+    return torch.stack(losses).mean(), correct
+
+
 class KShotTrainer:
     """Owns the supernet, the simplex-net, their optimisers and the iteration counter.
 
@@ -228,11 +264,27 @@ class KShotTrainer:
     def __init__(self, cfg: Config, data: TrainData, device: torch.device) -> None:
         self.cfg, self.data, self.device = cfg, data, device
         self.world = dist.world_size()
-        if cfg.batch_size % (cfg.m * self.world):
+        if cfg.batch_size % self.world:
             raise ValueError(
-                f"config key 'batch_size' = {cfg.batch_size} must be divisible by m × workers = "
-                f"{cfg.m} × {self.world}: each rank splits its share of the batch into m groups"
+                f"config key 'batch_size' = {cfg.batch_size} must be divisible by the {self.world} "
+                "processes (workers × GPUs per worker) that share each batch"
             )
+        self.simplex_steps = cfg.lambda_mode == "learned" and cfg.k > 1
+        if self.simplex_steps:
+            try:
+                self.groups = simplex_groups(cfg.m, self.world, dist.rank())
+            except ValueError as e:
+                raise ValueError(
+                    f"config key 'm' = {cfg.m} and {self.world} processes (workers × GPUs per "
+                    "worker): one must divide the other, so that each process runs whole groups "
+                    "of a simplex-net step or one group shared evenly"
+                ) from e
+            if cfg.batch_size // self.world % len(self.groups):
+                raise ValueError(
+                    f"config key 'batch_size' = {cfg.batch_size}: each of the {self.world} "
+                    f"processes' share of {cfg.batch_size // self.world} images must split into "
+                    f"its {len(self.groups)} groups of a simplex-net step (m = {cfg.m})"
+                )
         n_train = len(data.train_labels)
         if n_train < cfg.batch_size:
             raise ValueError(
@@ -247,6 +299,17 @@ class KShotTrainer:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.supernet = self.space.supernet(cfg.k).to(device)
         self.simplex = build_simplex(cfg).to(device)
+        # config key ``compile``: the path-masked forward, whose graph is the same for every path,
+        # captured once (on CUDA with CUDA graphs: mode "reduce-overhead")
+        self.compiled = (
+            torch.compile(
+                functools.partial(_grouped_loss, self.supernet.forward_masked),
+                mode="reduce-overhead" if device.type == "cuda" else None,
+                dynamic=False,
+            )
+            if cfg.compile
+            else None
+        )
         self.opt = torch.optim.SGD(
             self.supernet.parameters(),
             lr=cfg.lr,
@@ -314,36 +377,53 @@ class KShotTrainer:
         )
 
     # ------------------------------------------------------------------ the two kinds of step
+    def _loss(
+        self, x: torch.Tensor, y: torch.Tensor, paths: Sequence[Path], lams: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, correct predictions) of the batch in groups, group i through ``paths[i]``."""
+        with autocast(self.cfg, self.device):
+            if self.compiled is None:
+                return _grouped_loss(self.supernet, x, y, paths, lams)
+            if self.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            return self.compiled(x, y, self.space.codes(paths, self.device)[0], lams)
+
+    def _drop_off_path_gradients(self, choice: Path) -> None:
+        """The masked forward gives the parameters off the path zero gradients where the path's
+        forward gives none, which SGD skips (no weight decay, no momentum): drop them, so that
+        both train alike."""
+        on_path = {p for _, layer in self.supernet.path_layers(choice) for p in layer.slots()}
+        for p in self.supernet.parameters():
+            if p not in on_path:
+                p.grad = None
+
     def supernet_step(
         self, x: torch.Tensor, y: torch.Tensor, choice: Path, lam: torch.Tensor
     ) -> tuple[float, float]:
         """Update Θ on one path with a fixed λ (Eq. 9); returns (loss, accuracy)."""
         self.supernet.train()
-        with autocast(self.cfg, self.device):
-            logits = self.supernet(x, choice, lam.detach())
-            loss = F.cross_entropy(logits, y)
+        loss, correct = self._loss(x, y, [choice], lam.detach()[None])
         self.opt.zero_grad(set_to_none=True)  # unsampled slots keep grad None: SGD skips them
         loss.backward()
+        if self.compiled is not None:
+            self._drop_off_path_gradients(choice)
         dist.all_reduce_gradients(self.supernet.parameters())
         self.opt.step()
-        acc = (logits.argmax(1) == y).float().mean()
-        return loss.item(), acc.item()
+        return loss.item(), correct.item() / len(y)
 
     def simplex_step(
         self, x: torch.Tensor, y: torch.Tensor, choices: list[Path]
     ) -> dict[str, float]:
         """Update σ on m paths, one per group of b/m images, with Θ frozen (Eq. 8); with width
-        search the loss adds α · r_c over the m paths (Eq. 17)."""
+        search the loss adds α · r_c over the m paths (Eq. 17). Under DDP each rank runs the
+        groups of its share of the batch (:func:`simplex_groups`) and computes all m λ for r_c."""
         self.supernet.train()
-        m = len(choices)
         lams = self.simplex(*self.space.codes(choices, self.device))
+        mine = self.groups
         with frozen(self.supernet):
-            with autocast(self.cfg, self.device):
-                losses = [
-                    F.cross_entropy(self.supernet(xg, c, lam), yg)
-                    for xg, yg, c, lam in zip(x.chunk(m), y.chunk(m), choices, lams, strict=True)
-                ]
-                loss = torch.stack(losses).mean()
+            loss, _ = self._loss(
+                x, y, choices[mine.start : mine.stop], lams[mine.start : mine.stop]
+            )
             out = {"simplex_loss": loss.item()}
             if self.space.has_widths:
                 widths = torch.tensor(
@@ -381,8 +461,7 @@ class KShotTrainer:
         step = self.step
         x, y = self.batch_for_step(step)
         warmup = step < self.warmup_steps
-        alternating = self.cfg.lambda_mode == "learned" and self.cfg.k > 1
-        if warmup or not alternating or (step - self.warmup_steps) % 2 == 0:
+        if warmup or not self.simplex_steps or (step - self.warmup_steps) % 2 == 0:
             (choice,) = self.paths_for_step(step, 1)
             loss, acc = self.supernet_step(x, y, choice, self.lam_for(choice, warmup, step))
             out = {"supernet_loss": loss, "supernet_acc": acc}
