@@ -7,11 +7,13 @@ error here, where a real API server would silently prune it — and plays a scri
 job: one scenario step per GET of the job, pods and their log as the operators would make them.
 
 Paths: create / get / delete the custom object, list pods by ``labelSelector``, read a pod's log
-(``tailLines``, ``follow``, ``previous``), read a ConfigMap. A forbidden namespace answers 403.
+(``tailLines``, ``follow``, ``previous``), read a ConfigMap. A forbidden namespace answers 403;
+scripted ``errors`` answer chosen requests with an error status or hang up on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -47,8 +49,12 @@ _KINDS = {
     "PyTorchJob": ("kubeflow.org", "pytorchjobs"),
     "TrainJob": ("trainer.kubeflow.org", "trainjobs"),
 }
-# What a scenario step may be; the job and its pods at that step.
-STEPS = ("created", "running", "succeeded", "failed", "unschedulable", "sigterm")
+# What a scenario step may be; the job and its pods at that step. "restarted": running again in a
+# master pod that the operator recreated under the same name (restartPolicy ExitCode).
+STEPS = ("created", "running", "restarted", "succeeded", "failed", "unschedulable", "sigterm")
+# The requests that ``errors`` can fail; 0 as a status hangs up without an answer.
+FAULTY_REQUESTS = ("create", "get", "delete", "pods")
+HANG_UP = 0
 FAILURE_REASON = "PyTorchJobFailed"
 FAILURE_MESSAGE = "PyTorchJob kshot is failed because 1 Master replica(s) failed."
 UNSCHEDULABLE_MESSAGE = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
@@ -120,6 +126,11 @@ class _Job:
     def step(self) -> str:
         return self.steps[min(self.gets, len(self.steps)) - 1] if self.gets else "created"
 
+    @property
+    def master_recreated(self) -> bool:
+        """Whether the scenario has passed a "restarted" step: the master pod has a new uid."""
+        return "restarted" in self.steps[: self.gets]
+
 
 @dataclass
 class FakeKube:
@@ -133,6 +144,8 @@ class FakeKube:
         requests: every request received, in order.
         jobs: ``(namespace, plural, name) → job`` for every job created (deleted ones included).
         rejected: the schema errors of refused creates.
+        errors: request kind (:data:`FAULTY_REQUESTS`) → statuses that its next requests get
+            instead of an answer, in order; :data:`HANG_UP` closes the connection.
     """
 
     scenario: list[str] = field(default_factory=lambda: ["created", "running", "succeeded"])
@@ -142,12 +155,16 @@ class FakeKube:
     requests: list[Request] = field(default_factory=list)
     jobs: dict[tuple[str, str, str], _Job] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
+    errors: dict[str, list[int]] = field(default_factory=dict)
 
     def start(self) -> FakeKube:
         """Serve on a free port of 127.0.0.1 in a daemon thread."""
         unknown = sorted(set(self.scenario) - set(STEPS))
         if unknown:
             raise ValueError(f"unknown scenario steps {unknown}; steps are {STEPS}")
+        unknown = sorted(set(self.errors) - set(FAULTY_REQUESTS))
+        if unknown:
+            raise ValueError(f"unknown faulty requests {unknown}; they are {FAULTY_REQUESTS}")
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -183,6 +200,16 @@ class FakeKube:
         """The bodies of all jobs created, as posted."""
         return [job.body for job in self.jobs.values()]
 
+    def add_job(self, body: dict[str, Any], steps: list[str]) -> None:
+        """A job that exists before the test's launch (an earlier attempt left it), at ``steps``.
+
+        Its first GET shows ``steps[0]``, as for a created one.
+        """
+        validate_against_crd(body)
+        key = (body["metadata"]["namespace"], _KINDS[body["kind"]][1], body["metadata"]["name"])
+        with self._lock:
+            self.jobs[key] = _Job(copy.deepcopy(body), list(steps))
+
     # Handling (called from the server threads).
 
     def handle(self, method: str, url: str, body: bytes) -> tuple[int, Any]:
@@ -194,6 +221,10 @@ class FakeKube:
             namespace = re.match(r"^/apis?/.*?/namespaces/([^/]+)", path)
             if namespace and namespace.group(1) in self.forbidden_namespaces:
                 return 403, _status(403, "Forbidden", f"forbidden: namespace {namespace.group(1)}")
+            faults = self.errors.get(_request_kind(method, path), [])
+            if faults:
+                code = faults.pop(0)
+                return code, _status(code, "Injected", f"injected {code} for {method} {path}")
             if match := _CUSTOM_OBJECT.match(path):
                 return self._custom_object(method, match.groupdict(), body)
             if method == "GET" and (match := _PODS.match(path)):
@@ -264,6 +295,15 @@ class FakeKube:
         return 404, _status(404, "NotFound", f"pods {pod_name} not found")
 
 
+def _request_kind(method: str, path: str) -> str:
+    """Which of :data:`FAULTY_REQUESTS` a request is ("" for none)."""
+    if match := _CUSTOM_OBJECT.match(path):
+        if method == "POST" and not match["name"]:
+            return "create"
+        return {"GET": "get", "DELETE": "delete"}.get(method, "") if match["name"] else ""
+    return "pods" if method == "GET" and _PODS.match(path) else ""
+
+
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -279,7 +319,7 @@ def _conditions(job: _Job) -> list[dict[str, str]]:
     kind = job.body["kind"]
     done = {"PyTorchJob": "Succeeded", "TrainJob": "Complete"}[kind]
     conditions = [{"type": "Created", "status": "True", "reason": "Created", "message": ""}]
-    if job.step in ("running", "sigterm", "succeeded", "failed"):
+    if job.step in ("running", "restarted", "sigterm", "succeeded", "failed"):
         conditions.append({"type": "Running", "status": "True", "reason": "Running"})
     if job.step == "succeeded":
         conditions.append({"type": done, "status": "True", "reason": done, "message": "done"})
@@ -326,6 +366,9 @@ def _pods(job: _Job, master_log: str) -> list[dict[str, Any]]:
                 "jobset.sigs.k8s.io/job-index": "0",
             }
             annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
+        # Pods keep their uid, but for a master that the operator recreated.
+        recreated = rank == 0 and job.master_recreated
+        uid = f"{pod_name}-{'recreated' if recreated else 'first'}"
         log = master_log if rank == 0 else ""
         if job.step == "failed" and rank == 0:
             log += "Traceback (most recent call last):\nRuntimeError: CUDA error: out of memory\n"
@@ -337,6 +380,7 @@ def _pods(job: _Job, master_log: str) -> list[dict[str, Any]]:
                 "metadata": {
                     "name": pod_name,
                     "namespace": body["metadata"]["namespace"],
+                    "uid": uid,
                     "labels": labels,
                     "annotations": annotations,
                 },
@@ -358,7 +402,7 @@ def _pod_status(step: str, container: str, *, failing: bool) -> dict[str, Any]:
             "message": UNSCHEDULABLE_MESSAGE,
         }
         return {"phase": "Pending", "conditions": [scheduled]}
-    if step in ("running", "sigterm"):
+    if step in ("running", "restarted", "sigterm"):
         phase, state, ready = "Running", {"running": {"startedAt": "2026-01-01T00:00:00Z"}}, True
     if step == "succeeded" or (step == "failed" and not failing):
         phase, state = "Succeeded", {"terminated": {"exitCode": 0, "reason": "Completed"}}
@@ -374,7 +418,7 @@ def _pod_status(step: str, container: str, *, failing: bool) -> dict[str, Any]:
         "state": state,
     }
     if step == "failed" and failing:
-        # restartPolicy OnFailure: the run before the last one died too.
+        # A restart in place (restartPolicy OnFailure): the run before the last one died too.
         container_status["restartCount"] = 1
         container_status["lastState"] = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
     return {"phase": phase, "conditions": [scheduled], "containerStatuses": [container_status]}
@@ -385,14 +429,19 @@ def _handler_for(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
         def _respond(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             code, payload = fake.handle(self.command, self.path, self.rfile.read(length))
+            if code == HANG_UP:
+                self.close_connection = True
+                return
             text = payload if isinstance(payload, str) else json.dumps(payload)
             data = text.encode()
-            self.send_response(code)
             content_type = "text/plain" if isinstance(payload, str) else "application/json"
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            # A client cancelled mid-request (SIGTERM, Ctrl-C) has gone: nothing to answer.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         do_GET = do_POST = do_DELETE = _respond  # noqa: N815
 

@@ -3,20 +3,25 @@ reported and cleaned up as promised — against a fake API server driven by the 
 
 from __future__ import annotations
 
+import ast
 import itertools
+import math
+import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from kshot.launch import kube
-from kshot.launch.kube import JobCancelled, render_job, run_job
-from kshot.launch.pytorchjob import render_pytorchjob
+from kshot.launch.kube import LAUNCH_HASH_ANNOTATION, JobCancelled, render_job, run_job
+from kshot.launch.pytorchjob import image_pull_policy, render_pytorchjob
 from kshot.launch.spec import LaunchError, LaunchSpec
 from kshot.launch.trainjob import render_trainjob
 from kshot.stages import HEAVY_STAGES
 from tests.fake_kube import (
     FAILURE_MESSAGE,
     FAILURE_REASON,
+    HANG_UP,
     SHARED_KUBEFLOW,
     UNSCHEDULABLE_MESSAGE,
     FakeKube,
@@ -32,8 +37,10 @@ RUN_LABEL = {"pipelines.kubeflow.org/run_id": "3f2a9c1e-run"}
 GPU_OVERRIDES = {
     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"},
-    "serviceAccountName": "kshot-runner",
+    "serviceAccountName": "kshot-worker",
 }
+RESOURCES = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}
+PULL_SECRETS = [{"name": "regcred"}]
 BACKENDS = ("pytorchjob", "trainjob")
 FAST = {"poll_s": 0.02, "timeout_s": 10.0, "schedule_timeout_s": 5.0}
 
@@ -65,6 +72,13 @@ def start_fake() -> Iterator[Callable[..., FakeKube]]:
         server.stop()
 
 
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry backoff in hundredths of a second."""
+    monkeypatch.setattr(kube, "_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(kube, "_RETRY_MAX_S", 0.04)
+
+
 def launch(fake: FakeKube, spec: LaunchSpec, backend: str = "pytorchjob", **options: object):
     lines: list[str] = []
     options = {**FAST, "launch_defaults": None, **options}
@@ -81,9 +95,13 @@ def launch(fake: FakeKube, spec: LaunchSpec, backend: str = "pytorchjob", **opti
 )
 def test_every_render_fits_its_crd(stage: str, workers: int, gpus: int) -> None:
     spec = make_spec(stage=stage, workers=workers, gpus_per_worker=gpus)
-    for overrides in (None, GPU_OVERRIDES):
+    with_resources = {**GPU_OVERRIDES, "resources": RESOURCES}
+    for overrides in (None, GPU_OVERRIDES, with_resources):
         validate_against_crd(render_pytorchjob(spec, pod_overrides=overrides))
         validate_against_crd(render_trainjob(spec, pod_overrides=overrides))
+    everything = {**with_resources, "imagePullSecrets": PULL_SECRETS}
+    validate_against_crd(render_job(spec, "pytorchjob", pod_overrides=everything, timeout_s=60))
+    validate_against_crd(render_job(spec, "trainjob", pod_overrides=with_resources, timeout_s=60))
 
 
 @pytest.mark.parametrize(("workers", "gpus"), [(1, 0), (2, 1), (4, 8)])
@@ -95,9 +113,14 @@ def test_pytorchjob_is_one_master_and_the_rest_workers(workers: int, gpus: int) 
     assert replicas.get("Worker", {}).get("replicas", 0) == workers - 1
     assert ("Worker" in replicas) == (workers > 1)
     assert job["spec"]["nprocPerNode"] == str(max(1, gpus))
-    assert job["spec"]["runPolicy"] == {"backoffLimit": 5, "cleanPodPolicy": "Running"}
+    assert job["spec"]["runPolicy"] == {
+        "backoffLimit": 5,
+        "cleanPodPolicy": "Running",
+        "ttlSecondsAfterFinished": 24 * 3600,
+    }
     for replica in replicas.values():
-        assert replica["restartPolicy"] == "OnFailure"
+        # Exit codes 1-127 (torchrun's for any failed worker) are permanent: no rerun.
+        assert replica["restartPolicy"] == "ExitCode"
         assert replica["template"]["metadata"]["labels"] == job["metadata"]["labels"]
         (container,) = replica["template"]["spec"]["containers"]
         assert container["name"] == "pytorch"
@@ -128,6 +151,103 @@ def test_trainjob_runs_torchrun_on_the_torch_distributed_runtime() -> None:
     assert job["spec"]["labels"] == job["metadata"]["labels"]
 
 
+def test_every_pytorchjob_pod_skips_istio_runs_as_non_root_with_a_capped_shm() -> None:
+    job = render_pytorchjob(make_spec(workers=3))
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        template = replica["template"]
+        assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+        pod = template["spec"]
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+        }
+        (volume,) = pod["volumes"]
+        assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    (override,) = render_trainjob(make_spec())["spec"]["podSpecOverrides"]
+    assert override["volumes"][0]["emptyDir"]["sizeLimit"] == "16Gi"
+
+
+@pytest.mark.parametrize(
+    ("image", "policy"),
+    [
+        ("ghcr.io/acme/kshot", "Always"),
+        ("ghcr.io/acme/kshot:latest", "Always"),
+        ("localhost:5000/kshot", "Always"),
+        ("localhost:5000/kshot:1.2", "IfNotPresent"),
+        ("ghcr.io/acme/kshot:0.1.0", "IfNotPresent"),
+        ("ghcr.io/acme/kshot@sha256:" + "a" * 64, "IfNotPresent"),
+    ],
+)
+def test_a_moving_tag_is_always_pulled(image: str, policy: str) -> None:
+    assert image_pull_policy(image) == policy
+    job = render_pytorchjob(make_spec(image=image))
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert container["imagePullPolicy"] == policy
+
+
+def test_resources_and_pull_secrets_overrides_reach_the_pods() -> None:
+    spec = make_spec(workers=2, gpus_per_worker=8)
+    overrides = {"resources": RESOURCES, "imagePullSecrets": PULL_SECRETS}
+    job = render_pytorchjob(spec, pod_overrides=overrides)
+    limits = {"memory": "32Gi", "nvidia.com/gpu": 8}
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        assert pod["imagePullSecrets"] == PULL_SECRETS
+        assert "resources" not in pod
+        (container,) = pod["containers"]
+        assert container["resources"] == {"requests": RESOURCES["requests"], "limits": limits}
+    trainjob = render_trainjob(spec, pod_overrides={"resources": RESOURCES})
+    assert trainjob["spec"]["trainer"]["resourcesPerNode"] == {
+        "requests": RESOURCES["requests"],
+        "limits": limits,
+    }
+    (override,) = trainjob["spec"]["podSpecOverrides"]
+    assert "resources" not in override
+    assert RESOURCES["limits"] == {"memory": "32Gi"}  # the caller's dict is left as it was
+    with pytest.raises(LaunchError, match="TrainJob .*imagePullSecrets|imagePullSecrets.*TrainJob"):
+        render_trainjob(spec, pod_overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"resources": {"requests": {"cpu": "lots"}}}, "resources.requests.cpu = 'lots'"),
+        ({"resources": {"limits": {"nvidia.com/gpu": 1}}}, "gpus_per_worker"),
+        ({"resources": {"claims": []}}, "resources must map"),
+        ({"resources": {"requests": ["cpu"]}}, "resources.requests must map"),
+        ({"imagePullSecrets": ["regcred"]}, "imagePullSecrets must be a list"),
+    ],
+)
+def test_malformed_resources_or_pull_secrets_are_refused(overrides, complaint) -> None:
+    with pytest.raises(LaunchError, match=re.escape(complaint)):
+        render_pytorchjob(make_spec(), pod_overrides=overrides)
+
+
+def test_the_launch_timeout_is_the_pytorchjob_deadline() -> None:
+    job = render_job(make_spec(), "pytorchjob", timeout_s=3600.5)
+    assert job["spec"]["runPolicy"]["activeDeadlineSeconds"] == math.ceil(3600.5)
+    default = render_job(make_spec(), "pytorchjob")["spec"]["runPolicy"]
+    assert default["activeDeadlineSeconds"] == 7 * 24 * 3600  # run_job's default timeout
+    no_deadline = render_job(make_spec(), "pytorchjob", timeout_s=None)["spec"]["runPolicy"]
+    assert "activeDeadlineSeconds" not in no_deadline
+    with pytest.raises(LaunchError, match="active_deadline_s"):
+        render_pytorchjob(make_spec(), active_deadline_s=0)
+
+
+def test_the_launch_hash_follows_what_is_rendered() -> None:
+    def launch_hash(job: dict) -> str:
+        return job["metadata"]["annotations"][LAUNCH_HASH_ANNOTATION]
+
+    spec = make_spec(name="kshot-train-mine")
+    same = launch_hash(render_job(spec, "pytorchjob"))
+    assert launch_hash(render_job(spec, "pytorchjob")) == same
+    assert launch_hash(render_job(spec, "pytorchjob", backoff_limit=0)) != same
+    assert (
+        launch_hash(render_job(make_spec(name="kshot-train-mine", workers=3), "pytorchjob")) != same
+    )
+
+
 def test_labels_carry_the_run_id_app_and_stage() -> None:
     labels = render_pytorchjob(make_spec(stage="search"))["metadata"]["labels"]
     assert labels == {**RUN_LABEL, "app.kubernetes.io/name": "kshot", "kshot/stage": "search"}
@@ -139,7 +259,7 @@ def test_pod_overrides_reach_every_pod_template() -> None:
         pod = replica["template"]["spec"]
         assert pod["tolerations"] == GPU_OVERRIDES["tolerations"]
         assert pod["nodeSelector"] == GPU_OVERRIDES["nodeSelector"]
-        assert pod["serviceAccountName"] == "kshot-runner"
+        assert pod["serviceAccountName"] == "kshot-worker"
     explicit = render_pytorchjob(make_spec(), service_account="other", pod_overrides=GPU_OVERRIDES)
     master = explicit["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert master["serviceAccountName"] == "other"
@@ -193,7 +313,7 @@ def test_a_job_that_succeeds_streams_its_log_once_and_is_deleted(start_fake, bac
     log_lines = [line for line in lines if line.startswith(("epoch", "done"))]
     assert log_lines == ["epoch 1/2 loss 0.9", "epoch 2/2 loss 0.4", "done"]
     assert fake.deleted(name)
-    assert fake.created_bodies() == [render_job(spec, backend)]
+    assert fake.created_bodies() == [render_job(spec, backend, timeout_s=FAST["timeout_s"])]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -273,29 +393,136 @@ def test_a_forbidden_namespace_is_named_with_the_service_account_hint(start_fake
         launch(fake, make_spec(namespace="team-a"))
     message = str(raised.value)
     assert "forbidden to create pytorchjobs.kubeflow.org in namespace 'team-a'" in message
-    assert "kshot-runner" in message and "default-editor" in message
+    assert "kshot-launcher" in message and "default-editor" in message
     assert fake.jobs == {}
     assert not any(request.method == "DELETE" for request in fake.requests)
 
 
-def test_an_existing_job_of_the_same_name_is_left_alone(start_fake) -> None:
+def test_an_existing_job_of_another_launch_is_left_alone(start_fake) -> None:
     fake = start_fake()
     launch(fake, make_spec(name="kshot-train-mine"), delete_policy="never")
-    with pytest.raises(LaunchError, match="already exists"):
-        launch(fake, make_spec(name="kshot-train-mine"))
+    with pytest.raises(LaunchError, match="already exists and was not made by this launch"):
+        launch(fake, make_spec(name="kshot-train-mine", config={"k": 8}))
     assert not fake.deleted("kshot-train-mine")
+
+
+def existing(fake: FakeKube, spec: LaunchSpec, backend: str, steps: list[str]) -> str:
+    """Make the job that an earlier attempt of this launch left; returns its name."""
+    body = render_job(spec, backend, timeout_s=FAST["timeout_s"])
+    fake.add_job(body, steps)
+    return body["metadata"]["name"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_retried_step_adopts_its_running_job(start_fake, backend) -> None:
+    fake = start_fake(master_log="epoch 1/1 loss 0.5\ndone\n")
+    name = existing(fake, make_spec(), backend, ["running", "running", "succeeded"])
+    job, lines = launch(fake, make_spec(), backend)
+    assert job["metadata"]["name"] == name
+    assert any(line.startswith("adopted the existing") for line in lines)
+    assert [line for line in lines if line.startswith(("epoch", "done"))] == [
+        "epoch 1/1 loss 0.5",
+        "done",
+    ]
+    assert [r.method for r in fake.requests if r.method != "GET"] == ["POST", "DELETE"]
+    assert fake.deleted(name)
+
+
+def test_a_retried_step_whose_job_succeeded_returns_at_once(start_fake) -> None:
+    fake = start_fake(scenario=["failed"])  # a new job would fail
+    name = existing(fake, make_spec(), "pytorchjob", ["succeeded"])
+    job, lines = launch(fake, make_spec())
+    assert any(c["type"] == "Succeeded" for c in job["status"]["conditions"])
+    assert f"adopted the existing PyTorchJob kubeflow-user/{name}" in lines
+    assert f"pytorchjobs kubeflow-user/{name} succeeded" in lines
+    assert [r.method for r in fake.requests if r.method != "GET"] == ["POST", "DELETE"]
+    assert fake.deleted(name)
+
+
+def test_a_retried_step_replaces_its_failed_job(start_fake) -> None:
+    fake = start_fake()
+    name = existing(fake, make_spec(), "pytorchjob", ["failed"])
+    job, lines = launch(fake, make_spec())
+    assert any(c["type"] == "Succeeded" for c in job["status"]["conditions"])
+    assert any("failed: replacing it" in line for line in lines)
+    methods = [r.method for r in fake.requests if r.method != "GET"]
+    assert methods == ["POST", "DELETE", "POST", "DELETE"]
+    assert fake.deleted(name)
 
 
 def test_launch_defaults_configmap_places_the_pods(start_fake) -> None:
     data = {
         "tolerations": "- {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}\n",
         "nodeSelector": "cloud.google.com/gke-accelerator: nvidia-tesla-a100\n",
-        "serviceAccountName": "kshot-runner",
+        "serviceAccountName": "kshot-worker",
     }
     fake = start_fake(config_maps={("kubeflow-user", "kshot-launch-defaults"): data})
     spec = make_spec()
     launch(fake, spec, launch_defaults="kshot-launch-defaults")
-    assert fake.created_bodies() == [render_pytorchjob(spec, pod_overrides=GPU_OVERRIDES)]
+    expected = render_job(spec, "pytorchjob", pod_overrides=GPU_OVERRIDES, timeout_s=10.0)
+    assert fake.created_bodies() == [expected]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transient_api_errors_are_retried(start_fake, fast_retries, backend) -> None:
+    errors = {
+        "create": [503],
+        "get": [503, 429, HANG_UP, HANG_UP, HANG_UP, HANG_UP, 500],
+        "pods": [502],
+        "delete": [504],
+    }
+    fake = start_fake(errors=errors)
+    job, lines = launch(fake, make_spec(), backend)
+    assert fake.deleted(job["metadata"]["name"])
+    retried = [line for line in lines if "; retrying in" in line]
+    assert len(retried) == 7  # four hang-ups are one error after urllib3's own three retries
+    assert any("503 Service Unavailable" in line for line in retried)
+    assert any("MaxRetryError" in line for line in retried)
+    assert all(not codes for codes in errors.values())
+
+
+def test_api_errors_that_outlast_the_timeout_fail_the_launch(start_fake, fast_retries) -> None:
+    fake = start_fake(errors={"get": [503] * 10_000})
+    with pytest.raises(LaunchError, match="could not get pytorchjobs .*: 503"):
+        launch(fake, make_spec(), timeout_s=0.3)
+    (name,) = {body["metadata"]["name"] for body in fake.created_bodies()}
+    assert fake.deleted(name)
+
+
+@pytest.mark.parametrize(
+    ("status", "complaint"), [(403, "forbidden to get pytorchjobs"), (404, "disappeared")]
+)
+def test_a_permanent_api_error_while_waiting_fails_at_once(start_fake, status, complaint) -> None:
+    fake = start_fake(errors={"get": [status]})
+    with pytest.raises(LaunchError, match=complaint):
+        launch(fake, make_spec())
+    assert sum(r.method == "GET" and "pytorchjobs" in r.path for r in fake.requests) == 1
+
+
+def test_a_recreated_master_pod_has_its_log_streamed_anew(start_fake) -> None:
+    """Under restartPolicy ExitCode the operator recreates the pod under the same name."""
+    fake = start_fake(
+        scenario=["running"] * 15 + ["restarted"] * 15 + ["succeeded"],
+        master_log="resumed at epoch 1\ndone\n",
+    )
+    _, lines = launch(fake, make_spec())
+    assert lines.count("resumed at epoch 1") == 2
+    assert lines.count("done") == 2
+
+
+def test_every_api_call_has_a_request_timeout() -> None:
+    """Without one, a call to an API server that went silent waits forever."""
+    tree = ast.parse(Path(kube.__file__).read_text())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and re.match(r"^(create|read|get|list|delete)_namespaced_\w+$", node.func.attr)
+    ]
+    assert len(calls) >= 6
+    for call in calls:
+        assert "_request_timeout" in {keyword.arg for keyword in call.keywords}, call.func.attr
 
 
 def test_a_malformed_configmap_stops_the_launch_before_create(start_fake) -> None:

@@ -89,11 +89,15 @@ def test_no_secret_or_key_file_anywhere(directory: Path) -> None:
     assert not by_kind(objects, "Secret")
     text = yaml.safe_dump_all(objects)
     assert "private_key" not in text and "GOOGLE_APPLICATION_CREDENTIALS" not in text
-    (account,) = by_kind(objects, "ServiceAccount")
-    assert account["metadata"]["name"] == "kshot-runner"
-    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
-        ".iam.gserviceaccount.com"
-    )
+    accounts = {obj["metadata"]["name"]: obj for obj in by_kind(objects, "ServiceAccount")}
+    assert set(accounts) == {"kshot-launcher", "kshot-worker"}
+    for account in accounts.values():
+        assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].endswith(
+            ".iam.gserviceaccount.com"
+        )
+    # The training pods call no Kubernetes API: no token in them.
+    assert accounts["kshot-worker"]["automountServiceAccountToken"] is False
+    assert accounts["kshot-launcher"]["automountServiceAccountToken"] is True
 
 
 def test_the_role_grants_exactly_what_the_launcher_calls() -> None:
@@ -119,7 +123,7 @@ def test_the_role_grants_exactly_what_the_launcher_calls() -> None:
     assert config_map_rule["resourceNames"] == [LAUNCH_DEFAULTS_CONFIGMAP]
 
 
-def test_the_role_is_bound_to_the_runner_and_the_kfp_default_editor() -> None:
+def test_the_role_is_bound_to_the_launcher_and_the_kfp_default_editor_not_the_worker() -> None:
     objects = kustomize(MANIFESTS / "base")
     (binding,) = by_kind(objects, "RoleBinding")
     (role,) = by_kind(objects, "Role")
@@ -129,7 +133,8 @@ def test_the_role_is_bound_to_the_runner_and_the_kfp_default_editor() -> None:
         "name": role["metadata"]["name"],
     }
     subjects = {(s["kind"], s["name"]) for s in binding["subjects"]}
-    assert subjects == {("ServiceAccount", "kshot-runner"), ("ServiceAccount", "default-editor")}
+    assert subjects == {("ServiceAccount", "kshot-launcher"), ("ServiceAccount", "default-editor")}
+    assert len(by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding")) == 1
 
 
 def launch_defaults(directory: Path) -> dict[str, Any]:
@@ -144,8 +149,9 @@ def launch_defaults(directory: Path) -> dict[str, Any]:
 def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods() -> None:
     base = launch_defaults(MANIFESTS / "base")
     gpu = launch_defaults(MANIFESTS / "overlays" / "gpu")
-    assert base == {"serviceAccountName": "kshot-runner"}
-    assert gpu["serviceAccountName"] == "kshot-runner"
+    assert base["serviceAccountName"] == gpu["serviceAccountName"] == "kshot-worker"
+    assert set(base) == {"serviceAccountName", "resources"}
+    assert gpu["resources"] == base["resources"]
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     assert gpu["nodeSelector"]
     spec = LaunchSpec("train", {}, workers=2, gpus_per_worker=8)
@@ -154,8 +160,17 @@ def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods(
         pod = replica["template"]["spec"]
         assert pod["tolerations"] == gpu["tolerations"]
         assert pod["nodeSelector"] == gpu["nodeSelector"]
-    (override,) = render_trainjob(spec, pod_overrides=gpu)["spec"]["podSpecOverrides"]
+        assert pod["serviceAccountName"] == "kshot-worker"
+        (container,) = pod["containers"]
+        # CPU/memory requests keep the pods out of the BestEffort class, first to be evicted.
+        assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+        assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    trainjob = render_trainjob(spec, pod_overrides=gpu)
+    (override,) = trainjob["spec"]["podSpecOverrides"]
     assert override["tolerations"] == gpu["tolerations"]
+    assert (
+        trainjob["spec"]["trainer"]["resourcesPerNode"]["requests"] == gpu["resources"]["requests"]
+    )
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -208,6 +223,17 @@ def test_the_image_installs_this_project_as_a_non_root_user(dockerfile: Path) ->
         for instruction, args in steps
         if instruction in ("ENV", "ARG") and secrets.search(args)
     ]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_kfp_artifact_mount_points_belong_to_the_image_user(dockerfile: Path) -> None:
+    """The KFP v2 launcher mkdirs /gcs, /minio and /s3 and fails as non-root (pipelines#10397)."""
+    steps = instructions(dockerfile)
+    last_user = max(i for i, (instruction, _) in enumerate(steps) if instruction == "USER")
+    user = steps[last_user][1]
+    runs = " && ".join(args for instruction, args in steps[:last_user] if instruction == "RUN")
+    assert re.search(r"mkdir -p /gcs /minio /s3\b", runs)
+    assert re.search(rf"chown {re.escape(user)} /gcs /minio /s3\b", runs)
 
 
 def test_the_gpu_image_is_an_official_pytorch_cuda_runtime() -> None:

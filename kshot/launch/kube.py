@@ -8,6 +8,14 @@ never scheduled, pods never started, the overall timeout, a forbidden namespace.
 deleted per ``delete_policy`` — and always when the wait is cancelled (Ctrl-C, or SIGTERM as when
 Kubeflow Pipelines stops a run), so a cancelled step leaves no GPUs busy.
 
+A retried KFP step renders the same job name: a job of that very launch (same
+:data:`LAUNCH_HASH_ANNOTATION`) that is still running or has succeeded is adopted and watched as if
+just created; a failed one is replaced. A launcher killed outright leaves its job behind: the
+PyTorchJob's ``activeDeadlineSeconds`` (the launcher's timeout) and ``ttlSecondsAfterFinished``
+let the operator stop and remove it. Every API call has a request timeout; 429, 5xx and connection
+errors are retried with exponential backoff (within the overall timeout), so one flaky response
+does not kill a week of training.
+
 Pod placement (GPU tolerations, node selector, service account) comes from the caller or from the
 ``kshot-launch-defaults`` ConfigMap in the namespace, which ``manifests/`` installs and its GPU
 overlay patches.
@@ -16,12 +24,15 @@ overlay patches.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import math
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from kubernetes import client, config
@@ -43,14 +54,34 @@ __all__ = [
     "DeletePolicy",
     "JobCancelled",
     "LAUNCH_DEFAULTS_CONFIGMAP",
+    "LAUNCH_HASH_ANNOTATION",
 ]
 
 Backend = Literal["pytorchjob", "trainjob"]
 DeletePolicy = Literal["always", "on-success", "never"]
 LAUNCH_DEFAULTS_CONFIGMAP = "kshot-launch-defaults"
+# A hash of the rendered job: a job of the same name is adopted only when it carries the same one.
+LAUNCH_HASH_ANNOTATION = "kshot/launch-hash"
 _DELETE_POLICIES = ("always", "on-success", "never")
+# run_job's default timeout; render_job's too, so that a dry run shows the job a launch creates.
+_DEFAULT_TIMEOUT_S = 7 * 24 * 3600.0
 _LOG_TAIL_LINES = 30
 _DRAIN_TIMEOUT_S = 5.0
+# (connect, read) seconds of one API call; the client ignores a lone float.
+_REQUEST_TIMEOUT = (10.0, 30.0)
+# A followed log may stay silent for long; after this the stream reconnects (seen lines skipped).
+_LOG_FOLLOW_TIMEOUT = (10.0, 300.0)
+# Backoff of retried API calls: first delay, largest delay, longest outage tolerated.
+_RETRY_FIRST_S = 1.0
+_RETRY_MAX_S = 30.0
+_MAX_OUTAGE_S = 900.0
+# How long the final delete keeps retrying (a cancelled pod has a short grace period).
+_CLEANUP_S = 20.0
+# How long a failed job being replaced may take to go away.
+_GONE_TIMEOUT_S = 120.0
+# A job of the same name that keeps reappearing is not ours to fight over.
+_CREATE_ATTEMPTS = 3
+_T = TypeVar("_T")
 
 
 class JobCancelled(LaunchError):
@@ -135,15 +166,18 @@ def render_job(
     service_account: str = "",
     backoff_limit: int = 2,
     pod_overrides: Mapping[str, Any] | None = None,
+    timeout_s: float | None = _DEFAULT_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """The job object ``run_job`` creates for ``backend``.
+    """The job object ``run_job`` creates for ``backend``, marked with its hash.
 
     Args:
         spec: the launch.
         backend: ``"pytorchjob"`` or ``"trainjob"``.
         service_account: the pods' service account; empty: from ``pod_overrides`` or the default.
         backoff_limit: PyTorchJob restarts before failing (TrainJob: the runtime decides).
-        pod_overrides: tolerations, nodeSelector, serviceAccountName of the pods.
+        pod_overrides: :data:`kshot.launch.pytorchjob.POD_OVERRIDE_KEYS` of the pods.
+        timeout_s: the launcher's timeout, the PyTorchJob's ``activeDeadlineSeconds`` (a TrainJob
+            has none); None: no deadline.
 
     Returns:
         The PyTorchJob or TrainJob as a dict.
@@ -152,15 +186,20 @@ def render_job(
         LaunchError: on an unknown backend or anything the renderers refuse.
     """
     if backend == "pytorchjob":
-        return render_pytorchjob(
+        body = render_pytorchjob(
             spec,
             service_account=service_account,
             backoff_limit=backoff_limit,
             pod_overrides=pod_overrides,
+            active_deadline_s=None if timeout_s is None else max(1, math.ceil(timeout_s)),
         )
-    if backend == "trainjob":
-        return render_trainjob(spec, service_account=service_account, pod_overrides=pod_overrides)
-    raise LaunchError(f"backend {backend!r} is not one of {', '.join(JOB_KINDS)}")
+    elif backend == "trainjob":
+        body = render_trainjob(spec, service_account=service_account, pod_overrides=pod_overrides)
+    else:
+        raise LaunchError(f"backend {backend!r} is not one of {', '.join(JOB_KINDS)}")
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    body["metadata"]["annotations"] = {LAUNCH_HASH_ANNOTATION: digest[:16]}
+    return body
 
 
 def load_launch_defaults(
@@ -182,7 +221,9 @@ def load_launch_defaults(
         LaunchError: when reading is forbidden or the content is malformed.
     """
     try:
-        config_map = client.CoreV1Api(api_client).read_namespaced_config_map(name, namespace)
+        config_map = client.CoreV1Api(api_client).read_namespaced_config_map(
+            name, namespace, _request_timeout=_REQUEST_TIMEOUT
+        )
     except ApiException as error:
         if error.status == 404:
             return {}
@@ -202,7 +243,7 @@ def run_job(
     backend: Backend = "pytorchjob",
     *,
     api_client: client.ApiClient | None = None,
-    timeout_s: float = 7 * 24 * 3600,
+    timeout_s: float = _DEFAULT_TIMEOUT_S,
     poll_s: float = 10.0,
     delete_policy: DeletePolicy = "always",
     log: Callable[[str], None] = print,
@@ -218,7 +259,7 @@ def run_job(
         spec: the stage to run and where.
         backend: ``"pytorchjob"`` (Training Operator) or ``"trainjob"`` (Trainer v2).
         api_client: the cluster; default: in-cluster config, else the kubeconfig.
-        timeout_s: longest wait for the job to end.
+        timeout_s: longest wait for the job to end; also the PyTorchJob's deadline.
         poll_s: seconds between status polls.
         delete_policy: delete the job at the end ``"always"``, ``"on-success"`` or ``"never"``
             (a cancelled wait always deletes it).
@@ -226,7 +267,7 @@ def run_job(
         schedule_timeout_s: longest wait for the first pod to run.
         service_account: the pods' service account (overrides the launch defaults).
         backoff_limit: PyTorchJob restarts before the job fails.
-        pod_overrides: tolerations, nodeSelector, serviceAccountName; None: read the
+        pod_overrides: :data:`kshot.launch.pytorchjob.POD_OVERRIDE_KEYS`; None: read the
             ``launch_defaults`` ConfigMap.
         launch_defaults: the ConfigMap of pod overrides; None: none.
 
@@ -234,8 +275,9 @@ def run_job(
         The job object as last read, with its final status.
 
     Raises:
-        LaunchError: on bad input (before any request), a refused create, a failed, unschedulable
-            or timed-out job; :class:`JobCancelled` when SIGTERM stops the wait.
+        LaunchError: on bad input (before any request), a refused create, a job of the same name
+            from another launch, a failed, unschedulable or timed-out job, an API server that
+            stays unreachable; :class:`JobCancelled` when SIGTERM stops the wait.
     """
     if backend not in JOB_KINDS:
         raise LaunchError(f"backend {backend!r} is not one of {', '.join(JOB_KINDS)}")
@@ -248,7 +290,11 @@ def run_job(
     ):
         if not value > 0:
             raise LaunchError(f"{label} = {value} must be > 0")
-    render_options = {"service_account": service_account, "backoff_limit": backoff_limit}
+    render_options = {
+        "service_account": service_account,
+        "backoff_limit": backoff_limit,
+        "timeout_s": timeout_s,
+    }
     body = render_job(spec, backend, pod_overrides=pod_overrides, **render_options)
 
     api_client = api_client or _default_api_client()
@@ -263,9 +309,11 @@ def run_job(
     restore_sigterm = _raise_on_sigterm(title)
     try:
         create_sent = True
-        _create(api_client, kind, body)
+        adopted = _create_or_adopt(
+            api_client, kind, body, time.monotonic() + timeout_s, log, poll_s
+        )
         created = True
-        log(f"created {title}")
+        log(f"{'adopted the existing' if adopted else 'created'} {title}")
         job = watcher.wait(timeout_s, schedule_timeout_s)
         succeeded = True
         return job
@@ -302,45 +350,190 @@ def _api_failure(error: ApiException, action: str, namespace: str) -> str:
         return (
             f"forbidden to {action} in namespace {namespace!r}: {error.reason}. The pipeline's "
             "service account needs the kshot-launcher Role there: apply manifests/base (or its "
-            f"gpu overlay) with namespace {namespace!r}; it binds the Role to kshot-runner and to "
-            "default-editor, the Kubeflow profile's pipeline runner."
+            f"gpu overlay) with namespace {namespace!r}; it binds the Role to kshot-launcher and "
+            "to default-editor, the Kubeflow profile's pipeline runner."
         )
     return f"could not {action} in namespace {namespace!r}: {error.status} {error.reason}"
 
 
-def _create(api_client: client.ApiClient, kind: JobKind, body: dict[str, Any]) -> None:
-    namespace = body["metadata"]["namespace"]
+def _is_transient(error: ApiException) -> bool:
+    return error.status == 429 or (error.status or 0) >= 500
+
+
+def _retrying(call: Callable[[], _T], what: str, deadline: float, log: Callable[[str], None]) -> _T:
+    """``call()``, retried with exponential backoff on 429, 5xx and connection errors.
+
+    Retries stop at ``deadline`` and after :data:`_MAX_OUTAGE_S`; then a transient
+    ``ApiException`` is raised as it came, a connection error as a :class:`LaunchError`. Other API
+    errors (403, 404, 409, …) are the caller's to explain, at once.
+    """
+    delay = _RETRY_FIRST_S
+    give_up = min(deadline, time.monotonic() + _MAX_OUTAGE_S)
+    while True:
+        try:
+            return call()
+        except ApiException as error:
+            if not _is_transient(error) or time.monotonic() + delay > give_up:
+                raise
+            reason = f"{error.status} {error.reason}"
+        except (HTTPError, OSError) as error:
+            if time.monotonic() + delay > give_up:
+                raise LaunchError(
+                    f"could not {what}: the Kubernetes API server is unreachable ({error})"
+                ) from error
+            reason = type(error).__name__
+        log(f"could not {what} ({reason}); retrying in {delay:g} s")
+        time.sleep(delay)
+        delay = min(2 * delay, _RETRY_MAX_S)
+
+
+def _get_job(
+    objects: client.CustomObjectsApi,
+    kind: JobKind,
+    namespace: str,
+    name: str,
+    deadline: float,
+    log: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """The job as it is now; None when it does not exist."""
     try:
-        client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-            kind.group, kind.version, namespace, kind.plural, body
+        return _retrying(
+            lambda: objects.get_namespaced_custom_object(
+                kind.group,
+                kind.version,
+                namespace,
+                kind.plural,
+                name,
+                _request_timeout=_REQUEST_TIMEOUT,
+            ),
+            f"get {kind.plural} {namespace}/{name}",
+            deadline,
+            log,
         )
     except ApiException as error:
-        if error.status == 409:
-            raise LaunchError(
-                f"{body['kind']} {namespace}/{body['metadata']['name']} already exists; delete it "
-                "or give the launch another name"
-            ) from error
         if error.status == 404:
+            return None
+        raise LaunchError(_api_failure(error, f"get {kind.plural}", namespace)) from error
+
+
+def _create_or_adopt(
+    api_client: client.ApiClient,
+    kind: JobKind,
+    body: dict[str, Any],
+    deadline: float,
+    log: Callable[[str], None],
+    poll_s: float,
+) -> bool:
+    """Create the job, or adopt the one a previous attempt of this launch left; True if adopted.
+
+    A retried step renders the same name and hash: its job still running or already succeeded is
+    watched as if just created; a failed one is deleted and created anew. A job of that name with
+    another hash was made by someone else and is left alone.
+    """
+    objects = client.CustomObjectsApi(api_client)
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    title = f"{body['kind']} {namespace}/{name}"
+    for _ in range(_CREATE_ATTEMPTS):
+        try:
+            _retrying(
+                lambda: objects.create_namespaced_custom_object(
+                    kind.group,
+                    kind.version,
+                    namespace,
+                    kind.plural,
+                    body,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                ),
+                f"create {title}",
+                deadline,
+                log,
+            )
+            return False
+        except ApiException as error:
+            if error.status != 409:
+                raise LaunchError(_create_failure(error, kind, namespace)) from error
+        existing = _get_job(objects, kind, namespace, name, deadline, log)
+        if existing is None:  # deleted since the clash: create it again
+            continue
+        theirs = (existing["metadata"].get("annotations") or {}).get(LAUNCH_HASH_ANNOTATION)
+        if theirs != body["metadata"]["annotations"][LAUNCH_HASH_ANNOTATION]:
             raise LaunchError(
-                f"the API has no {kind.plural}.{kind.group}/{kind.version} (or no namespace "
-                f"{namespace!r}): is the Kubeflow operator installed?"
-            ) from error
-        action = f"create {kind.plural}.{kind.group}"
-        raise LaunchError(_api_failure(error, action, namespace)) from error
+                f"{title} already exists and was not made by this launch (its "
+                f"{LAUNCH_HASH_ANNOTATION} is {theirs!r}); delete it or give the launch another "
+                "name"
+            )
+        if not _condition(existing, kind.failed):
+            return True
+        log(f"{title} from an earlier attempt failed: replacing it")
+        if not _delete(api_client, kind, namespace, name, log):
+            raise LaunchError(f"could not replace the failed {title}: delete it by hand")
+        _wait_gone(objects, kind, namespace, name, deadline, log, poll_s)
+    raise LaunchError(f"could not create {title}: a job of that name kept reappearing")
+
+
+def _create_failure(error: ApiException, kind: JobKind, namespace: str) -> str:
+    if error.status == 404:
+        return (
+            f"the API has no {kind.plural}.{kind.group}/{kind.version} (or no namespace "
+            f"{namespace!r}): is the Kubeflow operator installed?"
+        )
+    return _api_failure(error, f"create {kind.plural}.{kind.group}", namespace)
+
+
+def _wait_gone(
+    objects: client.CustomObjectsApi,
+    kind: JobKind,
+    namespace: str,
+    name: str,
+    deadline: float,
+    log: Callable[[str], None],
+    poll_s: float,
+) -> None:
+    """Wait until a deleted job no longer exists, so that its name can be reused."""
+    give_up = min(deadline, time.monotonic() + _GONE_TIMEOUT_S)
+    while _get_job(objects, kind, namespace, name, deadline, log) is not None:
+        if time.monotonic() > give_up:
+            raise LaunchError(
+                f"{kind.plural} {namespace}/{name} still exists {_GONE_TIMEOUT_S:g} s after its "
+                "deletion (a finalizer?)"
+            )
+        time.sleep(poll_s)
 
 
 def _delete(
-    api_client: client.ApiClient, kind: JobKind, namespace: str, name: str, log: Callable
-) -> None:
+    api_client: client.ApiClient,
+    kind: JobKind,
+    namespace: str,
+    name: str,
+    log: Callable[[str], None],
+) -> bool:
+    """Delete the job (retrying briefly); False, after saying why, when that failed."""
+    objects = client.CustomObjectsApi(api_client)
+    title = f"{kind.plural} {namespace}/{name}"
     try:
-        client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
-            kind.group, kind.version, namespace, kind.plural, name, propagation_policy="Background"
+        _retrying(
+            lambda: objects.delete_namespaced_custom_object(
+                kind.group,
+                kind.version,
+                namespace,
+                kind.plural,
+                name,
+                propagation_policy="Background",
+                _request_timeout=_REQUEST_TIMEOUT,
+            ),
+            f"delete {title}",
+            time.monotonic() + _CLEANUP_S,
+            log,
         )
     except ApiException as error:
         if error.status != 404:
-            log(f"could not delete {kind.plural} {namespace}/{name}: {error.status} {error.reason}")
-            return
-    log(f"deleted {kind.plural} {namespace}/{name}")
+            log(f"could not delete {title}: {error.status} {error.reason}")
+            return False
+    except LaunchError as error:
+        log(str(error))
+        return False
+    log(f"deleted {title}")
+    return True
 
 
 def _raise_on_sigterm(job: str) -> Callable[[], None]:
@@ -421,6 +614,7 @@ class _JobWatcher:
         self._log = log
         self._poll_s = poll_s
         self._master: Any = None
+        self._deadline = math.inf
         self._stop = threading.Event()
         self._lines_logged = 0
         self._muted = False
@@ -433,6 +627,7 @@ class _JobWatcher:
     def wait(self, timeout_s: float, schedule_timeout_s: float) -> dict[str, Any]:
         """Poll until the job succeeds; raise :class:`LaunchError` on every other end."""
         start = time.monotonic()
+        self._deadline = start + timeout_s
         started = False
         self._follower.start()
         while True:
@@ -465,22 +660,27 @@ class _JobWatcher:
         self._muted = True
 
     def _read_job(self) -> dict[str, Any]:
-        try:
-            return self._objects.get_namespaced_custom_object(
-                self._kind.group, self._kind.version, self._namespace, self._kind.plural, self._name
-            )
-        except ApiException as error:
-            if error.status == 404:
-                raise LaunchError(f"{self._title} disappeared: deleted by someone else?") from error
-            raise LaunchError(
-                _api_failure(error, f"get {self._kind.plural}", self._namespace)
-            ) from error
+        job = _get_job(
+            self._objects, self._kind, self._namespace, self._name, self._deadline, self._log
+        )
+        if job is None:
+            raise LaunchError(f"{self._title} disappeared: deleted by someone else?")
+        return job
 
     def _list_pods(self) -> list[Any]:
         try:
-            return self._core.list_namespaced_pod(
-                self._namespace, label_selector=self._kind.pod_selector(self._name)
-            ).items
+            return _retrying(
+                lambda: (
+                    self._core.list_namespaced_pod(
+                        self._namespace,
+                        label_selector=self._kind.pod_selector(self._name),
+                        _request_timeout=_REQUEST_TIMEOUT,
+                    ).items
+                ),
+                f"list the pods of {self._title}",
+                self._deadline,
+                self._log,
+            )
         except ApiException as error:
             raise LaunchError(_api_failure(error, "list pods", self._namespace)) from error
 
@@ -535,9 +735,13 @@ class _JobWatcher:
                     container=self._kind.container,
                     tail_lines=_LOG_TAIL_LINES,
                     previous=previous,
+                    _request_timeout=_REQUEST_TIMEOUT,
                 )
             except ApiException as error:
                 lines = [f"(log unavailable: {error.status} {error.reason})"]
+                continue
+            except (HTTPError, OSError) as error:
+                lines = [f"(log unavailable: {error})"]
                 continue
             lines = text.splitlines()
             if lines:
@@ -547,16 +751,19 @@ class _JobWatcher:
     def _follow_master_log(self) -> None:
         """Send the master's log lines to ``log`` as they come, once each, across reconnects.
 
+        A new container run starts counting lines anew: a restart in place (restart count) or a
+        pod recreated under the same name (``restartPolicy: ExitCode``; a new uid).
         Once stopped, one last read without ``follow`` drains what the stream had not delivered.
         """
-        container_run: tuple[str, int] | None = None
+        container_run: tuple[str, str | None, int] | None = None
         while True:
             stopping = self._stop.is_set()
             master = self._master
             if master is not None and _has_started(master):
                 restarts = sum(s.restart_count for s in master.status.container_statuses or [])
-                if container_run != (master.metadata.name, restarts):
-                    container_run, self._lines_logged = (master.metadata.name, restarts), 0
+                run = (master.metadata.name, master.metadata.uid, restarts)
+                if container_run != run:
+                    container_run, self._lines_logged = run, 0
                 # The pod going away or the connection dropping ends a round; the next reconnects.
                 with contextlib.suppress(ApiException, OSError, ValueError, HTTPError):
                     self._stream_log(master.metadata.name, follow=not stopping)
@@ -572,6 +779,7 @@ class _JobWatcher:
             container=self._kind.container,
             follow=follow,
             _preload_content=False,
+            _request_timeout=_LOG_FOLLOW_TIMEOUT if follow else _REQUEST_TIMEOUT,
         )
         line_number = 0
         pending = ""

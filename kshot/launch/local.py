@@ -39,7 +39,8 @@ def run_local(spec: LaunchSpec, log: Callable[[str], None] = print) -> None:
         LaunchError: the processes failed; the message holds the exit code and the last lines.
     """
     env = {**os.environ, **spec.env, "KSHOT_STAGE": spec.stage}
-    # one intra-op thread per process when several share the machine's cores
+    # Several workers: each gets an equal share of the machine's cores as intra-op threads (at
+    # least one), so that together they do not oversubscribe the CPU.
     if spec.workers > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.workers)))
     tail: deque[str] = deque(maxlen=30)

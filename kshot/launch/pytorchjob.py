@@ -7,8 +7,15 @@ The operator gives every container ``MASTER_ADDR``/``MASTER_PORT`` (the master's
 torchrun reads the ``PET_*`` variables itself but takes the rendezvous address only from
 ``PET_MASTER_ADDR`` or ``--master_addr``, which the operator does not set, hence the two flags.
 
+Every pod template opts out of Istio sidecar injection: in a Kubeflow profile namespace the sidecar
+never exits, so a finished pod would never complete. Pods run as the image's non-root uid.
+``restartPolicy: ExitCode`` retries only exit codes 128-255 (a container killed by a signal:
+OOM kill, eviction); torchrun exits 1 whenever a worker process fails, so an error of the training
+itself (a bad config, a crash) fails the job at once instead of rerunning it ``backoffLimit`` times.
+
 This module also holds what the PyTorchJob and TrainJob renderings share: the job name, its labels,
-the pod overrides (tolerations, node selector, service account) and ``$`` escaping.
+the pod overrides (tolerations, node selector, service account, image pull secrets, CPU/memory
+resources), the image pull policy, the ``/dev/shm`` volume and ``$`` escaping.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +34,8 @@ __all__ = [
     "job_name",
     "job_labels",
     "validate_pod_overrides",
+    "container_resources",
+    "image_pull_policy",
     "escape_dollars",
     "check_reserved_env",
     "shm_volume",
@@ -35,14 +45,28 @@ __all__ = [
     "GPU_RESOURCE",
     "POD_OVERRIDE_KEYS",
     "CLEAN_POD_POLICIES",
+    "ISTIO_INJECT_ANNOTATION",
+    "RUN_AS_USER",
+    "SHM_SIZE_LIMIT",
+    "TTL_AFTER_FINISHED_S",
 ]
 
 APP_LABEL = "app.kubernetes.io/name"
 STAGE_LABEL = "kshot/stage"
 GPU_RESOURCE = "nvidia.com/gpu"
-# What a launch-defaults ConfigMap (or a caller) may set on the job's pods.
-POD_OVERRIDE_KEYS = frozenset({"tolerations", "nodeSelector", "serviceAccountName"})
+# What a launch-defaults ConfigMap (or a caller) may set on the job's pods; ``resources`` holds the
+# CPU/memory requests and limits of the training container.
+POD_OVERRIDE_KEYS = frozenset(
+    {"tolerations", "nodeSelector", "serviceAccountName", "imagePullSecrets", "resources"}
+)
 CLEAN_POD_POLICIES = ("None", "Running", "All")
+ISTIO_INJECT_ANNOTATION = "sidecar.istio.io/inject"
+# The uid/gid of the user the images create (images/Dockerfile*).
+RUN_AS_USER = 1000
+# Caps the memory-backed /dev/shm; its use counts against the pod's memory.
+SHM_SIZE_LIMIT = "16Gi"
+# Lets the operator remove a finished job that no launcher deleted (one killed mid-wait).
+TTL_AFTER_FINISHED_S = 24 * 3600
 
 # The operator requires this container name and finds the rendezvous port by this port name.
 _CONTAINER_NAME = "pytorch"
@@ -51,6 +75,11 @@ _MASTER_PORT = 23456
 # Set by the operator on every pod; a value from the caller would fight it.
 _OPERATOR_ENV = frozenset({"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PYTHONUNBUFFERED"})
 _HASH_CHARS = 10
+# A Kubernetes resource quantity, as the CRDs' schemas spell it.
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 # NCCL and DataLoader workers exchange tensors through /dev/shm, which defaults to 64 MiB in a pod.
 _SHM_VOLUME = "dshm"
 
@@ -86,7 +115,10 @@ def job_name(spec: LaunchSpec) -> str:
 
 
 def job_labels(spec: LaunchSpec) -> dict[str, str]:
-    """Labels of the job and its pods: the caller's (e.g. the KFP run id) plus app and stage."""
+    """Labels of the job: the caller's (e.g. the KFP run id) plus app and stage.
+
+    A PyTorchJob puts them on its pods too; a TrainJob only on its JobSet and Jobs.
+    """
     return {**spec.labels, APP_LABEL: "kshot", STAGE_LABEL: spec.stage}
 
 
@@ -114,7 +146,7 @@ def check_reserved_env(spec: LaunchSpec, reserved: frozenset[str], owner: str) -
 
 
 def validate_pod_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check pod overrides (``tolerations``, ``nodeSelector``, ``serviceAccountName``).
+    """Check pod overrides (:data:`POD_OVERRIDE_KEYS`) before anything reaches the cluster.
 
     Args:
         overrides: as read from the ``kshot-launch-defaults`` ConfigMap or given by the caller.
@@ -141,12 +173,55 @@ def validate_pod_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any
     service_account = overrides.get("serviceAccountName", "")
     if not isinstance(service_account, str):
         raise LaunchError(f"serviceAccountName must be a string, got {service_account!r}")
+    pull_secrets = overrides.get("imagePullSecrets", [])
+    if not isinstance(pull_secrets, list) or not all(
+        isinstance(secret, dict) and set(secret) == {"name"} and isinstance(secret["name"], str)
+        for secret in pull_secrets
+    ):
+        raise LaunchError(f"imagePullSecrets must be a list of {{name: ...}}, got {pull_secrets!r}")
+    _check_resources(overrides.get("resources", {}))
     return {key: value for key, value in overrides.items() if value}
 
 
+def _check_resources(resources: Any) -> None:
+    """Refuse a ``resources`` override that is not ``{requests|limits: {name: quantity}}``."""
+    if not isinstance(resources, dict) or not set(resources) <= {"requests", "limits"}:
+        raise LaunchError(f"resources must map requests/limits to quantities, got {resources!r}")
+    for part, amounts in resources.items():
+        if not isinstance(amounts, dict):
+            raise LaunchError(f"resources.{part} must map names to quantities, got {amounts!r}")
+        for resource, amount in amounts.items():
+            if resource == GPU_RESOURCE:
+                raise LaunchError(
+                    f"resources.{part} sets {GPU_RESOURCE}: the launch's gpus_per_worker does"
+                )
+            if isinstance(amount, bool) or not _QUANTITY.match(str(amount)):
+                raise LaunchError(f"resources.{part}.{resource} = {amount!r} is not a quantity")
+
+
+def container_resources(spec: LaunchSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The training container's resources: the ``resources`` override plus the spec's GPUs."""
+    resources = copy.deepcopy(dict(overrides.get("resources", {})))
+    if spec.gpus_per_worker > 0:
+        resources.setdefault("limits", {})[GPU_RESOURCE] = spec.gpus_per_worker
+    return resources
+
+
+def image_pull_policy(image: str) -> str:
+    """``Always`` for a moving tag (``latest`` or none), else ``IfNotPresent``.
+
+    As Kubernetes defaults it, so a node never runs a stale copy of ``:latest``.
+    """
+    if "@" in image:
+        return "IfNotPresent"
+    last = image.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else ""
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
+
+
 def shm_volume() -> dict[str, Any]:
-    """A memory-backed ``/dev/shm`` volume for NCCL and DataLoader workers."""
-    return {"name": _SHM_VOLUME, "emptyDir": {"medium": "Memory"}}
+    """A memory-backed ``/dev/shm`` volume for NCCL and DataLoader workers, capped in size."""
+    return {"name": _SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE_LIMIT}}
 
 
 def shm_mount() -> dict[str, str]:
@@ -161,6 +236,7 @@ def render_pytorchjob(
     backoff_limit: int = 2,
     clean_pod_policy: str = "None",
     pod_overrides: Mapping[str, Any] | None = None,
+    active_deadline_s: int | None = None,
 ) -> dict[str, Any]:
     """The ``PyTorchJob`` that runs ``spec``, exactly as the launcher creates it.
 
@@ -168,10 +244,13 @@ def render_pytorchjob(
         spec: the stage, its sizes and image.
         service_account: the pods' service account (overrides ``pod_overrides``); empty: the
             namespace default.
-        backoff_limit: pod restarts (``restartPolicy: OnFailure``) before the job fails.
+        backoff_limit: pod restarts (``restartPolicy: ExitCode``: after a signal) before the job
+            fails.
         clean_pod_policy: which pods the operator deletes when the job ends; the default ``None``
             keeps them, so their logs stay readable until the launcher deletes the job.
-        pod_overrides: ``tolerations``, ``nodeSelector``, ``serviceAccountName`` for every pod.
+        pod_overrides: :data:`POD_OVERRIDE_KEYS` for every pod.
+        active_deadline_s: the launcher's timeout, so the operator stops a job whose launcher
+            died; None: no deadline.
 
     Returns:
         The object as a dict, ready for ``CustomObjectsApi.create_namespaced_custom_object``.
@@ -181,6 +260,8 @@ def render_pytorchjob(
     """
     if backoff_limit < 0:
         raise LaunchError(f"backoff_limit = {backoff_limit} must be >= 0")
+    if active_deadline_s is not None and active_deadline_s < 1:
+        raise LaunchError(f"active_deadline_s = {active_deadline_s} must be >= 1")
     if clean_pod_policy not in CLEAN_POD_POLICIES:
         raise LaunchError(
             f"clean_pod_policy {clean_pod_policy!r} is not one of {', '.join(CLEAN_POD_POLICIES)}"
@@ -195,7 +276,7 @@ def render_pytorchjob(
     container: dict[str, Any] = {
         "name": _CONTAINER_NAME,
         "image": spec.image,
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": image_pull_policy(spec.image),
         "command": ["torchrun"],
         "args": [
             "--master_addr=$(MASTER_ADDR)",
@@ -215,17 +296,35 @@ def render_pytorchjob(
         "ports": [{"name": _PORT_NAME, "containerPort": _MASTER_PORT, "protocol": "TCP"}],
         "volumeMounts": [shm_mount()],
     }
-    if spec.gpus_per_worker > 0:
-        container["resources"] = {"limits": {GPU_RESOURCE: spec.gpus_per_worker}}
-    pod_spec: dict[str, Any] = {"containers": [container], "volumes": [shm_volume()], **overrides}
+    resources = container_resources(spec, overrides)
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [shm_volume()],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+        },
+        **{key: value for key, value in overrides.items() if key != "resources"},
+    }
+    metadata = {"labels": labels, "annotations": {ISTIO_INJECT_ANNOTATION: "false"}}
 
     def replica(replicas: int) -> dict[str, Any]:
         return {
             "replicas": replicas,
-            "restartPolicy": "OnFailure",
-            "template": {"metadata": {"labels": dict(labels)}, "spec": copy.deepcopy(pod_spec)},
+            "restartPolicy": "ExitCode",
+            "template": {"metadata": copy.deepcopy(metadata), "spec": copy.deepcopy(pod_spec)},
         }
 
+    run_policy: dict[str, Any] = {
+        "backoffLimit": backoff_limit,
+        "cleanPodPolicy": clean_pod_policy,
+        "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+    }
+    if active_deadline_s is not None:
+        run_policy["activeDeadlineSeconds"] = active_deadline_s
     replica_specs = {"Master": replica(1)}
     if spec.workers > 1:
         replica_specs["Worker"] = replica(spec.workers - 1)
@@ -236,7 +335,7 @@ def render_pytorchjob(
         "spec": {
             # The CRD types nprocPerNode as a string (it also accepts auto, cpu, gpu).
             "nprocPerNode": str(spec.nproc_per_worker),
-            "runPolicy": {"backoffLimit": backoff_limit, "cleanPodPolicy": clean_pod_policy},
+            "runPolicy": run_policy,
             "pytorchReplicaSpecs": replica_specs,
         },
     }

@@ -51,7 +51,8 @@ class LaunchSpec:
         image: container image of the worker pods.
         namespace: Kubernetes namespace of the job.
         name: job name (a DNS-1123 label); derived from the stage when empty.
-        labels: labels put on the job and its pods (e.g. the KFP run id).
+        labels: labels put on the job (e.g. the KFP run id); a PyTorchJob passes them on to
+            its pods, a TrainJob only to its JobSet and Jobs (``v1alpha1`` has no pod labels).
         env: extra environment variables of the worker processes.
     """
 
