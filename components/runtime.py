@@ -31,6 +31,7 @@ __all__ = [
     "build_config",
     "config_from_json",
     "artifact_uri",
+    "handoff_uri",
     "pod_namespace",
     "run_pipeline_stage",
 ]
@@ -135,6 +136,59 @@ def artifact_uri(artifact: Artifact) -> str:
     return artifact.uri if storage.is_gcs(artifact.uri) else artifact.path
 
 
+def _unreachable(where: str, uri: str) -> str:
+    """Why ``uri`` (named by ``where``) is of no use in another pod, and the fix."""
+    why = (
+        f"KFP copies the artifacts of a {uri.partition('://')[0]}:// pipeline root into and out "
+        "of each step's own pod only"
+        if "://" in uri
+        else "a path on this machine"
+    )
+    return (
+        f"{where} is {uri}, which other pods cannot reach ({why}). Give the run a gs:// pipeline "
+        "root (kshot pipeline run --pipeline-root gs://BUCKET/PREFIX, or pipeline_root= of "
+        "kfp.Client's run methods)"
+    )
+
+
+def handoff_uri(artifact: Artifact, name: str) -> str:
+    """The URI of ``artifact`` for a later step that receives it as a string, not as an artifact.
+
+    KFP mounts a ``minio://`` or ``s3://`` artifact into the producing step's pod only, so its
+    path means nothing in the next step's pod; called before the stage's work, this fails at once.
+
+    Args:
+        artifact: the output artifact.
+        name: its name, for the error.
+
+    Raises:
+        ValueError: the pipeline root is neither in Cloud Storage nor a local folder (kfp.local).
+    """
+    if "://" in artifact.uri and not storage.is_gcs(artifact.uri):
+        raise ValueError(_unreachable(f"output {name!r}", artifact.uri))
+    return artifact_uri(artifact)
+
+
+def _check_reachable_by_jobs(
+    stage: str, launcher: str, artifacts: Mapping[str, Mapping[str, Artifact]]
+) -> None:
+    """Refuse, before any job starts, to hand a job's pods URIs that they cannot reach.
+
+    Args:
+        stage: the stage name.
+        launcher: the job backend (not ``local``).
+        artifacts: ``"input"`` or ``"output"`` → artifact name → artifact.
+
+    Raises:
+        LaunchError: an artifact is not in Cloud Storage, naming it, its URI and the fix.
+    """
+    for role, named in artifacts.items():
+        for name, artifact in named.items():
+            if not storage.is_gcs(artifact.uri):
+                where = f"{stage}: {role} {name!r} of the {launcher} job"
+                raise LaunchError(f"{_unreachable(where, artifact.uri)}, or set launcher=local")
+
+
 def pod_namespace() -> str:
     """The Kubernetes namespace of this pod: ``$KSHOT_NAMESPACE``, else the service account's.
 
@@ -176,6 +230,9 @@ def run_pipeline_stage(
         launcher: the launch backend (``local``, ``pytorchjob``, ``trainjob``).
         image: the worker image of a job (default: this component's image).
         run_id: the KFP run id, put on the job as the label :data:`RUN_ID_LABEL`.
+
+    Raises:
+        LaunchError: a job's artifact is not in Cloud Storage, so its pods could not reach it.
     """
     cfg = config_from_json(config_json)
     input_uris = {name: artifact_uri(artifact) for name, artifact in inputs.items()}
@@ -183,6 +240,8 @@ def run_pipeline_stage(
     if stage not in HEAVY_STAGES or skipped(stage, cfg):
         run_stage(stage, cfg, input_uris, output_uris)
         return
+    if launcher != "local":
+        _check_reachable_by_jobs(stage, launcher, {"input": inputs, "output": outputs})
     placement = {"namespace": pod_namespace()} if launcher != "local" else {}
     spec = LaunchSpec(
         stage=stage,

@@ -311,14 +311,15 @@ def standalone(
         table: CSV arch,accuracy of the sampled paths.
 
     Returns:
-        The table's URI.
+        The table's URI for the ground-truth step (on a cluster, gs:// only).
     """
-    from kshot.components.runtime import artifact_uri, run_pipeline_stage
+    from kshot.components.runtime import handoff_uri, run_pipeline_stage
 
+    table_uri = handoff_uri(table, "table")  # before training: it must reach the next step
     run_pipeline_stage(
         "standalone", config, {"split": split}, {"table": table}, launcher, image, run_id
     )
-    return artifact_uri(table)
+    return table_uri
 
 
 @dsl.component(**_OPTIONS)
@@ -330,19 +331,20 @@ def benchmark_table(config: str, table: Output[Dataset]) -> str:
         table: CSV arch,accuracy of every path of the benchmark table.
 
     Returns:
-        The table's URI.
+        The table's URI for the ground-truth step (on a cluster, gs:// only).
     """
-    from kshot.components.runtime import artifact_uri, config_from_json
+    from kshot.components.runtime import config_from_json, handoff_uri
     from kshot.eval.ground_truth import load_ground_truth, write_ground_truth_csv
     from kshot.train.trainer import space_of
 
+    table_uri = handoff_uri(table, "table")
     cfg = config_from_json(config)
     space = space_of(cfg)
     rows = (
         load_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space) if cfg.ranking else {}
     )
-    write_ground_truth_csv(artifact_uri(table), rows, column="accuracy", space=space)
-    return artifact_uri(table)
+    write_ground_truth_csv(table_uri, rows, column="accuracy", space=space)
+    return table_uri
 
 
 @dsl.component(**_OPTIONS)

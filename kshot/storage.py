@@ -10,13 +10,17 @@ Guarantees:
   one upload (a single multipart request up to 8 MiB, a resumable upload in 8 MiB chunks above
   that). GCS commits an object only when its upload completes, so readers see the previous
   generation or the new one, never a part; an upload that fails or is abandoned creates nothing.
-  Writes carry no ``if_generation_match`` precondition: every write replaces the whole object with
-  the same bytes however often it is retried, which makes an unconditional retry safe, and two
-  writers of one URI resolve as last-writer-wins (stages give each worker its own URIs).
+* **Safe retries of writes.** Each upload carries an ``if_generation_match`` precondition: the
+  object's generation read just before (0 when it must not exist yet). A retry therefore never
+  replaces what another writer put there meanwhile. A retry whose first attempt did land fails the
+  precondition; the write then counts as done if the object holds exactly these bytes (size and
+  MD5), and otherwise raises :class:`StorageError`: another writer replaced it (stages give each
+  worker its own URIs, so that is a bug to see, not to paper over).
 * **Streaming.** Uploads and downloads go through a local temporary file, so a large checkpoint is
   never held in memory twice.
 * **Retries.** Every GCS request runs under ``google.cloud.storage.retry.DEFAULT_RETRY`` (HTTP 408,
-  429, 5xx, dropped connections, timeouts) with exponential backoff bounded by
+  429, 5xx, dropped connections, timeouts) — uploads under its conditional form, which retries
+  only requests that carry a generation precondition — with exponential backoff bounded by
   ``KSHOT_GCS_RETRY_DEADLINE`` seconds (default 300) starting at ``KSHOT_GCS_RETRY_INITIAL_DELAY``
   seconds (default 1). When the deadline passes, :class:`StorageError` names the URI and the last
   cause.
@@ -29,7 +33,9 @@ Credentials come from the environment (Workload Identity / Application Default C
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -47,7 +53,11 @@ from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 from google.cloud.storage import exceptions as gcs_exceptions
-from google.cloud.storage.retry import DEFAULT_RETRY
+from google.cloud.storage.retry import (
+    DEFAULT_RETRY,
+    ConditionalRetryPolicy,
+    is_generation_specified,
+)
 
 __all__ = [
     "RETRY_DEADLINE_ENV",
@@ -295,12 +305,49 @@ def _gcs_list_keys(uri: str) -> list[str]:
     return _gcs_call(uri, "listing", list_all)
 
 
+def _md5_base64(local_file: Path) -> str:
+    """The MD5 of ``local_file`` as GCS reports it (base64), read in chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with local_file.open("rb") as f:
+        while chunk := f.read(_UPLOAD_CHUNK_BYTES):
+            digest.update(chunk)
+    return base64.b64encode(digest.digest()).decode("ascii")
+
+
 def _upload_file(local_file: Path, uri: str) -> None:
-    bucket, key = _object_ref(uri)
-    blob = _client().bucket(bucket).blob(key, chunk_size=_UPLOAD_CHUNK_BYTES)
-    _gcs_call(
-        uri, "uploading to", lambda retry: blob.upload_from_filename(str(local_file), retry=retry)
-    )
+    """Upload ``local_file`` to ``uri`` under a generation precondition (see the module's notes).
+
+    Raises:
+        StorageError: another writer replaced the object during this write.
+    """
+    bucket_name, key = _object_ref(uri)
+    bucket = _client().bucket(bucket_name)
+    blob = bucket.blob(key, chunk_size=_UPLOAD_CHUNK_BYTES)
+
+    def upload(retry: Retry) -> None:
+        current = bucket.get_blob(key, retry=retry)
+        generation = current.generation if current is not None else 0
+        try:
+            blob.upload_from_filename(
+                str(local_file),
+                if_generation_match=generation,
+                retry=ConditionalRetryPolicy(retry, is_generation_specified, ["query_params"]),
+            )
+        except api_exceptions.PreconditionFailed as error:
+            found = bucket.get_blob(key, retry=retry)
+            if not (
+                found is not None
+                and found.size == local_file.stat().st_size
+                and found.md5_hash == _md5_base64(local_file)
+            ):
+                now = f"generation {found.generation}" if found is not None else "deleted"
+                raise StorageError(
+                    f"writing {uri}: another writer changed it during this write (generation "
+                    f"{generation} expected, now {now}); left as it is. Give each writer its own "
+                    "URI"
+                ) from error
+
+    _gcs_call(uri, "uploading to", upload)
 
 
 def _download_file(uri: str, local_file: Path) -> None:
@@ -342,7 +389,8 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
     Raises:
         ValueError: ``uri`` is malformed or names a bucket or folder.
         FileNotFoundError: the bucket does not exist.
-        StorageError: the upload still failed when the retry deadline passed.
+        StorageError: the upload still failed when the retry deadline passed, or another writer
+            changed the object meanwhile.
     """
     if not _is_remote(uri):
         with _local_atomic_file(Path(uri)) as f:
@@ -512,7 +560,9 @@ def delete(uri: str) -> None:
         raise ValueError(f"refusing to delete {uri!r}: name an object or folder inside the bucket")
     bucket = _client().bucket(bucket_name)
     if not key.endswith("/") and _gcs_object_exists(uri):
-        _gcs_call(uri, "deleting", lambda retry: bucket.blob(key).delete(retry=retry))
+        # Gone by now (a retry whose first attempt landed, or another deleter): the goal is reached.
+        with contextlib.suppress(FileNotFoundError):
+            _gcs_call(uri, "deleting", lambda retry: bucket.blob(key).delete(retry=retry))
         return
     keys = _gcs_list_keys(uri)
     if not keys:

@@ -3,18 +3,21 @@
     kshot pipeline compile --output pipeline.yaml [--sweep]
     kshot pipeline upload --host URL [--name N] [--version V] [--package F] [--sweep]
     kshot pipeline run --host URL [--experiment E] [--pipeline-id ID | --name N] [--package F]
-                       [--sweep] [--config F] [--set key=value …]
+                       [--sweep] [--pipeline-root gs://B/P] [--config F] [--set key=value …]
 
 Components run in ``$KSHOT_IMAGE`` (read when compiling). ``--set`` takes config keys (`kshot config
 --help-keys`) and the pipeline's own parameters ``launcher``, ``image`` and, with ``--sweep``,
-``k_values``; config keys that are not pipeline parameters travel in ``extra_config``. Only
-values that differ from the pipeline's defaults are sent.
+``k_values``; config keys that are not pipeline parameters travel in ``extra_config``. Exactly
+the keys that ``--config`` and ``--set`` name are sent (even when equal to this kshot's defaults,
+since an uploaded pipeline's may differ); the rest keep the pipeline's defaults. ``--pipeline-root
+gs://BUCKET/PREFIX`` puts the run's artifacts in Cloud Storage, which job launchers need.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -64,13 +67,15 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
         sweep: whether they are for the K sweep (which takes ``k_values``, not ``k``).
 
     Returns:
-        Only the arguments that differ from the pipeline's defaults.
+        Every key the files or pairs set, even to a local default: an uploaded pipeline's
+        defaults may differ. Config keys without a parameter of their own go in ``extra_config``.
 
     Raises:
         ConfigError: a bad key or value, named with its source.
     """
-    from kshot.components.runtime import build_config
-    from kshot.config import Config, load_config
+    from kshot import storage
+    from kshot.components.runtime import PIPELINE_CONFIG_KEYS, build_config
+    from kshot.config import load_config
     from kshot.pipeline.local_run import pipeline_arguments
 
     pairs = parse_overrides(overrides)
@@ -85,13 +90,19 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
     ):
         raise ConfigError(f"--set k_values: {direct['k_values']!r} is not a list of integers")
     cfg = load_config(*files, pairs, sources=[*files, "--set"])
-    everything = pipeline_arguments(cfg)
-    build_config({**everything, **{key: direct[key] for key in _PIPELINE_ONLY if key in direct}})
-    defaults = pipeline_arguments(Config())
-    changed = {key: value for key, value in everything.items() if value != defaults[key]}
+    build_config(
+        {**pipeline_arguments(cfg), **{key: direct[key] for key in _PIPELINE_ONLY if key in direct}}
+    )
+    # load_config has read and checked the files: each is a mapping of known keys.
+    explicit = set(pairs).union(*(yaml.safe_load(storage.read_text(f)) or {} for f in files))
     if sweep:
-        changed.pop("k", None)
-    return {**changed, **direct}
+        explicit.discard("k")
+    values = cfg.to_dict()
+    arguments = {key: values[key] for key in PIPELINE_CONFIG_KEYS if key in explicit}
+    extra = {key: values[key] for key in sorted(explicit - set(PIPELINE_CONFIG_KEYS))}
+    if extra:
+        arguments["extra_config"] = json.dumps(extra, sort_keys=True)
+    return {**arguments, **direct}
 
 
 def _auth_args(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +136,21 @@ def _package(args: argparse.Namespace, scratch: str) -> str:
     return path
 
 
+def _check_pipeline_root(uri: str) -> None:
+    """Refuse a ``--pipeline-root`` other than gs://: only there do the job pods and the ground
+    truth's later step reach the artifacts (see :func:`kshot.components.runtime.handoff_uri`)."""
+    from kshot import storage
+
+    if not uri:
+        return
+    try:
+        storage.parse_gcs(uri)
+    except ValueError as error:
+        raise ConfigError(
+            f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX"
+        ) from error
+
+
 def _timestamp() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
@@ -152,10 +178,11 @@ def _run(args: argparse.Namespace) -> int:
     from kshot.pipeline.client import PipelineHostError, connect, find_pipeline, submit_run
 
     arguments = run_arguments(args.config, args.overrides, args.sweep)
+    _check_pipeline_root(args.pipeline_root)
     host = connect(args.host, args.existing_token, args.namespace)
     pipeline_id = args.pipeline_id
     if args.name and not pipeline_id:
-        pipeline_id = find_pipeline(host, args.name)
+        pipeline_id = find_pipeline(host, args.name, shared_too=True)
         if pipeline_id is None:
             raise PipelineHostError(f"Kubeflow Pipelines at {args.host}: no pipeline {args.name!r}")
     run_name = args.run_name or f"{_pipeline(args.sweep)[1]}-{_timestamp()}"
@@ -169,6 +196,7 @@ def _run(args: argparse.Namespace) -> int:
             pipeline_id=pipeline_id,
             version_id=args.version_id,
             service_account=args.service_account,
+            pipeline_root=args.pipeline_root,
         )
     shown = ", ".join(f"{key}={value}" for key, value in sorted(arguments.items())) or "defaults"
     print(f"submitted run {run_name!r} (run_id={run_id}) with {shown}")
@@ -214,6 +242,12 @@ def add_parser(subparsers: Any) -> None:
         help="run this compiled YAML (default: compile now)",
     )
     run.add_argument("--service-account", default="", help="Kubernetes service account of the run")
+    run.add_argument(
+        "--pipeline-root",
+        default="",
+        metavar="gs://BUCKET/PREFIX",
+        help="where the run's artifacts go (default: the host's); job launchers need gs://",
+    )
     run.add_argument(
         "--config",
         action="append",

@@ -9,6 +9,7 @@ a request gives one :class:`PipelineHostError` line with the URL and the cause.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import urllib.error
 import urllib.request
@@ -173,10 +174,40 @@ def upload(
     return Uploaded(pipeline_id, created.pipeline_version_id, False)
 
 
-def find_pipeline(host: PipelineHost, name: str) -> str | None:
-    """The id of the pipeline named ``name``, None when there is none."""
-    with _requests(host.url, f"look up pipeline {name!r}"):
-        return host.client.get_pipeline_id(name)
+def find_pipeline(host: PipelineHost, name: str, shared_too: bool = False) -> str | None:
+    """The id of the pipeline named ``name`` in the host's namespace, None when there is none.
+
+    ``kfp.Client.get_pipeline_id`` lists shared pipelines only, so it misses one uploaded into a
+    profile namespace; this asks for the namespace's own.
+
+    Args:
+        host: from :func:`connect`.
+        name: the pipeline's display name.
+        shared_too: when the namespace holds none, look among the shared pipelines too (a run may
+            use them; an upload must not add versions to them).
+
+    Raises:
+        PipelineHostError: the request failed, or several pipelines have that name.
+    """
+    namespaces = [host.namespace or None]
+    if shared_too and host.namespace:
+        namespaces.append(None)
+    predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": name}
+    for namespace in namespaces:
+        with _requests(host.url, f"look up pipeline {name!r}"):
+            listed = host.client.list_pipelines(
+                page_size=2, filter=json.dumps({"predicates": [predicate]}), namespace=namespace
+            )
+        found = listed.pipelines or []
+        if len(found) > 1:
+            where = f"namespace {namespace!r}" if namespace else "the shared pipelines"
+            raise PipelineHostError(
+                f"Kubeflow Pipelines at {host.url}: several pipelines are named {name!r} in "
+                f"{where}: give --pipeline-id"
+            )
+        if found:
+            return found[0].pipeline_id
+    return None
 
 
 def latest_version_id(host: PipelineHost, pipeline_id: str) -> str:
@@ -201,6 +232,7 @@ def submit_run(
     pipeline_id: str | None = None,
     version_id: str | None = None,
     service_account: str = "",
+    pipeline_root: str = "",
 ) -> str:
     """Start a run of a compiled package, or of an uploaded pipeline version.
 
@@ -213,6 +245,7 @@ def submit_run(
         pipeline_id: an uploaded pipeline, with
         version_id: its version (default: the newest).
         service_account: the Kubernetes service account of the run's pods ('' for the default).
+        pipeline_root: where the run's artifacts go ('' for the pipeline's or the host's default).
 
     Returns:
         The run's id.
@@ -230,5 +263,6 @@ def submit_run(
             pipeline_id=pipeline_id or None,
             version_id=version_id or None,
             service_account=service_account or None,
+            pipeline_root=pipeline_root or None,
         )
     return run.run_id

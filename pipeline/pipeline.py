@@ -10,6 +10,12 @@ task-output parameters that enter a ``dsl.ParallelFor`` by the loop item; an art
 places, which the K sweep needs. On a cluster this takes a gs:// pipeline root, as the distributed
 stages do.)
 
+Every heavy step takes the run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``) as an input, to label its
+PyTorchJob / TrainJob with :data:`kshot.components.runtime.RUN_ID_LABEL` (``kubectl get pytorchjobs
+-l pipelines.kubeflow.org/run_id=RUN_ID`` finds a run's jobs). That input differs in every run, so
+KFP's cache never hits for them, nor for the steps after them: deliberately, each run trains its
+own supernets; only ``configure`` and ``split`` (and ``benchmark-table``) can come from the cache.
+
 Every default of a parameter that is a config key is :class:`kshot.config.Config`'s. Any other
 config key goes in ``extra_config`` (JSON/YAML). The config step validates them all before any
 stage runs.
@@ -89,6 +95,9 @@ def kshot_nas(
     extra_config: str = "",
 ) -> dsl.Dataset:
     """K-shot NAS (Su et al., ICML 2021): train K supernets with a simplex-net, search, retrain.
+
+    The heavy steps take the run id, which labels their jobs, so every run trains anew: KFP's
+    cache serves only the config and split steps.
 
     Args:
         k: K, the number of supernets (weight slots).

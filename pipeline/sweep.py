@@ -5,6 +5,12 @@ One split and one ground truth (the standalone sample or the configured table, a
 config with that K and runs warmup → train → rank; ``dsl.Collected`` gathers the rank correlations
 of all K for the last step, which plots Kendall τ against K.
 
+At most :data:`K_PARALLELISM` values of K train at once. Without gang scheduling, several
+multi-GPU jobs started together can each get some of their pods placed and wait forever for GPUs
+that the others hold; one K at a time (beside the standalone ground truth) cannot deadlock that way.
+KFP takes the limit as a constant only: raise it and recompile where the cluster fits several K's
+jobs at once or schedules each job's pods as a gang (e.g. Kueue, Volcano).
+
 This module does not use ``from __future__ import annotations``: KFP reads the pipeline's
 parameter annotations at decoration time.
 """
@@ -17,11 +23,13 @@ from kshot.config import Config
 from kshot.launch import BACKENDS
 from kshot.pipeline.pipeline import ground_truth_table
 
-__all__ = ["kshot_k_sweep", "SWEEP_PIPELINE_NAME", "DEFAULT_K_VALUES"]
+__all__ = ["kshot_k_sweep", "SWEEP_PIPELINE_NAME", "DEFAULT_K_VALUES", "K_PARALLELISM"]
 
 SWEEP_PIPELINE_NAME = "kshot-nas-k-sweep"
 # Powers of two up to the paper's K = 8, the K of its Tables 1, 7 and 9.
 DEFAULT_K_VALUES: list[int] = [1, 2, 4, 8]
+# How many K train at once (dsl.ParallelFor's parallelism, a compile-time constant).
+K_PARALLELISM = 1
 _DEFAULTS = Config()
 _LAUNCHER = BACKENDS[0]
 _IMAGE = component_image()
@@ -50,6 +58,9 @@ def kshot_k_sweep(
     extra_config: str = "",
 ):
     """K sweep of K-shot NAS: supernet ranking correlation against K (Fig. 4).
+
+    At most kshot.pipeline.sweep.K_PARALLELISM values of K train at a time, so that their
+    multi-GPU jobs cannot deadlock the cluster.
 
     Args:
         k_values: The K values to train and rank, e.g. [1, 2, 4, 8].
@@ -98,7 +109,7 @@ def kshot_k_sweep(
     split_task = stages.split(config=base_config.outputs["config"])
     truth = ground_truth_table(base_config, split_task, launcher, image)
 
-    with dsl.ParallelFor(k_values, name="for-each-k") as k:
+    with dsl.ParallelFor(k_values, name="for-each-k", parallelism=K_PARALLELISM) as k:
         config_k = stages.configure(k=k, **shared)
         config = config_k.outputs["config"]
         warmup_task = stages.warmup(config=config, split=split_task.outputs["split"], **job)

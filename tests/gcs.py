@@ -7,13 +7,15 @@ Fixtures:
   stops the process at the end of the session.
 * ``gcs_bucket``: a fresh, uniquely named bucket on the emulator, as ``"gs://<name>"``.
 * ``flaky_proxy``: a :class:`FlakyProxy` between the client and the emulator for one test;
-  ``STORAGE_EMULATOR_HOST`` points at the proxy while the test runs and retries start fast.
+  ``STORAGE_EMULATOR_HOST`` points at the proxy while the test runs and retries start fast. It
+  also enforces the ``ifGenerationMatch`` precondition of uploads, which the emulator ignores.
 
 Register with ``pytest_plugins = ["tests.gcs"]`` in ``conftest.py`` (or ``pytest -p tests.gcs``).
 """
 
 from __future__ import annotations
 
+import email
 import http.client
 import json
 import socket
@@ -22,9 +24,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
@@ -130,10 +132,20 @@ class FlakyProxy:
     A failing request is answered with HTTP 503 or with a closed connection and no answer, in
     turn; it never reaches the upstream server. Failures are spread evenly and deterministically:
     with ``fail_share = 0.3`` exactly 3 requests in every 10 fail, and ``1.0`` fails them all.
+    :meth:`lose_next_answer` and :meth:`before_next` stage an event at a chosen request.
+
+    An upload that carries ``ifGenerationMatch`` is answered HTTP 412, as GCS does, when the
+    object's generation upstream (0: no object) differs; the emulator itself ignores preconditions.
 
     Args:
         upstream: URL of the server to forward to, e.g. ``http://127.0.0.1:9023``.
         fail_share: fraction of requests to fail, from 0 to 1; tests may change it at any time.
+
+    Attributes:
+        forwarded: requests not failed by ``fail_share``.
+        failed: requests failed by ``fail_share``, without reaching upstream.
+        lost: requests forwarded whose answer was dropped (:meth:`lose_next_answer`).
+        refused_preconditions: uploads answered 412.
     """
 
     def __init__(self, upstream: str, fail_share: float = 0.0) -> None:
@@ -143,8 +155,12 @@ class FlakyProxy:
         self.fail_share = fail_share
         self.forwarded = 0
         self.failed = 0
+        self.lost = 0
+        self.refused_preconditions = 0
         self._failure_credit = 0.0
+        self._staged: list[tuple[str, str, Callable[[], None] | None]] = []
         self._lock = threading.Lock()
+        self._upload_lock = threading.Lock()
         self._server = ThreadingHTTPServer((_LOOPBACK, 0), _proxy_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -163,6 +179,30 @@ class FlakyProxy:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+    def lose_next_answer(self, method: str, path_part: str) -> None:
+        """Forward the next ``method`` request whose path contains ``path_part``, then close its
+        connection without an answer: the request takes effect but the client cannot know."""
+        with self._lock:
+            self._staged.append((method, path_part, None))
+
+    def before_next(self, method: str, path_part: str, action: Callable[[], None]) -> None:
+        """Run ``action`` just before the next ``method`` request whose path contains
+        ``path_part`` is forwarded (e.g. another writer's upload, straight to the emulator)."""
+        with self._lock:
+            self._staged.append((method, path_part, action))
+
+    def take_staged(self, method: str, path: str) -> tuple[bool, Callable[[], None] | None]:
+        """The first event staged for a request like this one, now spent (events staged for the
+        same requests fire one per request, in order): whether to lose its answer, and an action
+        to run before forwarding it."""
+        with self._lock:
+            for index, (staged_method, path_part, action) in enumerate(self._staged):
+                if staged_method == method and path_part in path:
+                    del self._staged[index]
+                    self.lost += action is None
+                    return action is None, action
+        return False, None
 
     def next_fault(self) -> str | None:
         """``"503"``, ``"drop"`` or ``None`` (forward) for the next request."""
@@ -195,35 +235,75 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             body = self._read_body()
             fault = proxy.next_fault()
             if fault == "drop":
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+                self._drop()
                 return
             if fault == "503":
-                payload = json.dumps({"error": {"code": 503, "message": "injected fault"}})
-                self._answer(503, [("Content-Type", "application/json")], payload.encode())
+                self._error(503, "injected fault")
                 return
+            lose, action = proxy.take_staged(self.command, urlsplit(self.path).path)
+            if action is not None:
+                action()
+            expected = _expected_generation(self.command, self.path)
+            if expected is None:
+                status, headers, content = self._forward(body)
+            else:
+                with proxy._upload_lock:  # no other conditional upload between check and upload
+                    if self._generation(body) != expected:
+                        proxy.refused_preconditions += 1
+                        self._error(
+                            412, "At least one of the pre-conditions you specified did not hold."
+                        )
+                        return
+                    status, headers, content = self._forward(body)
+            if lose:
+                self._drop()
+                return
+            self._answer(status, headers, content)
+
+        def _upstream(
+            self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+        ) -> tuple[int, list[tuple[str, str]], bytes]:
+            """(status, headers, content) of one request to the upstream server."""
+            upstream = http.client.HTTPConnection(
+                proxy.upstream_host, proxy.upstream_port, timeout=60
+            )
+            try:
+                upstream.request(method, path, body=body or None, headers=headers or {})
+                response = upstream.getresponse()
+                return response.status, response.getheaders(), response.read()
+            finally:
+                upstream.close()
+
+        def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
             headers = {
                 key: value
                 for key, value in self.headers.items()
                 if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length"}
             }
-            upstream = http.client.HTTPConnection(
-                proxy.upstream_host, proxy.upstream_port, timeout=60
+            status, answer_headers, content = self._upstream(self.command, self.path, body, headers)
+            kept = [
+                (key, value)
+                for key, value in answer_headers
+                if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length"}
+            ]
+            return status, kept, content
+
+        def _generation(self, upload_body: bytes) -> str:
+            """The upstream generation of the object this upload writes ("0": none)."""
+            bucket = urlsplit(self.path).path.split("/")[5]  # /upload/storage/v1/b/BUCKET/o
+            name = _object_name(self.headers.get("Content-Type", ""), upload_body)
+            status, _, content = self._upstream(
+                "GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}"
             )
-            try:
-                upstream.request(
-                    self.command, self.path, body=body if body else None, headers=headers
-                )
-                response = upstream.getresponse()
-                content = response.read()
-                kept = [
-                    (key, value)
-                    for key, value in response.getheaders()
-                    if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length"}
-                ]
-                self._answer(response.status, kept, content)
-            finally:
-                upstream.close()
+            return str(json.loads(content)["generation"]) if status == 200 else "0"
+
+        def _drop(self) -> None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+        def _error(self, status: int, message: str) -> None:
+            payload = json.dumps({"error": {"code": status, "message": message}})
+            self._answer(status, [("Content-Type", "application/json")], payload.encode())
 
         def _answer(self, status: int, headers: list[tuple[str, str]], content: bytes) -> None:
             self.send_response(status)
@@ -239,6 +319,23 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _relay
 
     return Handler
+
+
+def _expected_generation(method: str, url: str) -> str | None:
+    """The ``ifGenerationMatch`` of an upload request (starting one, or all of one), else None."""
+    parts = urlsplit(url)
+    if method != "POST" or not parts.path.startswith("/upload/"):
+        return None
+    return parse_qs(parts.query).get("ifGenerationMatch", [None])[0]
+
+
+def _object_name(content_type: str, body: bytes) -> str:
+    """The object name of an upload request: in its JSON metadata, alone (resumable) or the first
+    part of a multipart/related body (multipart)."""
+    if not content_type.startswith("multipart/"):
+        return json.loads(body)["name"]
+    message = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    return json.loads(message.get_payload(0).get_payload(decode=True))["name"]
 
 
 @pytest.fixture

@@ -87,8 +87,11 @@ class RecordingKfpServer:
         if route == ("GET", "/healthz"):
             return 200, {"multi_user": False, "pipeline_store": "database"}
         if route == ("GET", "/pipelines"):
-            wanted = _filter_name(query)
-            found = [p for p in self.pipelines.values() if p["display_name"] == wanted]
+            # A namespace lists its own pipelines; no namespace lists the shared ones.
+            wanted = _filter_name(query), query.get("namespace", "")
+            found = [
+                p for p in self.pipelines.values() if (p["display_name"], p["namespace"]) == wanted
+            ]
             return 200, {"pipelines": found, "total_size": len(found)} if found else {}
         if route == ("POST", "/pipelines/upload"):
             return self._upload_pipeline(query, request.body)

@@ -14,10 +14,17 @@ from kfp.dsl.types.type_utils import InconsistentTypeException
 
 from kshot.cli import main
 from kshot.components import stages
-from kshot.components.runtime import PIPELINE_CONFIG_KEYS, build_config
+from kshot.components.runtime import (
+    NAMESPACE_ENV,
+    PIPELINE_CONFIG_KEYS,
+    build_config,
+    handoff_uri,
+    run_pipeline_stage,
+)
 from kshot.config import Config, ConfigError
+from kshot.launch import LaunchError
 from kshot.pipeline.cli import compile_pipeline
-from kshot.pipeline.sweep import DEFAULT_K_VALUES
+from kshot.pipeline.sweep import DEFAULT_K_VALUES, K_PARALLELISM
 from kshot.stages import STAGES
 
 CONFIG_OUTPUT = {"producerTask": "configure", "outputParameterKey": "config"}
@@ -140,6 +147,43 @@ def test_the_sweep_fans_out_over_k_and_plots_tau(compiled_sweep: dict[str, Any])
     assert tasks[plot["producerTask"]] is loop
     outputs = compiled_sweep["components"][loop["componentRef"]["name"]]["outputDefinitions"]
     assert outputs["artifacts"][plot["outputArtifactKey"]]["isArtifactList"] is True
+
+
+def test_the_sweep_trains_a_bounded_number_of_k_at_once(compiled_sweep: dict[str, Any]) -> None:
+    loop = next(task for task in _tasks(compiled_sweep).values() if "parameterIterator" in task)
+    assert K_PARALLELISM >= 1
+    assert loop["iteratorPolicy"]["parallelismLimit"] == K_PARALLELISM
+
+
+MINIO_RUN = "minio://mlpipeline/v2/artifacts/kshot-nas/run-1"
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_a_job_refuses_artifacts_its_pods_cannot_reach_before_it_starts(
+    launcher: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(NAMESPACE_ENV, "team-a")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))
+    split = dsl.Dataset(uri="gs://bucket/kshot-nas/run-1/split/split")
+    checkpoint = dsl.Model(uri=f"{MINIO_RUN}/warmup/checkpoint")
+    config = json.dumps(Config().to_dict())
+
+    with pytest.raises(LaunchError) as failure:
+        run_pipeline_stage("warmup", config, {"split": split}, {"checkpoint": checkpoint}, launcher)
+    message = str(failure.value)
+    assert f"warmup: output 'checkpoint' of the {launcher} job is {checkpoint.uri}" in message
+    assert "minio:// pipeline root" in message and "--pipeline-root gs://" in message
+    assert not Path(checkpoint.path).exists()
+
+
+def test_a_uri_handed_to_a_later_step_must_reach_its_pod() -> None:
+    table = dsl.Dataset(uri=f"{MINIO_RUN}/standalone/table")
+    with pytest.raises(ValueError, match=f"output 'table' is {table.uri}, which other pods"):
+        handoff_uri(table, "table")
+    in_gcs = dsl.Dataset(uri="gs://bucket/run-1/standalone/table")
+    assert handoff_uri(in_gcs, "table") == in_gcs.uri
+    on_this_machine = dsl.Dataset(uri="/tmp/kfp-local/standalone/table")  # kfp.local
+    assert handoff_uri(on_this_machine, "table") == on_this_machine.uri
 
 
 def _arguments(**changes: Any) -> dict[str, Any]:

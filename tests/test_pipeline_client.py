@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from kshot.cli import main
-from kshot.pipeline.cli import compile_pipeline
+from kshot.config import Config
+from kshot.launch import BACKENDS
+from kshot.pipeline.cli import compile_pipeline, run_arguments
 from tests.recording_kfp_server import RecordingKfpServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +136,56 @@ def test_run_an_uploaded_pipeline_by_name(kfp_server: RecordingKfpServer, packag
     assert "pipeline_spec" not in run or not run["pipeline_spec"]
     (experiment,) = kfp_server.experiments.values()
     assert experiment["namespace"] == "team-a"
+
+
+def test_a_namespace_uploads_and_runs_its_own_pipeline(
+    kfp_server: RecordingKfpServer, package: str
+) -> None:
+    upload = ["pipeline", "upload", *_host(kfp_server), "--package", package]
+    assert main(upload) == 0  # a shared pipeline of the same name
+    assert main([*upload, "--namespace", "team-a"]) == 0
+    assert main([*upload, "--namespace", "team-a", "--version", "v2"]) == 0
+    owned = {p["namespace"]: p["pipeline_id"] for p in kfp_server.pipelines.values()}
+    assert sorted(owned) == ["", "team-a"]
+    assert [v["display_name"] for v in kfp_server.versions[owned["team-a"]]] == ["kshot-nas", "v2"]
+    lookups = [r.query.get("namespace") for r in kfp_server.calls("GET", "/pipelines")]
+    assert lookups == [None, ["team-a"], ["team-a"]]
+
+    run = ["pipeline", "run", *_host(kfp_server), "--name", "kshot-nas", "--namespace", "team-a"]
+    assert main(run) == 0
+    (created,) = kfp_server.runs.values()
+    assert created["pipeline_version_reference"]["pipeline_id"] == owned["team-a"]
+
+
+def test_explicit_values_are_sent_even_at_the_local_defaults(tmp_path: Path) -> None:
+    defaults = Config()
+    assert run_arguments([], [f"k={defaults.k}"]) == {"k": defaults.k}
+    config = tmp_path / "run.yaml"
+    config.write_text(f"epochs: {defaults.epochs}\nchannels: {defaults.channels}\n")
+    arguments = run_arguments([str(config)], [f"seed={defaults.seed}"])
+    assert arguments == {
+        "epochs": defaults.epochs,
+        "seed": defaults.seed,
+        "extra_config": f'{{"channels": {defaults.channels}}}',
+    }
+
+
+def test_run_sends_the_pipeline_root(kfp_server: RecordingKfpServer, package: str) -> None:
+    root = "gs://kshot-runs/pipeline-root"
+    args = ["pipeline", "run", *_host(kfp_server), "--package", package, "--pipeline-root", root]
+    assert main(args) == 0
+    (run,) = kfp_server.runs.values()
+    assert run["runtime_config"]["pipeline_root"] == root
+
+
+def test_a_pipeline_root_outside_cloud_storage_is_refused_before_any_request(
+    kfp_server: RecordingKfpServer, package: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = "minio://mlpipeline/v2/artifacts"
+    args = ["pipeline", "run", *_host(kfp_server), "--package", package, "--pipeline-root", root]
+    assert main(args) == 2
+    assert f"--pipeline-root {root!r}" in capsys.readouterr().err
+    assert kfp_server.requests == []
 
 
 def test_a_sweep_run_takes_k_values(kfp_server: RecordingKfpServer) -> None:
@@ -261,7 +313,50 @@ def test_the_rerun_workflow_submits_through_the_script() -> None:
     assert submit["env"]["KFP_HOST"] == "${{ secrets.KFP_HOST }}"
     assert submit["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
     assert submit["env"]["K_VALUES"] == "${{ inputs.k }}"
+    assert dispatch["inputs"]["launcher"]["default"] == "pytorchjob"
+    assert set(dispatch["inputs"]["launcher"]["options"]) == set(BACKENDS)
+    for name in ("launcher", "namespace", "pipeline_root"):
+        assert submit["env"][name.upper()] == f"${{{{ inputs.{name} }}}}"
     ci = yaml.safe_load((WORKFLOWS / "ci.yml").read_text())
     steps = ci["jobs"]["test"]["steps"]
     assert any(step.get("run") == "bash .ci/run" for step in steps)
     assert any(step.get("with", {}).get("python-version") == "3.11" for step in steps)
+
+
+def test_the_rerun_workflow_passes_the_launcher_namespace_and_root(
+    kfp_server: RecordingKfpServer,
+) -> None:
+    workflow = yaml.safe_load((WORKFLOWS / "rerun.yml").read_text())
+    (submit,) = [
+        s for s in workflow["jobs"]["submit"]["steps"] if "submit_reruns.sh" in s.get("run", "")
+    ]
+    inputs = {
+        "K_VALUES": "2",
+        "EXPERIMENT": "reruns",
+        "LAUNCHER": "trainjob",
+        "NAMESPACE": "team-a",
+        "PIPELINE_ROOT": "gs://kshot-runs/root",
+    }
+    env = {
+        **os.environ,
+        **inputs,
+        "KFP_HOST": kfp_server.url,
+        "KFP_TOKEN": TOKEN,
+        "KSHOT_IMAGE": "",  # an unset repository variable
+        "PYTHON": sys.executable,
+    }
+    assert set(submit["env"]) == {*inputs, "KFP_HOST", "KFP_TOKEN", "KSHOT_IMAGE"}
+    done = subprocess.run(
+        ["bash", "-c", submit["run"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = kfp_server.runs.values()
+    assert run["runtime_config"]["parameters"]["launcher"] == "trainjob"
+    assert run["runtime_config"]["pipeline_root"] == "gs://kshot-runs/root"
+    (experiment,) = kfp_server.experiments.values()
+    assert experiment["namespace"] == "team-a"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage as gcs
 
 from kshot import storage
 from tests.gcs import FlakyProxy
@@ -214,6 +216,74 @@ def test_faults_that_never_stop_fail_clearly_and_write_nothing(
         storage.read_bytes(uri)
 
     flaky_proxy.fail_share = 0.0
+    assert not storage.exists(uri)
+
+
+def _direct_client(gcs_emulator: str) -> gcs.Client:
+    """A client of the emulator itself, past the proxy: another writer."""
+    return gcs.Client(
+        project="kshot-test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": gcs_emulator},
+    )
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_a_write_never_replaces_what_another_writer_put_there_meanwhile(
+    flaky_proxy: FlakyProxy, gcs_emulator: str, gcs_bucket: str, existed: bool
+) -> None:
+    uri = storage.join(gcs_bucket, "contested.bin")
+    if existed:
+        storage.write_bytes(uri, b"before")
+    bucket, key = storage.parse_gcs(uri)
+    other = _direct_client(gcs_emulator).bucket(bucket).blob(key)
+    flaky_proxy.before_next("POST", "/upload/", lambda: other.upload_from_string(b"theirs"))
+
+    with pytest.raises(storage.StorageError, match="another writer changed it") as failure:
+        storage.write_bytes(uri, b"ours")
+    assert uri in str(failure.value)
+    assert storage.read_bytes(uri) == b"theirs"
+    assert flaky_proxy.refused_preconditions == 1
+
+
+@pytest.mark.parametrize("size", [1000, 10_000_000])  # one multipart request; a resumable upload
+def test_a_write_whose_answer_was_lost_is_retried_and_lands_once(
+    flaky_proxy: FlakyProxy, gcs_bucket: str, size: int
+) -> None:
+    uri = storage.join(gcs_bucket, "lost.bin")
+    storage.write_bytes(uri, b"old")
+    data = bytes(range(256)) * (size // 256)
+    flaky_proxy.lose_next_answer("POST", "/upload/")
+
+    storage.write_bytes(uri, data)
+    assert storage.read_bytes(uri) == data
+    assert flaky_proxy.lost == 1
+    # the retried multipart upload met its own first attempt's object: 412, then found to be ours
+    assert flaky_proxy.refused_preconditions == (1 if size < 8 * 1024 * 1024 else 0)
+
+
+def test_a_retried_write_that_finds_other_bytes_fails(
+    flaky_proxy: FlakyProxy, gcs_emulator: str, gcs_bucket: str
+) -> None:
+    uri = storage.join(gcs_bucket, "lost-then-replaced.bin")
+    bucket, key = storage.parse_gcs(uri)
+    other = _direct_client(gcs_emulator).bucket(bucket).blob(key)
+    flaky_proxy.lose_next_answer("POST", "/upload/")
+    # the first attempt lands, its answer is lost; another writer replaces it before the retry
+    flaky_proxy.before_next("POST", "/upload/", lambda: other.upload_from_string(b"theirs"))
+
+    with pytest.raises(storage.StorageError, match="another writer changed it"):
+        storage.write_bytes(uri, b"ours")
+    assert storage.read_bytes(uri) == b"theirs"
+
+
+def test_a_delete_whose_answer_was_lost_succeeds(flaky_proxy: FlakyProxy, gcs_bucket: str) -> None:
+    uri = storage.join(gcs_bucket, "gone.bin")
+    storage.write_bytes(uri, b"x")
+    flaky_proxy.lose_next_answer("DELETE", "/o/")
+
+    storage.delete(uri)
+    assert flaky_proxy.lost == 1
     assert not storage.exists(uri)
 
 
