@@ -203,6 +203,15 @@ class NB201Supernet(nn.Module):
         x = torch.relu(self.last_bn(x, merged))
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), merged)
 
+    def drop_off_path_gradients(self, arch: str | Sequence[int]) -> None:
+        """After a backward through :meth:`forward_masked`: the parameters off the path hold zero
+        gradients where :meth:`forward` leaves none, which SGD skips (no weight decay, no
+        momentum); dropping them makes the optimiser step that of :meth:`forward`."""
+        on_path = {p for _, layer in self.path_layers(nb201.parse(arch)) for p in layer.slots()}
+        for p in self.parameters():
+            if p not in on_path:
+                p.grad = None
+
     @torch.no_grad()
     def export(self, arch: str | Sequence[int], lam: torch.Tensor) -> dict[str, torch.Tensor]:
         """State dict of ``nb201.build(arch, …)`` with the path's merged weights and BN statistics."""

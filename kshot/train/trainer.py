@@ -54,6 +54,8 @@ __all__ = [
     "training_batch",
     "cosine_lambda",
     "simplex_groups",
+    "grouped_loss",
+    "compile_grouped_loss",
 ]
 
 
@@ -233,7 +235,18 @@ def simplex_groups(m: int, world: int, rank: int) -> range:
     return range(first, first + max(m // world, 1))
 
 
-def _grouped_loss(
+def compile_grouped_loss(supernet: nn.Module, device: torch.device) -> Callable[..., Any]:
+    """:func:`grouped_loss` through ``supernet.forward_masked``, whose graph is the same for every
+    path, under ``torch.compile`` (on CUDA in mode "reduce-overhead": CUDA graphs). Call it with
+    the paths' one-hot codes (:meth:`Space.codes`) where :func:`grouped_loss` takes paths."""
+    return torch.compile(
+        functools.partial(grouped_loss, supernet.forward_masked),
+        mode="reduce-overhead" if device.type == "cuda" else None,
+        dynamic=False,
+    )
+
+
+def grouped_loss(
     forward: Callable[..., torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -301,15 +314,7 @@ class KShotTrainer:
         self.simplex = build_simplex(cfg).to(device)
         # config key ``compile``: the path-masked forward, whose graph is the same for every path,
         # captured once (on CUDA with CUDA graphs: mode "reduce-overhead")
-        self.compiled = (
-            torch.compile(
-                functools.partial(_grouped_loss, self.supernet.forward_masked),
-                mode="reduce-overhead" if device.type == "cuda" else None,
-                dynamic=False,
-            )
-            if cfg.compile
-            else None
-        )
+        self.compiled = compile_grouped_loss(self.supernet, device) if cfg.compile else None
         self.opt = torch.optim.SGD(
             self.supernet.parameters(),
             lr=cfg.lr,
@@ -383,19 +388,10 @@ class KShotTrainer:
         """(loss, correct predictions) of the batch in groups, group i through ``paths[i]``."""
         with autocast(self.cfg, self.device):
             if self.compiled is None:
-                return _grouped_loss(self.supernet, x, y, paths, lams)
+                return grouped_loss(self.supernet, x, y, paths, lams)
             if self.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
             return self.compiled(x, y, self.space.codes(paths, self.device)[0], lams)
-
-    def _drop_off_path_gradients(self, choice: Path) -> None:
-        """The masked forward gives the parameters off the path zero gradients where the path's
-        forward gives none, which SGD skips (no weight decay, no momentum): drop them, so that
-        both train alike."""
-        on_path = {p for _, layer in self.supernet.path_layers(choice) for p in layer.slots()}
-        for p in self.supernet.parameters():
-            if p not in on_path:
-                p.grad = None
 
     def supernet_step(
         self, x: torch.Tensor, y: torch.Tensor, choice: Path, lam: torch.Tensor
@@ -406,7 +402,7 @@ class KShotTrainer:
         self.opt.zero_grad(set_to_none=True)  # unsampled slots keep grad None: SGD skips them
         loss.backward()
         if self.compiled is not None:
-            self._drop_off_path_gradients(choice)
+            self.supernet.drop_off_path_gradients(choice)
         dist.all_reduce_gradients(self.supernet.parameters())
         self.opt.step()
         return loss.item(), correct.item() / len(y)
