@@ -69,6 +69,14 @@ def _artifact_help(stage: str) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
 def _stage(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     inputs = parse_overrides(args.input, "--input")
@@ -192,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--workers",
-            type=int,
+            type=_positive_int,
             default=1,
             help="run as this many local torchrun processes (gloo); 1: in this process",
         )

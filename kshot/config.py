@@ -10,8 +10,10 @@ source (file, ``--set``, pipeline parameter) of a bad value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +67,12 @@ class Config:
         "random crop (pad 4) and horizontal flip while training (CIFAR recipe); "
         "flips are skipped for 1-channel data such as digits",
     )
-    seed: int = _f(0, "base seed: the split, every sampled path and every batch derive from it")
+    seed: int = _f(
+        0,
+        "base seed: the split, every sampled path and every batch derive from it",
+        ge=0,
+        le=2**63 - 1,
+    )
     train_subset: int = _f(
         0, "split only this many images of the training part, seeded (0: all)", ge=0
     )
@@ -294,6 +301,11 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
     for name, f in _FIELDS.items():
         v = getattr(cfg, name)
         md = f.metadata
+        if any(
+            isinstance(x, float) and not math.isfinite(x)
+            for x in (v if isinstance(v, list) else [v])
+        ):
+            fail(name, "must be a finite number")
         if "choices" in md and v not in md["choices"]:
             fail(name, f"is not one of {', '.join(md['choices'])}")
         if "ge" in md and v < md["ge"]:
@@ -362,6 +374,8 @@ def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] 
                 raise ConfigError(f"config file {layer!r} not found") from e
             except yaml.YAMLError as e:
                 raise ConfigError(f"config file {layer!r} is not valid YAML: {e}") from e
+            except UnicodeDecodeError as e:
+                raise ConfigError(f"config file {layer!r} is not UTF-8 text: {e}") from e
             if not isinstance(data, dict):
                 raise ConfigError(f"config file {layer!r} must hold a mapping of keys to values")
             layer = data
@@ -384,4 +398,23 @@ def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] 
     except TypeError as e:  # pragma: no cover - defensive
         raise ConfigError(str(e)) from e
     _validate(cfg, origin)
+    ignored = [
+        k
+        for k in _OTHER_SPACE_KEYS[cfg.search_space]
+        if k in origin and getattr(cfg, k) != _FIELDS[k].default
+    ]
+    if ignored:
+        given = ", ".join(f"{k!r} (from {origin[k]})" for k in ignored)
+        warnings.warn(
+            f"config keys {given} do not apply to search_space {cfg.search_space!r} "
+            f"(from {origin.get('search_space', 'defaults')}), which ignores them",
+            stacklevel=2,
+        )
     return cfg
+
+
+# Shape keys of one search space, which the other one ignores.
+_OTHER_SPACE_KEYS = {
+    "nb201": ("width_mult", "channel_divisor", "channel_search", "rc_threshold"),
+    "mbv2": ("channels", "cells"),
+}

@@ -66,7 +66,7 @@ def is_main() -> bool:
 def device_for_rank(device: str = "auto") -> torch.device:
     """``cuda:LOCAL_RANK`` when CUDA is wanted and present, else the CPU."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config device = 'cuda' but no CUDA device is visible to this process")
+        raise ValueError("config key 'device' = 'cuda': no CUDA device is visible to this process")
     if device in ("auto", "cuda") and torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

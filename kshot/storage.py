@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, TypeVar
 
+import google.auth.exceptions
 import requests
 import torch
 from google.api_core import exceptions as api_exceptions
@@ -209,6 +210,13 @@ _client_lock = threading.Lock()
 _cached_client: tuple[tuple[int, str | None], gcs.Client] | None = None
 
 
+_NO_CREDENTIALS = (
+    "no usable Google Cloud credentials ({err}). On GKE give the pod's service account Workload "
+    "Identity (manifests/); elsewhere run `gcloud auth application-default login` or set "
+    "GOOGLE_APPLICATION_CREDENTIALS; STORAGE_EMULATOR_HOST points gs:// at an emulator"
+)
+
+
 def _client() -> gcs.Client:
     """One client per process and endpoint (a forked worker or a new emulator gets a fresh one)."""
     global _cached_client
@@ -220,7 +228,10 @@ def _client() -> gcs.Client:
                 project = os.environ.get("GOOGLE_CLOUD_PROJECT", _EMULATOR_PROJECT)
                 client = gcs.Client(project=project, credentials=AnonymousCredentials())
             else:
-                client = gcs.Client()
+                try:
+                    client = gcs.Client()
+                except google.auth.exceptions.GoogleAuthError as err:
+                    raise PermissionError(_NO_CREDENTIALS.format(err=err)) from err
             _cached_client = (identity, client)
         return _cached_client[1]
 
@@ -273,6 +284,8 @@ def _gcs_call(uri: str, action: str, operation: Callable[[Retry], _T]) -> _T:
         raise FileNotFoundError(_not_found_message(uri)) from err
     except (api_exceptions.Forbidden, api_exceptions.Unauthorized) as err:
         raise PermissionError(f"{action} {uri}: permission denied: {err.message}") from err
+    except google.auth.exceptions.GoogleAuthError as err:
+        raise PermissionError(f"{action} {uri}: " + _NO_CREDENTIALS.format(err=err)) from err
     except api_exceptions.RetryError as err:
         raise StorageError(
             f"{action} {uri} failed: still failing after retrying for {_retry_deadline():g} s "

@@ -90,6 +90,10 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
     ):
         raise ConfigError(f"--set k_values: {direct['k_values']!r} is not a list of integers")
     cfg = load_config(*files, pairs, sources=[*files, "--set"])
+    for k in direct.get("k_values", []):  # each run of the sweep must be a valid config
+        load_config(*files, {**pairs, "k": k}, sources=[*files, "--set k_values"])
+    if len(set(direct.get("k_values", []))) < len(direct.get("k_values", [])):
+        raise ConfigError(f"--set k_values: {direct['k_values']!r} repeats a K")
     build_config(
         {**pipeline_arguments(cfg), **{key: direct[key] for key in _PIPELINE_ONLY if key in direct}}
     )

@@ -118,11 +118,13 @@ def run_local_pipeline(cfg: Config, output: str) -> dict[str, Any]:
 
     Raises:
         LocalRunError: a step failed.
+        ValueError, OSError: nothing could be written at ``output`` (checked before any step).
     """
     from kfp import local
 
     from kshot.pipeline.pipeline import kshot_nas
 
+    storage.check_writable(output)  # a bad output fails now, not after the whole DAG
     started = time.monotonic()
     with _local_folder(output) as folder, warnings.catch_warnings():
         # kfp warns that the components' base image is not this environment: it is, by design

@@ -94,7 +94,7 @@ def cifar_folders(tmp_path_factory) -> Path:
 
 
 MBV2_TINY = {
-    **TINY,
+    **{k: v for k, v in TINY.items() if k not in ("channels", "cells")},
     "search_space": "mbv2",
     "width_mult": 0.125,
     "channel_divisor": 1,

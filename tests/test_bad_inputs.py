@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -341,6 +342,43 @@ CASES = [
         extra=("--set", "epochs=-1"),
     ),
     Case("k-zero", "warmup", ("'k' from --set: 0 must be >= 1",), extra=("--set", "k=0")),
+    *(
+        []
+        if torch.cuda.is_available()
+        else [
+            Case(
+                "cuda-on-a-machine-without-a-gpu",
+                "warmup",
+                ("config key 'device' = 'cuda': no CUDA device",),
+                extra=("--set", "device=cuda"),
+            )
+        ]
+    ),
+    Case(
+        "nan-learning-rate",
+        "warmup",
+        ("'lr' from --set: nan must be a finite number",),
+        extra=("--set", "lr=.nan"),
+    ),
+    Case(
+        "negative-seed",
+        "split",
+        ("'seed' from --set: -5 must be >= 0",),
+        extra=("--set", "seed=-5"),
+    ),
+    Case(
+        "checkpoint-of-another-simplex-net-size",
+        "search",
+        ("simplex_hidden = 64 (config: 32)",),
+        extra=("--set", "simplex_hidden=32"),
+        existing=("results.json",),
+    ),
+    Case(
+        "checkpoint-trained-at-another-resolution",
+        "train",
+        ("resolution = 8 (config: 12)",),
+        extra=("--set", "resolution=12"),
+    ),
     Case(
         "m-not-dividing-batch-size",
         "train",
@@ -352,6 +390,24 @@ CASES = [
         "search",
         ("'flops_budget' = 0.0001", "no nb201 path meets it"),
         extra=("--set", "flops_budget=0.0001"),
+    ),
+    Case(
+        "flops-budget-no-arch-meets-refused-before-training",
+        "warmup",
+        ("'flops_budget' = 0.0001", "no nb201 path meets it"),
+        extra=("--set", "flops_budget=0.0001"),
+    ),
+    Case(
+        "bn-images-beyond-the-split-refused-before-training",
+        "warmup",
+        ("'bn_images' = 5000 exceeds the 899 training images",),
+        extra=("--set", "bn_images=5000"),
+    ),
+    Case(
+        "missing-ground-truth-refused-before-training",
+        "warmup",
+        ("config key 'ground_truth' = '{t}/no-truth.csv'",),
+        extra=("--set", "ground_truth={t}/no-truth.csv"),
     ),
     Case(
         "bn-images-beyond-the-training-split",
@@ -383,6 +439,13 @@ CASES = [
         existing=("results.json",),
     ),
     Case("unknown-stage", "sprint", ("invalid choice: 'sprint'",)),
+    Case(
+        "config-file-that-is-not-text",
+        "split",
+        ("config file '{t}/binary.yaml' is not UTF-8 text",),
+        extra=("--config", "{t}/binary.yaml"),
+        setup=lambda t, good: (t / "binary.yaml").write_bytes(b"k: \xff\xfe\n"),
+    ),
 ]
 
 
@@ -437,3 +500,48 @@ def test_bad_input_is_named_and_nothing_is_written(
     assert _tree(tmp_path) == before
     if case.gcs:
         assert storage.list_uris(names["bucket"]) == []
+
+
+def test_keys_of_the_other_search_space_are_named_as_ignored():
+    with pytest.warns(
+        UserWarning, match=r"'channels' \(from base.yaml\) do not apply to search_space 'mbv2'"
+    ):
+        load_config({"channels": 32}, {"search_space": "mbv2"}, sources=["base.yaml", "--set"])
+
+
+def test_a_sweep_with_an_invalid_or_repeated_k_is_refused_before_any_request():
+    from kshot.config import ConfigError
+    from kshot.pipeline.cli import run_arguments
+
+    with pytest.raises(ConfigError, match="'k' from --set k_values: 0 must be >= 1"):
+        run_arguments([], ["k_values=[4,0]"], sweep=True)
+    with pytest.raises(ConfigError, match="repeats a K"):
+        run_arguments([], ["k_values=[4,4]"], sweep=True)
+
+
+def test_a_local_run_to_an_unwritable_output_fails_before_any_step(tmp_path, monkeypatch):
+    from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="unsupported URI scheme 's3'"):
+        run_local_pipeline(load_config(DEFAULT_CONFIG), "s3://bucket/run")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_ranking_experiment_with_an_invalid_k_is_refused_before_any_run(tmp_path):
+    from kshot.config import ConfigError
+    from kshot.eval.experiment import run_ranking_experiment
+
+    base = load_config(TINY, {"ground_truth": str(tmp_path / "truth.csv")})
+    with pytest.raises(ConfigError, match="--k 0, --seeds 0: .*'k'.* 0 must be >= 1"):
+        run_ranking_experiment(
+            base, [1, 0], [0], False, str(tmp_path / "runs"), str(tmp_path / "r.json")
+        )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_zero_workers_are_refused_by_the_command_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["stage", "split", "--workers", "0"])
+    assert stop.value.code == 2
+    assert "argument --workers: 0 must be >= 1" in capsys.readouterr().err

@@ -358,3 +358,13 @@ def test_bad_retry_deadline_setting_is_named(
     monkeypatch.setenv(storage.RETRY_DEADLINE_ENV, "soon")
     with pytest.raises(ValueError, match=f"{storage.RETRY_DEADLINE_ENV}='soon'"):
         storage.read_bytes(storage.join(gcs_bucket, "x"))
+
+
+def test_gs_without_credentials_says_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
+    monkeypatch.setattr(storage, "_cached_client", None)
+    with pytest.raises(PermissionError, match="no usable Google Cloud credentials .*Workload"):
+        storage.read_bytes("gs://some-bucket/split.json")

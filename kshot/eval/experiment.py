@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kshot import storage
-from kshot.config import Config
+from kshot.config import Config, ConfigError
 from kshot.stages import run_stage
 
 __all__ = ["run_ranking_experiment", "summarise_runs"]
@@ -100,21 +100,25 @@ def run_ranking_experiment(
             "the ranking experiment needs config key 'ground_truth' (e.g. "
             "../shared/data/nb201/nb201_accuracy.csv)"
         )
-    runs = []
+    plan = []  # every run's config, checked before the first one trains
     for seed in seeds:
         for k in ks:
-            modes = ["learned", "fixed", "random"] if ablations and k > 1 else ["learned"]
-            for mode in modes:
-                cfg = base.replace(k=k, seed=seed, lambda_mode=mode)
-                metrics = _run_one(cfg, workdir)
-                runs.append(
-                    {
-                        "k": k,
-                        "seed": seed,
-                        "lambda_mode": mode,
-                        **{key: metrics[key] for key in ("n_paths", *_METRICS, "top_group_tau")},
-                    }
-                )
+            for mode in ["learned", "fixed", "random"] if ablations and k > 1 else ["learned"]:
+                try:
+                    plan.append((k, seed, mode, base.replace(k=k, seed=seed, lambda_mode=mode)))
+                except ConfigError as e:
+                    raise ConfigError(f"--k {k}, --seeds {seed}: {e}") from e
+    runs = []
+    for k, seed, mode, cfg in plan:
+        metrics = _run_one(cfg, workdir)
+        runs.append(
+            {
+                "k": k,
+                "seed": seed,
+                "lambda_mode": mode,
+                **{key: metrics[key] for key in ("n_paths", *_METRICS, "top_group_tau")},
+            }
+        )
     report = {"config": base.to_dict(), "runs": runs, "summary": summarise_runs(runs)}
     storage.write_json(out, report)
     from kshot.report import ranking_summary_plot

@@ -15,7 +15,9 @@ from kshot.config import Config
 from kshot.data.datasets import channel_stats, load_dataset
 from kshot.data.split import split_from_dict
 from kshot.data.stream import ImageFolderIndex, StreamedPart
+from kshot.eval.ground_truth import load_ground_truth
 from kshot.nn.simplex import SimplexNet
+from kshot.search.nsga2 import BudgetError
 from kshot.search.score import PathScorer
 from kshot.spaces import Space
 from kshot.train import checkpoint as ckpt
@@ -39,6 +41,9 @@ __all__ = [
     "network_shape",
     "space_of",
     "read_search_results",
+    "check_budget",
+    "check_bn_images",
+    "check_later_stages",
 ]
 
 
@@ -185,12 +190,7 @@ def make_scorer(
     eval_images: int | None = None,
 ) -> PathScorer:
     """A scorer with ``cfg.bn_images`` seeded training images and the validation split."""
-    n_train = len(data.train_labels)
-    if cfg.bn_images > n_train:
-        raise ValueError(
-            f"config key 'bn_images' = {cfg.bn_images} exceeds the {n_train} training images of "
-            f"the split: recalibration needs that many"
-        )
+    n_train = check_bn_images(cfg, data)
     bn_idx = seeds.rng(cfg.seed, seeds.BN_IMAGES).permutation(n_train)[: cfg.bn_images]
     n_valid = eval_images if eval_images is not None else cfg.eval_images
     n_valid = n_valid or len(data.valid_labels)
@@ -261,3 +261,42 @@ def read_search_results(uri: str, space: Space) -> dict[str, Any]:
         "best": arch_of(results.get("best"), "best"),
         "flops_budget": results.get("flops_budget"),
     }
+
+
+def check_budget(cfg: Config, space: Space) -> float | None:
+    """The budget in MFLOPs (None: unconstrained); fails when no path of the space meets it."""
+    if not cfg.flops_budget:
+        return None
+    cheapest = space.cheapest_flops()
+    if cfg.flops_budget < cheapest:
+        shape = ", ".join(f"{k}={v}" for k, v in space.shape.items())
+        raise BudgetError(
+            f"config key 'flops_budget' = {cfg.flops_budget} MFLOPs: no {cfg.search_space} path "
+            f"meets it (the cheapest needs {cheapest:.6g} MFLOPs at {shape}, resolution "
+            f"{space.resolution})"
+        )
+    return cfg.flops_budget
+
+
+def check_bn_images(cfg: Config, data: TrainData) -> int:
+    """The split's training image count; fails when BN recalibration would need more."""
+    n_train = len(data.train_labels)
+    if cfg.bn_images > n_train:
+        raise ValueError(
+            f"config key 'bn_images' = {cfg.bn_images} exceeds the {n_train} training images of "
+            f"the split: recalibration needs that many"
+        )
+    return n_train
+
+
+def check_later_stages(cfg: Config, data: TrainData) -> None:
+    """Refuse before the first epoch what the search and rank stages would refuse after training:
+    a FLOPs budget no path meets, more recalibration images than the split holds, a ground-truth
+    table (config key ``ground_truth``) that cannot be read or lacks its column."""
+    check_budget(cfg, space_of(cfg, data))
+    check_bn_images(cfg, data)
+    if cfg.ranking and cfg.ground_truth:
+        try:
+            load_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space_of(cfg))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"config key 'ground_truth' = {cfg.ground_truth!r}: {e}") from e

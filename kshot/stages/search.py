@@ -7,9 +7,9 @@ from typing import Any
 from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
-from kshot.search.nsga2 import BudgetError, nsga2_search
-from kshot.spaces import Space
+from kshot.search.nsga2 import nsga2_search
 from kshot.stages.common import (
+    check_budget,
     device_of,
     load_train_data,
     load_trained,
@@ -19,22 +19,7 @@ from kshot.stages.common import (
     space_of,
 )
 
-__all__ = ["run", "check_budget"]
-
-
-def check_budget(cfg: Config, space: Space) -> float | None:
-    """The budget in MFLOPs (None: unconstrained); fails when no path of the space meets it."""
-    if not cfg.flops_budget:
-        return None
-    cheapest = space.cheapest_flops()
-    if cfg.flops_budget < cheapest:
-        shape = ", ".join(f"{k}={v}" for k, v in space.shape.items())
-        raise BudgetError(
-            f"config key 'flops_budget' = {cfg.flops_budget} MFLOPs: no {cfg.search_space} path "
-            f"meets it (the cheapest needs {cheapest:.6g} MFLOPs at {shape}, resolution "
-            f"{space.resolution})"
-        )
-    return cfg.flops_budget
+__all__ = ["run"]
 
 
 def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:

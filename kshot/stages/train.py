@@ -7,7 +7,7 @@ from typing import Any
 from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
-from kshot.stages.common import device_of, load_train_data, require
+from kshot.stages.common import check_later_stages, device_of, load_train_data, require
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer, curves
 
@@ -22,8 +22,10 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     """
     require(inputs, ("split", "checkpoint"), "train", "input")
     require(outputs, ("checkpoint",), "train", "output")
+    device = device_of(cfg)  # before the data: a missing GPU fails at once
     data = load_train_data(cfg, inputs["split"])
-    trainer = KShotTrainer(cfg, data, device_of(cfg))
+    check_later_stages(cfg, data)
+    trainer = KShotTrainer(cfg, data, device)
     if trainer.resume(outputs["checkpoint"], inputs["checkpoint"]) is None:
         raise ckpt.CheckpointError(
             f"checkpoint folder {inputs['checkpoint']!r} holds no checkpoint"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kshot.config import Config
-from kshot.stages.common import device_of, load_train_data, require
+from kshot.stages.common import check_later_stages, device_of, load_train_data, require
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer
 
@@ -16,8 +16,10 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     """Train from scratch (or resume from ``outputs["checkpoint"]``) until epoch ``warmup_epochs``."""
     require(inputs, ("split",), "warmup", "input")
     require(outputs, ("checkpoint",), "warmup", "output")
+    device = device_of(cfg)  # before the data: a missing GPU fails at once
     data = load_train_data(cfg, inputs["split"])
-    trainer = KShotTrainer(cfg, data, device_of(cfg))
+    check_later_stages(cfg, data)
+    trainer = KShotTrainer(cfg, data, device)
     trainer.resume(outputs["checkpoint"])
     trainer.fit(cfg.warmup_epochs, outputs["checkpoint"])
     if not ckpt.list_checkpoints(outputs["checkpoint"]):  # T_w = 0: hand on the initial weights

@@ -91,8 +91,8 @@ class TrainData:
 
 def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed or scored under ``cfg``: the space, K, the
-    network's shape and (mbv2) whether widths are searched, the simplex-net's inputs. Keyed by
-    config key, so that a mismatch names the key to change."""
+    network's shape and (mbv2) whether widths are searched, the simplex-net's size and inputs, the
+    image resolution. Keyed by config key, so that a mismatch names the key to change."""
     if cfg.search_space == "nb201":
         shape = {"channels": cfg.channels, "cells": cfg.cells}
     else:
@@ -105,6 +105,8 @@ def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
         "search_space": cfg.search_space,
         "k": cfg.k,
         **shape,
+        "simplex_hidden": cfg.simplex_hidden,
+        "resolution": data.resolution,
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
     }
