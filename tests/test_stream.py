@@ -285,3 +285,16 @@ def test_a_flat_val_folder_is_refused_alike_on_disk_and_on_gcs(tmp_path, gcs_buc
     for where in (str(root), uri):
         with pytest.raises(ValueError, match="must sit in <class>/ folders"):
             ImageFolderIndex.scan(where, "test")
+
+
+def test_held_out_images_reach_the_device_batch_by_batch(index, split, monkeypatch):
+    """The scorer's validation images of a streamed split are those of the in-memory path (the
+    evaluation transform, in order), decoded in batches straight into the device tensor."""
+    from kshot.stages import common
+
+    _, valid = split
+    part = stream.StreamedPart(index, valid, RES, num_workers=0)
+    monkeypatch.setattr(common, "_DECODE_BATCH", 4)  # several batches, the last one short
+    on_device = common.images_on_device(part, 5, torch.device("cpu"))
+    want = torch.stack([eval_transform(read_image(index.files[i]), RES) for i in valid[:5]])
+    assert on_device.dtype == torch.uint8 and torch.equal(on_device, want)

@@ -44,7 +44,10 @@ __all__ = [
     "check_budget",
     "check_bn_images",
     "check_later_stages",
+    "images_on_device",
 ]
+
+_DECODE_BATCH = 256  # images per decoded batch of a streamed part moved to the device
 
 
 def require(artifacts: Mapping[str, str], names: tuple[str, ...], stage: str, kind: str) -> None:
@@ -169,6 +172,23 @@ def _streamed_train_data(cfg: Config, split_doc: Any, split_uri: str) -> TrainDa
     )
 
 
+def images_on_device(
+    images: torch.Tensor | StreamedPart, count: int, device: torch.device
+) -> torch.Tensor:
+    """The first ``count`` images, uint8 (normalised per batch later), on ``device``. A streamed
+    part is decoded batch by batch straight into the device tensor, so the host never holds them
+    all at once (ImageNet's 50,000 held-out images at 224: 7.5 GB)."""
+    if isinstance(images, torch.Tensor):
+        return images[:count].to(device)
+    head = StreamedPart(images.index, images.indices[:count], images.resolution, images.num_workers)
+    out = torch.empty(head.shape, dtype=torch.uint8, device=device)
+    filled = 0
+    for batch, _ in head.batches(_DECODE_BATCH):
+        out[filled : filled + len(batch)].copy_(batch, non_blocking=True)
+        filled += len(batch)
+    return out
+
+
 def load_trained(
     cfg: Config, data: TrainData, checkpoint_folder: str, device: torch.device
 ) -> tuple[nn.Module, SimplexNet, dict]:
@@ -199,7 +219,7 @@ def make_scorer(
         supernet,
         simplex,
         bn_images=data.prepare(data.train_images[torch.from_numpy(bn_idx)], device),
-        valid_images=data.valid_images[:n_valid].to(device),  # uint8: normalised per batch
+        valid_images=images_on_device(data.valid_images, n_valid, device),
         valid_labels=data.valid_labels[:n_valid].to(device),
         bn_batch_size=cfg.bn_batch_size,
         eval_batch_size=cfg.eval_batch_size,
