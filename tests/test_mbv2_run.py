@@ -211,3 +211,32 @@ def test_a_streamed_split_refuses_a_tree_whose_files_changed(mbv2_cfg, cifar_fol
     first.rename(first.with_name("renamed.jpg"))  # same count, other files
     with pytest.raises(ValueError, match="another list of files.*make the split again"):
         load_train_data(cfg, split)
+
+
+def test_the_imagenet_recipe_decays_no_bn_parameter_and_warms_its_ema_up(mbv2_cfg):
+    """As the reference (EfficientNet/MnasNet TPU code): the L2 term skips BN's γ and β, and the
+    EMA's decay at update t is min(decay, (1 + t) / (10 + t))."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from kshot.train.standalone import tf_ema_update
+
+    model = mbv2.build(mbv2.full_width([0] * 21), num_classes=10, width_mult=0.125, divisor=1)
+    opt, _ = retrain_schedule(mbv2_cfg, model, steps_per_epoch=10, epochs=1)
+    bn = {p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    decayed, kept = opt.param_groups
+    assert kept["weight_decay"] == 0.0 and set(kept["params"]) == bn
+    assert decayed["weight_decay"] == mbv2_cfg.retrain_weight_decay > 0
+    assert not bn & set(decayed["params"]) and len(decayed["params"]) + len(bn) == len(
+        list(model.parameters())
+    )
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(net, multi_avg_fn=tf_ema_update(0.9999), use_buffers=True)
+    values, average = [0.0, 1.0, 1.0], 0.0  # the first update copies the weights
+    for t, value in enumerate(values):
+        net.weight.data.fill_(value)
+        ema.update_parameters(net)
+        if t:
+            d = min(0.9999, (1 + t) / (10 + t))
+            average = d * average + (1 - d) * value
+        assert ema.module.weight.item() == pytest.approx(average, rel=1e-6), t

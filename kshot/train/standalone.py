@@ -9,9 +9,13 @@ Two recipes (config key ``retrain_recipe``):
   outside, gets √1e-3, which approximates it while the squared-gradient average is ≪ 1e-3), batch
   1024, lr warmed up linearly from 0 to ``retrain_lr`` (0.128) over ``retrain_warmup_epochs`` (5),
   then multiplied by ``retrain_lr_decay`` (0.97) every ``retrain_decay_epochs`` (2.4) epochs
-  counted from the start (staircase, as the reference implementation's ``exponential_decay``), and
-  an exponential moving average of the weights and BN statistics with decay ``retrain_ema_decay``
-  (0.9999), which is what is evaluated and returned.
+  counted from the start (staircase, as the reference implementation's ``exponential_decay``),
+  weight decay on every parameter but BN's (as the reference's L2 term, which skips
+  ``batch_normalization`` variables), and an exponential moving average of the weights and BN
+  statistics with decay ``retrain_ema_decay`` (0.9999), which is what is evaluated and returned.
+  As TensorFlow's ``ExponentialMovingAverage(num_updates=global_step)`` of the reference, the decay
+  of update t is ``min(decay, (1 + t) / (10 + t))``, so the average forgets the initial weights
+  early on instead of keeping 0.9999 of them per step.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from kshot import distributed as dist
@@ -30,7 +34,13 @@ from kshot.config import Config
 from kshot.data.stream import StreamedPart
 from kshot.train.trainer import TrainData, autocast, cosine_lambda, space_of, training_batch
 
-__all__ = ["train_standalone", "evaluate", "imagenet_lambda", "retrain_schedule"]
+__all__ = [
+    "train_standalone",
+    "evaluate",
+    "imagenet_lambda",
+    "retrain_schedule",
+    "tf_ema_update",
+]
 
 
 _RMSPROP_EPS = 1e-3**0.5  # approximates TensorFlow's eps 1e-3 inside sqrt(v + eps) while v ≪ 1e-3
@@ -52,13 +62,38 @@ def imagenet_lambda(
     return factor
 
 
+def tf_ema_update(decay: float) -> Callable[[list, list, torch.Tensor | int], None]:
+    """An ``AveragedModel`` ``multi_avg_fn``: the EMA with TensorFlow's ``num_updates`` warm-up,
+    decay ``min(decay, (1 + t) / (10 + t))`` at update t."""
+
+    def update(averaged: list, current: list, num_averaged: torch.Tensor | int) -> None:
+        if not averaged[0].is_floating_point():  # BN's batch counters: the model's own
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+            return
+        t = int(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1 + t) / (10 + t)))
+
+    return update
+
+
 def retrain_schedule(
     cfg: Config, model: nn.Module, steps_per_epoch: int, epochs: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """The optimiser and per-iteration lr schedule of ``cfg.retrain_recipe``."""
     if cfg.retrain_recipe == "imagenet":
+        bn = {
+            id(p)
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)
+        }
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in bn]},
+            {"params": [p for p in model.parameters() if id(p) in bn], "weight_decay": 0.0},
+        ]
         opt: torch.optim.Optimizer = torch.optim.RMSprop(
-            model.parameters(),
+            groups,
             lr=cfg.retrain_lr,
             alpha=0.9,
             eps=_RMSPROP_EPS,
@@ -149,7 +184,7 @@ def train_standalone(
     ema = None
     if cfg.retrain_recipe == "imagenet" and cfg.retrain_ema_decay > 0:
         ema = AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.retrain_ema_decay), use_buffers=True
+            model, multi_avg_fn=tf_ema_update(cfg.retrain_ema_decay), use_buffers=True
         )
     history: dict[str, list[float]] = {
         "epoch": [],
