@@ -10,7 +10,7 @@ gives the state dict of the stand-alone network of a path with its merged weight
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,47 +68,51 @@ class SuperCell(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, choice: nb201.Arch, merged: Merged) -> torch.Tensor:
-        nodes = [x]
-        for to in range(1, 4):
-            total = None
-            for e, (t, src) in enumerate(nb201.EDGES):
-                if t != to:
-                    continue
-                op = nb201.OPS[choice[e]]
-                if op == "none":
-                    continue  # contributes zeros
-                h = nodes[src]
-                if op == "avg_pool_3x3":
-                    h = F.avg_pool2d(h, 3, stride=1, padding=1, count_include_pad=False)
-                elif op != "skip_connect":
-                    h = self.edges[e][op](h, merged)
-                total = h if total is None else total + h
-            nodes.append(torch.zeros_like(x) if total is None else total)
-        return nodes[-1]
+        def edge(e: int, h: torch.Tensor) -> torch.Tensor | None:
+            op = nb201.OPS[choice[e]]
+            if op == "none":
+                return None  # contributes zeros
+            if op == "avg_pool_3x3":
+                return F.avg_pool2d(h, 3, stride=1, padding=1, count_include_pad=False)
+            if op == "skip_connect":
+                return h
+            return self.edges[e][op](h, merged)
+
+        return _cell(x, edge)
 
     def forward_masked(self, x: torch.Tensor, mask: torch.Tensor, merged: Merged) -> torch.Tensor:
         """Every operation of every edge runs and ``mask`` (edges × ops, bool) keeps the path's:
         the unused ones add exact zeros, get zero gradients and leave their BN statistics alone."""
-        nodes = [x]
-        for to in range(1, 4):
-            total = None
-            for e, (t, src) in enumerate(nb201.EDGES):
-                if t != to:
-                    continue
-                h, keep = nodes[src], mask[e]
-                out = torch.where(keep[_SKIP], h, 0.0) + torch.where(
-                    keep[_POOL],
-                    F.avg_pool2d(h, 3, stride=1, padding=1, count_include_pad=False),
-                    0.0,
-                )
-                for op, branch in self.edges[e].items():
-                    selected = keep[nb201.OPS.index(op)]
-                    out = out + torch.where(
-                        selected, branch.forward_masked(h, merged, selected), 0.0
-                    )
-                total = out if total is None else total + out
-            nodes.append(total)
-        return nodes[-1]
+
+        def edge(e: int, h: torch.Tensor) -> torch.Tensor:
+            keep = mask[e]
+            out = torch.where(keep[_SKIP], h, 0.0) + torch.where(
+                keep[_POOL], F.avg_pool2d(h, 3, stride=1, padding=1, count_include_pad=False), 0.0
+            )
+            for op, branch in self.edges[e].items():
+                selected = keep[nb201.OPS.index(op)]
+                out = out + torch.where(selected, branch.forward_masked(h, merged, selected), 0.0)
+            return out
+
+        return _cell(x, edge)
+
+
+def _cell(
+    x: torch.Tensor, edge: Callable[[int, torch.Tensor], torch.Tensor | None]
+) -> torch.Tensor:
+    """The cell's DAG: node j is the sum of ``edge(e, node_i)`` over its incoming edges e = (i, j),
+    in edge order (``None``: the edge adds nothing); the output is the last node."""
+    nodes = [x]
+    for to in range(1, 4):
+        total = None
+        for e, (t, src) in enumerate(nb201.EDGES):
+            if t != to:
+                continue
+            h = edge(e, nodes[src])
+            if h is not None:
+                total = h if total is None else total + h
+        nodes.append(torch.zeros_like(x) if total is None else total)
+    return nodes[-1]
 
 
 class NB201Supernet(nn.Module):
