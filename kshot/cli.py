@@ -148,8 +148,12 @@ def _bench(args: argparse.Namespace) -> int:
     from kshot import storage
     from kshot.bench import run_benchmarks
 
-    result = run_benchmarks(quick=args.quick, device=args.device)
-    storage.write_json(args.out, result)
+    result = run_benchmarks(
+        quick=args.quick,
+        device=args.device,
+        sections=args.sections.split(","),
+        on_section=lambda report: storage.write_json(args.out, report),
+    )
     keys = (
         "device",
         "train_step_ratio_k8_vs_k1",
@@ -255,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a CPU")
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    bench.add_argument("--out", default="bench.json", help="where the JSON goes")
+    bench.add_argument(
+        "--out", default="bench.json", help="where the JSON goes (rewritten after each section)"
+    )
+    bench.add_argument(
+        "--sections",
+        default="training,search,ddp,mbv2",
+        help="comma-separated parts to run, of training, search, ddp, mbv2",
+    )
     bench.set_defaults(func=_bench)
 
     config = sub.add_parser(
