@@ -264,6 +264,9 @@ class FakeKube:
             return 200, _status(200, "", "deleted")
         if method == "GET":
             job.gets += 1
+            if job.step == "gone":  # its deletion, started before the test, has finished
+                job.deleted = True
+                return 404, _status(404, "NotFound", f"{route['plural']} {key[2]} not found")
             if job.step == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
             return 200, {**job.body, "status": {"conditions": _conditions(job)}}

@@ -54,11 +54,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_cfg, digits_spl
     assert one["step"] == two["step"] == 2 * (899 // cfg.batch_size)
     assert _relative_distance(one["supernet"], two["supernet"]) < SUPERNET_RTOL
     assert _relative_distance(one["simplex"], two["simplex"]) < SIMPLEX_RTOL
-    # not trivially equal: the weights moved, and twice as far as the two runs are apart
+    # not trivially equal: the weights moved (0.9% in the run this was written on), twice as far
+    # as the two runs are apart
     start = ckpt.load_latest(warm)
-    assert _relative_distance(start["supernet"], one["supernet"]) > 2 * _relative_distance(
-        one["supernet"], two["supernet"]
-    )
+    moved = _relative_distance(start["supernet"], one["supernet"])
+    assert moved > 0.004 and moved > 2 * _relative_distance(one["supernet"], two["supernet"])
 
 
 def _torchrun_two(script) -> None:

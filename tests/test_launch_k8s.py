@@ -448,6 +448,21 @@ def test_a_retried_step_replaces_its_failed_job(start_fake) -> None:
     methods = [r.method for r in fake.requests if r.method != "GET"]
     assert methods == ["POST", "DELETE", "POST", "DELETE"]
     assert fake.deleted(name)
+    # the failed job goes only after its pods, which the new job's would be mistaken for
+    replace = next(r for r in fake.requests if r.method == "DELETE")
+    assert replace.query.get("propagationPolicy") == ["Foreground"]
+
+
+def test_a_retried_step_waits_out_its_job_being_deleted_and_creates_it_anew(start_fake) -> None:
+    fake = start_fake()
+    spec = make_spec()
+    body = render_job(spec, "pytorchjob", timeout_s=FAST["timeout_s"])
+    body["metadata"]["deletionTimestamp"] = "2026-11-28T00:00:00Z"
+    fake.add_job(body, ["running", "gone"])
+    job, lines = launch(fake, spec)
+    assert any(c["type"] == "Succeeded" for c in job["status"]["conditions"])
+    assert any("is being deleted: waiting to create it anew" in line for line in lines)
+    assert [r.method for r in fake.requests if r.method != "GET"] == ["POST", "POST", "DELETE"]
 
 
 def test_launch_defaults_configmap_places_the_pods(start_fake) -> None:

@@ -221,3 +221,18 @@ def test_under_ddp_each_image_takes_the_path_it_takes_in_one_process(world):
 def test_m_and_the_process_count_must_divide_one_another():
     with pytest.raises(ValueError, match="m = 16 and 6 processes"):
         simplex_groups(16, 6, 0)
+
+
+def test_checkpoint_identity_compares_what_the_checkpoint_records(tiny_cfg, digits_data):
+    """A key added to the identity later is not held against older checkpoints; a recorded one
+    that differs is refused, and so is a file with no identity at all."""
+    cpu = torch.device("cpu")
+    state = KShotTrainer(tiny_cfg, digits_data, cpu).state_dict()
+    del state["identity"]["simplex_hidden"]  # as written before simplex_hidden joined
+    KShotTrainer(tiny_cfg, digits_data, cpu).load_state_dict(state, "old.pt")
+    state["identity"]["k"] = 2
+    with pytest.raises(ckpt.CheckpointError, match=r"old.pt does not match .*k = 2 \(config: 4\)"):
+        KShotTrainer(tiny_cfg, digits_data, cpu).load_state_dict(state, "old.pt")
+    del state["identity"]
+    with pytest.raises(ckpt.CheckpointError, match="records no identity"):
+        KShotTrainer(tiny_cfg, digits_data, cpu).load_state_dict(state, "old.pt")

@@ -305,12 +305,12 @@ def run_job(
     name = body["metadata"]["name"]
     title = f"{body['kind']} {spec.namespace}/{name}"
     watcher = _JobWatcher(api_client, kind, spec.namespace, name, log, poll_s)
-    create_sent = created = cancelled = succeeded = False
+    created = cancelled = succeeded = False
+    ownership = {"ours": False}
     restore_sigterm = _raise_on_sigterm(title)
     try:
-        create_sent = True
         adopted = _create_or_adopt(
-            api_client, kind, body, time.monotonic() + timeout_s, log, poll_s
+            api_client, kind, body, time.monotonic() + timeout_s, log, poll_s, ownership
         )
         created = True
         log(f"{'adopted the existing' if adopted else 'created'} {title}")
@@ -324,7 +324,7 @@ def run_job(
         restore_sigterm()
         watcher.stop_log(drain=not cancelled)
         # A cancel while the create was in flight may have left the job: delete it too.
-        if (cancelled and create_sent) or (
+        if (cancelled and ownership["ours"]) or (
             created and (delete_policy == "always" or (succeeded and delete_policy == "on-success"))
         ):
             _delete(api_client, kind, spec.namespace, name, log)
@@ -423,17 +423,21 @@ def _create_or_adopt(
     deadline: float,
     log: Callable[[str], None],
     poll_s: float,
+    ownership: dict[str, bool],
 ) -> bool:
     """Create the job, or adopt the one a previous attempt of this launch left; True if adopted.
 
     A retried step renders the same name and hash: its job still running or already succeeded is
-    watched as if just created; a failed one is deleted and created anew. A job of that name with
-    another hash was made by someone else and is left alone.
+    watched as if just created; a failed one, or one already being deleted, is waited out (its pods
+    too) and created anew. A job of that name with another hash was made by someone else and is
+    left alone. ``ownership["ours"]`` says at every moment whether the job of that name, if any, is
+    this launch's: what a cancel may delete.
     """
     objects = client.CustomObjectsApi(api_client)
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     title = f"{body['kind']} {namespace}/{name}"
     for _ in range(_CREATE_ATTEMPTS):
+        ownership["ours"] = True  # a create in flight may land
         try:
             _retrying(
                 lambda: objects.create_namespaced_custom_object(
@@ -450,6 +454,7 @@ def _create_or_adopt(
             )
             return False
         except ApiException as error:
+            ownership["ours"] = False
             if error.status != 409:
                 raise LaunchError(_create_failure(error, kind, namespace)) from error
         existing = _get_job(objects, kind, namespace, name, deadline, log)
@@ -462,11 +467,16 @@ def _create_or_adopt(
                 f"{LAUNCH_HASH_ANNOTATION} is {theirs!r}); delete it or give the launch another "
                 "name"
             )
-        if not _condition(existing, kind.failed):
+        ownership["ours"] = True
+        if existing["metadata"].get("deletionTimestamp"):
+            log(f"{title} from an earlier attempt is being deleted: waiting to create it anew")
+        elif not _condition(existing, kind.failed):
             return True
-        log(f"{title} from an earlier attempt failed: replacing it")
-        if not _delete(api_client, kind, namespace, name, log):
-            raise LaunchError(f"could not replace the failed {title}: delete it by hand")
+        else:
+            log(f"{title} from an earlier attempt failed: replacing it")
+            # Foreground: the job goes only after its pods, which the new job's would be mistaken for
+            if not _delete(api_client, kind, namespace, name, log, propagation="Foreground"):
+                raise LaunchError(f"could not replace the failed {title}: delete it by hand")
         _wait_gone(objects, kind, namespace, name, deadline, log, poll_s)
     raise LaunchError(f"could not create {title}: a job of that name kept reappearing")
 
@@ -506,6 +516,7 @@ def _delete(
     namespace: str,
     name: str,
     log: Callable[[str], None],
+    propagation: Literal["Background", "Foreground"] = "Background",
 ) -> bool:
     """Delete the job (retrying briefly); False, after saying why, when that failed."""
     objects = client.CustomObjectsApi(api_client)
@@ -518,7 +529,7 @@ def _delete(
                 namespace,
                 kind.plural,
                 name,
-                propagation_policy="Background",
+                propagation_policy=propagation,
                 _request_timeout=_REQUEST_TIMEOUT,
             ),
             f"delete {title}",

@@ -92,10 +92,17 @@ def load_latest(folder: str, required: bool = True) -> dict[str, Any] | None:
 
 
 def check_identity(state: dict[str, Any], expected: dict[str, Any], uri: str) -> None:
-    """Fail if the checkpoint was trained with another space / K / shape than ``expected``."""
-    found = state.get("identity", {})
+    """Fail if the checkpoint was trained with another space / K / shape than ``expected``.
+
+    A key the checkpoint does not record (it was written before the key joined the identity) is
+    not compared: loading its tensors still catches a shape that differs."""
+    found = state.get("identity")
+    if not isinstance(found, dict):
+        raise CheckpointError(f"checkpoint {uri} records no identity: it is not a K-shot run's")
     diffs = [
-        f"{k} = {found.get(k)!r} (config: {v!r})" for k, v in expected.items() if found.get(k) != v
+        f"{k} = {found[k]!r} (config: {v!r})"
+        for k, v in expected.items()
+        if k in found and found[k] != v
     ]
     if diffs:
         raise CheckpointError(f"checkpoint {uri} does not match the config: {'; '.join(diffs)}")

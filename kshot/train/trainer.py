@@ -422,7 +422,7 @@ class KShotTrainer:
             loss, _ = self._loss(
                 x, y, choices[mine.start : mine.stop], lams[mine.start : mine.stop]
             )
-            out = {"simplex_loss": loss.item()}
+            out = {"simplex_loss": dist.all_reduce_mean(loss).item()}  # over all m groups
             if self.space.has_widths:
                 widths = torch.tensor(
                     [self.space.width_factors(c) for c in choices], dtype=torch.float64
