@@ -236,3 +236,24 @@ def test_checkpoint_identity_compares_what_the_checkpoint_records(tiny_cfg, digi
     del state["identity"]
     with pytest.raises(ckpt.CheckpointError, match="records no identity"):
         KShotTrainer(tiny_cfg, digits_data, cpu).load_state_dict(state, "old.pt")
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (inductor, CUDA graphs)"
+)
+def test_compiled_training_on_cuda_follows_eager_inside_cuda_graphs(tiny_cfg, digits_data):
+    """config key ``compile`` as it runs on a GPU: inductor's kernels replayed as CUDA graphs
+    (mode reduce-overhead), none skipped, and the eager run's weights to float precision."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    runs = {}
+    for compiled in (False, True):
+        cfg = tiny_cfg.replace(compile=compiled, precision="fp32", device="cuda")
+        trainer = KShotTrainer(cfg, digits_data, torch.device("cuda"))
+        trainer.step = trainer.warmup_steps - 2
+        trainer.fit(until_epoch=trainer.warmup_steps // trainer.steps_per_epoch + 1, progress=False)
+        runs[compiled] = trainer.supernet.state_dict()
+    assert torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] == 0
+    for name, eager in runs[False].items():
+        if eager.is_floating_point():
+            assert torch.allclose(runs[True][name], eager, atol=1e-4, rtol=1e-3), name
