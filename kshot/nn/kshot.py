@@ -198,20 +198,24 @@ class KShotBatchNorm2d(KShotLayer):
         """:meth:`forward` for a layer that runs whether or not the path uses it (see
         :meth:`NB201Supernet.forward_masked`): its running statistics move only when the 0-dim
         bool ``selected`` is true, so an unused layer ends the step as :meth:`forward` would
-        have left it, untouched, while the step's graph stays the same for every path."""
+        have left it, untouched, while the step's graph stays the same for every path. The
+        statistics are updated by ``batch_norm`` itself, on copies, exactly as :meth:`forward`
+        updates them; a fixed ``momentum`` is needed (the cumulative average's would be a
+        per-step Python number)."""
         weight, bias = merged[self]
         if not self.training:
             return F.batch_norm(
                 x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps
             )
+        if self.momentum is None:
+            raise ValueError("forward_masked needs a BN layer with a fixed momentum, not None")
+        mean, var = self.running_mean.clone(), self.running_var.clone()
+        out = F.batch_norm(x, mean, var, weight, bias, True, self.momentum, self.eps)
         with torch.no_grad():
-            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3))  # unbiased, as BN's running var
-            tracked = self.num_batches_tracked + selected.long()
-            momentum = 1.0 / tracked.clamp_min(1) if self.momentum is None else self.momentum
-            for stat, batch in ((self.running_mean, mean), (self.running_var, var)):
-                stat.copy_(torch.where(selected, torch.lerp(stat, batch, momentum), stat))
-            self.num_batches_tracked.copy_(tracked)
-        return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+            self.running_mean.copy_(torch.where(selected, mean, self.running_mean))
+            self.running_var.copy_(torch.where(selected, var, self.running_var))
+            self.num_batches_tracked.add_(selected.long())
+        return out
 
 
 class KShotLinear(KShotLayer):

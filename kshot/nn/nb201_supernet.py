@@ -192,11 +192,10 @@ class NB201Supernet(nn.Module):
         """:meth:`forward` with the path given as its one-hot code (:func:`nb201.one_hot`) instead
         of a Python tuple: every operation runs and the code masks out all but the path's, so the
         step's graph and shapes are the same for every path and ``torch.compile`` / CUDA graphs
-        capture it once. The logits equal :meth:`forward`'s bitwise, the path's gradients and BN
-        statistics up to rounding (the merge sums more terms, all exact zeros; BN's running
-        statistics are updated by ``var_mean`` and ``lerp`` instead of inside ``batch_norm``);
-        parameters off the path get zero gradients where :meth:`forward` leaves none (the trainer
-        drops them before the optimiser step)."""
+        capture it once. The logits and every BN statistic equal :meth:`forward`'s bitwise, the
+        path's gradients up to rounding (the merge sums more terms, all exact zeros); parameters
+        off the path get zero gradients where :meth:`forward` leaves none (the trainer drops them
+        before the optimiser step)."""
         mask = arch_code.view(nb201.NUM_EDGES, nb201.NUM_OPS) > 0.5
         merged = merge_path(self.kshot_layers, lam)
         x = self.stem_bn(self.stem(x, merged), merged)
