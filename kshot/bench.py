@@ -44,7 +44,7 @@ from kshot.search.score import PathScorer
 from kshot.spaces import Space, nb201
 from kshot.train.trainer import compile_grouped_loss, grouped_loss
 
-__all__ = ["run_benchmarks", "SECTIONS", "ALL_3X3", "MIXED"]
+__all__ = ["run_benchmarks", "HEADLINE", "SECTIONS", "ALL_3X3", "MIXED"]
 
 ALL_3X3 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 MIXED = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
@@ -380,6 +380,17 @@ def _bench_ddp(
         "rounds": rounds,
     }
 
+
+HEADLINE = (
+    "device",
+    "train_step_ratio_k8_vs_k1",
+    "supernet_vs_standalone_k8",
+    "supernet_random_path_compiled_vs_graphed_standalone_k8",
+    "peak_memory_ratio_k8_vs_k1",
+    "search_evals_per_s",
+    "ddp2_efficiency",
+)
+"""The report's headline keys (the issue's, and the GPU goal's ratio); ``kshot bench`` prints them."""
 
 SECTIONS = ("training", "search", "ddp", "mbv2")
 """The parts of :func:`run_benchmarks`, in the order they run."""

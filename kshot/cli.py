@@ -146,7 +146,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from kshot import storage
-    from kshot.bench import run_benchmarks
+    from kshot.bench import HEADLINE, run_benchmarks
 
     result = run_benchmarks(
         quick=args.quick,
@@ -154,15 +154,7 @@ def _bench(args: argparse.Namespace) -> int:
         sections=args.sections.split(","),
         on_section=lambda report: storage.write_json(args.out, report),
     )
-    keys = (
-        "device",
-        "train_step_ratio_k8_vs_k1",
-        "supernet_vs_standalone_k8",
-        "peak_memory_ratio_k8_vs_k1",
-        "search_evals_per_s",
-        "ddp2_efficiency",
-    )
-    print(json.dumps({k: result[k] for k in keys}, indent=2))
+    print(json.dumps({k: result[k] for k in HEADLINE}, indent=2))
     return 0
 
 

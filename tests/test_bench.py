@@ -7,17 +7,19 @@ import json
 import pytest
 import torch
 
-from kshot.bench import run_benchmarks
+from kshot.bench import HEADLINE, run_benchmarks
 from kshot.cli import main
 
-HEADLINE = (
+
+# The keys the performance issue asks the JSON for (null where not measured).
+ISSUE_KEYS = {
     "device",
     "train_step_ratio_k8_vs_k1",
     "supernet_vs_standalone_k8",
     "peak_memory_ratio_k8_vs_k1",
     "search_evals_per_s",
     "ddp2_efficiency",
-)
+}
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +37,7 @@ def test_one_section_reports_its_figures_and_none_for_the_others(tmp_path, capsy
         == 0
     )
     report = json.loads(out.read_text())
-    assert set(HEADLINE) <= report.keys()
+    assert ISSUE_KEYS <= set(HEADLINE) <= report.keys()
     assert report["search_evals_per_s"] > 0 and report["search"]["paths_timed"] == 10
     assert report["train_step_ratio_k8_vs_k1"] is None and report["ddp2_efficiency"] is None
     assert "training" not in report and "ddp" not in report
