@@ -10,7 +10,6 @@ import torch
 from kshot.bench import HEADLINE, run_benchmarks
 from kshot.cli import main
 
-
 # The keys the performance issue asks the JSON for (null where not measured).
 ISSUE_KEYS = {
     "device",
