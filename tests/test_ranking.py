@@ -194,3 +194,21 @@ def test_align_scores(tmp_path: Path) -> None:
     missing = nb201.format_arch((0, 0, 0, 0, 0, 0))
     with pytest.raises(ValueError, match=r"none~0.*not in the ground truth 'truth\.csv'"):
         align_scores(truth, {missing: 0.1}, "truth.csv")
+
+
+def test_a_benchmark_file_is_checked_before_training_without_loading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preflight of the training stages: found, with its column and API package, but not
+    read (the benchmark's API takes minutes to load it)."""
+    from kshot.eval import ground_truth
+
+    monkeypatch.setattr(ground_truth.importlib.util, "find_spec", lambda name: name == "nats_bench")
+    monkeypatch.setattr(ground_truth, "_load_benchmark", lambda *a: pytest.fail("loaded"))
+    benchmark = tmp_path / "NAS-Bench-201-v1_1-096897.pth"
+    with pytest.raises(FileNotFoundError, match=r"096897\.pth' does not exist"):
+        ground_truth.check_ground_truth(str(benchmark), "cifar10_test")
+    benchmark.write_bytes(b"the benchmark")
+    ground_truth.check_ground_truth(str(benchmark), "cifar10_test")
+    with pytest.raises(ValueError, match=r"'accuracy'.*cifar10_test"):
+        ground_truth.check_ground_truth(str(benchmark), "accuracy")

@@ -28,6 +28,7 @@ from kshot.spaces import Space, nb201
 __all__ = [
     "BENCHMARK_DATASETS",
     "load_ground_truth",
+    "check_ground_truth",
     "write_ground_truth_csv",
     "align_scores",
 ]
@@ -80,11 +81,7 @@ def load_ground_truth(uri: str, column: str, space: Space | None = None) -> dict
     """
     space = space or Space("nb201")
     if _is_benchmark_file(uri):
-        if space.name != "nb201":
-            raise ValueError(
-                f"ground truth {uri!r}: benchmark files hold nb201 cells, not {space.name}"
-            )
-        return _load_benchmark(uri, column)
+        return _load_benchmark(uri, column, space)
     reader = csv.DictReader(io.StringIO(storage.read_text(uri), newline=""))
     available = reader.fieldnames or []
     for needed in ("arch", column):
@@ -114,8 +111,26 @@ def load_ground_truth(uri: str, column: str, space: Space | None = None) -> dict
     return accuracies
 
 
-def _load_benchmark(uri: str, column: str) -> dict[str, float]:
-    """Ground truth through the benchmark's API package (hp="200", mean over seeds)."""
+def check_ground_truth(uri: str, column: str, space: Space | None = None) -> None:
+    """Refuse before training what :func:`load_ground_truth` would refuse after it: a CSV table is
+    read whole (it is small); a benchmark file is only checked to exist, with its column and API
+    package (loading it takes minutes)."""
+    space = space or Space("nb201")
+    if not _is_benchmark_file(uri):
+        load_ground_truth(uri, column, space)
+        return
+    _benchmark_package(uri, column, space)
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"ground truth {uri!r} does not exist")
+
+
+def _benchmark_package(uri: str, column: str, space: Space) -> str:
+    """The API package that reads benchmark file ``uri``; fails on another space than nb201 or a
+    column the benchmark does not have."""
+    if space.name != "nb201":
+        raise ValueError(
+            f"ground truth {uri!r}: benchmark files hold nb201 cells, not {space.name}"
+        )
     if column not in BENCHMARK_DATASETS:
         raise ValueError(
             f"column {column!r} for benchmark file {uri!r} is not one of {list(BENCHMARK_DATASETS)}"
@@ -128,6 +143,12 @@ def _load_benchmark(uri: str, column: str) -> dict[str, float]:
             f"reading the benchmark file {uri!r} needs its API package: pip install nats_bench "
             "(or nas-bench-201); or pass a CSV ground-truth table"
         )
+    return package
+
+
+def _load_benchmark(uri: str, column: str, space: Space) -> dict[str, float]:
+    """Ground truth through the benchmark's API package (hp="200", mean over seeds)."""
+    package = _benchmark_package(uri, column, space)
     dataset = BENCHMARK_DATASETS[column]
     with storage.local_copy(uri) as path:
         if package == "nats_bench":

@@ -15,7 +15,7 @@ from kshot.config import Config
 from kshot.data.datasets import channel_stats, load_dataset
 from kshot.data.split import split_from_dict
 from kshot.data.stream import ImageFolderIndex, StreamedPart
-from kshot.eval.ground_truth import load_ground_truth
+from kshot.eval.ground_truth import check_ground_truth
 from kshot.nn.simplex import SimplexNet
 from kshot.search.nsga2 import BudgetError
 from kshot.search.score import PathScorer
@@ -317,6 +317,6 @@ def check_later_stages(cfg: Config, data: TrainData) -> None:
     check_bn_images(cfg, data)
     if cfg.ranking and cfg.ground_truth:
         try:
-            load_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space_of(cfg))
+            check_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space_of(cfg))
         except (OSError, ValueError) as e:
             raise ValueError(f"config key 'ground_truth' = {cfg.ground_truth!r}: {e}") from e
