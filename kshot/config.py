@@ -20,7 +20,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_overrides", "FIELD_HELP"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "load_config",
+    "read_config_file",
+    "parse_overrides",
+    "FIELD_HELP",
+]
 
 
 class ConfigError(ValueError):
@@ -352,14 +359,33 @@ def parse_overrides(pairs: Iterable[str], source: str = "--set") -> dict[str, st
     return out
 
 
+def read_config_file(uri: str) -> dict[str, Any]:
+    """The mapping of a YAML config file (local or gs://), its keys not yet checked.
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8, not YAML or not a mapping, naming it.
+    """
+    from kshot import storage
+
+    try:
+        data = yaml.safe_load(storage.read_text(uri)) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {uri!r} not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {uri!r} is not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {uri!r} is not UTF-8 text: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {uri!r} must hold a mapping of keys to values")
+    return data
+
+
 def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] = ()) -> Config:
     """Build a :class:`Config` from layers applied in order (later wins).
 
     Each layer is a mapping or a path / URI of a YAML file; ``sources`` names the layers in error
     messages (defaults: the file name, or ``layer N``).
     """
-    from kshot import storage
-
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
     names = list(sources)
@@ -368,17 +394,7 @@ def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] 
             continue
         name = names[i] if i < len(names) else (layer if isinstance(layer, str) else f"layer {i}")
         if isinstance(layer, str):
-            try:
-                data = yaml.safe_load(storage.read_text(layer)) or {}
-            except FileNotFoundError as e:
-                raise ConfigError(f"config file {layer!r} not found") from e
-            except yaml.YAMLError as e:
-                raise ConfigError(f"config file {layer!r} is not valid YAML: {e}") from e
-            except UnicodeDecodeError as e:
-                raise ConfigError(f"config file {layer!r} is not UTF-8 text: {e}") from e
-            if not isinstance(data, dict):
-                raise ConfigError(f"config file {layer!r} must hold a mapping of keys to values")
-            layer = data
+            layer = read_config_file(layer)
         for key, value in layer.items():
             if key not in _FIELDS:
                 close = [

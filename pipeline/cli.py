@@ -73,9 +73,8 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
     Raises:
         ConfigError: a bad key or value, named with its source.
     """
-    from kshot import storage
     from kshot.components.runtime import PIPELINE_CONFIG_KEYS, build_config
-    from kshot.config import load_config
+    from kshot.config import load_config, read_config_file
     from kshot.pipeline.local_run import pipeline_arguments
 
     pairs = parse_overrides(overrides)
@@ -89,16 +88,16 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
         and all(isinstance(k, int) and not isinstance(k, bool) for k in direct["k_values"])
     ):
         raise ConfigError(f"--set k_values: {direct['k_values']!r} is not a list of integers")
-    cfg = load_config(*files, pairs, sources=[*files, "--set"])
+    layers = [read_config_file(f) for f in files]
+    cfg = load_config(*layers, pairs, sources=[*files, "--set"])
     for k in direct.get("k_values", []):  # each run of the sweep must be a valid config
-        load_config(*files, {**pairs, "k": k}, sources=[*files, "--set k_values"])
+        load_config(*layers, {**pairs, "k": k}, sources=[*files, "--set k_values"])
     if len(set(direct.get("k_values", []))) < len(direct.get("k_values", [])):
         raise ConfigError(f"--set k_values: {direct['k_values']!r} repeats a K")
     build_config(
         {**pipeline_arguments(cfg), **{key: direct[key] for key in _PIPELINE_ONLY if key in direct}}
     )
-    # load_config has read and checked the files: each is a mapping of known keys.
-    explicit = set(pairs).union(*(yaml.safe_load(storage.read_text(f)) or {} for f in files))
+    explicit = set(pairs).union(*layers)  # load_config checked that all are known keys
     if sweep:
         explicit.discard("k")
     values = cfg.to_dict()
