@@ -80,6 +80,11 @@ def _peak_memory(run: Callable[[], None], device: torch.device) -> int | None:
     return int(torch.cuda.max_memory_allocated(device))
 
 
+def _sgd(params: Any) -> torch.optim.SGD:
+    """The optimiser of every timed step: NAS-Bench-201's SGD (Nesterov, weight decay 5e-4)."""
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
 def _train_steps(
     model_step: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     params: Any,
@@ -92,7 +97,7 @@ def _train_steps(
 ) -> tuple[float, int | None]:
     """Step time and peak memory of SGD on ``model_step``'s logits (or its loss, when it returns a
     0-dim tensor)."""
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = _sgd(params)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step(i: int) -> None:
@@ -118,7 +123,7 @@ def _graphed_train_step(
 ) -> float:
     """Step time of ``net`` with forward, backward and SGD captured whole in one CUDA graph (the
     PyTorch documentation's whole-network capture): the launch-free ceiling of a plain network."""
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = _sgd(net.parameters())
     static_x, static_y = x.clone(), y.clone()
 
     def step() -> None:
@@ -212,7 +217,7 @@ def _bench_training(
         def masked_step(x, y, i, loss_fn=loss_fn, graphed=name == "masked_compiled"):
             if graphed:
                 torch.compiler.cudagraph_mark_step_begin()
-            return loss_fn(x, y, codes[i % len(codes)], lam)[0]
+            return loss_fn(x, y, codes[i % len(rng_paths)], lam)[0]
 
         t, _ = _train_steps(
             masked_step,
@@ -222,12 +227,14 @@ def _bench_training(
             device,
             warmup,
             repeats,
-            after_backward=lambda i: supernet.drop_off_path_gradients(rng_paths[i % len(codes)]),
+            after_backward=lambda i: supernet.drop_off_path_gradients(
+                rng_paths[i % len(rng_paths)]
+            ),
         )
         random_rows[f"k8_{name}"] = {"step_s": t, "images_per_s": batch / t}
     if device.type == "cuda":
         torch.manual_seed(0)
-        plain = nb201.build(ALL_3X3, C=C, N=N).to(device).to(memory_format=torch.channels_last)
+        plain = nb201.build(ALL_3X3, C=C, N=N).to(device)  # as the eager one: only x is NHWC
         t = _graphed_train_step(plain, x, y, device, warmup, repeats)
         out["all_3x3"]["standalone_cuda_graph"] = {"step_s": t, "images_per_s": batch / t}
     return out
