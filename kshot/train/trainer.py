@@ -385,15 +385,23 @@ class KShotTrainer:
 
     # ------------------------------------------------------------------ the two kinds of step
     def _loss(
-        self, x: torch.Tensor, y: torch.Tensor, paths: Sequence[Path], lams: torch.Tensor
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        paths: Sequence[Path],
+        lams: torch.Tensor,
+        arch_codes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, correct predictions) of the batch in groups, group i through ``paths[i]``."""
+        """(loss, correct predictions) of the batch in groups, group i through ``paths[i]``; the
+        compiled step reads the paths' one-hot codes (``arch_codes`` when already made)."""
         with autocast(self.cfg, self.device):
             if self.compiled is None:
                 return grouped_loss(self.supernet, x, y, paths, lams)
+            if arch_codes is None:
+                arch_codes = self.space.codes(paths, self.device)[0]
             if self.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
-            return self.compiled(x, y, self.space.codes(paths, self.device)[0], lams)
+            return self.compiled(x, y, arch_codes, lams)
 
     def supernet_step(
         self, x: torch.Tensor, y: torch.Tensor, choice: Path, lam: torch.Tensor
@@ -416,12 +424,11 @@ class KShotTrainer:
         search the loss adds α · r_c over the m paths (Eq. 17). Under DDP each rank runs the
         groups of its share of the batch (:func:`simplex_groups`) and computes all m λ for r_c."""
         self.supernet.train()
-        lams = self.simplex(*self.space.codes(choices, self.device))
-        mine = self.groups
+        arch_codes, width_codes = self.space.codes(choices, self.device)
+        lams = self.simplex(arch_codes, width_codes)
+        mine = slice(self.groups.start, self.groups.stop)
         with frozen(self.supernet):
-            loss, _ = self._loss(
-                x, y, choices[mine.start : mine.stop], lams[mine.start : mine.stop]
-            )
+            loss, _ = self._loss(x, y, choices[mine], lams[mine], arch_codes[mine])
             out = {"simplex_loss": dist.all_reduce_mean(loss).item()}  # over all m groups
             if self.space.has_widths:
                 widths = torch.tensor(
