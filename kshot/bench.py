@@ -335,7 +335,7 @@ lam = torch.full((8,), 1 / 8)
 def step(i):
     loss = F.cross_entropy(net(x, nb201.from_index(i * 7919 % nb201.SIZE), lam), y)
     opt.zero_grad(set_to_none=True); loss.backward()
-    dist.all_reduce_gradients(net.parameters()); opt.step()
+    dist.all_reduce_kshot_gradients(net.parameters(), lam); opt.step()
 for i in range(3): step(i)
 dist.barrier(); start = time.perf_counter()
 for i in range(steps): step(3 + i)

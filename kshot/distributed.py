@@ -4,6 +4,7 @@ Every rank samples the same path(s) at every step (seeds derive from ``(seed, st
 parameters receive gradients on every rank. We therefore do not wrap the supernet in DDP (which would
 either hang on unused K-shot slots or all-reduce the whole dictionary with ``find_unused_parameters``):
 :func:`all_reduce_gradients` averages, in one coalesced all-reduce, exactly the gradients that exist.
+A supernet's K-slot gradients need only 1/K of those bytes: :func:`all_reduce_kshot_gradients`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "is_main",
     "device_for_rank",
     "all_reduce_gradients",
+    "all_reduce_kshot_gradients",
     "broadcast_buffers",
     "all_reduce_mean",
     "gather_lists",
@@ -86,6 +88,29 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     flat /= world_size()
     for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
         g.copy_(reduced)
+
+
+def all_reduce_kshot_gradients(slots: Iterable[torch.nn.Parameter], lam: torch.Tensor) -> None:
+    """:func:`all_reduce_gradients` for K-slot parameters merged by ``lam`` (shape ``(K,)``), with
+    K times fewer bytes.
+
+    The merged weight ``θ̃ = Σ_k λ_k θ_k`` is the only use of the slots, so slot k's gradient is
+    ``λ_k g``, ``g`` being θ̃'s. The ranks share λ, so they average ``g`` alone, recovered as
+    ``Σ_k λ_k g / Σ_k λ_k``, and every slot gets ``λ_k`` times the average: what averaging the
+    slots' own gradients gives, to rounding, at the communication cost of a one-shot supernet.
+    """
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in slots if p.grad is not None]
+    if not grads:
+        return
+    lam = lam.detach()
+    merged = [g.sum(0) for g in grads]
+    flat = _flatten_dense_tensors(merged)
+    dist.all_reduce(flat)
+    flat /= world_size() * lam.sum().to(flat.dtype)
+    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, merged), strict=True):
+        torch.mul(lam.to(g.dtype).view(-1, *[1] * reduced.dim()), reduced, out=g)
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:

@@ -92,6 +92,57 @@ def test_gradients_are_averaged_only_where_they_exist(tmp_path):
     _torchrun_two(script)
 
 
+def test_kshot_gradients_average_as_the_slots_would_with_k_times_fewer_bytes(tmp_path):
+    """On a real 2-rank gloo group, averaging the merged weight's gradient and handing slot k its
+    λ_k share gives the average of the slots' own gradients, and sends 1/K of their elements."""
+    script = tmp_path / "reduce_kshot.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "import torch.nn.functional as F\n"
+        "from kshot import distributed as kd\n"
+        "from kshot.nn.nb201_supernet import NB201Supernet\n"
+        "kd.init_from_env('cpu')\n"
+        "torch.manual_seed(0)\n"
+        "net = NB201Supernet(4, C=4, N=1)\n"
+        "lam = torch.softmax(torch.randn(4), 0)\n"
+        "torch.manual_seed(1 + kd.rank())\n"
+        "x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,))\n"
+        "F.cross_entropy(net(x, '|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|"
+        "nor_conv_1x1~1|none~2|', lam), y).backward()\n"
+        "params = list(net.parameters())\n"
+        "expected = [torch.nn.Parameter(p.detach().clone()) for p in params]\n"
+        "for e, p in zip(expected, params):\n"
+        "    e.grad = None if p.grad is None else p.grad.clone()\n"
+        "kd.all_reduce_gradients(expected)\n"
+        "sent = []\n"
+        "all_reduce = dist.all_reduce\n"
+        "dist.all_reduce = lambda t, *a, **k: sent.append(t.numel()) or all_reduce(t, *a, **k)\n"
+        "kd.all_reduce_kshot_gradients(params, lam)\n"
+        "assert 0 < sum(p.grad is None for p in params) < len(params)\n"
+        "for e, p in zip(expected, params):\n"
+        "    assert (e.grad is None) == (p.grad is None)\n"
+        "    if p.grad is not None:\n"
+        "        torch.testing.assert_close(p.grad, e.grad, rtol=1e-5, atol=1e-7)\n"
+        "assert sent == [sum(p.grad.numel() for p in params if p.grad is not None) // 4], sent\n"
+        "kd.shutdown()\n"
+    )
+    _torchrun_two(script)
+
+
+def test_every_supernet_parameter_is_a_k_slot_of_a_kshot_layer():
+    """What :func:`all_reduce_kshot_gradients` relies on when the trainer hands it the supernet."""
+    from kshot.nn.kshot import KShotLayer
+    from kshot.nn.mbv2_supernet import MBV2Supernet
+    from kshot.nn.nb201_supernet import NB201Supernet
+
+    for net in (
+        NB201Supernet(3, C=4, N=1),
+        MBV2Supernet(3, num_classes=10, width_mult=0.125, divisor=1),
+    ):
+        slots = {id(p) for m in net.modules() if isinstance(m, KShotLayer) for p in m.slots()}
+        assert all(id(p) in slots and p.shape[0] == 3 for p in net.parameters())
+
+
 def test_local_command_runs_the_worker_under_torchrun():
     spec = LaunchSpec(
         stage="search",

@@ -413,7 +413,7 @@ class KShotTrainer:
         loss.backward()
         if self.compiled is not None:
             self.supernet.drop_off_path_gradients(choice)
-        dist.all_reduce_gradients(self.supernet.parameters())
+        dist.all_reduce_kshot_gradients(self.supernet.parameters(), lam)
         self.opt.step()
         return loss.item(), correct.item() / len(y)
 
