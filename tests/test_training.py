@@ -8,7 +8,13 @@ import torch
 from kshot.config import ConfigError
 from kshot.spaces import nb201
 from kshot.train import checkpoint as ckpt
-from kshot.train.trainer import KShotTrainer, curves, simplex_groups
+from kshot.train.trainer import (
+    KShotTrainer,
+    TrainData,
+    curves,
+    simplex_groups,
+    training_batch,
+)
 
 
 def _snapshot(module):
@@ -72,6 +78,27 @@ def test_simplex_step_uses_m_paths_on_m_groups_of_the_batch(tiny_cfg, digits_dat
     assert [s[0] for s in seen] == [tiny_cfg.batch_size // tiny_cfg.m] * tiny_cfg.m
     assert [s[1] for s in seen] == expected
     assert all(s[2] for s in seen)  # λ carries the simplex-net's gradient
+
+
+def test_augmented_batches_stay_channels_last_with_the_seeded_crops():
+    """The crop and flip run where the batch is and keep the layout ``prepare`` chose, with the
+    crops and flips drawn from ``(seed, step)``."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (32,), generator=g)
+    data = TrainData(images, labels, images, labels, [0.5] * 3, [0.25] * 3, 10)
+    kwargs = dict(seed=3, step=5, steps_per_epoch=2, batch_size=16, device=torch.device("cpu"))
+    plain, y = training_batch(data, augment=False, **kwargs)
+    augmented, y_aug = training_batch(data, augment=True, **kwargs)
+    assert plain.is_contiguous(memory_format=torch.channels_last)
+    assert augmented.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, y_aug) and not torch.equal(plain, augmented)
+    assert torch.equal(training_batch(data, augment=True, **kwargs)[0], augmented)
+    # every augmented image is its own image shifted by at most 1 pixel (8×8), perhaps flipped
+    for image, shifted in zip(plain, augmented, strict=True):
+        padded = torch.nn.functional.pad(image, (1, 1, 1, 1))
+        windows = [padded[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3)]
+        assert any(torch.equal(shifted, w) or torch.equal(shifted, w.flip(-1)) for w in windows)
 
 
 def test_paths_depend_only_on_seed_and_step(tiny_cfg, digits_data):

@@ -207,13 +207,13 @@ def training_batch(
     order = seeds.rng(seed, epoch, seeds.EPOCH_ORDER).permutation(len(data.train_labels))
     idx = torch.from_numpy(order[pos * batch_size : (pos + 1) * batch_size])
     x = data.prepare(data.train_images[idx], device)
-    if augment:
+    if augment:  # on the device, drawn on the CPU: the same crops and flips wherever it runs
         gen = torch.Generator().manual_seed(
             int(seeds.rng(seed, step, seeds.AUGMENT).integers(2**62))
         )
         x = random_crop_flip(
-            x.cpu(), gen, pad=4 if data.resolution >= 16 else 1, flip=data.in_channels == 3
-        ).to(device)
+            x, gen, pad=4 if data.resolution >= 16 else 1, flip=data.in_channels == 3
+        ).contiguous(memory_format=torch.channels_last)
     y = data.train_labels[idx].to(device)
     if not shard or dist.world_size() == 1:
         return x, y
