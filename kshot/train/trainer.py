@@ -329,7 +329,9 @@ class KShotTrainer:
             self.opt, cosine_lambda(self.total_steps)
         )
         self.step = 0
-        self.epoch_sums: dict[str, list[float]] = {}  # this epoch's step values, for its curves
+        # This epoch's step values, for its curves: device scalars, read once at the epoch's end
+        # (or a checkpoint), so that no step waits for the device to report its loss.
+        self.epoch_sums: dict[str, list[torch.Tensor | float]] = {}
         self.history: dict[str, list[float]] = {
             "epoch": [],
             "lr": [],
@@ -352,7 +354,7 @@ class KShotTrainer:
             "simplex_optimizer": self.simplex_opt.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
-            "epoch_sums": self.epoch_sums,
+            "epoch_sums": {k: _floats(v) for k, v in self.epoch_sums.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any], uri: str) -> None:
@@ -405,8 +407,9 @@ class KShotTrainer:
 
     def supernet_step(
         self, x: torch.Tensor, y: torch.Tensor, choice: Path, lam: torch.Tensor
-    ) -> tuple[float, float]:
-        """Update Θ on one path with a fixed λ (Eq. 9); returns (loss, accuracy)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Update Θ on one path with a fixed λ (Eq. 9); returns (loss, accuracy) as device
+        scalars."""
         self.supernet.train()
         loss, correct = self._loss(x, y, [choice], lam.detach()[None])
         self.opt.zero_grad(set_to_none=True)  # unsampled slots keep grad None: SGD skips them
@@ -415,11 +418,12 @@ class KShotTrainer:
             self.supernet.drop_off_path_gradients(choice)
         dist.all_reduce_kshot_gradients(self.supernet.parameters(), lam)
         self.opt.step()
-        return loss.item(), correct.item() / len(y)
+        # copies: a CUDA-graphed step's outputs are overwritten by its next replay
+        return loss.detach().clone(), correct.double() / len(y)
 
     def simplex_step(
         self, x: torch.Tensor, y: torch.Tensor, choices: list[Path]
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """Update σ on m paths, one per group of b/m images, with Θ frozen (Eq. 8); with width
         search the loss adds α · r_c over the m paths (Eq. 17). Under DDP each rank runs the
         groups of its share of the batch (:func:`simplex_groups`) and computes all m λ for r_c."""
@@ -429,7 +433,7 @@ class KShotTrainer:
         mine = slice(self.groups.start, self.groups.stop)
         with frozen(self.supernet):
             loss, _ = self._loss(x, y, choices[mine], lams[mine], arch_codes[mine])
-            out = {"simplex_loss": dist.all_reduce_mean(loss).item()}  # over all m groups
+            out = {"simplex_loss": dist.all_reduce_mean(loss)}  # over all m groups
             if self.space.has_widths:
                 widths = torch.tensor(
                     [self.space.width_factors(c) for c in choices], dtype=torch.float64
@@ -438,7 +442,7 @@ class KShotTrainer:
                     [self.space.ops(c) for c in choices], widths, self.cfg.rc_threshold
                 )
                 reg = channel_regularizer(lams, positives, self.cfg.tau)
-                out["channel_reg"] = reg.item()
+                out["channel_reg"] = reg.detach()
                 loss = loss + self.cfg.alpha * reg
             self.simplex_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -457,8 +461,9 @@ class KShotTrainer:
         with torch.no_grad():
             return self.simplex(*self.space.codes([choice], self.device))[0]
 
-    def train_step(self) -> dict[str, float]:
-        """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter.
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter; returns
+        its losses (and accuracy) as device scalars.
 
         Without a simplex-net to learn (``lambda_mode`` fixed or random, or K = 1 where λ = [1]
         always: SPOS) every iteration is a supernet step.
@@ -515,11 +520,11 @@ class KShotTrainer:
                 self.save(checkpoint_folder, on_checkpoint)
         bar.close()
 
-    def _log_epoch(self, sums: dict[str, list[float]]) -> None:
+    def _log_epoch(self, sums: dict[str, list[torch.Tensor | float]]) -> None:
         self.history["epoch"].append(self.step // self.steps_per_epoch)
         self.history["lr"].append(self.opt.param_groups[0]["lr"])
         for key in self.history.keys() - {"epoch", "lr"}:
-            values = sums.get(key)
+            values = _floats(sums.get(key, []))
             self.history[key].append(float(np.mean(values)) if values else float("nan"))
 
     def save(self, folder: str, on_checkpoint: Callable[[str], None] | None = None) -> None:
@@ -537,6 +542,13 @@ class KShotTrainer:
                 self.load_state_dict(state, state["uri"])
                 return state["uri"]
         return None
+
+
+def _floats(values: list[torch.Tensor | float]) -> list[float]:
+    """Step values as floats, the device scalars among them read in one copy."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    read = iter(torch.stack(tensors).tolist() if tensors else [])
+    return [next(read) if isinstance(v, torch.Tensor) else v for v in values]
 
 
 def curves(history: dict[str, list[float]]) -> dict[str, list[float | None]]:
