@@ -155,7 +155,7 @@ def test_local_command_runs_the_worker_under_torchrun():
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     assert cmd[5:8] == ["-m", "kshot.worker", "search"]
     assert "split=s.json" in cmd and "results=r.json" in cmd
-    assert torch.__version__  # the worker needs torch in the same interpreter
+    assert cmd[0] == sys.executable  # the worker needs this interpreter's torch and kshot
 
 
 def test_sharded_evaluation_counts_every_image_once(tmp_path):

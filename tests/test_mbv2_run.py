@@ -64,6 +64,17 @@ def test_channel_regularizer_is_logged_and_moves_lambda(mbv2_cfg, mbv2_run):
     curves = json.loads((mbv2_run / "curves.json").read_text())
     assert curves["channel_reg"][0] is None  # warmup epoch: no simplex-net steps
     assert curves["channel_reg"][1] >= 0 and curves["simplex_loss"][1] > 0
+    data = load_train_data(mbv2_cfg, str(mbv2_run / "split.json"))
+    grads = []
+    for alpha in (0.0, 1.0):  # the same start, batch and paths; only r_c's weight differs
+        trainer = KShotTrainer(mbv2_cfg.replace(alpha=alpha), data, torch.device("cpu"))
+        trainer.resume(str(mbv2_run / "trained"))  # r_c has no gradient while every λ is 1/K
+        x, y = trainer.batch_for_step(7)
+        out = trainer.simplex_step(x, y, trainer.paths_for_step(7, mbv2_cfg.m))
+        grads.append([p.grad for p in trainer.simplex.parameters()])
+    assert float(out["channel_reg"]) > 0
+    # (the parameters themselves may not differ yet: Adam's first update is lr · sign(grad))
+    assert any(not torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_search_keeps_every_path_within_the_flops_budget(mbv2_cfg, mbv2_run, cifar_folders):

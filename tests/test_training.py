@@ -55,9 +55,18 @@ def test_alternating_steps_update_only_the_intended_network(tiny_cfg, digits_dat
         else:
             assert "simplex_loss" in out
             assert _changed(simp, trainer.simplex) and not _changed(sup, trainer.supernet)
-    # the simplex-net moved λ off 1/K but it stays on the simplex
-    lam = trainer.lam_for(nb201.sample(__import__("numpy").random.default_rng(0)), warmup=False)
+    # after warmup a supernet step merges with the simplex-net's λ = π(a): off 1/K, on the simplex
+    (choice,) = trainer.paths_for_step(trainer.step, 1)
+    lam = trainer.lam_for(choice, warmup=False)
+    k = tiny_cfg.k
+    assert not torch.allclose(lam, torch.full((k,), 1 / k), atol=1e-4)
+    assert torch.equal(lam, trainer.simplex(*trainer.space.codes([choice], torch.device("cpu")))[0])
     assert (lam >= 0).all() and torch.isclose(lam.sum(), torch.tensor(1.0))
+    received = []
+    original = trainer.supernet_step
+    trainer.supernet_step = lambda x, y, c, lam: received.append(lam) or original(x, y, c, lam)
+    trainer.train_step()
+    assert torch.equal(received[0], lam)
 
 
 # starting on a simplex step, the scheduler steps before the supernet optimiser ever has
@@ -105,7 +114,12 @@ def test_paths_depend_only_on_seed_and_step(tiny_cfg, digits_data):
     a = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
     b = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
     assert a.paths_for_step(7, 16) == b.paths_for_step(7, 16)
-    assert a.paths_for_step(7, 1) != a.paths_for_step(8, 1) or a.paths_for_step(9, 1)
+    assert len({a.paths_for_step(step, 1)[0] for step in range(20)}) > 15  # a new one each step
+    assert len(set(a.paths_for_step(7, 16))) > 12  # m different paths within a step
+    other_seed = KShotTrainer(
+        tiny_cfg.replace(seed=tiny_cfg.seed + 1), digits_data, torch.device("cpu")
+    )
+    assert other_seed.paths_for_step(7, 16) != a.paths_for_step(7, 16)
 
 
 def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tiny_cfg, digits_data, tmp_path):
