@@ -39,10 +39,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import kshot
+from kshot.config import Config
 from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.search.score import PathScorer
 from kshot.spaces import Space, nb201
-from kshot.train.trainer import compile_grouped_loss, grouped_loss
+from kshot.train.trainer import autocast, compile_grouped_loss, grouped_loss
 
 __all__ = ["run_benchmarks", "HEADLINE", "SECTIONS", "ALL_3X3", "MIXED"]
 
@@ -173,6 +175,7 @@ def _bench_training(
                 "peak_bytes": m_plain,
             }
         }
+        del plain
         for k in ks:
             supernet = NB201Supernet(k, C=C, N=N).to(device)
             lam = torch.full((k,), 1.0 / k, device=device)
@@ -187,6 +190,7 @@ def _bench_training(
             )
             rows[f"k{k}"] = {"step_s": t, "images_per_s": batch / t, "peak_bytes": m}
         out[name] = rows
+        del supernet  # peak memory counts every live tensor: only the measured model may be
     # real training samples a new path every step
     rng_paths = [nb201.sample(np.random.default_rng([0, i])) for i in range(warmup + repeats)]
     random_rows = {}
@@ -258,6 +262,7 @@ def _bench_mbv2_training(
         lambda x, y, i, net=plain: net(x), plain.parameters(), x, y, device, warmup, repeats
     )
     out: dict[str, Any] = {"fixed_path": {"standalone": {"step_s": t_plain, "peak_bytes": m_plain}}}
+    del plain  # peak memory counts every live tensor: only the measured model may be
     out["random_path"] = {}
     for k in (1, 8):
         supernet = space.supernet(k).to(device)
@@ -300,6 +305,7 @@ def _bench_search(
         valid_labels=torch.randint(0, 10, (eval_images,), device=device),
         bn_batch_size=bn_images,
         eval_batch_size=min(eval_images, 2500),
+        autocast=lambda: autocast(Config(), device),  # the search stage's default precision
     )
     rng = np.random.default_rng(0)
     scorer.score(nb201.sample(rng))  # warm-up
@@ -351,6 +357,9 @@ def _bench_ddp(
     """Images/s of 1 process and of 2 (at the same global batch, and at the same batch per rank),
     each the median of ``rounds`` runs taken in turn, so that a load change hits all three."""
     runs: dict[str, list[float]] = {"ddp1": [], "ddp2": [], "ddp2_per_rank": []}
+    # the script runs from a temporary folder: it imports this kshot, installed or not
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kshot.__file__)))
+    pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "ddp_bench.py")
         with open(script, "w") as f:
@@ -374,7 +383,7 @@ def _bench_ddp(
                 capture_output=True,
                 text=True,
                 check=True,
-                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath},
             )
             runs[name].append(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
     rate = {name: statistics.median(values) for name, values in runs.items()}
