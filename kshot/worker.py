@@ -48,11 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kshot.worker: {e}", file=sys.stderr)
         return 2
     dist.init_from_env(cfg.device)
+    main_rank = dist.is_main()  # after shutdown every process reads as rank 0
     try:
         result = run_stage(args.stage, cfg, inputs, outputs)
     finally:
         dist.shutdown()
-    if dist.is_main():
+    if main_rank:
         print(json.dumps({"stage": args.stage, "result": result}, default=str))
     return 0
 

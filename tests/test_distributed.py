@@ -49,6 +49,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_cfg, digits_spl
         # a rank waiting on an all-reduce the other never joins would hang: the timeout catches it
         done = subprocess.run(local_command(spec), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count('{"stage": "train", "result"') == 1  # rank 0 reports, alone
         finals[workers] = ckpt.load_latest(out)
     one, two = finals[1], finals[2]
     assert one["step"] == two["step"] == 2 * (899 // cfg.batch_size)
