@@ -238,11 +238,25 @@ def test_a_killed_worker_resumes_to_the_same_weights(
     assert curves(final["history"]) == curves(reference["history"])
 
 
+def _count_train_steps(trainer: KShotTrainer) -> list[int]:
+    """Wrap ``trainer.train_step``; the list returned collects the step each call started at."""
+    started: list[int] = []
+    original = trainer.train_step
+
+    def counted() -> dict[str, torch.Tensor]:
+        started.append(trainer.step)
+        return original()
+
+    trainer.train_step = counted  # type: ignore[method-assign]
+    return started
+
+
 def test_resuming_mid_epoch_keeps_the_epoch_curves(
     tiny_cfg: Config, warm_run: dict[str, str], tmp_path: Path
 ) -> None:
-    """Resuming from a checkpoint in the middle of an epoch gives the same per-epoch curves as the
-    uninterrupted run (the weights already match: see the test above)."""
+    """Resuming from a checkpoint in the middle of an epoch starts at the checkpoint's step, runs
+    only the steps left, and gives the same weights and per-epoch curves as the uninterrupted run
+    (which a restart from step 0 would give too: hence the step counts)."""
     cfg = tiny_cfg.replace(epochs=2, checkpoint_every_steps=5)
     data = load_train_data(cfg, warm_run["split"])
     straight = KShotTrainer(cfg, data, torch.device("cpu"))
@@ -254,14 +268,48 @@ def test_resuming_mid_epoch_keeps_the_epoch_curves(
         first.train_step()
     first.save(str(tmp_path / "mid"))
     resumed = KShotTrainer(cfg, data, torch.device("cpu"))
-    resumed.resume(str(tmp_path / "mid"))
+    assert resumed.resume(str(tmp_path / "mid")) == ckpt.list_checkpoints(str(tmp_path / "mid"))[-1]
+    assert resumed.step == first.step == STEPS_PER_EPOCH + 10
+    started = _count_train_steps(resumed)
     resumed.fit(2, progress=False)
+    assert started == list(range(STEPS_PER_EPOCH + 10, 2 * STEPS_PER_EPOCH))
 
     _assert_same_weights(
         {"supernet": straight.supernet.state_dict(), "simplex": straight.simplex.state_dict()},
         {"supernet": resumed.supernet.state_dict(), "simplex": resumed.simplex.state_dict()},
     )
     assert curves(resumed.history) == curves(straight.history)
+
+
+def test_the_warmup_stage_resumes_its_own_mid_epoch_checkpoint(
+    warm_run: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warmup stage restarted on an output folder that holds a mid-epoch checkpoint (as a killed
+    worker leaves) resumes from it: it trains only the steps left, and ends with bitwise the
+    weights of the uninterrupted warmup."""
+    cfg = load_config(TINY)
+    out = tmp_path / "warm"
+    planted = KShotTrainer(cfg, load_train_data(cfg, warm_run["split"]), torch.device("cpu"))
+    for _ in range(10):
+        planted.train_step()
+    planted.save(str(out))
+    assert _names(ckpt.list_checkpoints(str(out))) == [ckpt.checkpoint_name(0, 10)]
+
+    started: list[int] = []
+    original_step = KShotTrainer.train_step
+
+    def counted(self: KShotTrainer) -> dict[str, torch.Tensor]:
+        started.append(self.step)
+        return original_step(self)
+
+    monkeypatch.setattr(KShotTrainer, "train_step", counted)
+    result = run_stage("warmup", cfg, {"split": warm_run["split"]}, {"checkpoint": str(out)})
+
+    assert started == list(range(10, STEPS_PER_EPOCH))
+    assert result == {"epoch": 1, "step": STEPS_PER_EPOCH}
+    final = ckpt.load_latest(str(out))
+    assert final["step"] == STEPS_PER_EPOCH
+    _assert_same_weights(final, ckpt.load_latest(warm_run["checkpoint"]))
 
 
 # --------------------------------------------------------------------------- flaky storage

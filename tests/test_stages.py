@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,13 @@ import torch
 import yaml
 
 from kshot.cli import main
+from kshot.config import load_config
+from kshot.eval.ranking import ranking_metrics
 from kshot.export import load_model
 from kshot.spaces import nb201
+from kshot.stages.common import load_train_data, space_of
 from kshot.train import checkpoint as ckpt
+from kshot.train.standalone import evaluate
 from tests.conftest import TINY
 
 
@@ -136,14 +141,39 @@ def test_search_output_is_complete_and_within_budget(run_dir):
 
 
 def test_recalibrate_rescores_the_front_and_best(run_dir):
+    """Recalibrate scores exactly the search's front and best path, each on the whole validation
+    split (the search scored only ``eval_images`` of it, so the accuracies are new ones, not the
+    search's copied), and picks as best the most accurate of them within the budget."""
     searched = json.loads((run_dir / "search.json").read_text())
     recal = json.loads((run_dir / "recal.json").read_text())
     chosen = {r["arch"] for r in searched["front"]} | {searched["best"]["arch"]}
     assert {r["arch"] for r in recal["evaluated"]} == chosen
     assert all(r["bn_images"] == TINY["bn_images"] for r in recal["evaluated"])
+    n_valid = len(json.loads((run_dir / "split.json").read_text())["valid"])
+    assert TINY["eval_images"] < n_valid and math.gcd(TINY["eval_images"], n_valid) == 1
+    searched_accuracy = {r["arch"]: r["accuracy"] for r in searched["evaluated"]}
+    for r in recal["evaluated"]:
+        correct = r["accuracy"] * n_valid / 100  # a count of the whole split's images
+        assert abs(correct - round(correct)) < 1e-6, (r["arch"], r["accuracy"], n_valid)
+        # k / eval_images = j / n_valid, coprime denominators, only at 0 % and 100 %
+        assert r["accuracy"] != searched_accuracy[r["arch"]] or r["accuracy"] in (0, 100)
+    in_budget = [r for r in recal["evaluated"] if r["flops"] <= recal["flops_budget"]]
+    assert recal["flops_budget"] == 0.05 and in_budget
+    best = max(in_budget, key=lambda r: (r["accuracy"], -r["flops"]))
+    assert recal["best"] == best
+
+
+def _same_metric(a: float | None, b: float) -> bool:
+    """Equal to 1e-12, NaN (written to JSON as NaN) equal to NaN."""
+    if a is None or (isinstance(a, float) and math.isnan(a)):
+        return math.isnan(b)
+    return math.isclose(a, b, rel_tol=0, abs_tol=1e-12)
 
 
 def test_rank_compares_every_standalone_path(run_dir):
+    """rank scores every path of the standalone table, writes each path's ground truth as the
+    table has it beside its supernet accuracy, and its metrics are those of exactly these
+    (ground truth, supernet accuracy) pairs."""
     with open(run_dir / "gt.csv") as f:
         truth = list(csv.DictReader(f))
     metrics = json.loads((run_dir / "rank.json").read_text())
@@ -153,9 +183,25 @@ def test_rank_compares_every_standalone_path(run_dir):
     with open(run_dir / "scores.csv") as f:
         scores = list(csv.DictReader(f))
     assert {r["arch"] for r in scores} == {r["arch"] for r in truth}
+    table = {r["arch"]: float(r["accuracy"]) for r in truth}
+    for r in scores:
+        assert float(r["ground_truth"]) == table[r["arch"]], r["arch"]
+    expected = ranking_metrics(
+        [float(r["ground_truth"]) for r in scores],
+        [float(r["supernet_accuracy"]) for r in scores],
+        TINY["top_n"],
+    )
+    assert metrics["n_paths"] == expected["n_paths"]
+    for name in ("kendall_tau", "spearman_rho", "pearson_r"):
+        assert _same_metric(metrics[name], expected[name]), (name, metrics[name], expected[name])
+    for n, tau in expected["top_group_tau"].items():
+        assert _same_metric(metrics["top_group_tau"][n], tau), (n, metrics["top_group_tau"], tau)
 
 
 def test_retrain_exports_a_loadable_stand_alone_model(run_dir):
+    """retrain exports the recalibrated best path as a plain network that loads without the
+    supernet code; the test accuracy it records is the exported model's on the test images, and
+    training made it clearly better than the same network freshly initialised."""
     saved = torch.load(run_dir / "model.pt", weights_only=True)  # plain tensors and values
     recal = json.loads((run_dir / "recal.json").read_text())
     assert saved["arch"] == recal["best"]["arch"]
@@ -168,6 +214,19 @@ def test_retrain_exports_a_loadable_stand_alone_model(run_dir):
     assert torch.equal(loaded(x), net(x))
     metrics = json.loads((run_dir / "retrain.json").read_text())
     assert 0 <= metrics["test_accuracy"] <= 100 and len(metrics["curves"]["loss"]) == 1
+
+    cfg = load_config(str(run_dir / "tiny.yaml"))
+    data = load_train_data(cfg, str(run_dir / "split.json"))
+    cpu = torch.device("cpu")
+
+    def accuracy_of(model):
+        return evaluate(model, data.test_images, data.test_labels, data, cfg.eval_batch_size, cpu)
+
+    assert accuracy_of(loaded) == metrics["test_accuracy"]
+    torch.manual_seed(cfg.seed)  # the initial weights retrain starts from
+    fresh = accuracy_of(space_of(cfg, data).build(saved["arch"]))
+    # one epoch reaches about 35 % on digits; untrained, the network is at chance (about 10 %)
+    assert metrics["test_accuracy"] > fresh + 10, (metrics["test_accuracy"], fresh)
 
 
 def test_train_refuses_a_checkpoint_of_another_k(run_dir, tmp_path, capsys):
