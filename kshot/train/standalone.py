@@ -225,11 +225,14 @@ def train_standalone(
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            losses.append(loss.item())
-            accs.append(float((logits.argmax(1) == y).float().mean()) * 100)
+            # read once per epoch, not per step: a step does not wait for the device's loss
+            losses.append(loss.detach())
+            accs.append((logits.argmax(1) == y).float().mean())
+        epoch_losses = torch.stack(losses).tolist()
+        epoch_accs = [100 * acc for acc in torch.stack(accs).tolist()]
         history["epoch"].append(epoch + 1)
-        history["loss"].append(sum(losses) / len(losses))
-        history["train_acc"].append(sum(accs) / len(accs))
+        history["loss"].append(sum(epoch_losses) / len(epoch_losses))
+        history["train_acc"].append(sum(epoch_accs) / len(epoch_accs))
         history["lr"].append(opt.param_groups[0]["lr"])
         final = model if ema is None else ema.module
         if data_parallel:  # one model on every rank: rank 0's BN statistics, which it saves
