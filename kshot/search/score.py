@@ -70,12 +70,12 @@ class PathScorer:
                 self.bn_batch_size,
             )
             self.supernet.eval()
-            correct = 0
+            correct = torch.zeros((), dtype=torch.long, device=self.device)  # read once, at the end
             for x, y in zip(
                 self.valid_images.split(self.eval_batch_size),
                 self.valid_labels.split(self.eval_batch_size),
                 strict=True,
             ):
                 logits = self.supernet(self.prepare(x), choice, lam)
-                correct += int((logits.argmax(1) == y).sum())
-        return 100.0 * correct / len(self.valid_labels), lam.tolist()
+                correct += (logits.argmax(1) == y).sum()
+        return 100.0 * int(correct) / len(self.valid_labels), lam.tolist()
