@@ -30,16 +30,46 @@ def assert_real_png(data: bytes) -> Image.Image:
     return image
 
 
+def pixels(data: bytes) -> np.ndarray:
+    """The PNG's RGB pixels, ``(height, width, 3)``."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def assert_draws_its_data(first: bytes, again: bytes, other: bytes) -> None:
+    """``first`` and ``again`` (the same data) are the same picture; ``other`` (the same call on
+    other data) is another one: the plot draws its data, not only axes and a title."""
+    for png in (first, again, other):
+        assert_real_png(png)
+    assert np.array_equal(pixels(first), pixels(again))
+    assert not np.array_equal(pixels(first), pixels(other))
+
+
 def test_scatter_plot() -> None:
     rng = np.random.default_rng(0)
     truth = rng.uniform(60, 94, size=2000)
-    assert_real_png(report.scatter_plot(truth, truth / 100 + rng.normal(0, 0.05, 2000), "τ = 0.6"))
+    scores = truth / 100 + rng.normal(0, 0.05, 2000)
+    # the same points paired otherwise: same axes, another cloud
+    assert_draws_its_data(
+        report.scatter_plot(truth, scores, "τ = 0.6"),
+        report.scatter_plot(truth.copy(), scores.copy(), "τ = 0.6"),
+        report.scatter_plot(truth, rng.permutation(scores), "τ = 0.6"),
+    )
     with pytest.raises(ValueError, match="3 and 2"):
         report.scatter_plot([1.0, 2.0, 3.0], [1.0, 2.0], "mismatch")
 
 
 def test_top_group_plot_accepts_json_keys() -> None:
-    assert_real_png(report.top_group_plot({"10": 0.4, "100": 0.55, "1000": 0.6, "15625": 0.62}))
+    curve = {"10": 0.4, "100": 0.55, "1000": 0.6, "15625": 0.62}
+    assert_draws_its_data(
+        report.top_group_plot(curve),
+        report.top_group_plot({int(n): tau for n, tau in curve.items()}),  # as int keys
+        report.top_group_plot({**curve, "100": 0.3}),
+    )
+    # ordered by n, not by the keys' text ("10" < "5")
+    assert np.array_equal(
+        pixels(report.top_group_plot({"5": 0.3, "10": 0.5, "50": 0.4})),
+        pixels(report.top_group_plot({5: 0.3, 10: 0.5, 50: 0.4})),
+    )
     assert_real_png(report.top_group_plot({5: 0.3}))
     with pytest.raises(ValueError, match="at least one"):
         report.top_group_plot({})
@@ -52,7 +82,20 @@ def test_pareto_plot() -> None:
         for f, a in zip(rng.uniform(10, 200, 100), rng.uniform(50, 90, 100), strict=True)
     ]
     front = [{"flops": 20.0, "accuracy": 80.0}, {"flops": 120.0, "accuracy": 90.0}]
-    assert_real_png(report.pareto_plot(evaluated, front, budget=150.0))
+    plot = report.pareto_plot(evaluated, front, budget=150.0)
+    moved = [{**path, "accuracy": 140.0 - path["accuracy"]} for path in evaluated]
+    assert_draws_its_data(
+        plot, report.pareto_plot(evaluated, front, 150.0), report.pareto_plot(moved, front, 150.0)
+    )
+    # the front and the budget line are drawn, and where they are
+    others = [
+        report.pareto_plot(evaluated, [], budget=150.0),
+        report.pareto_plot(evaluated, [front[0], {"flops": 120.0, "accuracy": 60.0}], 150.0),
+        report.pareto_plot(evaluated, front, budget=None),
+        report.pareto_plot(evaluated, front, budget=100.0),
+    ]
+    for other in others:
+        assert not np.array_equal(pixels(plot), pixels(other))
     assert_real_png(report.pareto_plot(evaluated, [], budget=None))
     with pytest.raises(ValueError, match=r"evaluated path 1 lacks \['accuracy'\]"):
         report.pareto_plot([{"flops": 1.0, "accuracy": 2.0}, {"flops": 3.0}], [], None)
@@ -60,8 +103,17 @@ def test_pareto_plot() -> None:
 
 @pytest.mark.parametrize("num_slots", [1, 4, 8])
 def test_lambda_histogram(num_slots: int) -> None:
-    lams = np.random.default_rng(2).dirichlet(np.ones(num_slots), size=500)
-    assert_real_png(report.lambda_histogram(lams))
+    rng = np.random.default_rng(2)
+    lams = rng.dirichlet(np.ones(num_slots), size=500)
+    plot = report.lambda_histogram(lams)
+    assert_real_png(plot)
+    if num_slots > 1:  # K = 1 has one code only, λ = [1]
+        # the same codes, slots reversed: the max_k λ_k panel is the same, every λ_k panel not
+        assert_draws_its_data(
+            plot, report.lambda_histogram(lams.copy()), report.lambda_histogram(lams[:, ::-1])
+        )
+        nearer_uniform = rng.dirichlet(np.full(num_slots, 20.0), size=500)
+        assert not np.array_equal(pixels(plot), pixels(report.lambda_histogram(nearer_uniform)))
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
         report.lambda_histogram(np.ones(5))
 
@@ -72,13 +124,49 @@ def test_curves_plot() -> None:
         "val_accuracy": [20.0, 45.0, 60.0, 71.0],
         "lr": [0.1, 0.08, 0.05, 0.01],
     }
-    assert_real_png(report.curves_plot(curves, "supernet training"))
+    assert_draws_its_data(
+        report.curves_plot(curves, "supernet training"),
+        report.curves_plot(dict(curves), "supernet training"),
+        report.curves_plot(
+            {**curves, "val_accuracy": [20.0, 30.0, 65.0, 71.0]}, "supernet training"
+        ),
+    )
     with pytest.raises(ValueError, match="'val_loss' is empty"):
         report.curves_plot({"val_loss": []}, "empty")
 
 
 def test_tau_vs_k_plot() -> None:
-    assert_real_png(report.tau_vs_k_plot([(8, 0.626), (1, 0.55), (4, 0.61), (2, 0.58)]))
+    points = [(8, 0.626), (1, 0.55), (4, 0.61), (2, 0.58)]
+    assert_draws_its_data(
+        report.tau_vs_k_plot(points),
+        report.tau_vs_k_plot(sorted(points)),  # one curve in K's order, whatever the given order
+        report.tau_vs_k_plot([(8, 0.626), (1, 0.55), (4, 0.45), (2, 0.58)]),
+    )
+
+
+def test_ranking_summary_plot() -> None:
+    def row(mode: str, k: int, mean: float, std: float) -> dict:
+        return {"lambda_mode": mode, "k": k, "kendall_tau": {"mean": mean, "std": std}}
+
+    summary = [
+        row("learned", 1, 0.5, 0.02),
+        row("learned", 4, 0.6, 0.03),
+        row("fixed", 4, 0.55, 0.04),
+    ]
+    plot = report.ranking_summary_plot(summary)
+    assert_draws_its_data(
+        plot,
+        report.ranking_summary_plot(list(reversed(summary))),
+        report.ranking_summary_plot([*summary[:2], row("fixed", 4, 0.3, 0.04)]),
+    )
+    # the spread over seeds is drawn too, and every mode
+    assert not np.array_equal(
+        pixels(plot),
+        pixels(report.ranking_summary_plot([*summary[:2], row("fixed", 4, 0.55, 0.2)])),
+    )
+    assert not np.array_equal(pixels(plot), pixels(report.ranking_summary_plot(summary[:2])))
+    with pytest.raises(ValueError, match="at least one row"):
+        report.ranking_summary_plot([])
 
 
 def test_html_page_embeds_images_and_escapes_text() -> None:
