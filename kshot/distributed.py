@@ -81,13 +81,8 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     if world_size() == 1:
         return
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = _flatten_dense_tensors(grads)
-    dist.all_reduce(flat)
-    flat /= world_size()
-    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
-        g.copy_(reduced)
+    for g, mean in zip(grads, _mean_over_ranks(grads), strict=True):
+        g.copy_(mean)
 
 
 def all_reduce_kshot_gradients(slots: Iterable[torch.nn.Parameter], lam: torch.Tensor) -> None:
@@ -95,22 +90,26 @@ def all_reduce_kshot_gradients(slots: Iterable[torch.nn.Parameter], lam: torch.T
     K times fewer bytes.
 
     The merged weight ``θ̃ = Σ_k λ_k θ_k`` is the only use of the slots, so slot k's gradient is
-    ``λ_k g``, ``g`` being θ̃'s. The ranks share λ, so they average ``g`` alone, recovered as
-    ``Σ_k λ_k g / Σ_k λ_k``, and every slot gets ``λ_k`` times the average: what averaging the
-    slots' own gradients gives, to rounding, at the communication cost of a one-shot supernet.
+    ``λ_k g``, ``g`` being θ̃'s. The ranks share λ, so they average ``Σ_k λ_k g`` alone and every
+    slot gets ``λ_k / Σ_k λ_k`` times the average: what averaging the slots' own gradients gives,
+    to rounding, at the communication cost of a one-shot supernet.
     """
     if world_size() == 1:
         return
     grads = [p.grad for p in slots if p.grad is not None]
-    if not grads:
-        return
-    lam = lam.detach()
-    merged = [g.sum(0) for g in grads]
-    flat = _flatten_dense_tensors(merged)
+    share = lam.detach() / lam.detach().sum()
+    for g, mean in zip(grads, _mean_over_ranks([g.sum(0) for g in grads]), strict=True):
+        torch.mul(share.to(g.dtype).view(-1, *[1] * mean.dim()), mean, out=g)
+
+
+def _mean_over_ranks(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's mean over ranks, in one flat all-reduce (views into one buffer)."""
+    if not tensors:
+        return []
+    flat = _flatten_dense_tensors(tensors)
     dist.all_reduce(flat)
-    flat /= world_size() * lam.sum().to(flat.dtype)
-    for g, reduced in zip(grads, _unflatten_dense_tensors(flat, merged), strict=True):
-        torch.mul(lam.to(g.dtype).view(-1, *[1] * reduced.dim()), reduced, out=g)
+    flat /= world_size()
+    return list(_unflatten_dense_tensors(flat, tensors))
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
