@@ -189,7 +189,9 @@ class Config:
     top_n: list[int] = _f([10, 50, 100, 500], "n of the top-group Kendall τ (paper Fig. 5)")
     ground_truth: str = _f(
         "",
-        "ground-truth CSV URI (arch + accuracy columns); empty: use the standalone stage's table",
+        "ground truth of the ranking: 'nb201' (NAS-Bench-201's table, shipped with kshot: columns "
+        "cifar10_test, cifar100_test, imagenet16_test), a CSV URI (arch + accuracy columns, .csv or "
+        ".csv.gz) or the benchmark's own file; empty: use the standalone stage's table",
     )
     ground_truth_column: str = _f("cifar10_test", "accuracy column of the ground-truth table")
 
