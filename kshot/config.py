@@ -10,6 +10,7 @@ source (file, ``--set``, pipeline parameter) of a bad value.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -97,7 +98,7 @@ class Config:
         "MobileNetV2 blocks with width search)",
         choices=("nb201", "mbv2"),
     )
-    k: int = _f(8, "K, the number of supernets (paper: K = 8 in Tables 1, 7, 9)", ge=1)
+    k: int = _f(8, "K, the number of supernets (paper: K = 8 in Tables 7 and 9)", ge=1)
     channels: int = _f(16, "C, channels of the first stage (NAS-Bench-201: 16)", ge=1)
     cells: int = _f(5, "N, cells per stage (NAS-Bench-201: 5)", ge=1)
     width_mult: float = _f(
@@ -108,8 +109,8 @@ class Config:
     )
     channel_search: bool = _f(
         True,
-        "mbv2: search the width factor of every layer jointly with the operations (paper, Table 5 "
-        "ablation: off = every layer at width 1.0)",
+        "mbv2: search the width factor of every layer jointly with the operations (an ablation: "
+        "off = every layer at width 1.0)",
     )
     simplex_hidden: int = _f(64, "hidden units of the simplex-net's MLP (paper: not stated)", ge=1)
 
@@ -402,6 +403,8 @@ def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] 
                 close = [
                     k for k in _FIELDS if k.replace("_", "") == str(key).lower().replace("_", "")
                 ]
+                close = close or difflib.get_close_matches(str(key).lower(), _FIELDS, 1, 0.75)
+                close = close or [k for k in _FIELDS if k.startswith(f"{str(key).lower()}_")]
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"unknown config key {key!r} from {name}{hint}")
             values[key] = _coerce(key, value, name)

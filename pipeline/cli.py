@@ -109,7 +109,7 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
 
 
 def _auth_args(parser: argparse.ArgumentParser) -> None:
-    from kshot.pipeline.client import TOKEN_ENV
+    from kshot.pipeline import TOKEN_ENV
 
     parser.add_argument(
         "--host",

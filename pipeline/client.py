@@ -22,6 +22,8 @@ import kfp
 import kfp_server_api
 from urllib3.exceptions import HTTPError, MaxRetryError
 
+from kshot.pipeline import TOKEN_ENV
+
 __all__ = [
     "TOKEN_ENV",
     "PipelineHostError",
@@ -34,7 +36,6 @@ __all__ = [
     "submit_run",
 ]
 
-TOKEN_ENV = "KF_PIPELINES_TOKEN"
 _BODY_CHARS = 300
 _HEALTHZ = "/apis/v2beta1/healthz"
 _HEALTH_TIMEOUT_S = 30.0

@@ -3,7 +3,7 @@
 One split and one ground truth (the standalone sample or the configured table, as in
 :mod:`kshot.pipeline.pipeline`) serve every K; a ``dsl.ParallelFor`` over ``k_values`` validates the
 config with that K and runs warmup → train → rank; ``dsl.Collected`` gathers the rank correlations
-of all K for the last step, which plots Kendall τ against K.
+of all K for the last step, which plots Kendall τ against K and returns a JSON summary of them.
 
 At most :data:`K_PARALLELISM` values of K train at once. Without gang scheduling, several
 multi-GPU jobs started together can each get some of their pods placed and wait forever for GPUs
@@ -26,7 +26,7 @@ from kshot.pipeline.pipeline import ground_truth_table
 __all__ = ["kshot_k_sweep", "SWEEP_PIPELINE_NAME", "DEFAULT_K_VALUES", "K_PARALLELISM"]
 
 SWEEP_PIPELINE_NAME = "kshot-nas-k-sweep"
-# Powers of two up to the paper's K = 8, the K of its Tables 1, 7 and 9.
+# Powers of two up to the paper's K = 8, the K of its Tables 7 and 9.
 DEFAULT_K_VALUES: list[int] = [1, 2, 4, 8]
 # How many K train at once (dsl.ParallelFor's parallelism, a compile-time constant).
 K_PARALLELISM = 1
@@ -56,7 +56,7 @@ def kshot_k_sweep(
     image: str = _IMAGE,
     launcher: str = _LAUNCHER,
     extra_config: str = "",
-):
+) -> dsl.Dataset:
     """K sweep of K-shot NAS: supernet ranking correlation against K (Fig. 4).
 
     At most kshot.pipeline.sweep.K_PARALLELISM values of K train at a time, so that their
@@ -126,4 +126,5 @@ def kshot_k_sweep(
             truth=truth.outputs["table"],
             **job,
         )
-    stages.plot_tau_vs_k(rankings=dsl.Collected(rank_task.outputs["ranking"]))
+    plot_task = stages.plot_tau_vs_k(rankings=dsl.Collected(rank_task.outputs["ranking"]))
+    return plot_task.outputs["summary"]

@@ -1,7 +1,7 @@
 """Reliability: runs on gs:// equal runs on disk, killed workers resume, flaky storage is survived.
 
-These are the claims of DESIGN.md §6 ("nothing half-written … a restarted one resumes from the last
-complete one") and of the object-storage issue, checked against the real GCS emulator
+These are the project's claims ("nothing half-written … a restarted one resumes from the last
+complete one", gs:// as good as a disk), checked against the real GCS emulator
 (``tests/gcs.py``) and a real ``SIGKILL``.
 """
 
