@@ -246,9 +246,6 @@ def summary_lines(summary: dict[str, Any], output: str) -> list[str]:
         f"(after BN recalibration), {_figure(summary['best_flops'], '.3g')} MFLOPs",
         f"  retrained test accuracy {_figure(summary['retrained_test_accuracy'], '.2f', ' %')}",
     ]
-    rank = summary.get("best_standalone_rank")
-    if rank is not None:
-        lines.append(f"  rank among the stand-alone sample: {rank}")
     lines.append(f"ranking of {summary['n_paths']} paths against {summary['ground_truth']}:")
     lines.append(f"  {correlations}")
     lines.append(f"report: {summary['report']}")
