@@ -772,6 +772,7 @@ def test_bad_specs_never_reach_the_server(start_fake, changes, complaint) -> Non
         ({"timeout_s": -1}, "timeout_s = -1"),
         ({"backoff_limit": -1}, "backoff_limit"),
         ({"pod_overrides": {"affinity": {}}}, "affinity"),
+        ({"backend": "trainjob", "trainer_version": "v2.0"}, "'v2.0' is not supported"),
     ],
 )
 def test_bad_options_never_reach_the_server(start_fake, options, complaint) -> None:

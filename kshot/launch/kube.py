@@ -335,6 +335,7 @@ def _trainjob_spec_fields_from_openapi(api_client: client.ApiClient) -> set[str]
         document, _, _ = api_client.call_api(
             path,
             "GET",
+            header_params={"Accept": "application/json"},
             response_type="object",
             auth_settings=["BearerToken"],
             _return_http_data_only=False,
