@@ -890,7 +890,7 @@ def test_a_v2_3_job_on_a_v2_1_cluster_is_refused_not_pruned(start_fake) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_missing_launch_defaults_configmap_stops_the_launch_with_the_fix(
+def test_a_missing_launch_defaults_configmap_refuses_the_launch_with_the_fix(
     start_fake, backend
 ) -> None:
     fake = start_fake()

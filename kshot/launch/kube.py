@@ -18,11 +18,12 @@ does not kill a week of training.
 
 Pod placement (GPU tolerations, node selector, service account) comes from the caller or from the
 ``kshot-launch-defaults`` ConfigMap in the namespace, which ``manifests/`` installs and its GPU
-overlay patches. A missing ConfigMap stops the launch (the pods would otherwise run as the
+overlay patches. Without the ConfigMap the launch is refused (the pods would otherwise run as the
 namespace's default service account, without GPU tolerations); ``launch_defaults=None`` opts out.
 
-A TrainJob is rendered for the cluster's Trainer release: read from the TrainJob CRD's schema
-(``apiextensions.k8s.io``; which spec field takes per-job pod changes) unless the caller names it.
+A TrainJob is rendered for the cluster's Trainer release, unless the caller names it: read from the
+TrainJob schema (which spec field takes per-job pod changes) of the CRD (``apiextensions.k8s.io``)
+or, where reading CRDs is forbidden, of the API server's OpenAPI v3 document.
 """
 
 from __future__ import annotations
