@@ -904,3 +904,19 @@ def test_a_missing_launch_defaults_configmap_refuses_the_launch_with_the_fix(
     # Opting out on purpose launches with no overrides.
     job, _ = launch(fake, make_spec(), backend, launch_defaults=None)
     assert fake.deleted(job["metadata"]["name"])
+
+
+@pytest.mark.parametrize("version", TRAINER_VERSIONS)
+def test_launch_render_prints_the_trainjob_for_the_named_trainer(capsys, version: str) -> None:
+    from kshot.cli import main
+    from kshot.config import load_config
+
+    argv = ["launch", "render", "--backend", "trainjob", "--trainer-version", version]
+    argv += ["--stage", "train", "--image", "ghcr.io/acme/kshot:1.0", "--set", "k=4"]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    spec = LaunchSpec(
+        stage="train", config=load_config({"k": 4}).to_dict(), image="ghcr.io/acme/kshot:1.0"
+    )
+    assert printed == render_job(spec, "trainjob", trainer_version=version)
+    validate_against_crd(printed, version)
