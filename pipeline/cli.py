@@ -125,6 +125,12 @@ def _auth_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace", default="", help="your profile namespace on a multi-user Kubeflow"
     )
+    parser.add_argument(
+        "--allow-insecure-token",
+        action="store_true",
+        help="send the token to an http:// host too (e.g. kubectl port-forward to localhost; "
+        "or set $KSHOT_ALLOW_INSECURE_TOKEN=1)",
+    )
     parser.add_argument("--sweep", action="store_true", help="the K-sweep pipeline")
 
 
@@ -167,7 +173,7 @@ def _compile(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from kshot.pipeline.client import connect, upload
 
-    host = connect(args.host, args.existing_token, args.namespace)
+    host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
     with tempfile.TemporaryDirectory(prefix="kshot-pipeline-") as scratch:
         package = _package(args, scratch)
         name = args.name or _pipeline(args.sweep)[1]
@@ -182,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
 
     arguments = run_arguments(args.config, args.overrides, args.sweep)
     _check_pipeline_root(args.pipeline_root)
-    host = connect(args.host, args.existing_token, args.namespace)
+    host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
     pipeline_id = args.pipeline_id
     if args.name and not pipeline_id:
         pipeline_id = find_pipeline(host, args.name, shared_too=True)
