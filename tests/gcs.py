@@ -1,4 +1,5 @@
-"""Pytest plugin: a real GCS-compatible server for storage tests, and a proxy that injects faults.
+"""Pytest plugin: a real GCS-compatible server for storage tests, and a proxy that injects faults
+into it or any other HTTP storage server (``tests/s3.py`` puts it in front of S3).
 
 Fixtures:
 
@@ -34,7 +35,15 @@ from google.cloud import storage as gcs
 
 from kshot import storage
 
-__all__ = ["FlakyProxy", "flaky_proxy", "gcs_bucket", "gcs_emulator", "start_emulator"]
+__all__ = [
+    "FlakyProxy",
+    "flaky_proxy",
+    "gcs_bucket",
+    "gcs_emulator",
+    "start_emulator",
+    "start_server",
+    "stop_server",
+]
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _LOOPBACK = "127.0.0.1"
@@ -49,7 +58,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> bool:
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int, name: str) -> bool:
     """True once ``port`` accepts connections; False if ``process`` exits first."""
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -60,37 +69,53 @@ def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> bool:
                 return True
         except OSError:
             time.sleep(0.1)
-    raise TimeoutError(f"gcp-storage-emulator did not listen on {_LOOPBACK}:{port} in time")
+    raise TimeoutError(f"{name} did not listen on {_LOOPBACK}:{port} in time")
 
 
-def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
-    """Start an in-memory ``gcp-storage-emulator`` on a free loopback port.
+def start_server(
+    name: str, command: Callable[[int], list[str]]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server in a child process on a free loopback port.
+
+    Args:
+        name: the server, for errors.
+        command: the command line that starts it on a given port.
 
     Returns:
         The child process and its endpoint URL (``http://127.0.0.1:<port>``).
 
     Raises:
-        RuntimeError: the emulator exited at every attempt (its output is in the message).
+        RuntimeError: the server exited at every attempt (its output is in the message).
     """
     failures = []
     for _ in range(_STARTUP_ATTEMPTS):
         port = _free_port()
-        command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", _LOOPBACK]
-        command += ["--port", str(port), "--in-memory", "--quiet"]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command(port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            listening = _wait_until_listening(process, port)
+            listening = _wait_until_listening(process, port, name)
         except TimeoutError:
-            _stop(process)
+            stop_server(process)
             raise
         if listening:
             return process, f"http://{_LOOPBACK}:{port}"
         output, _ = process.communicate()
         failures.append(output.decode(errors="replace")[-2000:])
-    raise RuntimeError("gcp-storage-emulator failed to start:\n" + "\n---\n".join(failures))
+    raise RuntimeError(f"{name} failed to start:\n" + "\n---\n".join(failures))
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
+    """Start an in-memory ``gcp-storage-emulator`` on a free loopback port (see
+    :func:`start_server`)."""
+    return start_server(
+        "gcp-storage-emulator",
+        lambda port: (
+            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", _LOOPBACK]
+            + ["--port", str(port), "--in-memory", "--quiet"]
+        ),
+    )
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
         process.wait(timeout=5)
@@ -110,7 +135,7 @@ def gcs_emulator() -> Iterator[str]:
             patch.setenv(EMULATOR_ENV, endpoint)
             yield endpoint
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 @pytest.fixture
@@ -136,6 +161,7 @@ class FlakyProxy:
 
     An upload that carries ``ifGenerationMatch`` is answered HTTP 412, as GCS does, when the
     object's generation upstream (0: no object) differs; the emulator itself ignores preconditions.
+    (S3 servers enforce their own ``If-Match`` / ``If-None-Match``.)
 
     Args:
         upstream: URL of the server to forward to, e.g. ``http://127.0.0.1:9023``.
@@ -145,7 +171,7 @@ class FlakyProxy:
         forwarded: requests not failed by ``fail_share``.
         failed: requests failed by ``fail_share``, without reaching upstream.
         lost: requests forwarded whose answer was dropped (:meth:`lose_next_answer`).
-        refused_preconditions: uploads answered 412.
+        refused_preconditions: requests answered 412, by the proxy or by the server.
     """
 
     def __init__(self, upstream: str, fail_share: float = 0.0) -> None:
@@ -181,14 +207,15 @@ class FlakyProxy:
         self._thread.join(timeout=5)
 
     def lose_next_answer(self, method: str, path_part: str) -> None:
-        """Forward the next ``method`` request whose path contains ``path_part``, then close its
-        connection without an answer: the request takes effect but the client cannot know."""
+        """Forward the next ``method`` request whose path (query included) contains
+        ``path_part``, then close its connection without an answer: the request takes effect but
+        the client cannot know."""
         with self._lock:
             self._staged.append((method, path_part, None))
 
     def before_next(self, method: str, path_part: str, action: Callable[[], None]) -> None:
-        """Run ``action`` just before the next ``method`` request whose path contains
-        ``path_part`` is forwarded (e.g. another writer's upload, straight to the emulator)."""
+        """Run ``action`` just before the next ``method`` request whose path (query included)
+        contains ``path_part`` is forwarded (e.g. another writer's upload, straight to the emulator)."""
         with self._lock:
             self._staged.append((method, path_part, action))
 
@@ -218,6 +245,8 @@ class FlakyProxy:
 
 def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" (S3 clients send it)
+
         def log_message(self, *args: object) -> None:
             """Keep test output quiet."""
 
@@ -240,7 +269,7 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             if fault == "503":
                 self._error(503, "injected fault")
                 return
-            lose, action = proxy.take_staged(self.command, urlsplit(self.path).path)
+            lose, action = proxy.take_staged(self.command, self.path)
             if action is not None:
                 action()
             expected = _expected_generation(self.command, self.path)
@@ -255,6 +284,9 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
                         )
                         return
                     status, headers, content = self._forward(body)
+            if status == 412:
+                with proxy._lock:
+                    proxy.refused_preconditions += 1
             if lose:
                 self._drop()
                 return
@@ -278,14 +310,13 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             headers = {
                 key: value
                 for key, value in self.headers.items()
-                if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length"}
+                if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length", "expect"}
             }
             status, answer_headers, content = self._upstream(self.command, self.path, body, headers)
-            kept = [
-                (key, value)
-                for key, value in answer_headers
-                if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length"}
-            ]
+            dropped = _HOP_BY_HOP_HEADERS | (
+                {"content-length"} if self.command != "HEAD" else set()
+            )
+            kept = [(key, value) for key, value in answer_headers if key.lower() not in dropped]
             return status, kept, content
 
         def _generation(self, upload_body: bytes) -> str:
@@ -309,7 +340,8 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             for key, value in headers:
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(content)))
+            if self.command != "HEAD":  # a HEAD answer keeps the upstream length of the object
+                self.send_header("Content-Length", str(len(content)))
             self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
