@@ -40,7 +40,7 @@ Credentials come from the environment. ``gs://``: Workload Identity / Applicatio
 Credentials; when ``STORAGE_EMULATOR_HOST`` is set, the client talks to that endpoint anonymously.
 ``s3://``: boto3's chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a web identity such
 as EKS IRSA, a profile); ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) points it at MinIO,
-SeaweedFS or another S3-compatible server, which is then addressed path-style
+SeaweedFS or another S3-compatible server, which boto3 then addresses path-style
 (``http://host:9000/bucket/key``), as such servers expect.
 """
 
@@ -563,10 +563,8 @@ class _S3(_ObjectStore):
         identity = (os.getpid(), endpoint)
         with self._lock:
             if self._cached is None or self._cached[0] != identity:
-                config = botocore.config.Config(
-                    retries={"total_max_attempts": 1},  # retried by call(), under the deadline
-                    s3={"addressing_style": "path"} if endpoint else {},
-                )
+                # retried by call(), under the deadline
+                config = botocore.config.Config(retries={"total_max_attempts": 1})
                 client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
                 self._cached = (identity, client)
             return self._cached[1]

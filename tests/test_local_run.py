@@ -27,6 +27,7 @@ from kshot.pipeline.local_run import DEFAULT_CONFIG, pipeline_arguments, publish
 from kshot.pipeline.sweep import kshot_k_sweep
 from kshot.spaces import mbv2, nb201
 from tests.conftest import MBV2_TINY
+from tests.object_stores import Remote
 from tests.test_report import pixels
 
 FLOPS_BUDGET = 0.25  # MFLOPs: about the median path of the tiny digits supernet
@@ -304,12 +305,12 @@ def test_a_bad_override_stops_the_local_run_before_it_starts(
     assert not list(tmp_path.iterdir())
 
 
-def test_a_gcs_output_gets_the_artifacts_and_the_summary(tmp_path: Path, gcs_bucket: str) -> None:
+def test_a_bucket_output_gets_the_artifacts_and_the_summary(tmp_path: Path, remote: Remote) -> None:
     artifacts = tmp_path / "artifacts"
     page = artifacts / "kshot-nas-run" / "rank" / "rank_page"
     page.parent.mkdir(parents=True)
     page.write_text("<!DOCTYPE html>")
-    prefix = f"{gcs_bucket}/runs/one"
+    prefix = f"{remote.bucket}/runs/one"
     summary = publish({"k": 2, "reports": {"rank": str(page)}}, artifacts, prefix)
     page_uri = f"{prefix}/artifacts/kshot-nas-run/rank/rank_page"
     assert summary["reports"]["rank"] == page_uri
