@@ -158,6 +158,7 @@ def test_large_checkpoint_streams_through_object_stores(remote: Remote) -> None:
     state = {"weight": torch.randn(12 * 1024 * 1024)}  # 48 MiB: a resumable / multipart upload
     size = state["weight"].numel() * state["weight"].element_size()
     uri = storage.join(remote.bucket, "ckpt", "big.pt")
+    assert not storage.exists(uri)  # the client is built (botocore loads its API models) by now
 
     tracemalloc.start()
     try:
