@@ -24,7 +24,8 @@ Guarantees:
   own URIs, so that is a bug to see, not to paper over). An S3-compatible store that ignores these
   headers gets unconditional whole-object writes.
 * **Streaming.** Uploads and downloads go through a local temporary file, so a large checkpoint is
-  never held in memory twice.
+  never held in memory twice. A download cut off part-way resumes from the bytes it has, of the
+  same object version (GCS: the library's own; S3: ``Range`` and ``If-Match`` its ETag).
 * **Retries.** Every request is retried on HTTP 408, 429, 5xx, throttling, dropped connections and
   timeouts (on GCS the library's ``DEFAULT_RETRY``; uploads under its conditional form, which
   retries only requests that carry a generation precondition), with exponential backoff bounded by
@@ -114,6 +115,7 @@ _DEFAULT_RETRY_DEADLINE_S = 300.0
 _DEFAULT_RETRY_INITIAL_DELAY_S = 1.0
 _RETRY_MAX_DELAY_S = 30.0
 _UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024  # a multiple of 256 KiB (GCS resumable), over 5 MiB (S3 part)
+_DOWNLOAD_CHUNK_BYTES = 1024 * 1024  # what a download cut off part-way loses at most (S3)
 _EMULATOR_PROJECT = "kshot-emulator"
 _PARTIAL_SUFFIX = ".partial"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -645,13 +647,29 @@ class _S3(_ObjectStore):
         )
 
     def download(self, uri: str, f: IO[bytes]) -> None:
+        """A retry after a cut-off answer asks for the bytes still missing only (``Range``), and
+        only of the version it started on (``If-Match`` its ETag); if the object was replaced
+        meanwhile, the download starts over on the new version."""
         bucket, key = _object_ref(uri)
+        started_on: list[str] = []  # the ETag of the version being downloaded
 
         def fetch() -> None:
-            f.seek(0)
-            f.truncate()
-            body = self.client().get_object(Bucket=bucket, Key=key)["Body"]
-            for chunk in body.iter_chunks(_UPLOAD_CHUNK_BYTES):
+            body = None
+            if f.tell() and started_on:
+                try:
+                    body = self.client().get_object(
+                        Bucket=bucket, Key=key, Range=f"bytes={f.tell()}-", IfMatch=started_on[0]
+                    )["Body"]
+                except botocore.exceptions.ClientError as err:
+                    if not self._refused(err):
+                        raise
+            if body is None:
+                f.seek(0)
+                f.truncate()
+                answer = self.client().get_object(Bucket=bucket, Key=key)
+                started_on[:] = [answer["ETag"]]
+                body = answer["Body"]
+            for chunk in body.iter_chunks(_DOWNLOAD_CHUNK_BYTES):
                 f.write(chunk)
 
         self.call(uri, "downloading", fetch)

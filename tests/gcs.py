@@ -50,6 +50,9 @@ _LOOPBACK = "127.0.0.1"
 _STARTUP_TIMEOUT_S = 30.0
 _STARTUP_ATTEMPTS = 3
 _HOP_BY_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
+_LOSE = "lose"
+_Event = Callable[[], None] | int | str
+"""A staged event: an action to run before forwarding, bytes of the answer to keep, or _LOSE."""
 
 
 def _free_port() -> int:
@@ -157,7 +160,8 @@ class FlakyProxy:
     A failing request is answered with HTTP 503 or with a closed connection and no answer, in
     turn; it never reaches the upstream server. Failures are spread evenly and deterministically:
     with ``fail_share = 0.3`` exactly 3 requests in every 10 fail, and ``1.0`` fails them all.
-    :meth:`lose_next_answer` and :meth:`before_next` stage an event at a chosen request.
+    :meth:`lose_next_answer`, :meth:`cut_next_answer` and :meth:`before_next` stage an event at a
+    chosen request.
 
     An upload that carries ``ifGenerationMatch`` is answered HTTP 412, as GCS does, when the
     object's generation upstream (0: no object) differs; the emulator itself ignores preconditions.
@@ -172,6 +176,7 @@ class FlakyProxy:
         failed: requests failed by ``fail_share``, without reaching upstream.
         lost: requests forwarded whose answer was dropped (:meth:`lose_next_answer`).
         refused_preconditions: requests answered 412, by the proxy or by the server.
+        ranges: the ``Range`` header of every request forwarded with one, in order.
     """
 
     def __init__(self, upstream: str, fail_share: float = 0.0) -> None:
@@ -183,8 +188,9 @@ class FlakyProxy:
         self.failed = 0
         self.lost = 0
         self.refused_preconditions = 0
+        self.ranges: list[str] = []
         self._failure_credit = 0.0
-        self._staged: list[tuple[str, str, Callable[[], None] | None]] = []
+        self._staged: list[tuple[str, str, _Event]] = []
         self._lock = threading.Lock()
         self._upload_lock = threading.Lock()
         self._server = ThreadingHTTPServer((_LOOPBACK, 0), _proxy_handler(self))
@@ -211,7 +217,14 @@ class FlakyProxy:
         ``path_part``, then close its connection without an answer: the request takes effect but
         the client cannot know."""
         with self._lock:
-            self._staged.append((method, path_part, None))
+            self._staged.append((method, path_part, _LOSE))
+
+    def cut_next_answer(self, method: str, path_part: str, keep_bytes: int) -> None:
+        """Forward the next ``method`` request whose path (query included) contains
+        ``path_part``, then send its answer's headers and only the first ``keep_bytes`` of its
+        body before closing the connection: a download cut off part-way."""
+        with self._lock:
+            self._staged.append((method, path_part, keep_bytes))
 
     def before_next(self, method: str, path_part: str, action: Callable[[], None]) -> None:
         """Run ``action`` just before the next ``method`` request whose path (query included)
@@ -219,17 +232,17 @@ class FlakyProxy:
         with self._lock:
             self._staged.append((method, path_part, action))
 
-    def take_staged(self, method: str, path: str) -> tuple[bool, Callable[[], None] | None]:
+    def take_staged(self, method: str, path: str) -> _Event | None:
         """The first event staged for a request like this one, now spent (events staged for the
-        same requests fire one per request, in order): whether to lose its answer, and an action
-        to run before forwarding it."""
+        same requests fire one per request, in order): ``"lose"`` its answer, an action to run
+        before forwarding it, or how many bytes of its answer's body to send; None if none."""
         with self._lock:
-            for index, (staged_method, path_part, action) in enumerate(self._staged):
+            for index, (staged_method, path_part, event) in enumerate(self._staged):
                 if staged_method == method and path_part in path:
                     del self._staged[index]
-                    self.lost += action is None
-                    return action is None, action
-        return False, None
+                    self.lost += event == _LOSE
+                    return event
+        return None
 
     def next_fault(self) -> str | None:
         """``"503"``, ``"drop"`` or ``None`` (forward) for the next request."""
@@ -269,9 +282,12 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             if fault == "503":
                 self._error(503, "injected fault")
                 return
-            lose, action = proxy.take_staged(self.command, self.path)
-            if action is not None:
-                action()
+            event = proxy.take_staged(self.command, self.path)
+            if callable(event):
+                event()
+            if "Range" in self.headers:
+                with proxy._lock:
+                    proxy.ranges.append(self.headers["Range"])
             expected = _expected_generation(self.command, self.path)
             if expected is None:
                 status, headers, content = self._forward(body)
@@ -287,10 +303,10 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             if status == 412:
                 with proxy._lock:
                     proxy.refused_preconditions += 1
-            if lose:
+            if event == _LOSE:
                 self._drop()
                 return
-            self._answer(status, headers, content)
+            self._answer(status, headers, content, event if isinstance(event, int) else None)
 
         def _upstream(
             self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
@@ -336,7 +352,14 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             payload = json.dumps({"error": {"code": status, "message": message}})
             self._answer(status, [("Content-Type", "application/json")], payload.encode())
 
-        def _answer(self, status: int, headers: list[tuple[str, str]], content: bytes) -> None:
+        def _answer(
+            self,
+            status: int,
+            headers: list[tuple[str, str]],
+            content: bytes,
+            keep_bytes: int | None = None,
+        ) -> None:
+            """Send the answer; with ``keep_bytes``, only that much of the body, then close."""
             self.send_response(status)
             for key, value in headers:
                 self.send_header(key, value)
@@ -345,7 +368,9 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(content)
+                self.wfile.write(content[:keep_bytes])
+            if keep_bytes is not None:
+                self._drop()
             self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _relay

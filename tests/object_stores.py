@@ -40,6 +40,8 @@ class Remote:
             whose success makes an upload of ``size`` bytes to ``uri`` land (see
             :meth:`FlakyProxy.lose_next_answer`).
         delete_request: ``delete_request(uri)`` likewise for deleting the object at ``uri``.
+        download_request: ``download_request(uri)`` likewise for the request that sends the
+            object's bytes.
     """
 
     bucket: str
@@ -47,6 +49,7 @@ class Remote:
     put: Callable[[str, bytes], None]
     write_request: Callable[[str, int], tuple[str, str]]
     delete_request: Callable[[str], tuple[str, str]]
+    download_request: Callable[[str], tuple[str, str]]
 
 
 def _gcs_remote(bucket: str, endpoint: str) -> Remote:
@@ -66,6 +69,7 @@ def _gcs_remote(bucket: str, endpoint: str) -> Remote:
         put=put,
         write_request=lambda uri, size: ("POST", "/upload/"),  # multipart, or starting resumable
         delete_request=lambda uri: ("DELETE", "/o/"),
+        download_request=lambda uri: ("GET", "alt=media"),
     )
 
 
@@ -87,6 +91,7 @@ def _s3_remote(bucket: str, endpoint: str) -> Remote:
         put=put,
         write_request=write_request,
         delete_request=lambda uri: ("DELETE", "/" + storage.parse_remote(uri)[1]),
+        download_request=lambda uri: ("GET", "/" + storage.parse_remote(uri)[1]),
     )
 
 

@@ -278,6 +278,44 @@ def test_a_retried_write_that_finds_other_bytes_fails(
     assert storage.read_bytes(uri) == b"theirs"
 
 
+def test_a_download_cut_off_part_way_resumes_where_it_stopped(
+    flaky_remote: FlakyProxy, remote: Remote
+) -> None:
+    """The retry asks for the missing bytes only, so a fault costs what was in flight, not the
+    whole checkpoint."""
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "cut.bin")
+    data = bytes(range(256)) * 40_000  # 10 MB
+    storage.write_bytes(uri, data)
+    flaky_proxy.cut_next_answer(*remote.download_request(uri), keep_bytes=4_000_000)
+
+    with storage.local_copy(uri) as copy:
+        assert copy.read_bytes() == data
+    (resumed,) = flaky_proxy.ranges
+    first_missing = int(resumed.removeprefix("bytes=").split("-")[0])
+    assert 2_000_000 < first_missing <= 4_000_000, resumed
+
+
+def test_a_download_resumed_after_a_replacement_starts_over(
+    flaky_remote: FlakyProxy, remote: Remote
+) -> None:
+    """Bytes of two versions are never stitched together: when the object was replaced between
+    the cut-off answer and the retry, the download starts over on the new version."""
+    if storage.is_gcs(remote.bucket):
+        pytest.skip(
+            "the GCS emulator ignores the generation google-cloud-storage pins a resumed download to"
+        )
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "replaced.bin")
+    old, new = bytes(range(256)) * 40_000, bytes(reversed(range(256))) * 40_000
+    storage.write_bytes(uri, old)
+    flaky_proxy.cut_next_answer(*remote.download_request(uri), keep_bytes=4_000_000)
+    flaky_proxy.before_next(*remote.download_request(uri), lambda: remote.put(uri, new))
+
+    with storage.local_copy(uri) as copy:
+        assert copy.read_bytes() == new
+
+
 def test_a_delete_whose_answer_was_lost_succeeds(flaky_remote: FlakyProxy, remote: Remote) -> None:
     flaky_proxy = flaky_remote
     uri = storage.join(remote.bucket, "gone.bin")
