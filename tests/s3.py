@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import botocore.config
 import pytest
 
 from kshot import storage
@@ -48,7 +47,6 @@ def direct_client(endpoint: str) -> Any:
         aws_access_key_id=_SETTINGS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=_SETTINGS["AWS_SECRET_ACCESS_KEY"],
         region_name=_SETTINGS["AWS_DEFAULT_REGION"],
-        config=botocore.config.Config(s3={"addressing_style": "path"}),
     )
 
 

@@ -384,6 +384,7 @@ def test_missing_objects_name_the_uri(operation, key: str, message: str, remote:
         lambda uri: storage.write_bytes(uri, b"x"),
         storage.list_uris,
         storage.exists,
+        storage.check_writable,
     ],
 )
 def test_missing_bucket_names_the_uri(operation, remote: Remote) -> None:
