@@ -10,7 +10,8 @@ Components run in ``$KSHOT_IMAGE`` (read when compiling). ``--set`` takes config
 ``k_values``; config keys that are not pipeline parameters travel in ``extra_config``. Exactly
 the keys that ``--config`` and ``--set`` name are sent (even when equal to this kshot's defaults,
 since an uploaded pipeline's may differ); the rest keep the pipeline's defaults. ``--pipeline-root
-gs://BUCKET/PREFIX`` puts the run's artifacts in Cloud Storage, which job launchers need.
+gs://BUCKET/PREFIX`` (or ``s3://BUCKET/PREFIX``) puts the run's artifacts in an object store
+that every pod reaches, which job launchers need.
 """
 
 from __future__ import annotations
@@ -146,17 +147,19 @@ def _package(args: argparse.Namespace, scratch: str) -> str:
 
 
 def _check_pipeline_root(uri: str) -> None:
-    """Refuse a ``--pipeline-root`` other than gs://: only there do the job pods and the ground
-    truth's later step reach the artifacts (see :func:`kshot.components.runtime.handoff_uri`)."""
+    """Refuse a ``--pipeline-root`` other than gs:// or s3://: only there do the job pods and the
+    ground truth's later step reach the artifacts (see
+    :func:`kshot.components.runtime.handoff_uri`)."""
     from kshot import storage
 
     if not uri:
         return
     try:
-        storage.parse_gcs(uri)
+        storage.parse_remote(uri)
     except ValueError as error:
         raise ConfigError(
-            f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX"
+            f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX or "
+            "s3://BUCKET/PREFIX"
         ) from error
 
 
@@ -255,14 +258,14 @@ def add_parser(subparsers: Any) -> None:
         "--pipeline-root",
         default="",
         metavar="gs://BUCKET/PREFIX",
-        help="where the run's artifacts go (default: the host's); job launchers need gs://",
+        help="where the run's artifacts go (default: the host's); job launchers need gs:// or s3://",
     )
     run.add_argument(
         "--config",
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML config file (local path or gs:// URI); repeat to layer several",
+        help="YAML config file (local path, gs:// or s3:// URI); repeat to layer several",
     )
     run.add_argument(
         "--set",

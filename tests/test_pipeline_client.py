@@ -171,8 +171,10 @@ def test_explicit_values_are_sent_even_at_the_local_defaults(tmp_path: Path) -> 
     }
 
 
-def test_run_sends_the_pipeline_root(kfp_server: RecordingKfpServer, package: str) -> None:
-    root = "gs://kshot-runs/pipeline-root"
+@pytest.mark.parametrize("root", ["gs://kshot-runs/pipeline-root", "s3://kshot-runs/pipeline-root"])
+def test_run_sends_the_pipeline_root(
+    kfp_server: RecordingKfpServer, package: str, root: str
+) -> None:
     args = ["pipeline", "run", *_host(kfp_server), "--package", package, "--pipeline-root", root]
     assert main(args) == 0
     (run,) = kfp_server.runs.values()
