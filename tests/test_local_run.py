@@ -207,6 +207,13 @@ def test_the_local_run_completes_and_reports(
     assert summary["top_group_tau"] == ranking["top_group_tau"]
     rows = assert_ranking_recomputes(ranking, run / "rank" / "scores", truth, k=2)
     assert {row["arch"] for row in rows} == set(truth)
+    # the retrained path (as many epochs as the sample: TINY) ranked among the sample's other
+    # paths: 1 + those more accurate, out of them and it
+    retrained = json.loads((run / "retrain" / "retrained").read_text())
+    assert retrained["arch"] == summary["best_arch"]
+    others = [acc for arch, acc in truth.items() if arch != summary["best_arch"]]
+    better = sum(acc > retrained["test_accuracy"] for acc in others)
+    assert summary["best_standalone_rank"] == {"rank": 1 + better, "of": len(others) + 1}
     # the rank page draws that table: the scatter, Fig. 5's curve and the λ histograms
     labels = {"kendall_tau": "Kendall τ", "spearman_rho": "Spearman ρ", "pearson_r": "Pearson r"}
     title = ", ".join(f"{label} = {ranking[name]:.3f}" for name, label in labels.items())
@@ -273,6 +280,7 @@ def test_the_local_run_searches_the_mbv2_space_on_class_folders(
     assert 0.0 <= summary["retrained_test_accuracy"] <= 100.0
     # no ground truth for an ImageNet-style search: ranking is switched off, and says so
     assert summary["n_paths"] == 0 and summary["kendall_tau"] is None
+    assert summary["best_standalone_rank"] is None
     assert "ranking is off" in summary["ground_truth"]
     assert "ranking is off" in Path(summary["reports"]["rank"]).read_text()
     (model_file,) = (output / "artifacts").glob("kshot-nas-*/retrain/model")

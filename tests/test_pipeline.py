@@ -93,6 +93,7 @@ def test_artifacts_flow_from_stage_to_stage(compiled: dict[str, Any]) -> None:
     assert _artifact_source(tasks["rank"], "truth") == ("ground-truth", "table")
     assert _artifact_source(tasks["summarize"], "ranking") == ("rank", "ranking")
     assert _artifact_source(tasks["summarize"], "retrained") == ("retrain", "retrained")
+    assert _artifact_source(tasks["summarize"], "truth") == ("ground-truth", "table")
     # rank runs beside search: neither waits for the other
     assert "search" not in tasks["rank"]["dependentTasks"]
     assert "rank" not in tasks["search"]["dependentTasks"]
