@@ -5,8 +5,8 @@ local ``torchrun`` jobs, so the local run exercises the distributed code path. A
 ``OUTPUT/artifacts``, each step's log under ``OUTPUT/logs`` (the console shows one line per step
 start and end, see :mod:`kshot.pipeline.console`); the run summary goes to ``OUTPUT/summary.json``.
 With ``k_values`` the K sweep (:mod:`kshot.pipeline.sweep`) runs instead and the summary holds τ, ρ
-and r per K. A ``gs://`` output keeps kfp.local's scratch in a local temporary folder and uploads
-the artifacts, logs and summary after.
+and r per K. A ``gs://`` or ``s3://`` output keeps kfp.local's scratch in a local temporary folder
+and uploads the artifacts, logs, report and summary after.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
 
 @contextlib.contextmanager
 def _local_folder(output: str) -> Iterator[Path]:
-    """``output`` itself when local; a temporary folder (removed after) for a gs:// prefix."""
-    if storage.is_gcs(output):
+    """``output`` itself when local; a temporary folder (removed after) for a bucket prefix."""
+    if storage.is_remote(output):
         with tempfile.TemporaryDirectory(prefix="kshot-run-") as scratch:
             yield Path(scratch)
     else:
@@ -93,17 +93,17 @@ def _rebase(value: Any, old: str, new: str) -> Any:
 
 
 def publish(summary: dict[str, Any], artifacts: Path, output: str) -> dict[str, Any]:
-    """Write ``summary.json`` under ``output``; for a gs:// output, upload ``artifacts`` first.
+    """Write ``summary.json`` under ``output``; for a bucket output, upload ``artifacts`` first.
 
     Args:
         summary: the run summary; paths in it under ``artifacts`` are rewritten to their URIs.
         artifacts: the local folder of the run's artifacts.
-        output: the run's output folder or gs:// prefix.
+        output: the run's output folder, gs:// or s3:// prefix.
 
     Returns:
         The summary as written.
     """
-    if storage.is_gcs(output):
+    if storage.is_remote(output):
         artifacts_uri = storage.join(output, "artifacts")
         storage.upload_dir(artifacts, artifacts_uri)
         summary = _rebase(summary, str(artifacts), artifacts_uri)
@@ -121,7 +121,8 @@ def run_local_pipeline(
 
     Args:
         cfg: the run configuration (e.g. :data:`DEFAULT_CONFIG` with ``--set`` overrides).
-        output: a folder or a ``gs://`` prefix for ``artifacts/``, ``logs/`` and ``summary.json``.
+        output: a folder, ``gs://`` or ``s3://`` prefix for ``artifacts/``, ``logs/``,
+            ``report/`` and ``summary.json``.
         verbose: echo every line of kfp.local and of the steps, not just one per step start / end.
         k_values: run the K sweep over these K (the config's ``k`` is then unused).
 
@@ -158,12 +159,12 @@ def run_local_pipeline(
             raise LocalRunError(f"{message}; the steps' logs are in {logs}") from error
         finally:
             console.close()
-            if storage.is_gcs(output):
+            if storage.is_remote(output):
                 storage.upload_dir(logs, storage.join(output, "logs"))
         summary = json.loads(Path(run.output.path).read_text())
         summary["wall_time_s"] = round(time.monotonic() - started, 1)
         write_report(summary, folder / "report")
-        if storage.is_gcs(output):
+        if storage.is_remote(output):
             storage.upload_dir(folder / "report", storage.join(output, "report"))
             summary["logs"] = storage.join(output, "logs")
             summary["report"] = storage.join(output, "report", "index.html")
@@ -246,6 +247,10 @@ def summary_lines(summary: dict[str, Any], output: str) -> list[str]:
         f"(after BN recalibration), {_figure(summary['best_flops'], '.3g')} MFLOPs",
         f"  retrained test accuracy {_figure(summary['retrained_test_accuracy'], '.2f', ' %')}",
     ]
+    if "best_standalone_rank" in summary:
+        rank = summary["best_standalone_rank"]
+        shown = f"{rank['rank']} of {rank['of']}" if rank else "n/a (not trained alike)"
+        lines.append(f"  rank among the stand-alone sample: {shown}")
     lines.append(f"ranking of {summary['n_paths']} paths against {summary['ground_truth']}:")
     lines.append(f"  {correlations}")
     lines.append(f"report: {summary['report']}")

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from kshot import storage
 from kshot.config import parse_overrides
 from kshot.launch.spec import LaunchError, LaunchSpec
+from kshot.launch.trainjob import DEFAULT_TRAINER_VERSION, TRAINER_VERSIONS
 from kshot.stages import ARTIFACTS, HEAVY_STAGES, STAGES
 
 __all__ = ["add_parser"]
@@ -53,6 +53,7 @@ def _render(args: argparse.Namespace) -> int:
             service_account=args.service_account,
             backoff_limit=args.backoff_limit,
             pod_overrides=pod_overrides,
+            trainer_version=args.trainer_version,
         )
     except LaunchError as e:
         print(f"kshot launch render: error: {e}", file=sys.stderr)
@@ -63,7 +64,9 @@ def _render(args: argparse.Namespace) -> int:
 
 def _check_pod_artifacts(spec: LaunchSpec) -> None:
     """A job's pods read and write the artifacts themselves: every one the stage needs must be
-    given, as a gs:// URI (a local path is on this machine, not in the pods)."""
+    given, as a gs:// or s3:// URI (a local path is on this machine, not in the pods)."""
+    from kshot import storage  # not at the top: it loads torch, which `kshot --help` need not
+
     inputs, outputs = ARTIFACTS[spec.stage]
     for flag, needed, given in (
         ("--input", inputs, spec.inputs),
@@ -72,14 +75,14 @@ def _check_pod_artifacts(spec: LaunchSpec) -> None:
         missing = [name for name in needed if not name.endswith("?") and name not in given]
         if missing:
             raise LaunchError(
-                f"stage {spec.stage!r} needs {flag} {missing[0]}=gs://BUCKET/… "
+                f"stage {spec.stage!r} needs {flag} {missing[0]}=gs://BUCKET/… (or s3://) "
                 f"(missing: {', '.join(missing)}); its pods read and write the artifacts themselves"
             )
         for name, uri in given.items():
-            if not storage.is_gcs(uri):
+            if not storage.is_remote(uri):
                 raise LaunchError(
                     f"{flag} {name}={uri!r}: the job's pods cannot see a local path; "
-                    "give a gs:// URI"
+                    "give a gs:// or s3:// URI"
                 )
 
 
@@ -113,6 +116,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--namespace", default="default", help="the job's namespace")
     p.add_argument("--name", default="", help="job name (default: derived from the spec)")
     p.add_argument("--service-account", default="", help="the pods' service account")
+    p.add_argument(
+        "--trainer-version",
+        choices=tuple(TRAINER_VERSIONS),
+        default=DEFAULT_TRAINER_VERSION,
+        help="the Kubeflow Trainer release a TrainJob is rendered for (a launch reads it from "
+        "the cluster)",
+    )
     p.add_argument(
         "--backoff-limit", type=int, default=2, help="PyTorchJob restarts before failing"
     )
