@@ -35,13 +35,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
+import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, TypeVar
@@ -64,6 +68,7 @@ __all__ = [
     "RETRY_DEADLINE_ENV",
     "RETRY_INITIAL_DELAY_ENV",
     "StorageError",
+    "UnsafeFileError",
     "is_gcs",
     "parse_gcs",
     "check_uri",
@@ -96,6 +101,9 @@ _EMULATOR_PROJECT = "kshot-emulator"
 _GCS_PREFIX = "gs://"
 _PARTIAL_SUFFIX = ".partial"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# The remote stores by URI scheme, with the form their URIs take. A URI whose scheme is not here, or
+# one of these without "//" after the colon, is refused rather than taken for a local file name.
+_REMOTE_SCHEMES = {"gs": "gs://bucket/key"}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
 
 _T = TypeVar("_T")
@@ -131,20 +139,36 @@ def parse_gcs(uri: str) -> tuple[str, str]:
         )
     if "\n" in key or "\r" in key:
         raise ValueError(f"malformed GCS URI {uri!r}: object names cannot contain line breaks")
+    # GCS stores "a/./x" and "a//x" literally, as other objects than "a/x": refuse, never guess.
+    segments = key.split("/")
+    if any(part in (".", "..") for part in segments) or "" in segments[:-1]:
+        raise ValueError(
+            f"malformed GCS URI {uri!r}: empty, '.' and '..' segments are not resolved by GCS "
+            "(they would be stored literally); write the path without them"
+        )
     return bucket, key
 
 
 def _is_remote(uri: str) -> bool:
-    """True for ``gs://`` URIs, False for local paths; refuses empty URIs and other schemes."""
+    """True for ``gs://`` URIs, False for local paths; refuses empty URIs, other schemes and
+    malformed ones (``gs:/bucket/x``, ``gs:bucket``), which would otherwise become local files."""
     if not uri:
         raise ValueError("empty URI: expected a local path or gs://bucket/key")
-    if is_gcs(uri):
-        return True
     scheme = _SCHEME_RE.match(uri)
-    if scheme and uri[scheme.end() :].startswith("//"):
+    if scheme is None:
+        return False
+    name, rest = scheme.group(1), uri[scheme.end() :]
+    supported = ", ".join(_REMOTE_SCHEMES.values())
+    if rest.startswith("//"):
+        if name in _REMOTE_SCHEMES:
+            return True
         raise ValueError(
-            f"unsupported URI scheme {scheme.group(1)!r} in {uri!r}: "
-            "use a local path or gs://bucket/key"
+            f"unsupported URI scheme {name!r} in {uri!r}: use a local path or {supported}"
+        )
+    if name in _REMOTE_SCHEMES or rest.startswith("/"):
+        raise ValueError(
+            f"malformed URI {uri!r}: the scheme {name + ':'!r} must be followed by '//' "
+            f"(e.g. {name}://bucket/key); use a local path or {supported}"
         )
     return False
 
@@ -155,16 +179,19 @@ def check_uri(uri: str) -> None:
         parse_gcs(uri)
 
 
-def check_writable(uri: str) -> None:
-    """Fail before any work when nothing could ever be written at ``uri``.
+def check_writable(uri: str, folder: bool = False) -> None:
+    """Fail before any work when nothing could ever be written at ``uri``, or when ``uri`` is of
+    the other kind than the artifact: a file (``folder=False``) or a folder of files.
 
     Raises:
-        ValueError: ``uri`` is malformed, or a local path runs through a regular file.
+        ValueError: ``uri`` is malformed, a local path runs through a regular file, a file URI
+            names a bucket, ends in ``/`` or is an existing folder, or a folder URI is a file.
         FileNotFoundError: the bucket of a ``gs://`` URI does not exist.
         PermissionError: the nearest existing local folder is not writable.
     """
+    expected = "a folder" if folder else "a file"
     if _is_remote(uri):
-        bucket, _ = parse_gcs(uri)
+        bucket, key = _object_ref(uri) if not folder else parse_gcs(uri)
         found = _gcs_call(
             uri,
             "checking the bucket of",
@@ -174,11 +201,22 @@ def check_writable(uri: str) -> None:
             raise FileNotFoundError(
                 f"{uri}: bucket gs://{bucket} does not exist (or these credentials cannot see it)"
             )
+        if folder and key.strip("/") and _gcs_object_exists(uri.rstrip("/")):
+            raise ValueError(f"{uri} is an object (a file), but {expected} is expected here")
+        if not folder and _gcs_has_objects_under(uri):
+            raise ValueError(
+                f"{uri} is a folder (objects lie under it), but {expected} is expected"
+            )
         return
-    ancestor = Path(uri).absolute()
+    path = Path(uri).absolute()
+    if not folder and (uri.endswith("/") or path.is_dir()):
+        raise ValueError(f"{uri} is a folder, but {expected} is expected here")
+    if folder and path.is_file():
+        raise ValueError(f"{uri} is a file, but {expected} is expected here")
+    ancestor = path
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if ancestor != Path(uri).absolute() and not ancestor.is_dir():
+    if ancestor != path and not ancestor.is_dir():
         raise ValueError(f"cannot write {uri}: {ancestor} is a file, not a folder")
     if not os.access(ancestor if ancestor.is_dir() else ancestor.parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {uri}: {ancestor} is not writable")
@@ -318,6 +356,17 @@ def _gcs_list_keys(uri: str) -> list[str]:
     return _gcs_call(uri, "listing", list_all)
 
 
+def _gcs_has_objects_under(uri: str) -> bool:
+    """Whether any object lies inside the folder ``uri`` (one listing request of one result)."""
+    bucket, key = parse_gcs(uri)
+
+    def first(retry: Retry) -> bool:
+        blobs = _client().list_blobs(bucket, prefix=_folder_prefix(key), max_results=1, retry=retry)
+        return any(True for _ in blobs)
+
+    return _gcs_call(uri, "listing", first)
+
+
 def _md5_base64(local_file: Path) -> str:
     """The MD5 of ``local_file`` as GCS reports it (base64), read in chunks."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -375,20 +424,62 @@ def _download_file(uri: str, local_file: Path) -> None:
 # ---------------------------------------------------------------------------- reads & writes
 
 
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where Linux offers it; else set and restored)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _no_space(error: BaseException) -> OSError | None:
+    """The "no space left" error behind ``error``, if any (``torch.save`` wraps it in a
+    ``RuntimeError`` that only says ``unexpected pos``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _raise_if_no_space(error: BaseException, target: str, tmp: str) -> None:
+    cause = _no_space(error)
+    if cause is not None:
+        raise OSError(
+            cause.errno,
+            f"writing {target}: no space left on device (while writing {tmp}); "
+            "nothing was written there, the previous content is kept",
+        ) from error
+
+
 @contextlib.contextmanager
 def _local_atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A temporary file beside ``path`` that is renamed to ``path`` when the block ends cleanly."""
+    """A temporary file beside ``path`` that is renamed to ``path`` when the block ends cleanly.
+
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), not
+    ``mkstemp``'s 0600, so that other readers of the artifact (a pod of another user) can read it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_PARTIAL_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _raise_if_no_space(error, str(path), tmp)
         raise
 
 
@@ -402,6 +493,7 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
     Raises:
         ValueError: ``uri`` is malformed or names a bucket or folder.
         FileNotFoundError: the bucket does not exist.
+        OSError: the disk is full ("no space left on device", naming ``uri`` and the file).
         StorageError: the upload still failed when the retry deadline passed, or another writer
             changed the object meanwhile.
     """
@@ -412,8 +504,12 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
     _object_ref(uri)
     fd, tmp = tempfile.mkstemp(prefix="kshot-upload-", suffix=_PARTIAL_SUFFIX)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+        except BaseException as error:
+            _raise_if_no_space(error, uri, tmp)
+            raise
         _upload_file(Path(tmp), uri)
     finally:
         os.unlink(tmp)
@@ -479,20 +575,70 @@ def read_json(uri: str) -> Any:
 
 
 def write_json(uri: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``uri`` whole or not at all."""
-    write_text(uri, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented JSON to ``uri`` whole or not at all.
+
+    A NaN or infinite number (a correlation of constant values, a loss never measured) becomes
+    ``null``, with a warning naming where it was: strict JSON has no token for it.
+    """
+    missing: list[str] = []
+
+    def finite(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            missing.append(where or "the document")
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    clean = finite(obj, "")
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        warnings.warn(
+            f"{uri}: {shown} {'is' if len(missing) == 1 else 'are'} not a finite number "
+            "(NaN or infinite), written as null",
+            stacklevel=2,
+        )
+    write_text(uri, json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+class UnsafeFileError(ValueError):
+    """A torch file that holds more than tensors and plain data (code would run on loading)."""
 
 
 def save_torch(obj: Any, uri: str) -> None:
-    """``torch.save`` to ``uri``, streamed through a temporary file, whole or not at all."""
+    """``torch.save`` to ``uri``, streamed through a temporary file, whole or not at all.
+
+    ``obj`` must hold only what :func:`load_torch` reads back: tensors, numbers, strings, and
+    lists, tuples and dicts of them.
+    """
     with open_write(uri) as f:
         torch.save(obj, f)
 
 
 def load_torch(uri: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` from ``uri`` (a ``gs://`` object is streamed to a temporary file first)."""
+    """``torch.load(weights_only=True)`` from ``uri`` (a ``gs://`` object is streamed to a
+    temporary file first): tensors, numbers, strings, and lists, tuples and dicts of them.
+
+    Raises:
+        UnsafeFileError: the file holds anything else, a pickled callable for one; it is refused
+            without being run (whoever can write the store could otherwise run code in every
+            process that loads it).
+    """
     with local_copy(uri) as path:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "weights_only" not in str(e).lower() and "weights only" not in str(e).lower():
+                raise
+            paragraphs = [p.strip() for p in str(e).split("\n\n") if p.strip()]
+            raise UnsafeFileError(
+                f"refusing to load {uri}: it holds more than tensors and plain data, which "
+                f"loading would run as code ({paragraphs[min(1, len(paragraphs) - 1)]})"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- folders

@@ -20,6 +20,7 @@ from kshot.nn.simplex import SimplexNet
 from kshot.search.nsga2 import BudgetError
 from kshot.search.score import PathScorer
 from kshot.spaces import Space
+from kshot.stages import FOLDER_ARTIFACTS
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import (
     TrainData,
@@ -64,7 +65,7 @@ def require(artifacts: Mapping[str, str], names: tuple[str, ...], stage: str, ki
         uri = artifacts[name]
         try:
             if kind == "output":
-                storage.check_writable(uri)
+                storage.check_writable(uri, folder=name in FOLDER_ARTIFACTS)
             else:
                 storage.check_uri(uri)
         except storage.StorageError:
