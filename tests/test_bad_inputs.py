@@ -332,6 +332,13 @@ CASES = [
         outputs={"checkpoint": "{out}/trained", "curve": "{out}/curves.json"},
     ),
     Case(
+        "unknown-output-artifact-name-refused-before-torchrun-starts",
+        "search",
+        ("no output artifact 'result'", "did you mean 'results'?"),
+        outputs={"result": "{out}/results.json"},
+        extra=("--workers", "2"),
+    ),
+    Case(
         "unknown-input-artifact-name",
         "search",
         ("no input artifact 'checkpoints'", "did you mean 'checkpoint'?"),
@@ -715,6 +722,16 @@ def test_a_local_run_to_an_unwritable_output_fails_before_any_step(tmp_path, mon
     with pytest.raises(ValueError, match="unsupported URI scheme 's3'"):
         run_local_pipeline(load_config(DEFAULT_CONFIG), "s3://bucket/run")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_local_run_into_a_file_fails_before_any_step(tmp_path):
+    from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline
+
+    (tmp_path / "run").write_bytes(SENTINEL)
+    with pytest.raises(ValueError, match="run is a file, but a folder is expected"):
+        run_local_pipeline(load_config(DEFAULT_CONFIG), str(tmp_path / "run"))
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert (tmp_path / "run").read_bytes() == SENTINEL
 
 
 def test_a_ranking_experiment_with_an_invalid_k_is_refused_before_any_run(tmp_path):
