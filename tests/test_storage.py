@@ -610,20 +610,21 @@ def test_malformed_scheme_uris_never_become_local_files(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_output_of_the_wrong_kind_is_refused(tmp_path: Path, gcs_bucket: str) -> None:
+def test_an_output_of_the_wrong_kind_is_refused(tmp_path: Path, remote: Remote) -> None:
     """A file artifact where a folder lies (or names a bucket), a folder artifact where a file
-    lies: refused by check_writable, locally and on gs://."""
+    lies: refused by check_writable, locally and on gs:// and s3://."""
+    bucket = remote.bucket
     (tmp_path / "folder").mkdir()
     (tmp_path / "file").write_text("x")
-    storage.write_text(storage.join(gcs_bucket, "run", "inside.txt"), "x")
-    storage.write_text(storage.join(gcs_bucket, "object"), "x")
+    storage.write_text(storage.join(bucket, "run", "inside.txt"), "x")
+    storage.write_text(storage.join(bucket, "object"), "x")
     refused = [
         (str(tmp_path / "folder"), False, "is a folder, but a file is expected"),
         (str(tmp_path / "new") + "/", False, "is a folder, but a file is expected"),
         (str(tmp_path / "file"), True, "is a file, but a folder is expected"),
-        (gcs_bucket, False, "names a bucket or folder"),
-        (storage.join(gcs_bucket, "run"), False, "is a folder (objects lie under it)"),
-        (storage.join(gcs_bucket, "object"), True, "is an object (a file)"),
+        (bucket, False, "names a bucket or folder"),
+        (storage.join(bucket, "run"), False, "is a folder (objects lie under it)"),
+        (storage.join(bucket, "object"), True, "is an object (a file)"),
     ]
     for uri, folder, message in refused:
         with pytest.raises(ValueError, match=re.escape(message)):
@@ -631,7 +632,7 @@ def test_an_output_of_the_wrong_kind_is_refused(tmp_path: Path, gcs_bucket: str)
     for uri, folder in [
         (str(tmp_path / "new.json"), False),
         (str(tmp_path / "folder"), True),
-        (storage.join(gcs_bucket, "run"), True),
-        (storage.join(gcs_bucket, "new.json"), False),
+        (storage.join(bucket, "run"), True),
+        (storage.join(bucket, "new.json"), False),
     ]:
         storage.check_writable(uri, folder=folder)
