@@ -332,6 +332,18 @@ CASES = [
         setup=file_where_a_folder_should_be,
     ),
     Case(
+        "file-where-a-folder-input-is-expected",
+        "search",
+        ("input artifact checkpoint='{good}/split.json'", "is a file, but a folder is expected"),
+        inputs={"checkpoint": "{good}/split.json"},
+    ),
+    Case(
+        "folder-where-a-file-input-is-expected",
+        "warmup",
+        ("input artifact split='{good}/warm'", "is a folder, but a file is expected"),
+        inputs={"split": "{good}/warm"},
+    ),
+    Case(
         "unknown-output-artifact-name",
         "train",
         ("no output artifact 'curve'", "did you mean 'curves'?"),
