@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from kshot import report, storage
 from kshot.components.runtime import Artifact, artifact_uri, config_from_json
+from kshot.eval.ranking import metrics_from_json
 from kshot.eval.standalone_rank import best_standalone_rank
 from kshot.train.trainer import space_of
 
@@ -131,7 +132,7 @@ def rank_report(
     ranking: Artifact, scores: Artifact, metrics: MetricsArtifact, page: Artifact
 ) -> None:
     """τ, ρ, r and the top-group τ as Metrics; the scatter, Fig. 5's curve and λ as HTML."""
-    data = storage.read_json(artifact_uri(ranking))
+    data = metrics_from_json(storage.read_json(artifact_uri(ranking)))
     if data.get("skipped"):
         _write(page, report.html_page(f"Ranking, K = {data['k']}", [("Skipped", data["skipped"])]))
         return
@@ -224,7 +225,8 @@ def tau_vs_k_report(
         K, in increasing K) and ``reports`` (``tau_vs_k``: the page's URI).
     """
     rows = sorted(
-        (storage.read_json(artifact_uri(ranking)) for ranking in rankings), key=lambda r: r["k"]
+        (metrics_from_json(storage.read_json(artifact_uri(ranking))) for ranking in rankings),
+        key=lambda r: r["k"],
     )
     result = {
         "k_values": [row["k"] for row in rows],
