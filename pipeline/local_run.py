@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot import storage
-from kshot.components.runtime import PIPELINE_CONFIG_KEYS, component_image
+from kshot.components.runtime import PIPELINE_CONFIG_KEYS, job_image
 from kshot.config import Config
 
 __all__ = [
@@ -45,7 +45,7 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     Args:
         cfg: the run configuration.
         launcher: the launch backend of the heavy stages.
-        image: their worker image (default: the components' image).
+        image: their worker image (default: the jobs' image, :func:`job_image`).
 
     Returns:
         Keyword arguments of :func:`kshot.pipeline.pipeline.kshot_nas`.
@@ -59,7 +59,7 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     }
     return {
         **{key: values[key] for key in PIPELINE_CONFIG_KEYS},
-        "image": image or component_image(),
+        "image": image or job_image(),
         "launcher": launcher,
         "extra_config": json.dumps(extra, sort_keys=True) if extra else "",
     }
