@@ -131,6 +131,12 @@ def run_local_pipeline(cfg: Config, output: str) -> dict[str, Any]:
         warnings.filterwarnings(
             "ignore", message=".*custom or non-Python base image", category=RuntimeWarning
         )
+        # nor can a local run honour the steps' cluster sizes (kshot.pipeline.platform)
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Task .*have no effect in the current local runner",
+            category=UserWarning,
+        )
         artifacts = (folder / "artifacts").resolve()
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(artifacts))
         try:
