@@ -37,6 +37,7 @@ from kshot.pipeline.pipeline import DEFAULT_STEP_CPU, DEFAULT_STEP_MEMORY
 from kshot.pipeline.platform import ACCELERATOR, HEAVY_RETRY, IMAGE_UID, LIGHT_STEP
 from kshot.pipeline.sweep import DEFAULT_K_VALUES, K_PARALLELISM
 from kshot.stages import HEAVY_STAGES, STAGES
+from tests.pod_security import read_only_root_violations, restricted_violations
 
 CONFIG_OUTPUT = {"producerTask": "configure", "outputParameterKey": "config"}
 
@@ -140,6 +141,7 @@ def test_outputs_flow_from_stage_to_stage_as_uris(compiled: dict[str, Any]) -> N
     assert _parameter_source(tasks["rank"], "truth") == ("ground-truth", "Output")
     assert _artifact_source(tasks["summarize"], "ranking") == ("rank", "ranking")
     assert _artifact_source(tasks["summarize"], "retrained") == ("retrain", "retrained")
+    assert _artifact_source(tasks["summarize"], "truth") == ("ground-truth", "table")
     # the producers still declare the artifacts whose URIs they return (the UI shows them)
     for producer, artifact in [("warmup", "checkpoint"), ("train", "checkpoint")]:
         outputs = compiled["components"][f"comp-{producer}"]["outputDefinitions"]
@@ -154,6 +156,7 @@ def test_outputs_flow_from_stage_to_stage_as_uris(compiled: dict[str, Any]) -> N
 # reports' small files only.
 _DOWNLOADED = {
     "summarize": {
+        "truth",
         "results",
         "retrained",
         "ranking",
@@ -355,6 +358,7 @@ def test_a_job_refuses_artifacts_its_pods_cannot_reach_before_it_starts(
     message = str(failure.value)
     assert f"warmup: output 'checkpoint' of the {launcher} job is {checkpoint.uri}" in message
     assert "minio:// pipeline root" in message and "--pipeline-root gs://" in message
+    assert "s3://BUCKET/PREFIX" in message
     assert not Path(checkpoint.path).exists()
 
 
@@ -362,8 +366,9 @@ def test_a_uri_handed_to_a_later_step_must_reach_its_pod() -> None:
     table = dsl.Dataset(uri=f"{MINIO_RUN}/standalone/table")
     with pytest.raises(ValueError, match=f"output 'table' is {table.uri}, which other pods"):
         handoff_uri(table, "table")
-    in_gcs = dsl.Dataset(uri="gs://bucket/run-1/standalone/table")
-    assert handoff_uri(in_gcs, "table") == in_gcs.uri
+    for bucket in ("gs://bucket", "s3://bucket"):
+        in_store = dsl.Dataset(uri=f"{bucket}/run-1/standalone/table")
+        assert handoff_uri(in_store, "table") == in_store.uri
     on_this_machine = dsl.Dataset(uri="/tmp/kfp-local/standalone/table")  # kfp.local
     assert handoff_uri(on_this_machine, "table") == on_this_machine.uri
 
@@ -502,3 +507,50 @@ def test_a_pipeline_compiled_with_two_images_runs_steps_in_one_and_jobs_in_the_o
     assert images == {"registry.example/kshot-cpu:1"}
     parameters = spec["root"]["inputDefinitions"]["parameters"]
     assert parameters["image"]["defaultValue"] == "registry.example/kshot:1"
+
+
+# The "restricted" rules that a compiled pipeline has no field for (kfp-kubernetes 2.17 states
+# only runAsUser, runAsGroup and runAsNonRoot): the KFP backend sets them on the executor.
+_SET_BY_THE_BACKEND = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _stated_pod(spec: dict[str, Any], executor: str) -> dict[str, Any]:
+    """The pod spec that the compiled pipeline states for one step's executor: its container with
+    the platform spec's security context (and no volumes, no host namespaces, no ports)."""
+    context = spec["platform"]["deploymentSpec"]["executors"][executor]["securityContext"]
+    numeric = {"runAsUser", "runAsGroup"}  # protobuf's JSON writes int64 as strings
+    container = spec["deploymentSpec"]["executors"][executor]["container"]
+    return {
+        "containers": [
+            {
+                "name": "main",
+                "image": container["image"],
+                "securityContext": {
+                    key: int(value) if key in numeric else value for key, value in context.items()
+                },
+            }
+        ]
+    }
+
+
+def test_step_pods_are_restricted_as_far_as_the_compiled_pipeline_can_state(
+    both: dict[str, Any],
+) -> None:
+    for executor in both["platform"]["deploymentSpec"]["executors"]:
+        pod = _stated_pod(both, executor)
+        # what the pipeline states breaks no rule; only the fields it cannot state are missing
+        assert restricted_violations(pod) == [
+            "containers[main]: allowPrivilegeEscalation is not false",
+            "containers[main]: capabilities do not drop ALL",
+            "containers[main]: seccompProfile None is not RuntimeDefault/Localhost",
+        ], executor
+        pod["containers"][0]["securityContext"].update(_SET_BY_THE_BACKEND)
+        assert restricted_violations(pod) == [], executor
+        # nor can it make the root filesystem read-only (kfp-kubernetes has no such setting)
+        assert read_only_root_violations(pod) == [
+            "containers[main]: readOnlyRootFilesystem is not true"
+        ]
