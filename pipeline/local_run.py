@@ -125,7 +125,7 @@ def run_local_pipeline(cfg: Config, output: str) -> dict[str, Any]:
 
     from kshot.pipeline.pipeline import kshot_nas
 
-    storage.check_writable(output)  # a bad output fails now, not after the whole DAG
+    storage.check_writable(output, folder=True)  # a bad output fails now, not after the DAG
     started = time.monotonic()
     with _local_folder(output) as folder, warnings.catch_warnings():
         # kfp warns that the components' base image is not this environment: it is, by design
