@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot import storage
-from kshot.components.runtime import PIPELINE_CONFIG_KEYS, component_image
+from kshot.components.runtime import PIPELINE_CONFIG_KEYS, job_image
 from kshot.config import Config
 
 __all__ = [
@@ -51,7 +51,7 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     Args:
         cfg: the run configuration.
         launcher: the launch backend of the heavy stages.
-        image: their worker image (default: the components' image).
+        image: their worker image (default: the jobs' image, :func:`job_image`).
 
     Returns:
         Keyword arguments of :func:`kshot.pipeline.pipeline.kshot_nas`.
@@ -65,7 +65,7 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     }
     return {
         **{key: values[key] for key in PIPELINE_CONFIG_KEYS},
-        "image": image or component_image(),
+        "image": image or job_image(),
         "launcher": launcher,
         "extra_config": json.dumps(extra, sort_keys=True) if extra else "",
     }
@@ -147,6 +147,12 @@ def run_local_pipeline(
         # kfp warns that the components' base image is not this environment: it is, by design
         warnings.filterwarnings(
             "ignore", message=".*custom or non-Python base image", category=RuntimeWarning
+        )
+        # nor can a local run honour the steps' cluster sizes (kshot.pipeline.platform)
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Task .*have no effect in the current local runner",
+            category=UserWarning,
         )
         artifacts, logs = (folder / "artifacts").resolve(), (folder / "logs").resolve()
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(artifacts))
