@@ -92,12 +92,13 @@ def _stage(args: argparse.Namespace) -> int:
                 inputs=inputs,
                 outputs=outputs,
                 workers=args.workers,
+                overwrite=args.overwrite,
             )
         )
         return 0
     from kshot.stages import run_stage
 
-    result = run_stage(args.name, cfg, inputs, outputs)
+    result = run_stage(args.name, cfg, inputs, outputs, overwrite=args.overwrite)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -199,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
             type=_positive_int,
             default=1,
             help="run as this many local torchrun processes (gloo); 1: in this process",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="remove the outputs (and only them) first and start over, even when they hold "
+            "another run's work; without it such outputs are refused",
         )
         p.set_defaults(func=_stage)
 
