@@ -560,11 +560,11 @@ class KShotTrainer:
                 on_checkpoint(uri)
         dist.barrier()
 
-    def resume(self, output: str, *inputs: str) -> str | None:
+    def resume(self, output: str | None, *inputs: str) -> str | None:
         """Load the newest checkpoint of ``output`` (this run's own folder, resumed only by the
-        same run), else of the first of ``inputs`` that has one; returns its URI."""
+        same run; None: none), else of the first of ``inputs`` that has one; returns its URI."""
         self.input_folders = list(inputs)
-        for folder in (output, *inputs):
+        for folder in (*([output] if output else []), *inputs):
             state = ckpt.load_latest(folder, required=False)
             if state is not None:
                 self.load_state_dict(state, state["uri"], same_run=folder == output)
