@@ -109,7 +109,7 @@ def hold(uris: Iterable[str], stage: str) -> Iterator[None]:
     """
     with contextlib.ExitStack() as stack:
         for uri in sorted(set(uris)):
-            lease = _GcsLease if storage.is_gcs(uri) else _LocalLease
+            lease = _ObjectLease if storage.is_gcs(uri) else _LocalLease
             stack.enter_context(lease(uri, _holder(stage, uri)))
         yield
 
@@ -159,7 +159,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-class _GcsLease:
+class _ObjectLease:
     """A lease object renewed by a background thread (see the module's notes)."""
 
     def __init__(self, uri: str, holder: dict[str, Any]) -> None:
@@ -209,7 +209,7 @@ class _GcsLease:
                 continue
             time.sleep(min(1.0, self.ttl / 10))
 
-    def __enter__(self) -> _GcsLease:
+    def __enter__(self) -> _ObjectLease:
         self.generation = self._acquire()
         self.thread = threading.Thread(target=self._renew, name="kshot-lease", daemon=True)
         self.thread.start()
