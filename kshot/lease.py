@@ -167,6 +167,7 @@ class _ObjectLease:
         self.ttl = _ttl()
         self.generation = 0
         self.stopped = threading.Event()
+        self.lost = False  # another writer holds it now: never delete theirs
         self.thread: threading.Thread | None = None
 
     def _body(self) -> bytes:
@@ -231,6 +232,7 @@ class _ObjectLease:
             else:
                 why = "another writer took it over"
             if generation is None:
+                self.lost = True
                 print(
                     f"kshot: lost the lease on output {self.uri!r}: {why}; stopping this writer",
                     file=sys.stderr,
@@ -244,6 +246,8 @@ class _ObjectLease:
         self.stopped.set()
         if self.thread is not None:
             self.thread.join()
+        if self.lost:
+            return
         with contextlib.suppress(OSError):  # an unreleased lease expires by itself
             storage.delete_if_generation(self.object, self.generation)
 

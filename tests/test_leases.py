@@ -145,3 +145,22 @@ def test_a_live_gcs_lease_is_refused_and_a_stale_one_taken_over(
     with lease.hold([out], "split"):
         assert time.monotonic() - started >= TTL_S
     assert storage.read_versioned(lease.lease_uri(out)) is None
+
+
+def test_a_holder_that_loses_its_lease_stops(
+    flaky_proxy: FlakyProxy, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When another writer has taken the lease over (here: replaced the object, as a takeover
+    after expiry does), the holder's next renewal fails its generation check and the holder's
+    main thread is interrupted instead of writing on."""
+    monkeypatch.setenv(lease.LEASE_TTL_ENV, str(TTL_S))
+    out = storage.join(gcs_bucket, "lost.json")
+    with pytest.raises(KeyboardInterrupt), lease.hold([out], "split"):
+        found = storage.read_versioned(lease.lease_uri(out))
+        assert found is not None
+        storage.replace_if_generation(lease.lease_uri(out), b'{"host": "other"}', found[1])
+        deadline = time.monotonic() + 3 * TTL_S
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        pytest.fail("the holder kept its lease after losing it")
+    assert storage.read_versioned(lease.lease_uri(out))[0] == b'{"host": "other"}'
