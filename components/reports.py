@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kshot import report, storage
-from kshot.components.runtime import Artifact, artifact_uri
+from kshot.components.runtime import Artifact, artifact_uri, config_from_json
+from kshot.eval.ranking import metrics_from_json
+from kshot.eval.standalone_rank import best_standalone_rank
+from kshot.train.trainer import space_of
 
 __all__ = [
     "training_report",
@@ -124,7 +127,7 @@ def rank_report(
     ranking: Artifact, scores: Artifact, metrics: MetricsArtifact, page: Artifact
 ) -> None:
     """τ, ρ, r and the top-group τ as Metrics; the scatter, Fig. 5's curve and λ as HTML."""
-    data = storage.read_json(artifact_uri(ranking))
+    data = metrics_from_json(storage.read_json(artifact_uri(ranking)))
     if data.get("skipped"):
         _write(page, report.html_page(f"Ranking, K = {data['k']}", [("Skipped", data["skipped"])]))
         return
@@ -149,6 +152,7 @@ def run_summary(
     results: Artifact,
     retrained: Artifact,
     ranking: Artifact,
+    truth: Artifact,
     pages: Mapping[str, Artifact],
     summary: Artifact,
     markdown: Artifact,
@@ -161,6 +165,7 @@ def run_summary(
         results: recalibrate's results (the best path).
         retrained: retrain's metrics JSON.
         ranking: rank's metrics JSON.
+        truth: the ground-truth table (CSV arch,accuracy) that rank read.
         pages: report name → HTML artifact, listed in the summary with their URIs.
         summary: where the JSON goes.
         markdown: where the Markdown goes.
@@ -173,6 +178,7 @@ def run_summary(
     best = storage.read_json(artifact_uri(results))["best"]
     retrain = storage.read_json(artifact_uri(retrained))
     rank = storage.read_json(artifact_uri(ranking))
+    cfg = config_from_json(config_json)
     headline: dict[str, Any] = {
         "k": config["k"],
         "search_space": config["search_space"],
@@ -183,6 +189,9 @@ def run_summary(
         "flops_budget": config["flops_budget"],
         "retrained_test_accuracy": retrain["test_accuracy"],
         "retrained_params": retrain["params"],
+        "best_standalone_rank": best_standalone_rank(
+            cfg, retrain["arch"], retrain["test_accuracy"], artifact_uri(truth), space_of(cfg)
+        ),
         **{name: rank.get(name) for name in _CORRELATIONS},
         "n_paths": rank["n_paths"],
         "top_group_tau": rank.get("top_group_tau", {}),
@@ -204,7 +213,8 @@ def run_summary(
 def tau_vs_k_report(rankings: Sequence[Artifact], metrics: MetricsArtifact, page: Artifact) -> None:
     """Kendall τ against K over a sweep's rank outputs (the paper's Fig. 4)."""
     rows = sorted(
-        (storage.read_json(artifact_uri(ranking)) for ranking in rankings), key=lambda r: r["k"]
+        (metrics_from_json(storage.read_json(artifact_uri(ranking))) for ranking in rankings),
+        key=lambda r: r["k"],
     )
     skipped = [row for row in rows if row.get("skipped")]
     if skipped:

@@ -2,8 +2,9 @@
 
 Every component runs as a subprocess of this Python (no venv, no network); heavy stages run as
 local ``torchrun`` jobs, so the local run exercises the distributed code path. Artifacts land under
-``OUTPUT/artifacts``; the run summary goes to ``OUTPUT/summary.json``. A ``gs://`` output keeps
-kfp.local's scratch in a local temporary folder and uploads the artifacts and the summary after.
+``OUTPUT/artifacts``; the run summary goes to ``OUTPUT/summary.json``. A ``gs://`` or ``s3://``
+output keeps kfp.local's scratch in a local temporary folder and uploads the artifacts and the
+summary after.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot import storage
-from kshot.components.runtime import PIPELINE_CONFIG_KEYS, component_image
+from kshot.components.runtime import PIPELINE_CONFIG_KEYS, job_image
 from kshot.config import Config
 
 __all__ = [
@@ -45,7 +46,7 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     Args:
         cfg: the run configuration.
         launcher: the launch backend of the heavy stages.
-        image: their worker image (default: the components' image).
+        image: their worker image (default: the jobs' image, :func:`job_image`).
 
     Returns:
         Keyword arguments of :func:`kshot.pipeline.pipeline.kshot_nas`.
@@ -59,7 +60,7 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     }
     return {
         **{key: values[key] for key in PIPELINE_CONFIG_KEYS},
-        "image": image or component_image(),
+        "image": image or job_image(),
         "launcher": launcher,
         "extra_config": json.dumps(extra, sort_keys=True) if extra else "",
     }
@@ -67,8 +68,8 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
 
 @contextlib.contextmanager
 def _local_folder(output: str) -> Iterator[Path]:
-    """``output`` itself when local; a temporary folder (removed after) for a gs:// prefix."""
-    if storage.is_gcs(output):
+    """``output`` itself when local; a temporary folder (removed after) for a bucket prefix."""
+    if storage.is_remote(output):
         with tempfile.TemporaryDirectory(prefix="kshot-run-") as scratch:
             yield Path(scratch)
     else:
@@ -87,17 +88,17 @@ def _rebase(value: Any, old: str, new: str) -> Any:
 
 
 def publish(summary: dict[str, Any], artifacts: Path, output: str) -> dict[str, Any]:
-    """Write ``summary.json`` under ``output``; for a gs:// output, upload ``artifacts`` first.
+    """Write ``summary.json`` under ``output``; for a bucket output, upload ``artifacts`` first.
 
     Args:
         summary: the run summary; paths in it under ``artifacts`` are rewritten to their URIs.
         artifacts: the local folder of the run's artifacts.
-        output: the run's output folder or gs:// prefix.
+        output: the run's output folder, gs:// or s3:// prefix.
 
     Returns:
         The summary as written.
     """
-    if storage.is_gcs(output):
+    if storage.is_remote(output):
         artifacts_uri = storage.join(output, "artifacts")
         storage.upload_dir(artifacts, artifacts_uri)
         summary = _rebase(summary, str(artifacts), artifacts_uri)
@@ -110,7 +111,7 @@ def run_local_pipeline(cfg: Config, output: str) -> dict[str, Any]:
 
     Args:
         cfg: the run configuration (e.g. :data:`DEFAULT_CONFIG` with ``--set`` overrides).
-        output: a folder or a ``gs://`` prefix for ``artifacts/`` and ``summary.json``.
+        output: a folder, ``gs://`` or ``s3://`` prefix for ``artifacts/`` and ``summary.json``.
 
     Returns:
         The summary: k, best_arch, best_accuracy, best_flops, retrained_test_accuracy, kendall_tau,
@@ -124,12 +125,18 @@ def run_local_pipeline(cfg: Config, output: str) -> dict[str, Any]:
 
     from kshot.pipeline.pipeline import kshot_nas
 
-    storage.check_writable(output)  # a bad output fails now, not after the whole DAG
+    storage.check_writable(output, folder=True)  # a bad output fails now, not after the DAG
     started = time.monotonic()
     with _local_folder(output) as folder, warnings.catch_warnings():
         # kfp warns that the components' base image is not this environment: it is, by design
         warnings.filterwarnings(
             "ignore", message=".*custom or non-Python base image", category=RuntimeWarning
+        )
+        # nor can a local run honour the steps' cluster sizes (kshot.pipeline.platform)
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Task .*have no effect in the current local runner",
+            category=UserWarning,
         )
         artifacts = (folder / "artifacts").resolve()
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(artifacts))

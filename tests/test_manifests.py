@@ -17,7 +17,7 @@ import yaml
 
 from kshot.launch import kube
 from kshot.launch.kube import JOB_KINDS, LAUNCH_DEFAULTS_CONFIGMAP
-from kshot.launch.pytorchjob import render_pytorchjob, validate_pod_overrides
+from kshot.launch.pytorchjob import STAGE_LABEL, render_pytorchjob, validate_pod_overrides
 from kshot.launch.spec import LaunchSpec
 from kshot.launch.trainjob import render_trainjob
 
@@ -78,8 +78,11 @@ def test_every_kustomization_renders_valid_core_objects(directory: Path) -> None
         "kubernetes_validate", reason="kubernetes-validate (PyPI) is not installed"
     )
     objects = kustomize(directory)
-    assert {obj["kind"] for obj in objects} >= {"ServiceAccount", "Role", "RoleBinding"}
+    kinds = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "NetworkPolicy"}
+    assert {obj["kind"] for obj in objects} >= kinds
     for obj in objects:
+        if obj["apiVersion"].startswith("trainer.kubeflow.org/"):
+            continue  # a Trainer runtime: tests/test_launch_k8s.py checks it against the release
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
@@ -165,12 +168,38 @@ def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods(
         # CPU/memory requests keep the pods out of the BestEffort class, first to be evicted.
         assert set(container["resources"]["requests"]) == {"cpu", "memory"}
         assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
-    trainjob = render_trainjob(spec, pod_overrides=gpu)
-    (override,) = trainjob["spec"]["podSpecOverrides"]
-    assert override["tolerations"] == gpu["tolerations"]
+    trainjob = render_trainjob(spec, trainer_version="v2.1", pod_overrides=gpu)
+    (override,) = trainjob["spec"]["podTemplateOverrides"]
+    assert override["spec"]["tolerations"] == gpu["tolerations"]
     assert (
         trainjob["spec"]["trainer"]["resourcesPerNode"]["requests"] == gpu["resources"]["requests"]
     )
+
+
+def test_job_pods_accept_connections_only_from_job_pods() -> None:
+    """The unauthenticated rendezvous (and NCCL's ports): reachable by the job pods alone."""
+    (policy,) = by_kind(kustomize(MANIFESTS / "base"), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector, no ipBlock: this namespace only
+    assert source["podSelector"] == spec["podSelector"]
+    (selector,) = spec["podSelector"]["matchExpressions"]
+    assert selector == {"key": STAGE_LABEL, "operator": "Exists"}
+    launch = LaunchSpec("train", {}, workers=2)
+    job = render_pytorchjob(launch)
+    trainjob = render_trainjob(launch)
+    pod_labels = [
+        r["template"]["metadata"]["labels"] for r in job["spec"]["pytorchReplicaSpecs"].values()
+    ]
+    (patch,) = trainjob["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod_labels.append(replicated["template"]["spec"]["template"]["metadata"]["labels"])
+    for labels in pod_labels:
+        assert STAGE_LABEL in labels
+    # Every port between job pods: NCCL's are ephemeral.
+    assert "ports" not in rule
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -243,3 +272,78 @@ def test_the_gpu_image_is_an_official_pytorch_cuda_runtime() -> None:
         if instruction == "FROM"
     ]
     assert re.fullmatch(r"pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\d+-runtime", base)
+
+
+LOCK = ROOT / "images" / "constraints.txt"
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """Package (canonical name) → pinned version of a requirements / constraints file."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = specifier.version
+    return pins
+
+
+def test_the_lock_pins_every_dependency_within_the_pyproject_ranges() -> None:
+    """images/constraints.txt is `uv pip compile`'s output (the command is its header); a
+    dependency added or narrowed in pyproject.toml without compiling it again fails here."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _pins(LOCK)
+    assert "uv pip compile pyproject.toml images/requirements.in" in LOCK.read_text()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for line in pyproject["project"]["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in {LOCK.name}"
+        assert requirement.specifier.contains(pins[name]), (line, pins[name])
+    for name, version in _pins(ROOT / "images" / "requirements.in").items():
+        assert pins[name] == version, name
+
+
+def test_the_lock_holds_the_gpu_base_images_torch() -> None:
+    (base,) = [
+        args
+        for instruction, args in instructions(ROOT / "images" / "Dockerfile")
+        if instruction == "FROM"
+    ]
+    torch_release = re.match(r"pytorch/pytorch:([\d.]+)-", base).group(1)
+    assert _pins(LOCK)["torch"] == torch_release
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_pip_install_of_the_images_keeps_to_the_lock(dockerfile: Path) -> None:
+    steps = instructions(dockerfile)
+    installs = [i for i, (instruction, args) in enumerate(steps) if "pip install" in args]
+    assert installs
+    lock = LOCK.relative_to(ROOT).as_posix()
+    copied = min(
+        i
+        for i, (instruction, args) in enumerate(steps)
+        if instruction == "COPY" and args.split()[0] == lock
+    )
+    for i in installs:
+        assert f"--constraint {lock}" in steps[i][1], steps[i][1]
+        assert copied < i
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_base_images_are_pinned_to_an_exact_release(dockerfile: Path) -> None:
+    """No moving tag (`latest`, `3.11-slim`): the release, and the Debian release of a slim."""
+    for instruction, args in instructions(dockerfile):
+        if instruction == "FROM":
+            image = args.split()[0]
+            name, _, tag = image.partition("@")[0].rpartition(":")
+            assert name and re.match(r"\d+\.\d+\.\d+-", tag), image
+            if "slim" in tag:
+                assert re.search(r"-slim-(bookworm|trixie)$", tag), image

@@ -1,30 +1,40 @@
-"""kshot.storage against a local folder and a real GCS-compatible server (gcp-storage-emulator).
+"""kshot.storage against a local folder and real servers: GCS (gcp-storage-emulator), S3 (moto).
 
-Needs the fixtures of ``tests/gcs.py`` (registered in conftest, or ``pytest -p tests.gcs``).
+Needs the fixtures of ``tests/gcs.py``, ``tests/s3.py`` and ``tests/object_stores.py`` (registered
+in conftest). Tests of the object stores' guarantees take ``remote`` and run once per store.
 """
 
 from __future__ import annotations
 
+import errno
+import io
+import json
+import os
+import re
+import stat
+import subprocess
 import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
 
 from kshot import storage
 from tests.gcs import FlakyProxy
+from tests.object_stores import Remote
+from tests.s3 import direct_client
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", "gcs", "s3"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A folder URI to work under: a local path, or a folder in a fresh emulator bucket."""
+    """A folder URI to work under: a local path, or a folder in a fresh GCS or S3 bucket."""
     if request.param == "local":
         return str(tmp_path / "root")
-    return storage.join(request.getfixturevalue("gcs_bucket"), "root")
+    bucket = request.getfixturevalue({"gcs": "gcs_bucket", "s3": "s3_bucket"}[request.param])
+    return storage.join(bucket, "root")
 
 
 def _make_tree(folder: Path) -> dict[str, bytes]:
@@ -93,9 +103,9 @@ def test_folder_round_trip_listing_and_local_copy(root: str, tmp_path: Path) -> 
     assert _read_tree(destination) == files
 
 
-def test_local_copy_of_gcs_is_removed_after_the_block(gcs_bucket: str) -> None:
-    storage.write_text(storage.join(gcs_bucket, "d", "f.txt"), "x")
-    with storage.local_copy(storage.join(gcs_bucket, "d")) as copy:
+def test_local_copy_of_an_object_store_is_removed_after_the_block(remote: Remote) -> None:
+    storage.write_text(storage.join(remote.bucket, "d", "f.txt"), "x")
+    with storage.local_copy(storage.join(remote.bucket, "d")) as copy:
         assert (copy / "f.txt").read_text() == "x"
     assert not copy.exists()
 
@@ -151,10 +161,11 @@ def test_reader_never_sees_a_partial_object(root: str) -> None:
     assert seen and seen <= set(versions)
 
 
-def test_large_checkpoint_streams_through_gcs(gcs_bucket: str) -> None:
-    state = {"weight": torch.randn(12 * 1024 * 1024)}  # 48 MiB: a chunked, resumable upload
+def test_large_checkpoint_streams_through_object_stores(remote: Remote) -> None:
+    state = {"weight": torch.randn(12 * 1024 * 1024)}  # 48 MiB: a resumable / multipart upload
     size = state["weight"].numel() * state["weight"].element_size()
-    uri = storage.join(gcs_bucket, "ckpt", "big.pt")
+    uri = storage.join(remote.bucket, "ckpt", "big.pt")
+    assert not storage.exists(uri)  # the client is built (botocore loads its API models) by now
 
     tracemalloc.start()
     try:
@@ -172,11 +183,12 @@ def test_large_checkpoint_streams_through_gcs(gcs_bucket: str) -> None:
 
 
 def test_operations_succeed_through_flaky_connection(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, tmp_path: Path
+    flaky_remote: FlakyProxy, remote: Remote, tmp_path: Path
 ) -> None:
+    flaky_proxy = flaky_remote
     flaky_proxy.fail_share = 0.3
-    run = storage.join(gcs_bucket, "run")
-    blob = bytes(range(256)) * 40_000  # 10 MB: a resumable upload in two chunks
+    run = storage.join(remote.bucket, "run")
+    blob = bytes(range(256)) * 40_000  # 10 MB: an upload in two chunks / parts
     files = _make_tree(tmp_path / "source")
 
     storage.write_bytes(storage.join(run, "blob.bin"), blob)
@@ -199,11 +211,12 @@ def test_operations_succeed_through_flaky_connection(
 
 
 def test_faults_that_never_stop_fail_clearly_and_write_nothing(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+    flaky_remote: FlakyProxy, remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    flaky_proxy = flaky_remote
     monkeypatch.setenv(storage.RETRY_DEADLINE_ENV, "1.5")
     flaky_proxy.fail_share = 1.0
-    uri = storage.join(gcs_bucket, "never.bin")
+    uri = storage.join(remote.bucket, "never.bin")
 
     started = time.monotonic()
     with pytest.raises(storage.StorageError) as failure:
@@ -219,68 +232,102 @@ def test_faults_that_never_stop_fail_clearly_and_write_nothing(
     assert not storage.exists(uri)
 
 
-def _direct_client(gcs_emulator: str) -> gcs.Client:
-    """A client of the emulator itself, past the proxy: another writer."""
-    return gcs.Client(
-        project="kshot-test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": gcs_emulator},
-    )
-
-
+@pytest.mark.parametrize("size", [4, 10_000_000])  # one request; a resumable / multipart upload
 @pytest.mark.parametrize("existed", [True, False])
 def test_a_write_never_replaces_what_another_writer_put_there_meanwhile(
-    flaky_proxy: FlakyProxy, gcs_emulator: str, gcs_bucket: str, existed: bool
+    flaky_remote: FlakyProxy, remote: Remote, existed: bool, size: int
 ) -> None:
-    uri = storage.join(gcs_bucket, "contested.bin")
+    if existed and size > 8 * 1024 * 1024 and storage.is_s3(remote.bucket):
+        pytest.skip("moto ignores If-Match on CompleteMultipartUpload (AWS S3 and MinIO do not)")
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "contested.bin")
     if existed:
         storage.write_bytes(uri, b"before")
-    bucket, key = storage.parse_gcs(uri)
-    other = _direct_client(gcs_emulator).bucket(bucket).blob(key)
-    flaky_proxy.before_next("POST", "/upload/", lambda: other.upload_from_string(b"theirs"))
+    flaky_proxy.before_next(*remote.write_request(uri, size), lambda: remote.put(uri, b"theirs"))
 
     with pytest.raises(storage.StorageError, match="another writer changed it") as failure:
-        storage.write_bytes(uri, b"ours")
+        storage.write_bytes(uri, b"ours" if size < 256 else bytes(range(256)) * (size // 256))
     assert uri in str(failure.value)
     assert storage.read_bytes(uri) == b"theirs"
     assert flaky_proxy.refused_preconditions == 1
 
 
-@pytest.mark.parametrize("size", [1000, 10_000_000])  # one multipart request; a resumable upload
+@pytest.mark.parametrize("size", [1000, 10_000_000])  # one request; a resumable / multipart upload
 def test_a_write_whose_answer_was_lost_is_retried_and_lands_once(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, size: int
+    flaky_remote: FlakyProxy, remote: Remote, size: int
 ) -> None:
-    uri = storage.join(gcs_bucket, "lost.bin")
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "lost.bin")
     storage.write_bytes(uri, b"old")
     data = bytes(range(256)) * (size // 256)
-    flaky_proxy.lose_next_answer("POST", "/upload/")
+    flaky_proxy.lose_next_answer(*remote.write_request(uri, size))
 
     storage.write_bytes(uri, data)
     assert storage.read_bytes(uri) == data
     assert flaky_proxy.lost == 1
-    # the retried multipart upload met its own first attempt's object: 412, then found to be ours
+    # the retried one-request upload met its own first attempt's object: 412, then found to be
+    # ours; a retried resumable upload starts a new session, a retried multipart completion is
+    # answered as the completion it repeats
     assert flaky_proxy.refused_preconditions == (1 if size < 8 * 1024 * 1024 else 0)
 
 
 def test_a_retried_write_that_finds_other_bytes_fails(
-    flaky_proxy: FlakyProxy, gcs_emulator: str, gcs_bucket: str
+    flaky_remote: FlakyProxy, remote: Remote
 ) -> None:
-    uri = storage.join(gcs_bucket, "lost-then-replaced.bin")
-    bucket, key = storage.parse_gcs(uri)
-    other = _direct_client(gcs_emulator).bucket(bucket).blob(key)
-    flaky_proxy.lose_next_answer("POST", "/upload/")
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "lost-then-replaced.bin")
+    flaky_proxy.lose_next_answer(*remote.write_request(uri, 4))
     # the first attempt lands, its answer is lost; another writer replaces it before the retry
-    flaky_proxy.before_next("POST", "/upload/", lambda: other.upload_from_string(b"theirs"))
+    flaky_proxy.before_next(*remote.write_request(uri, 4), lambda: remote.put(uri, b"theirs"))
 
     with pytest.raises(storage.StorageError, match="another writer changed it"):
         storage.write_bytes(uri, b"ours")
     assert storage.read_bytes(uri) == b"theirs"
 
 
-def test_a_delete_whose_answer_was_lost_succeeds(flaky_proxy: FlakyProxy, gcs_bucket: str) -> None:
-    uri = storage.join(gcs_bucket, "gone.bin")
+def test_a_download_cut_off_part_way_resumes_where_it_stopped(
+    flaky_remote: FlakyProxy, remote: Remote
+) -> None:
+    """The retry asks for the missing bytes only, so a fault costs what was in flight, not the
+    whole checkpoint."""
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "cut.bin")
+    data = bytes(range(256)) * 40_000  # 10 MB
+    storage.write_bytes(uri, data)
+    flaky_proxy.cut_next_answer(*remote.download_request(uri), keep_bytes=4_000_000)
+
+    with storage.local_copy(uri) as copy:
+        assert copy.read_bytes() == data
+    (resumed,) = flaky_proxy.ranges
+    first_missing = int(resumed.removeprefix("bytes=").split("-")[0])
+    assert 2_000_000 < first_missing <= 4_000_000, resumed
+
+
+def test_a_download_resumed_after_a_replacement_starts_over(
+    flaky_remote: FlakyProxy, remote: Remote
+) -> None:
+    """Bytes of two versions are never stitched together: when the object was replaced between
+    the cut-off answer and the retry, the download starts over on the new version."""
+    if storage.is_gcs(remote.bucket):
+        pytest.skip(
+            "the GCS emulator ignores the generation google-cloud-storage pins a resumed download to"
+        )
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "replaced.bin")
+    old, new = bytes(range(256)) * 40_000, bytes(reversed(range(256))) * 40_000
+    storage.write_bytes(uri, old)
+    flaky_proxy.cut_next_answer(*remote.download_request(uri), keep_bytes=4_000_000)
+    flaky_proxy.before_next(*remote.download_request(uri), lambda: remote.put(uri, new))
+
+    with storage.local_copy(uri) as copy:
+        assert copy.read_bytes() == new
+
+
+def test_a_delete_whose_answer_was_lost_succeeds(flaky_remote: FlakyProxy, remote: Remote) -> None:
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "gone.bin")
     storage.write_bytes(uri, b"x")
-    flaky_proxy.lose_next_answer("DELETE", "/o/")
+    flaky_proxy.lose_next_answer(*remote.delete_request(uri))
 
     storage.delete(uri)
     assert flaky_proxy.lost == 1
@@ -294,10 +341,16 @@ def test_a_delete_whose_answer_was_lost_succeeds(flaky_proxy: FlakyProxy, gcs_bu
         (storage.read_bytes, "gs:///key", "no bucket name"),
         (storage.read_bytes, "gs://bucket-only", "not an object"),
         (lambda uri: storage.write_bytes(uri, b"x"), "gs://bucket-only/folder/", "not an object"),
-        (lambda uri: storage.write_bytes(uri, b"x"), "s3://bucket/key", "unsupported URI scheme"),
+        (lambda uri: storage.write_bytes(uri, b"x"), "hdfs://node/key", "unsupported URI scheme"),
         (storage.exists, "https://example.com/key", "unsupported URI scheme"),
         (storage.list_uris, "gs://Not_A_Bucket!/key", "bucket name"),
         (storage.delete, "gs://whole-bucket", "refusing to delete"),
+        (storage.read_bytes, "s3://", "no bucket name"),
+        (storage.read_bytes, "s3://bucket-only", "not an object"),
+        (lambda uri: storage.write_bytes(uri, b"x"), "s3://bucket-only/folder/", "not an object"),
+        (storage.list_uris, "s3://under_score/key", "bucket name"),  # fine on GCS, not on S3
+        (storage.exists, "s3://" + "b" * 64 + "/key", "3-63 characters"),
+        (storage.delete, "s3://whole-bucket", "refusing to delete"),
         (storage.read_bytes, "", "empty URI"),
     ],
 )
@@ -306,6 +359,8 @@ def test_malformed_uris_are_rejected_before_any_request(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    for name in storage.S3_ENDPOINT_ENVS:
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=message) as failure:
         operation(uri)
     assert repr(uri) in str(failure.value) or not uri
@@ -322,8 +377,8 @@ def test_malformed_uris_are_rejected_before_any_request(
         (storage.delete, "missing.bin", "does not exist"),
     ],
 )
-def test_missing_objects_name_the_uri(operation, key: str, message: str, gcs_bucket: str) -> None:
-    uri = storage.join(gcs_bucket, key)
+def test_missing_objects_name_the_uri(operation, key: str, message: str, remote: Remote) -> None:
+    uri = storage.join(remote.bucket, key)
     with pytest.raises(FileNotFoundError, match=message) as failure:
         operation(uri)
     assert uri in str(failure.value)
@@ -336,11 +391,15 @@ def test_missing_objects_name_the_uri(operation, key: str, message: str, gcs_buc
         lambda uri: storage.write_bytes(uri, b"x"),
         storage.list_uris,
         storage.exists,
+        storage.check_writable,
     ],
 )
-def test_missing_bucket_names_the_uri(operation, gcs_emulator: str) -> None:
-    uri = "gs://kshot-no-such-bucket/run/file.bin"
-    with pytest.raises(FileNotFoundError, match="bucket gs://kshot-no-such-bucket does not exist"):
+def test_missing_bucket_names_the_uri(operation, remote: Remote) -> None:
+    scheme = remote.bucket.partition("://")[0]
+    uri = f"{scheme}://kshot-no-such-bucket/run/file.bin"
+    with pytest.raises(
+        FileNotFoundError, match=f"{uri}: bucket {scheme}://kshot-no-such-bucket does not exist"
+    ):
         operation(uri)
 
 
@@ -353,11 +412,11 @@ def test_missing_local_file_names_the_path(tmp_path: Path) -> None:
 
 
 def test_bad_retry_deadline_setting_is_named(
-    gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+    remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(storage.RETRY_DEADLINE_ENV, "soon")
     with pytest.raises(ValueError, match=f"{storage.RETRY_DEADLINE_ENV}='soon'"):
-        storage.read_bytes(storage.join(gcs_bucket, "x"))
+        storage.read_bytes(storage.join(remote.bucket, "x"))
 
 
 def test_gs_without_credentials_says_how_to_get_them(
@@ -365,6 +424,215 @@ def test_gs_without_credentials_says_how_to_get_them(
 ) -> None:
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
-    monkeypatch.setattr(storage, "_cached_client", None)
+    monkeypatch.setattr(storage._GCS, "_cached", None)
     with pytest.raises(PermissionError, match="no usable Google Cloud credentials .*Workload"):
         storage.read_bytes("gs://some-bucket/split.json")
+
+
+def test_s3_without_credentials_says_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "absent"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(storage._S3_STORE, "_cached", None)
+    with pytest.raises(PermissionError, match="no usable S3 credentials .*AWS_ACCESS_KEY_ID"):
+        storage.read_bytes("s3://some-bucket/split.json")
+
+
+def test_an_interrupted_s3_multipart_upload_leaves_no_parts(
+    s3_server: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload in parts stopped part-way (the worker interrupted at part 2) is aborted: neither
+    the object nor the parts already sent remain (S3 keeps, and bills, an unfinished upload's
+    parts until it is aborted)."""
+    uri = storage.join(s3_bucket, "interrupted.bin")
+    client = storage._S3_STORE.client()
+    upload_part = client.upload_part
+
+    def interrupted_at_part_2(**request: Any) -> Any:
+        if request["PartNumber"] == 2:
+            raise KeyboardInterrupt
+        return upload_part(**request)
+
+    monkeypatch.setattr(client, "upload_part", interrupted_at_part_2)
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_bytes(uri, bytes(20 * 1024 * 1024))  # three parts
+    bucket, _ = storage.parse_remote(uri)
+    assert direct_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert not storage.exists(uri)
+
+
+# ------------------------------------------------------------------ safe loading, modes, full disk
+
+
+class _CreatesMarker:
+    """Unpickling it calls ``open(marker, "w")``, which creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_torch_file_holding_code_is_refused_without_running_it(root: str, tmp_path: Path):
+    """A file whose unpickling would call a function is refused by name; the function never
+    runs (the marker it would create stays absent), from a local folder and from gs:// alike."""
+    marker = tmp_path / "MARKER"
+    uri = storage.join(root, "evil.pt")
+    storage.save_torch({"weight": torch.ones(2), "payload": _CreatesMarker(marker)}, uri)
+    with pytest.raises(storage.UnsafeFileError, match=f"refusing to load {uri}: .*run as code"):
+        storage.load_torch(uri)
+    assert not marker.exists()
+
+
+def test_plain_metadata_loads_with_weights_only(root: str) -> None:
+    """What checkpoints and exported models hold besides tensors loads under weights_only."""
+    state = {
+        "config": {"dataset": "digits", "top_n": [10, 50], "lr": 0.1, "ground_truth": None},
+        "history": {"loss": [1.5, float("nan")]},
+        "shape": (4, 1),
+        "flag": True,
+        "weight": torch.arange(3.0),
+    }
+    uri = storage.join(root, "meta.pt")
+    storage.save_torch(state, uri)
+    loaded = storage.load_torch(uri)
+    assert loaded["config"] == state["config"] and loaded["shape"] == (4, 1)
+    assert loaded["history"]["loss"][0] == 1.5 and loaded["flag"] is True
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_written_files_get_the_mode_of_the_umask(tmp_path: Path, umask: int) -> None:
+    """Atomic writes (a temporary file renamed into place) give the mode a plain open would:
+    0666 less the umask, not mkstemp's 0600."""
+    previous = os.umask(umask)
+    try:
+        storage.write_json(str(tmp_path / "a.json"), {"k": 1})
+        storage.save_torch({"w": torch.ones(1)}, str(tmp_path / "sub" / "w.pt"))
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "a.json", tmp_path / "sub" / "w.pt"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_non_finite_numbers_are_written_as_null_with_a_warning(root: str) -> None:
+    uri = storage.join(root, "metrics.json")
+    with pytest.warns(UserWarning, match=r"kendall_tau, top\[1\] are not a finite number"):
+        storage.write_json(uri, {"kendall_tau": float("nan"), "top": [0.5, float("inf")], "n": 3})
+    text = storage.read_text(uri)
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"kendall_tau": None, "top": [0.5, None], "n": 3}
+
+
+def _fill_disk(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """Make every file write past ``after`` bytes fail as a full disk does (ENOSPC)."""
+    real_fdopen = os.fdopen
+
+    class FullDisk(io.BufferedWriter):
+        written = 0
+
+        def write(self, data) -> int:  # type: ignore[override]
+            FullDisk.written += len(data)
+            if FullDisk.written > after:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    def fdopen(fd: int, mode: str = "r", *args, **kwargs):
+        if "w" not in mode:
+            return real_fdopen(fd, mode, *args, **kwargs)
+        return FullDisk(io.FileIO(fd, "w"))
+
+    monkeypatch.setattr(storage.os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("save", ["json", "torch"])
+def test_a_full_disk_is_named_with_the_path_and_the_old_file_is_kept(
+    save: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save alone reports a full disk as ``unexpected pos N``: the error names the file and
+    says "no space left"; the previous file keeps its bytes and no temporary file stays."""
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"previous")
+    _fill_disk(monkeypatch, after=64)
+    with pytest.raises(OSError, match=f"writing {target}: no space left on device") as failure:
+        if save == "json":
+            storage.write_json(str(target), {"x": list(range(100))})
+        else:
+            storage.save_torch({"w": torch.zeros(1000)}, str(target))
+    assert failure.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_a_full_tmpfs_is_named_with_the_path(tmp_path: Path) -> None:
+    """The same on a real full file system: a 64 KiB tmpfs (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        target = mount / "ckpt.pt"
+        with pytest.raises(OSError, match=f"writing {target}: no space left on device"):
+            storage.save_torch({"w": torch.zeros(100_000)}, str(target))
+        assert list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("gs:/bucket/split.json", "malformed URI 'gs:/bucket/split.json'"),
+        ("gs:bucket/split.json", "malformed URI"),
+        ("s3:/bucket/x", "malformed URI"),
+        ("gs://bucket-ok/a/./x", "'.' and '..' segments"),
+        ("gs://bucket-ok/a/../x", "'.' and '..' segments"),
+        ("gs://bucket-ok/a//x", "empty, '.' and '..' segments"),
+    ],
+)
+def test_malformed_scheme_uris_never_become_local_files(
+    uri: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        storage.write_text(uri, "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_of_the_wrong_kind_is_refused(tmp_path: Path, remote: Remote) -> None:
+    """A file artifact where a folder lies (or names a bucket), a folder artifact where a file
+    lies: refused by check_writable, locally and on gs:// and s3://."""
+    bucket = remote.bucket
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    storage.write_text(storage.join(bucket, "run", "inside.txt"), "x")
+    storage.write_text(storage.join(bucket, "object"), "x")
+    refused = [
+        (str(tmp_path / "folder"), False, "is a folder, but a file is expected"),
+        (str(tmp_path / "new") + "/", False, "is a folder, but a file is expected"),
+        (str(tmp_path / "file"), True, "is a file, but a folder is expected"),
+        (bucket, False, "names a bucket or folder"),
+        (storage.join(bucket, "run"), False, "is a folder (objects lie under it)"),
+        (storage.join(bucket, "object"), True, "is an object (a file)"),
+    ]
+    for uri, folder, message in refused:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            storage.check_writable(uri, folder=folder)
+    for uri, folder in [
+        (str(tmp_path / "new.json"), False),
+        (str(tmp_path / "folder"), True),
+        (storage.join(bucket, "run"), True),
+        (storage.join(bucket, "new.json"), False),
+    ]:
+        storage.check_writable(uri, folder=folder)

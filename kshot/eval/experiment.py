@@ -17,6 +17,7 @@ import numpy as np
 
 from kshot import storage
 from kshot.config import Config, ConfigError
+from kshot.eval.ranking import metrics_from_json
 from kshot.stages import run_stage
 
 __all__ = ["run_ranking_experiment", "summarise_runs"]
@@ -29,7 +30,7 @@ def _run_one(cfg: Config, workdir: str) -> dict[str, Any]:
     run_dir = storage.join(seed_dir, f"k{cfg.k}-{cfg.lambda_mode}")
     metrics_uri = storage.join(run_dir, "rank.json")
     if storage.exists(metrics_uri):
-        return storage.read_json(metrics_uri)
+        return metrics_from_json(storage.read_json(metrics_uri))
     split = storage.join(seed_dir, "split.json")
     if not storage.exists(split):
         run_stage("split", cfg, {}, {"split": split})

@@ -45,10 +45,10 @@ def record_uri(output: str) -> str:
 
 
 def _normalised(uri: str) -> str:
-    if storage.is_gcs(uri):
-        bucket, key = storage.parse_gcs(uri)
+    if storage.is_remote(uri):
+        bucket, key = storage.parse_remote(uri)
         key = posixpath.normpath("/" + key).lstrip("/") if key.strip("/") else ""
-        return f"gs://{bucket}/{key}".rstrip("/")
+        return f"{uri.partition('://')[0]}://{bucket}/{key}".rstrip("/")
     return posixpath.abspath(uri)
 
 
