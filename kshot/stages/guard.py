@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import posixpath
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -181,7 +182,9 @@ def run_guarded(
         recorded = json.loads(json.dumps(result, default=str))
         for uri in outputs.values():
             if storage.exists(uri):
-                storage.write_json(
-                    record_uri(uri), {"stage": stage, "identity": identity, "result": recorded}
-                )
+                with warnings.catch_warnings():  # the stage warned of NaN metrics already
+                    warnings.simplefilter("ignore", UserWarning)
+                    storage.write_json(
+                        record_uri(uri), {"stage": stage, "identity": identity, "result": recorded}
+                    )
         return result
