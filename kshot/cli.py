@@ -107,12 +107,13 @@ def _stage(args: argparse.Namespace) -> int:
                 inputs=inputs,
                 outputs=outputs,
                 workers=args.workers,
+                overwrite=args.overwrite,
             )
         )
         return 0
     from kshot.stages import headline, run_stage
 
-    result = run_stage(args.name, cfg, inputs, outputs)
+    result = run_stage(args.name, cfg, inputs, outputs, overwrite=args.overwrite)
     if args.verbose:
         print(json.dumps(result, indent=2, default=str))
     print(f"{args.name}: {headline(args.name, result)}")
@@ -235,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--verbose",
             action="store_true",
             help="also print the stage's whole result as JSON (e.g. retrain's curves)",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="remove the outputs (and only them) first and start over, even when they hold "
+            "another run's work; without it such outputs are refused",
         )
         p.set_defaults(func=_stage)
 

@@ -33,6 +33,12 @@ Guarantees:
   ``KSHOT_STORAGE_RETRY_INITIAL_DELAY`` seconds (default 1). An S3 multipart upload retries each
   part on its own, so a fault costs one 8 MiB part, not the whole file. When the deadline passes,
   :class:`StorageError` names the URI and the last cause.
+* **Conditional writes** for leases (:mod:`kshot.lease`): :func:`create_if_absent`,
+  :func:`read_versioned`, :func:`replace_if_generation` and :func:`delete_if_generation` act on one
+  small object only when its generation is the one named, as GCS's ``ifGenerationMatch`` decides on
+  the server. They are the whole interface an object store needs for one writer per output; an
+  S3-compatible store can provide the same four with ``If-None-Match: *`` and ``If-Match: <ETag>``
+  (not yet: ``s3://`` outputs have no lease). Local paths use lock files instead.
 * **Clear errors.** A malformed URI raises :class:`ValueError`, a missing bucket or object
   :class:`FileNotFoundError`, a refused request or missing credentials :class:`PermissionError`,
   each naming the URI.
@@ -110,6 +116,11 @@ __all__ = [
     "delete",
     "upload_dir",
     "download_dir",
+    "digest",
+    "create_if_absent",
+    "read_versioned",
+    "replace_if_generation",
+    "delete_if_generation",
 ]
 
 RETRY_DEADLINE_ENV = "KSHOT_STORAGE_RETRY_DEADLINE"
@@ -1190,3 +1201,121 @@ def download_dir(uri: str, local_path: str | Path) -> None:
         if not target.is_relative_to(root):
             raise ValueError(f"object {object_uri} would land outside {root}")
         _download_file(store, object_uri, target)
+
+
+def digest(uri: str) -> str:
+    """A digest of the content at ``uri``, a file or every file of a folder (with their names).
+
+    Local files are hashed (SHA-256); ``gs://`` objects give the MD5 that GCS keeps, so nothing is
+    downloaded; ``s3://`` objects are read. Equal content gives equal digests on one kind of store.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``uri``.
+    """
+    if is_gcs(uri):
+        bucket_name, key = parse_remote(uri)
+        prefix = _folder_prefix(key)
+
+        def md5s(retry: Retry) -> list[tuple[str, str]]:
+            client = _GCS.client()
+            if key and not key.endswith("/"):
+                blob = client.bucket(bucket_name).get_blob(key, retry=retry)
+                if blob is not None:
+                    return [("", blob.md5_hash)]
+            listed = client.list_blobs(bucket_name, prefix=prefix, retry=retry)
+            return sorted((b.name[len(prefix) :], b.md5_hash) for b in listed)
+
+        parts = _GCS.call(uri, "reading", md5s)
+        if not parts:
+            raise FileNotFoundError(f"{uri} does not exist or holds no objects")
+        return "md5:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    if not is_remote(uri) and Path(uri).is_file():
+        sha = hashlib.sha256()
+        with Path(uri).open("rb") as f:
+            while chunk := f.read(_UPLOAD_CHUNK_BYTES):
+                sha.update(chunk)
+        return "sha256:" + sha.hexdigest()
+    if is_remote(uri) and exists(uri) and not list_uris(uri):
+        return "sha256:" + hashlib.sha256(read_bytes(uri)).hexdigest()
+    files = list_uris(uri)
+    if not files:
+        raise FileNotFoundError(f"{uri} does not exist or holds no files")
+    parts = [(f[len(uri.rstrip("/")) + 1 :], digest(f)) for f in files]
+    return "sha256:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+# ------------------------------------------------------------- conditional writes (object stores)
+
+
+def _lease_blob(uri: str) -> gcs.Blob:
+    if not is_gcs(uri):
+        raise ValueError(f"{uri!r}: conditional writes are implemented for gs:// objects only")
+    return _GCS._blob(uri)
+
+
+def _conditional_retry(retry: Retry) -> ConditionalRetryPolicy:
+    return ConditionalRetryPolicy(retry, is_generation_specified, ["query_params"])
+
+
+def create_if_absent(uri: str, data: bytes) -> int | None:
+    """Write the small object ``uri`` only if no object exists there; its generation, or None when
+    one exists. (A retried request whose first attempt landed also answers None: callers that
+    must know tell their own object by its content.)"""
+    blob = _lease_blob(uri)
+
+    def create(retry: Retry) -> int | None:
+        try:
+            blob.upload_from_string(data, if_generation_match=0, retry=_conditional_retry(retry))
+        except api_exceptions.PreconditionFailed:
+            return None
+        return int(blob.generation)
+
+    return _GCS.call(uri, "creating", create)
+
+
+def read_versioned(uri: str) -> tuple[bytes, int] | None:
+    """The content of the object ``uri`` and the generation it was read at, or None if absent."""
+    ref = _lease_blob(uri)
+
+    def read(retry: Retry) -> tuple[bytes, int] | None:
+        blob = ref.bucket.get_blob(ref.name, retry=retry)
+        if blob is None:
+            return None
+        generation = int(blob.generation)
+        try:
+            return blob.download_as_bytes(retry=retry), generation
+        except api_exceptions.NotFound:  # deleted between the two requests
+            return None
+
+    return _GCS.call(uri, "reading", read)
+
+
+def replace_if_generation(uri: str, data: bytes, generation: int) -> int | None:
+    """Replace the object ``uri`` only if its generation is still ``generation``; the new
+    generation, or None when another writer changed or deleted it meanwhile."""
+    blob = _lease_blob(uri)
+
+    def replace(retry: Retry) -> int | None:
+        try:
+            blob.upload_from_string(
+                data, if_generation_match=generation, retry=_conditional_retry(retry)
+            )
+        except api_exceptions.PreconditionFailed:
+            return None
+        return int(blob.generation)
+
+    return _GCS.call(uri, "replacing", replace)
+
+
+def delete_if_generation(uri: str, generation: int) -> bool:
+    """Delete the object ``uri`` only if its generation is still ``generation``; whether it did."""
+    blob = _lease_blob(uri)
+
+    def remove(retry: Retry) -> bool:
+        try:
+            blob.delete(if_generation_match=generation, retry=_conditional_retry(retry))
+        except (api_exceptions.PreconditionFailed, api_exceptions.NotFound):
+            return False
+        return True
+
+    return _GCS.call(uri, "deleting", remove)

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from kshot import distributed as dist
 from kshot.config import ConfigError, load_config, parse_overrides
+from kshot.launch.local import die_with_parent
 from kshot.stages import STAGES, run_stage
 
 __all__ = ["main"]
+
+# The launcher (torchrun's agent), read before torch is imported: if it dies while this worker
+# still starts up, the parent-death signal is armed too late, and this pid tells.
+_LAUNCHER_PID = os.getppid()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,23 +28,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config-json", default="{}", help="the run configuration as JSON")
     p.add_argument("--input", action="append", default=[], metavar="NAME=URI")
     p.add_argument("--output", action="append", default=[], metavar="NAME=URI")
+    p.add_argument(
+        "--overwrite", action="store_true", help="remove the outputs first and start over"
+    )
     return p
-
-
-def _die_with_parent() -> None:
-    """Linux: end this worker when its launcher (torchrun's agent) dies, even by SIGKILL, so a
-    restarted stage never races an orphan writing to the same checkpoint folder."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _die_with_parent()
+    # End this worker when its launcher dies, even by SIGKILL, so that a restarted stage never
+    # races an orphan writing to the same output.
+    die_with_parent(_LAUNCHER_PID)
+    from kshot import distributed as dist
+
     try:
         cfg = load_config(json.loads(args.config_json), sources=["--config-json"])
         inputs = parse_overrides(args.input, "--input")
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_from_env(cfg.device)
     main_rank = dist.is_main()  # after shutdown every process reads as rank 0
     try:
-        result = run_stage(args.stage, cfg, inputs, outputs)
+        result = run_stage(args.stage, cfg, inputs, outputs, overwrite=args.overwrite)
     finally:
         dist.shutdown()
     if main_rank:

@@ -68,7 +68,8 @@ def test_channel_regularizer_is_logged_and_moves_lambda(mbv2_cfg, mbv2_run):
     grads = []
     for alpha in (0.0, 1.0):  # the same start, batch and paths; only r_c's weight differs
         trainer = KShotTrainer(mbv2_cfg.replace(alpha=alpha), data, torch.device("cpu"))
-        trainer.resume(str(mbv2_run / "trained"))  # r_c has no gradient while every λ is 1/K
+        # r_c has no gradient while every λ is 1/K; an input, not this run's own output
+        trainer.resume(None, str(mbv2_run / "trained"))
         x, y = trainer.batch_for_step(7)
         out = trainer.simplex_step(x, y, trainer.paths_for_step(7, mbv2_cfg.m))
         grads.append([p.grad for p in trainer.simplex.parameters()])

@@ -14,7 +14,27 @@ from collections.abc import Callable
 
 from kshot.launch.spec import LaunchError, LaunchSpec
 
-__all__ = ["run_local", "local_command"]
+__all__ = ["run_local", "local_command", "die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this process when the thread that started it ends, however
+    it ends (even by SIGKILL), and end it now if ``parent_pid`` has already gone. Elsewhere: no-op.
+
+    The local backend sets it on ``torchrun`` (before its exec), and every worker sets it for
+    itself (:mod:`kshot.worker`), so that killing a stage's top process ends the whole tree before
+    an orphan could write another checkpoint.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def local_command(spec: LaunchSpec) -> list[str]:
@@ -44,9 +64,11 @@ def run_local(spec: LaunchSpec, log: Callable[[str], None] = print) -> None:
     if spec.workers > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.workers)))
     tail: deque[str] = deque(maxlen=30)
+    launcher = os.getpid()
     with subprocess.Popen(
         local_command(spec),
         env=env,
+        preexec_fn=lambda: die_with_parent(launcher),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

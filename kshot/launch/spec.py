@@ -54,6 +54,8 @@ class LaunchSpec:
         labels: labels put on the job (e.g. the KFP run id); a PyTorchJob passes them on to
             its pods, a TrainJob only to its JobSet and Jobs (``v1alpha1`` has no pod labels).
         env: extra environment variables of the worker processes.
+        overwrite: the stage removes its outputs first and starts over
+            (:mod:`kshot.stages.guard`).
     """
 
     stage: str
@@ -67,6 +69,7 @@ class LaunchSpec:
     name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -109,7 +112,7 @@ class LaunchSpec:
         for flag, uris in (("--input", self.inputs), ("--output", self.outputs)):
             for key, uri in sorted(uris.items()):
                 args += [flag, f"{key}={uri}"]
-        return args
+        return [*args, "--overwrite"] if self.overwrite else args
 
 
 def is_image_reference(image: str) -> bool:

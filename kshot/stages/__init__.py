@@ -128,11 +128,33 @@ def skipped(name: str, config: Config) -> str | None:
     return None
 
 
-def run_stage(name: str, config: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
-    """Run stage ``name`` in this process (one rank of a job, or alone)."""
+def run_stage(
+    name: str,
+    config: Config,
+    inputs: dict[str, str],
+    outputs: dict[str, str],
+    overwrite: bool = False,
+) -> dict:
+    """Run stage ``name`` in this process (one rank of a job, or alone), under the output rules of
+    :mod:`kshot.stages.guard`: inputs read-only, one writer per output, one run's work per output
+    (``overwrite``: remove the outputs first and start over)."""
     check_stage(name, config, inputs, outputs)
     module = importlib.import_module(f"kshot.stages.{name}")
-    return module.run(config, dict(inputs), dict(outputs))
+    from kshot.stages.common import require
+    from kshot.stages.guard import run_guarded
+
+    wanted_in, wanted_out = ARTIFACTS[name]
+    for kind, given, wanted in (("input", inputs, wanted_in), ("output", outputs, wanted_out)):
+        require(given, tuple(n for n in wanted if not n.endswith("?")), name, kind)
+    known = {n.rstrip("?") for n in wanted_out}
+    return run_guarded(
+        name,
+        config,
+        inputs,
+        {n: uri for n, uri in outputs.items() if n in known},
+        lambda: module.run(config, dict(inputs), dict(outputs)),
+        overwrite=overwrite,
+    )
 
 
 def _percent(value: object) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -106,9 +108,14 @@ def load_train_data(cfg: Config, split_uri: str) -> TrainData:
             f"split {split_uri!r} was made for dataset {recorded!r}, but config key 'dataset' is "
             f"{cfg.dataset!r}"
         )
+    split_digest = hashlib.sha256(json.dumps(split_doc, sort_keys=True).encode()).hexdigest()
     if cfg.data_loading == "stream":
-        return _streamed_train_data(cfg, split_doc, split_uri)
+        data = _streamed_train_data(cfg, split_doc, split_uri)
+        data.split_digest = split_digest
+        return data
     train = load_dataset(cfg.dataset, "train", resolution=cfg.resolution or None)
+    content = hashlib.sha256(train.images.contiguous().numpy())  # hashed in place, no copy
+    content.update(train.labels.contiguous().numpy())
     split = split_from_dict(split_doc, split_uri, num_images=len(train))
     tr, va = torch.from_numpy(split.train), torch.from_numpy(split.valid)
     mean, std = channel_stats(train.images[tr])
@@ -128,6 +135,8 @@ def load_train_data(cfg: Config, split_uri: str) -> TrainData:
         mean=mean,
         std=std,
         num_classes=train.num_classes,
+        split_digest=split_digest,
+        dataset_digest=content.hexdigest(),
     )
 
 
@@ -185,6 +194,7 @@ def _streamed_train_data(cfg: Config, split_doc: Any, split_uri: str) -> TrainDa
         mean=mean,
         std=std,
         num_classes=index.num_classes,
+        dataset_digest=index.fingerprint(),
     )
 
 

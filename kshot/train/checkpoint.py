@@ -25,6 +25,7 @@ __all__ = [
     "save_checkpoint",
     "load_latest",
     "check_identity",
+    "check_same_run",
 ]
 
 _NAME = re.compile(r"ckpt-e(\d{4,})-s(\d{8,})\.pt$")
@@ -50,13 +51,16 @@ def list_checkpoints(folder: str) -> list[str]:
     return [uri for _, uri in sorted(found)]
 
 
-def save_checkpoint(folder: str, state: dict[str, Any], keep: int = 2) -> str:
-    """Write ``state`` (which must hold ``epoch`` and ``step``) and drop all but the ``keep`` newest."""
+def save_checkpoint(folder: str, state: dict[str, Any], keep: int = 2, rotate: bool = True) -> str:
+    """Write ``state`` (which must hold ``epoch`` and ``step``) and, with ``rotate``, drop all but
+    the ``keep`` newest. A writer whose folder also holds checkpoints it did not write (an input's)
+    passes ``rotate=False``."""
     uri = storage.join(folder, checkpoint_name(state["epoch"], state["step"]))
     storage.save_torch(state, uri)
     _remove_stale_partials(folder)
-    for old in list_checkpoints(folder)[:-keep]:
-        storage.delete(old)
+    if rotate:
+        for old in list_checkpoints(folder)[:-keep]:
+            storage.delete(old)
     return uri
 
 
@@ -139,9 +143,37 @@ def check_identity(state: dict[str, Any], expected: dict[str, Any], uri: str) ->
     if not isinstance(found, dict):
         raise CheckpointError(f"checkpoint {uri} records no identity: it is not a K-shot run's")
     diffs = [
-        f"{k} = {found[k]!r} (config: {v!r})"
+        _CONTENT_KEYS.get(k) or f"{k} = {found[k]!r} (config: {v!r})"
         for k, v in expected.items()
         if k in found and found[k] != v
     ]
     if diffs:
         raise CheckpointError(f"checkpoint {uri} does not match the config: {'; '.join(diffs)}")
+
+
+# Identity entries that are digests of content, and what a difference means.
+_CONTENT_KEYS = {
+    "split": "it was trained on another split (input split): this split's validation images may "
+    "be among its training images",
+    "dataset": "it was trained on other images (config key 'dataset' names different content)",
+}
+
+
+def check_same_run(state: dict[str, Any], expected: dict[str, Any], uri: str) -> None:
+    """Fail if the checkpoint ``uri``, found in a run's own output folder, was trained by a run
+    with other result-affecting config keys (:func:`kshot.train.trainer.run_keys`): resuming it
+    would hand that run's weights on as this run's. Keys it does not record are not compared."""
+    found = state.get("run")
+    if not isinstance(found, dict):
+        return
+    diffs = [
+        f"{k} = {found[k]!r} there, {v!r} in this run"
+        for k, v in expected.items()
+        if k in found and found[k] != v
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"output checkpoint folder holds {uri}, another run's work; it differs in: "
+            f"{'; '.join(diffs)}. Give this run another output, or pass --overwrite to remove it "
+            "and start over"
+        )

@@ -31,7 +31,7 @@ from torch import nn
 
 from kshot import distributed as dist
 from kshot import seeds
-from kshot.config import Config
+from kshot.config import Config, result_keys
 from kshot.data.stream import StreamedPart
 from kshot.data.transforms import normalize, random_crop_flip
 from kshot.nn.simplex import SimplexNet, channel_regularizer, width_positives
@@ -45,6 +45,7 @@ __all__ = [
     "build_supernet",
     "build_simplex",
     "identity_of",
+    "run_keys",
     "uniform_lambda",
     "frozen",
     "curves",
@@ -73,6 +74,11 @@ class TrainData:
     num_classes: int
     test_images: torch.Tensor | StreamedPart | None = None
     test_labels: torch.Tensor | None = None
+    # Digests of the split file's content and of the dataset's training part (stream: its list of
+    # files): checkpoints record them, so that a supernet is never scored on another split, whose
+    # validation images it may have trained on.
+    split_digest: str = ""
+    dataset_digest: str = ""
 
     @property
     def in_channels(self) -> int:
@@ -92,7 +98,8 @@ class TrainData:
 def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed or scored under ``cfg``: the space, K, the
     network's shape and (mbv2) whether widths are searched, the simplex-net's size and inputs, the
-    image resolution. Keyed by config key, so that a mismatch names the key to change."""
+    image resolution, the split and the dataset. Keyed by config key where there is one, so that
+    a mismatch names the key to change."""
     if cfg.search_space == "nb201":
         shape = {"channels": cfg.channels, "cells": cfg.cells}
     else:
@@ -109,7 +116,18 @@ def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
         "resolution": data.resolution,
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
+        "split": data.split_digest,
+        "dataset": data.dataset_digest,
     }
+
+
+def run_keys(cfg: Config, alternating: bool) -> dict[str, Any]:
+    """The config keys a checkpoint's weights follow from (:func:`kshot.config.result_keys`): the
+    warmup stage's, and once alternating training has begun (``alternating``) the train stage's
+    too. A checkpoint folder is resumed only by a run equal in all of them."""
+    values = cfg.to_dict()
+    stages = ("warmup", "train") if alternating else ("warmup",)
+    return {key: values[key] for key in result_keys(*stages)}
 
 
 def network_shape(cfg: Config, data: TrainData) -> dict[str, Any]:
@@ -329,6 +347,7 @@ class KShotTrainer:
             self.opt, cosine_lambda(self.total_steps)
         )
         self.step = 0
+        self.input_folders: list[str] = []  # checkpoint folders this trainer only reads
         # This epoch's step values, for its curves: device scalars, read once at the epoch's end
         # (or a checkpoint), so that no step waits for the device to report its loss.
         self.epoch_sums: dict[str, list[torch.Tensor | float]] = {}
@@ -345,6 +364,7 @@ class KShotTrainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "identity": identity_of(self.cfg, self.data),
+            "run": run_keys(self.cfg, alternating=self.step > self.warmup_steps),
             "config": self.cfg.to_dict(),
             "epoch": self.step // self.steps_per_epoch,
             "step": self.step,
@@ -357,8 +377,12 @@ class KShotTrainer:
             "epoch_sums": {k: _floats(v) for k, v in self.epoch_sums.items()},
         }
 
-    def load_state_dict(self, state: dict[str, Any], uri: str) -> None:
+    def load_state_dict(self, state: dict[str, Any], uri: str, same_run: bool = False) -> None:
+        """Continue from ``state`` (read from ``uri``); with ``same_run`` (a checkpoint of this
+        run's own output) it must also have been trained with this run's keys."""
         ckpt.check_identity(state, identity_of(self.cfg, self.data), uri)
+        if same_run:
+            ckpt.check_same_run(state, run_keys(self.cfg, alternating=True), uri)
         self.supernet.load_state_dict(state["supernet"])
         self.simplex.load_state_dict(state["simplex"])
         self.opt.load_state_dict(state["optimizer"])
@@ -528,17 +552,21 @@ class KShotTrainer:
 
     def save(self, folder: str, on_checkpoint: Callable[[str], None] | None = None) -> None:
         if dist.is_main():
-            uri = ckpt.save_checkpoint(folder, self.state_dict())
+            # an input's checkpoints are never rotated out, whatever folder they are in
+            rotate = folder not in self.input_folders
+            uri = ckpt.save_checkpoint(folder, self.state_dict(), rotate=rotate)
             if on_checkpoint:
                 on_checkpoint(uri)
         dist.barrier()
 
-    def resume(self, *folders: str) -> str | None:
-        """Load the newest checkpoint of the first folder that has one; returns its URI."""
-        for folder in folders:
+    def resume(self, output: str | None, *inputs: str) -> str | None:
+        """Load the newest checkpoint of ``output`` (this run's own folder, resumed only by the
+        same run; None: none), else of the first of ``inputs`` that has one; returns its URI."""
+        self.input_folders = list(inputs)
+        for folder in (*([output] if output else []), *inputs):
             state = ckpt.load_latest(folder, required=False)
             if state is not None:
-                self.load_state_dict(state, state["uri"])
+                self.load_state_dict(state, state["uri"], same_run=folder == output)
                 return state["uri"]
         return None
 

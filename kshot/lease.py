@@ -1,0 +1,262 @@
+"""One writer per output: a lease on an artifact URI, held while a stage writes it.
+
+* **Local paths** — a lock file beside the output (``.<name>.lock``) under an exclusive
+  ``flock``. The kernel releases the lock when its process ends however it ends, so a crashed
+  writer never blocks the next one. The file holds the holder's host, pid and start time for the
+  message a second writer gets; it is removed on release.
+* **Object stores** (``gs://``) — a lease object ``gs://<bucket>/.kshot-leases/<sha256 of the
+  URI>`` created only if absent and renewed every third of its time to live, each write
+  conditional on the generation this holder wrote last (:func:`kshot.storage.create_if_absent`,
+  :func:`~kshot.storage.replace_if_generation`, :func:`~kshot.storage.delete_if_generation`). A
+  lease that stops being renewed has expired: a writer that finds one waits until it has seen it
+  unchanged for the time to live (so it judges expiry by its own clock, never by another
+  machine's), then takes it over; one whose holder renews it is refused at once. The objects live
+  apart from the outputs, so a folder's listing holds only what the stage wrote. A holder that
+  loses its lease (it could not renew in time and another writer took over) stops: the stage's
+  main thread gets ``KeyboardInterrupt``.
+
+The time to live is ``KSHOT_LEASE_TTL`` seconds (default 60). ``s3://`` outputs take no lease
+until the S3 store provides the four conditional-write primitives of :mod:`kshot.storage`.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kshot import storage
+
+__all__ = ["LEASE_TTL_ENV", "LeaseHeld", "hold", "lease_uri"]
+
+LEASE_TTL_ENV = "KSHOT_LEASE_TTL"
+_DEFAULT_TTL_S = 60.0
+_LEASES_FOLDER = ".kshot-leases"
+
+
+class LeaseHeld(OSError):
+    """Another writer holds the lease of an output; the message names it (host, pid, start)."""
+
+
+def _ttl() -> float:
+    raw = os.environ.get(LEASE_TTL_ENV, "")
+    if not raw.strip():
+        return _DEFAULT_TTL_S
+    try:
+        ttl = float(raw)
+    except ValueError:
+        ttl = -1.0
+    if not ttl > 0:
+        raise ValueError(f"environment variable {LEASE_TTL_ENV}={raw!r} must be seconds > 0")
+    return ttl
+
+
+def _holder(stage: str, output: str) -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "stage": stage,
+        "output": output,
+        "token": uuid.uuid4().hex,
+    }
+
+
+def _describe(holder: Any) -> str:
+    if not isinstance(holder, dict):
+        return "another process (not yet recorded)"
+    return (
+        f"stage {holder.get('stage')!r} on host {holder.get('host')}, pid {holder.get('pid')}, "
+        f"started {holder.get('started')}"
+    )
+
+
+def _held_error(uri: str, holder: Any) -> LeaseHeld:
+    return LeaseHeld(
+        f"output {uri!r} is being written by {_describe(holder)}: one writer per output. Wait for "
+        "it, or give this run another output"
+    )
+
+
+def lease_uri(uri: str) -> str:
+    """Where the lease of output ``uri`` lives (a lock file, or a lease object)."""
+    if storage.is_gcs(uri):
+        bucket, _ = storage.parse_gcs(uri)
+        digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()
+        return f"gs://{bucket}/{_LEASES_FOLDER}/{digest}.json"
+    path = Path(uri.rstrip("/") or uri).absolute()
+    return str(path.parent / f".{path.name}.lock")
+
+
+@contextlib.contextmanager
+def hold(uris: Iterable[str], stage: str) -> Iterator[None]:
+    """Hold the lease of every output in ``uris`` (in sorted order) until the block ends.
+
+    Raises:
+        LeaseHeld: another live writer holds one of them (those taken so far are released).
+    """
+    with contextlib.ExitStack() as stack:
+        for uri in sorted(set(uris)):
+            if storage.is_s3(uri):  # no conditional-write primitives for s3:// yet
+                continue
+            lease = _ObjectLease if storage.is_gcs(uri) else _LocalLease
+            stack.enter_context(lease(uri, _holder(stage, uri)))
+        yield
+
+
+class _LocalLease:
+    """An exclusive ``flock`` on ``.<name>.lock`` beside the output."""
+
+    def __init__(self, uri: str, holder: dict[str, Any]) -> None:
+        self.uri, self.holder, self.path = uri, holder, Path(lease_uri(uri))
+        self.fd = -1
+
+    def __enter__(self) -> _LocalLease:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise _held_error(self.uri, _read_json(self.path)) from None
+            # The holder before us may have removed the file between our open and our lock: then
+            # we locked a file nobody else will see. Lock the one at the path.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(self.holder).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # while still locked: no one can have locked this file meanwhile
+        os.close(self.fd)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text() or "null")
+    except (OSError, ValueError):
+        return None
+
+
+class _ObjectLease:
+    """A lease object renewed by a background thread (see the module's notes)."""
+
+    def __init__(self, uri: str, holder: dict[str, Any]) -> None:
+        self.uri, self.holder, self.object = uri, holder, lease_uri(uri)
+        self.ttl = _ttl()
+        self.generation = 0
+        self.stopped = threading.Event()
+        self.lost = False  # another writer holds it now: never delete theirs
+        self.thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        renewed = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        return json.dumps({**self.holder, "renewed": renewed, "ttl_s": self.ttl}).encode()
+
+    def _mine(self, found: tuple[bytes, int] | None) -> bool:
+        """Whether ``found`` is our own write (a retried request whose first attempt landed)."""
+        if found is None:
+            return False
+        try:
+            return json.loads(found[0]).get("token") == self.holder["token"]
+        except (ValueError, AttributeError):
+            return False
+
+    def _acquire(self) -> int:
+        seen: tuple[int, float] | None = None  # (generation, when first seen unchanged)
+        while True:
+            generation = storage.create_if_absent(self.object, self._body())
+            if generation is not None:
+                return generation
+            found = storage.read_versioned(self.object)
+            if found is None:
+                continue  # released meanwhile: try again
+            if self._mine(found):
+                return found[1]
+            data, generation = found
+            now = time.monotonic()
+            if seen is None or seen[0] != generation:
+                if seen is not None:  # renewed while we watched: its holder is alive
+                    raise _held_error(self.uri, _loads(data))
+                seen = (generation, now)
+            elif now - seen[1] >= self.ttl:  # unchanged for a whole time to live: expired
+                taken = storage.replace_if_generation(self.object, self._body(), generation)
+                if taken is not None:
+                    return taken
+                if self._mine(storage.read_versioned(self.object)):
+                    return storage.read_versioned(self.object)[1]  # type: ignore[index]
+                seen = None
+                continue
+            time.sleep(min(1.0, self.ttl / 10))
+
+    def __enter__(self) -> _ObjectLease:
+        self.generation = self._acquire()
+        self.thread = threading.Thread(target=self._renew, name="kshot-lease", daemon=True)
+        self.thread.start()
+        return self
+
+    def _renew(self) -> None:
+        last_renewal = time.monotonic()
+        while not self.stopped.wait(self.ttl / 3):
+            try:
+                generation = storage.replace_if_generation(
+                    self.object, self._body(), self.generation
+                )
+                if generation is None and self._mine(found := storage.read_versioned(self.object)):
+                    generation = found[1]  # type: ignore[index]
+            except OSError as e:  # the store did not answer: try again until the lease expires
+                if time.monotonic() - last_renewal < self.ttl:
+                    continue
+                generation, why = None, f"could not renew it for {self.ttl:g} s ({e})"
+            else:
+                why = "another writer took it over"
+            if generation is None:
+                self.lost = True
+                print(
+                    f"kshot: lost the lease on output {self.uri!r}: {why}; stopping this writer",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                _thread.interrupt_main()
+                return
+            self.generation, last_renewal = generation, time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+        if self.lost:
+            return
+        with contextlib.suppress(OSError):  # an unreleased lease expires by itself
+            storage.delete_if_generation(self.object, self.generation)
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

@@ -1,0 +1,166 @@
+"""One writer per output: a second writer is refused naming the holder; a killed writer's lease
+ends (local: with its process; gs://: when it stops being renewed) and a rerun resumes its work.
+
+The gs:// cases run against the GCS emulator behind ``tests.gcs.FlakyProxy`` with no faults,
+which answers ``ifGenerationMatch`` as GCS does (the emulator alone ignores it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kshot import lease, storage
+from kshot.config import load_config
+from kshot.stages import run_stage
+from kshot.train import checkpoint as ckpt
+from kshot.train.trainer import KShotTrainer
+from tests.conftest import TINY
+from tests.gcs import FlakyProxy
+
+# Long enough that the first writer is still training when the second one comes.
+LONG = {**TINY, "epochs": 8, "warmup_epochs": 8, "checkpoint_every_steps": 5}
+TTL_S = 2.0
+
+
+def _start_writer(out: str, split: str, config: Path) -> subprocess.Popen[bytes]:
+    """`kshot stage warmup` writing ``out``, in its own session; returns once it has written a
+    checkpoint (so it holds the lease and has work to resume)."""
+    config.write_text(yaml.safe_dump(LONG))
+    command = [sys.executable, "-m", "kshot.cli", "stage", "warmup", "--config", str(config)]
+    command += ["--input", f"split={split}", "--output", f"checkpoint={out}"]
+    proc = subprocess.Popen(
+        command,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace")[-3000:] if proc.stderr else ""
+            pytest.fail(f"the first writer exited ({proc.returncode}):\n{err}")
+        if ckpt.list_checkpoints(out):
+            return proc
+        time.sleep(0.05)
+    _kill(proc)
+    pytest.fail(f"the first writer wrote no checkpoint to {out} in time")
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def _second_writer_refused_then_rerun_resumes(
+    out: str, split: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> float:
+    """The shared scenario; returns how long the rerun after the kill waited for the lease."""
+    cfg = load_config(LONG)
+    proc = _start_writer(out, split, tmp_path / "long.yaml")
+    try:
+        with pytest.raises(lease.LeaseHeld) as refused:
+            run_stage("warmup", cfg, {"split": split}, {"checkpoint": out})
+        message = str(refused.value)
+        assert f"pid {proc.pid}" in message and os.uname().nodename in message, message
+        assert out in message and "started" in message
+    finally:
+        _kill(proc)
+    left = ckpt.list_checkpoints(out)
+    assert left, "the killed writer left its checkpoints"
+
+    resumed: list[str | None] = []
+    original = KShotTrainer.resume
+
+    def spy(self: KShotTrainer, *folders: str) -> str | None:
+        resumed.append(original(self, *folders))
+        return resumed[-1]
+
+    monkeypatch.setattr(KShotTrainer, "resume", spy)
+    started = time.monotonic()
+    # the same run; how often it checkpoints is an execution setting, outside its identity
+    rerun = cfg.replace(checkpoint_every_steps=0)
+    result = run_stage("warmup", rerun, {"split": split}, {"checkpoint": out})
+    waited = time.monotonic() - started
+    assert resumed == [left[-1]]  # it continued the killed writer's newest checkpoint
+    assert result["epoch"] == LONG["warmup_epochs"]
+    return waited
+
+
+def test_two_writers_on_one_local_output(
+    digits_split: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second writer into a local output is refused, naming the first's host, pid and start;
+    SIGKILL frees the lock file at once and the rerun resumes the killed writer's checkpoint."""
+    out = str(tmp_path / "warm")
+    _second_writer_refused_then_rerun_resumes(out, digits_split, tmp_path, monkeypatch)
+    assert not Path(lease.lease_uri(out)).exists()  # released when the stage ended
+
+
+def test_two_writers_on_one_gcs_output(
+    flaky_proxy: FlakyProxy,
+    gcs_bucket: str,
+    digits_split: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same on gs://: the lease object's holder renews it, so the second writer is refused;
+    once SIGKILL stops the renewals the lease expires after its time to live and the rerun takes
+    it over and resumes."""
+    monkeypatch.setenv(lease.LEASE_TTL_ENV, str(TTL_S))
+    split = storage.join(gcs_bucket, "split.json")
+    storage.write_bytes(split, Path(digits_split).read_bytes())
+    out = storage.join(gcs_bucket, "run", "warm")
+    waited = _second_writer_refused_then_rerun_resumes(out, split, tmp_path, monkeypatch)
+    assert waited >= TTL_S  # it waited for the dead writer's lease to expire
+    assert storage.read_versioned(lease.lease_uri(out)) is None  # released when the stage ended
+    assert flaky_proxy.refused_preconditions >= 1  # the takeover and renewals were conditional
+
+
+def test_a_live_gcs_lease_is_refused_and_a_stale_one_taken_over(
+    flaky_proxy: FlakyProxy, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one process: while a holder renews, another is refused within a renewal period; a
+    lease object nobody renews is taken over after one time to live, not before."""
+    monkeypatch.setenv(lease.LEASE_TTL_ENV, str(TTL_S))
+    out = storage.join(gcs_bucket, "out.json")
+    with lease.hold([out], "split"):
+        started = time.monotonic()
+        with pytest.raises(lease.LeaseHeld, match=f"pid {os.getpid()}"), lease.hold([out], "x"):
+            pass
+        assert time.monotonic() - started < TTL_S
+    storage.create_if_absent(lease.lease_uri(out), b'{"host": "gone", "pid": 1}')
+    started = time.monotonic()
+    with lease.hold([out], "split"):
+        assert time.monotonic() - started >= TTL_S
+    assert storage.read_versioned(lease.lease_uri(out)) is None
+
+
+def test_a_holder_that_loses_its_lease_stops(
+    flaky_proxy: FlakyProxy, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When another writer has taken the lease over (here: replaced the object, as a takeover
+    after expiry does), the holder's next renewal fails its generation check and the holder's
+    main thread is interrupted instead of writing on."""
+    monkeypatch.setenv(lease.LEASE_TTL_ENV, str(TTL_S))
+    out = storage.join(gcs_bucket, "lost.json")
+    with pytest.raises(KeyboardInterrupt), lease.hold([out], "split"):
+        found = storage.read_versioned(lease.lease_uri(out))
+        assert found is not None
+        storage.replace_if_generation(lease.lease_uri(out), b'{"host": "other"}', found[1])
+        deadline = time.monotonic() + 3 * TTL_S
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        pytest.fail("the holder kept its lease after losing it")
+    assert storage.read_versioned(lease.lease_uri(out))[0] == b'{"host": "other"}'
