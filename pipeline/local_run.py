@@ -113,8 +113,9 @@ def run_local_pipeline(cfg: Config, output: str) -> dict[str, Any]:
         output: a folder or a ``gs://`` prefix for ``artifacts/`` and ``summary.json``.
 
     Returns:
-        The summary: k, best_arch, best_accuracy, best_flops, retrained_test_accuracy, kendall_tau,
-        spearman_rho, pearson_r, n_paths, the reports' paths and the wall time.
+        The summary: k, best_arch, best_accuracy, best_flops, retrained_test_accuracy,
+        kendall_tau_a, kendall_tau_b, spearman_rho, pearson_r, n_paths, the reports' paths and the
+        wall time.
 
     Raises:
         LocalRunError: a step failed.

@@ -528,14 +528,16 @@ def test_a_local_run_to_an_unwritable_output_fails_before_any_step(tmp_path, mon
     assert not any(tmp_path.iterdir())
 
 
-def test_a_ranking_experiment_with_an_invalid_k_is_refused_before_any_run(tmp_path):
+def test_a_ranking_experiment_with_an_invalid_arm_config_is_refused_before_any_run(tmp_path):
     from kshot.config import ConfigError
     from kshot.eval.experiment import run_ranking_experiment
 
-    base = load_config(TINY, {"ground_truth": str(tmp_path / "truth.csv")})
-    with pytest.raises(ConfigError, match="--k 0, --seeds 0: .*'k'.* 0 must be >= 1"):
+    base = load_config(
+        TINY, {"k": 1, "m": 5, "batch_size": 32, "ground_truth": str(tmp_path / "truth.csv")}
+    )
+    with pytest.raises(ConfigError, match="arm C, seed 0: .*'m'.* does not divide batch_size"):
         run_ranking_experiment(
-            base, [1, 0], [0], False, str(tmp_path / "runs"), str(tmp_path / "r.json")
+            base, ["A", "C"], [0, 1], 8, str(tmp_path / "runs"), str(tmp_path / "r.json")
         )
     assert not (tmp_path / "runs").exists()
 

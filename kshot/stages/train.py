@@ -35,4 +35,4 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
         trainer.save(outputs["checkpoint"])
     if outputs.get("curves") and dist.is_main():
         storage.write_json(outputs["curves"], curves(trainer.history))
-    return {"epoch": trainer.step // trainer.steps_per_epoch, "step": trainer.step}
+    return {"epoch": trainer.epochs_done(), "step": trainer.step}
