@@ -452,3 +452,15 @@ def test_code_statistics_of_uniform_one_hot_and_shared_codes():
     # pairs: (0,1) identical, (0,2) and (1,2) cos = (0.07 + 0.07 + 0.01 + 0.01) / 0.52
     assert shared["mean"]["cosine"] == pytest.approx((1 + 2 * 0.16 / 0.52) / 3)
     assert shared["per_path"]["max"].tolist() == pytest.approx([0.7, 0.7, 0.7])
+
+
+def test_a_shared_warmup_hands_on_its_state_but_not_its_simplex_lr(tiny_cfg, digits_data, tmp_path):
+    """Runs that differ in simplex_lr share one warmup checkpoint: resumed from it, each trains
+    the simplex-net at its own config's learning rate, not the one the warmup was made at."""
+    warm = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    warm.fit(tiny_cfg.warmup_epochs, str(tmp_path), progress=False)
+    trainer = KShotTrainer(tiny_cfg.replace(simplex_lr=0.05), digits_data, torch.device("cpu"))
+    assert trainer.resume(str(tmp_path)) is not None
+    assert trainer.step == warm.step == warm.warmup_steps
+    assert [g["lr"] for g in trainer.simplex_opt.param_groups] == [0.05]
+    assert warm.simplex_opt.param_groups[0]["lr"] == tiny_cfg.simplex_lr != 0.05

@@ -411,6 +411,10 @@ class KShotTrainer:
         self.simplex.load_state_dict(state["simplex"])
         self.opt.load_state_dict(state["optimizer"])
         self.simplex_opt.load_state_dict(state["simplex_optimizer"])
+        # the simplex-net's lr is constant: the config's, also when the checkpoint is a warmup
+        # shared by runs of different simplex_lr (its optimiser state carries the lr it was made at)
+        for group in self.simplex_opt.param_groups:
+            group["lr"] = self.cfg.simplex_lr
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
