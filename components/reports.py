@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kshot import report, storage
-from kshot.components.runtime import Artifact, artifact_uri
+from kshot.components.runtime import Artifact, artifact_uri, config_from_json
+from kshot.eval.standalone_rank import best_standalone_rank
+from kshot.train.trainer import space_of
 
 __all__ = [
     "training_report",
@@ -150,6 +152,7 @@ def run_summary(
     results: Artifact,
     retrained: Artifact,
     ranking: Artifact,
+    truth: Artifact,
     pages: Mapping[str, Artifact],
     summary: Artifact,
     markdown: Artifact,
@@ -162,6 +165,7 @@ def run_summary(
         results: recalibrate's results (the best path).
         retrained: retrain's metrics JSON.
         ranking: rank's metrics JSON.
+        truth: the ground-truth table (CSV arch,accuracy) that rank read.
         pages: report name → HTML artifact, listed in the summary with their URIs.
         summary: where the JSON goes.
         markdown: where the Markdown goes.
@@ -174,6 +178,7 @@ def run_summary(
     best = storage.read_json(artifact_uri(results))["best"]
     retrain = storage.read_json(artifact_uri(retrained))
     rank = storage.read_json(artifact_uri(ranking))
+    cfg = config_from_json(config_json)
     headline: dict[str, Any] = {
         "k": config["k"],
         "search_space": config["search_space"],
@@ -184,6 +189,9 @@ def run_summary(
         "flops_budget": config["flops_budget"],
         "retrained_test_accuracy": retrain["test_accuracy"],
         "retrained_params": retrain["params"],
+        "best_standalone_rank": best_standalone_rank(
+            cfg, retrain["arch"], retrain["test_accuracy"], artifact_uri(truth), space_of(cfg)
+        ),
         **{name: rank.get(name) for name in _CORRELATIONS},
         "n_paths": rank["n_paths"],
         "top_group_tau": rank.get("top_group_tau", {}),

@@ -130,10 +130,11 @@ def config_from_json(config_json: str) -> Config:
 def artifact_uri(artifact: Artifact) -> str:
     """Where a worker reads or writes ``artifact``.
 
-    Its ``gs://`` URI when the pipeline root is in Cloud Storage (workers in other pods reach the
-    bucket directly), else its local path (kfp.local, or a pod that runs the stage itself).
+    Its ``gs://`` or ``s3://`` URI when the pipeline root is in an object store (workers in other
+    pods reach the bucket directly), else its local path (kfp.local, or a pod that runs the stage
+    itself).
     """
-    return artifact.uri if storage.is_gcs(artifact.uri) else artifact.path
+    return artifact.uri if storage.is_remote(artifact.uri) else artifact.path
 
 
 def _unreachable(where: str, uri: str) -> str:
@@ -145,26 +146,27 @@ def _unreachable(where: str, uri: str) -> str:
         else "a path on this machine"
     )
     return (
-        f"{where} is {uri}, which other pods cannot reach ({why}). Give the run a gs:// pipeline "
-        "root (kshot pipeline run --pipeline-root gs://BUCKET/PREFIX, or pipeline_root= of "
-        "kfp.Client's run methods)"
+        f"{where} is {uri}, which other pods cannot reach ({why}). Give the run a gs:// or s3:// "
+        "pipeline root (kshot pipeline run --pipeline-root gs://BUCKET/PREFIX or "
+        "s3://BUCKET/PREFIX, or pipeline_root= of kfp.Client's run methods)"
     )
 
 
 def handoff_uri(artifact: Artifact, name: str) -> str:
     """The URI of ``artifact`` for a later step that receives it as a string, not as an artifact.
 
-    KFP mounts a ``minio://`` or ``s3://`` artifact into the producing step's pod only, so its
-    path means nothing in the next step's pod; called before the stage's work, this fails at once.
+    KFP mounts a ``minio://`` artifact into the producing step's pod only, so its path means
+    nothing in the next step's pod; called before the stage's work, this fails at once.
 
     Args:
         artifact: the output artifact.
         name: its name, for the error.
 
     Raises:
-        ValueError: the pipeline root is neither in Cloud Storage nor a local folder (kfp.local).
+        ValueError: the pipeline root is neither in an object store (``gs://``, ``s3://``) nor a
+            local folder (kfp.local).
     """
-    if "://" in artifact.uri and not storage.is_gcs(artifact.uri):
+    if "://" in artifact.uri and not storage.is_remote(artifact.uri):
         raise ValueError(_unreachable(f"output {name!r}", artifact.uri))
     return artifact_uri(artifact)
 
@@ -180,11 +182,11 @@ def _check_reachable_by_jobs(
         artifacts: ``"input"`` or ``"output"`` → artifact name → artifact.
 
     Raises:
-        LaunchError: an artifact is not in Cloud Storage, naming it, its URI and the fix.
+        LaunchError: an artifact is not in an object store, naming it, its URI and the fix.
     """
     for role, named in artifacts.items():
         for name, artifact in named.items():
-            if not storage.is_gcs(artifact.uri):
+            if not storage.is_remote(artifact.uri):
                 where = f"{stage}: {role} {name!r} of the {launcher} job"
                 raise LaunchError(f"{_unreachable(where, artifact.uri)}, or set launcher=local")
 

@@ -411,6 +411,7 @@ def summarize(
     results: Input[Dataset],
     retrained: Input[Dataset],
     ranking: Input[Dataset],
+    truth: Input[Dataset],
     training_page: Input[HTML],
     search_page: Input[HTML],
     retrain_page: Input[HTML],
@@ -426,6 +427,8 @@ def summarize(
         results: Recalibrated search results.
         retrained: Retraining results.
         ranking: Ranking correlations.
+        truth: CSV arch,accuracy of the ground truth (the retrained path is ranked among a
+            stand-alone sample's).
         training_page: Training report.
         search_page: Search report.
         retrain_page: Retraining report.
@@ -442,7 +445,7 @@ def summarize(
         "retrain": retrain_page,
         "rank": rank_page,
     }
-    run_summary(config, results, retrained, ranking, pages, summary, markdown, metrics)
+    run_summary(config, results, retrained, ranking, truth, pages, summary, markdown, metrics)
 
 
 @dsl.component(**_OPTIONS)

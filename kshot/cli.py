@@ -38,7 +38,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML config file (local path or gs:// URI); repeat to layer several",
+        help="YAML config file (local path, gs:// or s3:// URI); repeat to layer several",
     )
     p.add_argument(
         "--set",
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage = sub.add_parser(
         "stage",
         help="run one stage of the pipeline",
-        description="Run one stage on artifact URIs (local paths or gs://).",
+        description="Run one stage on artifact URIs (local paths, gs:// or s3://).",
     )
     stage_sub = stage.add_subparsers(dest="name", required=True)
     for name in STAGES:
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         default="runs/local",
         metavar="DIR",
-        help="where artifacts and summary.json go (a folder or gs:// prefix)",
+        help="where artifacts and summary.json go (a folder, gs:// or s3:// prefix)",
     )
     run.set_defaults(func=_run)
 

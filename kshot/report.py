@@ -359,7 +359,7 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
 
     Args:
         summary: e.g. ``{"k": 8, "best_arch": ..., "best_accuracy": ..., "best_flops": ...,
-            "kendall_tau": ..., "spearman_rho": ..., "pearson_r": ...}``.
+            "kendall_tau_a": ..., "spearman_rho": ..., "pearson_r": ...}``.
     """
     lines = ["| metric | value |", "|---|---|"]
 

@@ -1,34 +1,48 @@
-"""Artifact URIs: local paths and ``gs://bucket/key`` through one set of functions.
+"""Artifact URIs: local paths, ``gs://bucket/key`` and ``s3://bucket/key`` through one set of functions.
 
-Every stage and worker reads and writes through this module, so a run can live on a laptop disk or
-in a Google Cloud Storage bucket without the callers knowing which.
+Every stage and worker reads and writes through this module, so a run can live on a laptop disk, in
+a Google Cloud Storage bucket or in an S3-compatible store (AWS S3, MinIO, SeaweedFS) without the
+callers knowing which. Each object store is one :class:`_ObjectStore` (``_Gcs``, ``_S3``); the
+public functions below are written once for all of them.
 
 Guarantees:
 
 * **Whole or nothing.** A local file is written under a temporary name in its own folder and renamed
-  into place. A ``gs://`` object is written to a local temporary file first and then uploaded in
-  one upload (a single multipart request up to 8 MiB, a resumable upload in 8 MiB chunks above
-  that). GCS commits an object only when its upload completes, so readers see the previous
-  generation or the new one, never a part; an upload that fails or is abandoned creates nothing.
-* **Safe retries of writes.** Each upload carries an ``if_generation_match`` precondition: the
-  object's generation read just before (0 when it must not exist yet). A retry therefore never
-  replaces what another writer put there meanwhile. A retry whose first attempt did land fails the
-  precondition; the write then counts as done if the object holds exactly these bytes (size and
-  MD5), and otherwise raises :class:`StorageError`: another writer replaced it (stages give each
-  worker its own URIs, so that is a bug to see, not to paper over).
+  into place. An object is written to a local temporary file first and then uploaded in one upload:
+  on GCS a single multipart request up to 8 MiB, a resumable upload in 8 MiB chunks above that; on
+  S3 one ``PutObject`` up to 8 MiB, a multipart upload of 8 MiB parts above that. Both stores
+  commit an object only when its upload completes, so readers see the previous version or the new
+  one, never a part; an upload that fails or is abandoned creates nothing (an unfinished S3
+  multipart upload is aborted).
+* **Safe retries of writes.** Each upload carries a precondition on the object's version read just
+  before: on GCS ``if_generation_match`` (0 when it must not exist yet), on S3 ``If-Match`` with
+  its ETag (``If-None-Match: *`` when it must not exist yet). A retry therefore never replaces what
+  another writer put there meanwhile. A retry whose first attempt did land fails the precondition;
+  the write then counts as done if the object holds exactly these bytes (size and MD5; on S3 the
+  MD5 travels in the object's ``kshot-md5`` metadata, since a multipart ETag is no MD5), and
+  otherwise raises :class:`StorageError`: another writer replaced it (stages give each worker its
+  own URIs, so that is a bug to see, not to paper over). An S3-compatible store that ignores these
+  headers gets unconditional whole-object writes.
 * **Streaming.** Uploads and downloads go through a local temporary file, so a large checkpoint is
-  never held in memory twice.
-* **Retries.** Every GCS request runs under ``google.cloud.storage.retry.DEFAULT_RETRY`` (HTTP 408,
-  429, 5xx, dropped connections, timeouts) — uploads under its conditional form, which retries
-  only requests that carry a generation precondition — with exponential backoff bounded by
-  ``KSHOT_GCS_RETRY_DEADLINE`` seconds (default 300) starting at ``KSHOT_GCS_RETRY_INITIAL_DELAY``
-  seconds (default 1). When the deadline passes, :class:`StorageError` names the URI and the last
-  cause.
+  never held in memory twice. A download cut off part-way resumes from the bytes it has, of the
+  same object version (GCS: the library's own; S3: ``Range`` and ``If-Match`` its ETag).
+* **Retries.** Every request is retried on HTTP 408, 429, 5xx, throttling, dropped connections and
+  timeouts (on GCS the library's ``DEFAULT_RETRY``; uploads under its conditional form, which
+  retries only requests that carry a generation precondition), with exponential backoff bounded by
+  ``KSHOT_STORAGE_RETRY_DEADLINE`` seconds (default 300) starting at
+  ``KSHOT_STORAGE_RETRY_INITIAL_DELAY`` seconds (default 1). An S3 multipart upload retries each
+  part on its own, so a fault costs one 8 MiB part, not the whole file. When the deadline passes,
+  :class:`StorageError` names the URI and the last cause.
 * **Clear errors.** A malformed URI raises :class:`ValueError`, a missing bucket or object
-  :class:`FileNotFoundError`, a refused request :class:`PermissionError`, each naming the URI.
+  :class:`FileNotFoundError`, a refused request or missing credentials :class:`PermissionError`,
+  each naming the URI.
 
-Credentials come from the environment (Workload Identity / Application Default Credentials). When
-``STORAGE_EMULATOR_HOST`` is set, the client talks to that endpoint anonymously.
+Credentials come from the environment. ``gs://``: Workload Identity / Application Default
+Credentials; when ``STORAGE_EMULATOR_HOST`` is set, the client talks to that endpoint anonymously.
+``s3://``: boto3's chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a web identity such
+as EKS IRSA, a profile); ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) points it at MinIO,
+SeaweedFS or another S3-compatible server, which boto3 then addresses path-style
+(``http://host:9000/bucket/key``), as such servers expect.
 """
 
 from __future__ import annotations
@@ -46,6 +60,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, TypeVar
 
+import boto3
+import botocore.config
+import botocore.exceptions
 import google.auth.exceptions
 import requests
 import torch
@@ -63,9 +80,13 @@ from google.cloud.storage.retry import (
 __all__ = [
     "RETRY_DEADLINE_ENV",
     "RETRY_INITIAL_DELAY_ENV",
+    "S3_ENDPOINT_ENVS",
     "StorageError",
     "is_gcs",
+    "is_s3",
+    "is_remote",
     "parse_gcs",
+    "parse_remote",
     "check_uri",
     "check_writable",
     "join",
@@ -86,17 +107,21 @@ __all__ = [
     "download_dir",
 ]
 
-RETRY_DEADLINE_ENV = "KSHOT_GCS_RETRY_DEADLINE"
-RETRY_INITIAL_DELAY_ENV = "KSHOT_GCS_RETRY_INITIAL_DELAY"
+RETRY_DEADLINE_ENV = "KSHOT_STORAGE_RETRY_DEADLINE"
+RETRY_INITIAL_DELAY_ENV = "KSHOT_STORAGE_RETRY_INITIAL_DELAY"
+S3_ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+"""Where ``s3://`` requests go, first set wins (boto3's own settings); unset: AWS S3."""
 _DEFAULT_RETRY_DEADLINE_S = 300.0
 _DEFAULT_RETRY_INITIAL_DELAY_S = 1.0
 _RETRY_MAX_DELAY_S = 30.0
-_UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
+_UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024  # a multiple of 256 KiB (GCS resumable), over 5 MiB (S3 part)
+_DOWNLOAD_CHUNK_BYTES = 1024 * 1024  # what a download cut off part-way loses at most (S3)
 _EMULATOR_PROJECT = "kshot-emulator"
-_GCS_PREFIX = "gs://"
 _PARTIAL_SUFFIX = ".partial"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
+_GCS_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
+_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+_S3_MD5_METADATA = "kshot-md5"
 
 _T = TypeVar("_T")
 
@@ -110,49 +135,80 @@ class StorageError(OSError):
 
 def is_gcs(uri: str) -> bool:
     """Whether ``uri`` names Google Cloud Storage (``gs://...``); no validation beyond the prefix."""
-    return uri.startswith(_GCS_PREFIX)
+    return uri.startswith("gs://")
+
+
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` names an S3-compatible store (``s3://...``); no validation beyond the prefix."""
+    return uri.startswith("s3://")
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` names an object store (``gs://`` or ``s3://``) rather than a local path."""
+    return is_gcs(uri) or is_s3(uri)
+
+
+def parse_remote(uri: str) -> tuple[str, str]:
+    """Split ``gs://bucket/key`` or ``s3://bucket/key`` into ``("bucket", "key")``; the key is
+    ``""`` for ``gs://bucket``.
+
+    Raises:
+        ValueError: ``uri`` is neither, has no bucket, or the bucket name breaks the store's rules.
+    """
+    if is_gcs(uri):
+        store, pattern, max_length, allowed = "GCS", _GCS_BUCKET_RE, 222, "'-', '_' and '.'"
+    elif is_s3(uri):
+        store, pattern, max_length, allowed = "S3", _S3_BUCKET_RE, 63, "'-' and '.'"
+    else:
+        raise ValueError(f"not a gs:// or s3:// URI: {uri!r}")
+    scheme, _, rest = uri.partition("://")
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"malformed {store} URI {uri!r}: no bucket name after {scheme}://")
+    if not (3 <= len(bucket) <= max_length and pattern.match(bucket)):
+        raise ValueError(
+            f"malformed {store} URI {uri!r}: bucket name {bucket!r} must be 3-{max_length} "
+            f"characters of lowercase letters, digits, {allowed}, starting and ending with a "
+            "letter or digit"
+        )
+    if "\n" in key or "\r" in key:
+        raise ValueError(f"malformed {store} URI {uri!r}: object names cannot contain line breaks")
+    return bucket, key
 
 
 def parse_gcs(uri: str) -> tuple[str, str]:
-    """Split ``gs://bucket/key`` into ``("bucket", "key")``; the key is ``""`` for ``gs://bucket``.
+    """Split ``gs://bucket/key`` into ``("bucket", "key")``, as :func:`parse_remote` does.
 
     Raises:
         ValueError: ``uri`` is not ``gs://``, has no bucket, or the bucket name breaks GCS rules.
     """
     if not is_gcs(uri):
         raise ValueError(f"not a gs:// URI: {uri!r}")
-    bucket, _, key = uri[len(_GCS_PREFIX) :].partition("/")
-    if not bucket:
-        raise ValueError(f"malformed GCS URI {uri!r}: no bucket name after gs://")
-    if not (3 <= len(bucket) <= 222 and _BUCKET_RE.match(bucket)):
-        raise ValueError(
-            f"malformed GCS URI {uri!r}: bucket name {bucket!r} must be 3-222 characters of "
-            "lowercase letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
-        )
-    if "\n" in key or "\r" in key:
-        raise ValueError(f"malformed GCS URI {uri!r}: object names cannot contain line breaks")
-    return bucket, key
+    return parse_remote(uri)
 
 
-def _is_remote(uri: str) -> bool:
-    """True for ``gs://`` URIs, False for local paths; refuses empty URIs and other schemes."""
+def _store(uri: str) -> _ObjectStore | None:
+    """The object store of a ``gs://`` or ``s3://`` URI, None for local paths; refuses empty URIs
+    and other schemes."""
     if not uri:
-        raise ValueError("empty URI: expected a local path or gs://bucket/key")
+        raise ValueError("empty URI: expected a local path, gs://bucket/key or s3://bucket/key")
     if is_gcs(uri):
-        return True
+        return _GCS
+    if is_s3(uri):
+        return _S3_STORE
     scheme = _SCHEME_RE.match(uri)
     if scheme and uri[scheme.end() :].startswith("//"):
         raise ValueError(
             f"unsupported URI scheme {scheme.group(1)!r} in {uri!r}: "
-            "use a local path or gs://bucket/key"
+            "use a local path, gs://bucket/key or s3://bucket/key"
         )
-    return False
+    return None
 
 
 def check_uri(uri: str) -> None:
     """Raise :class:`ValueError` for an empty or malformed URI (no request is made)."""
-    if _is_remote(uri):
-        parse_gcs(uri)
+    if _store(uri):
+        parse_remote(uri)
 
 
 def check_writable(uri: str) -> None:
@@ -160,20 +216,14 @@ def check_writable(uri: str) -> None:
 
     Raises:
         ValueError: ``uri`` is malformed, or a local path runs through a regular file.
-        FileNotFoundError: the bucket of a ``gs://`` URI does not exist.
+        FileNotFoundError: the bucket of a ``gs://`` or ``s3://`` URI does not exist.
         PermissionError: the nearest existing local folder is not writable.
     """
-    if _is_remote(uri):
-        bucket, _ = parse_gcs(uri)
-        found = _gcs_call(
-            uri,
-            "checking the bucket of",
-            lambda retry: _client().bucket(bucket).exists(retry=retry),
-        )
-        if not found:
-            raise FileNotFoundError(
-                f"{uri}: bucket gs://{bucket} does not exist (or these credentials cannot see it)"
-            )
+    store = _store(uri)
+    if store:
+        bucket, _ = parse_remote(uri)
+        if not store.bucket_exists(uri, bucket):
+            raise FileNotFoundError(_missing_bucket(uri, bucket))
         return
     ancestor = Path(uri).absolute()
     while not ancestor.exists() and ancestor != ancestor.parent:
@@ -186,10 +236,11 @@ def check_writable(uri: str) -> None:
 
 def _object_ref(uri: str) -> tuple[str, str]:
     """``(bucket, key)`` of a URI that must name one object (not a bucket or a folder)."""
-    bucket, key = parse_gcs(uri)
+    bucket, key = parse_remote(uri)
     if not key or key.endswith("/"):
+        scheme = uri.partition("://")[0]
         raise ValueError(
-            f"GCS URI {uri!r} names a bucket or folder, not an object: expected gs://bucket/key"
+            f"URI {uri!r} names a bucket or folder, not an object: expected {scheme}://bucket/key"
         )
     return bucket, key
 
@@ -199,41 +250,16 @@ def _folder_prefix(key: str) -> str:
     return key.rstrip("/") + "/" if key.strip("/") else ""
 
 
+def _bucket_uri(uri: str, bucket: str) -> str:
+    return f"{uri.partition('://')[0]}://{bucket}"
+
+
 def join(uri: str, *parts: str) -> str:
     """``join("gs://b/run", "ckpt", "e1.pt")`` → ``"gs://b/run/ckpt/e1.pt"``; paths likewise."""
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-# ------------------------------------------------------------------------- GCS client & errors
-
-_client_lock = threading.Lock()
-_cached_client: tuple[tuple[int, str | None], gcs.Client] | None = None
-
-
-_NO_CREDENTIALS = (
-    "no usable Google Cloud credentials ({err}). On GKE give the pod's service account Workload "
-    "Identity (manifests/); elsewhere run `gcloud auth application-default login` or set "
-    "GOOGLE_APPLICATION_CREDENTIALS; STORAGE_EMULATOR_HOST points gs:// at an emulator"
-)
-
-
-def _client() -> gcs.Client:
-    """One client per process and endpoint (a forked worker or a new emulator gets a fresh one)."""
-    global _cached_client
-    endpoint = os.environ.get("STORAGE_EMULATOR_HOST")
-    identity = (os.getpid(), endpoint)
-    with _client_lock:
-        if _cached_client is None or _cached_client[0] != identity:
-            if endpoint:
-                project = os.environ.get("GOOGLE_CLOUD_PROJECT", _EMULATOR_PROJECT)
-                client = gcs.Client(project=project, credentials=AnonymousCredentials())
-            else:
-                try:
-                    client = gcs.Client()
-                except google.auth.exceptions.GoogleAuthError as err:
-                    raise PermissionError(_NO_CREDENTIALS.format(err=err)) from err
-            _cached_client = (identity, client)
-        return _cached_client[1]
+# ------------------------------------------------------------------------- retries & errors
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -258,6 +284,8 @@ def _retry_deadline() -> float:
 
 
 def _retry_policy() -> Retry:
+    """GCS's ``DEFAULT_RETRY`` with this module's deadline and delays (other stores swap in their
+    own predicate of what to retry)."""
     deadline = _retry_deadline()
     initial = min(_env_seconds(RETRY_INITIAL_DELAY_ENV, _DEFAULT_RETRY_INITIAL_DELAY_S), deadline)
     return DEFAULT_RETRY.with_timeout(deadline).with_delay(
@@ -265,57 +293,31 @@ def _retry_policy() -> Retry:
     )
 
 
-def _not_found_message(uri: str) -> str:
-    bucket, _ = parse_gcs(uri)
+def _gave_up(action: str, uri: str, err: api_exceptions.RetryError) -> StorageError:
+    return StorageError(
+        f"{action} {uri} failed: still failing after retrying for {_retry_deadline():g} s "
+        f"(set {RETRY_DEADLINE_ENV} to wait longer); last error: {err.cause!r}"
+    )
+
+
+def _missing_bucket(uri: str, bucket: str) -> str:
+    return f"{uri}: bucket {_bucket_uri(uri, bucket)} does not exist (or these credentials cannot see it)"
+
+
+def _not_found_message(uri: str, store: _ObjectStore) -> str:
+    bucket, _ = parse_remote(uri)
     try:
-        bucket_exists = _client().bucket(bucket).exists(retry=_retry_policy())
-    except (api_exceptions.GoogleAPIError, requests.RequestException):
+        bucket_exists = store.bucket_exists(uri, bucket)
+    except OSError:
         return f"{uri} does not exist"
-    if not bucket_exists:
-        return f"{uri}: bucket gs://{bucket} does not exist (or these credentials cannot see it)"
-    return f"{uri} does not exist"
+    return f"{uri} does not exist" if bucket_exists else _missing_bucket(uri, bucket)
 
 
-def _gcs_call(uri: str, action: str, operation: Callable[[Retry], _T]) -> _T:
-    """Run ``operation(retry_policy)`` and turn library errors into errors that name ``uri``."""
-    try:
-        return operation(_retry_policy())
-    except api_exceptions.NotFound as err:
-        raise FileNotFoundError(_not_found_message(uri)) from err
-    except (api_exceptions.Forbidden, api_exceptions.Unauthorized) as err:
-        raise PermissionError(f"{action} {uri}: permission denied: {err.message}") from err
-    except google.auth.exceptions.GoogleAuthError as err:
-        raise PermissionError(f"{action} {uri}: " + _NO_CREDENTIALS.format(err=err)) from err
-    except api_exceptions.RetryError as err:
-        raise StorageError(
-            f"{action} {uri} failed: still failing after retrying for {_retry_deadline():g} s "
-            f"(set {RETRY_DEADLINE_ENV} to wait longer); last error: {err.cause!r}"
-        ) from err
-    except (
-        api_exceptions.GoogleAPIError,
-        gcs_exceptions.InvalidResponse,
-        gcs_exceptions.DataCorruption,
-        requests.RequestException,
-    ) as err:
-        raise StorageError(f"{action} {uri} failed: {err!r}") from err
-
-
-def _gcs_object_exists(uri: str) -> bool:
-    bucket, key = _object_ref(uri)
-    blob = _client().bucket(bucket).blob(key)
-    return _gcs_call(uri, "checking", lambda retry: blob.exists(retry=retry))
-
-
-def _gcs_list_keys(uri: str) -> list[str]:
-    """Object keys inside the folder ``uri`` (the whole bucket for ``gs://bucket``), sorted."""
-    bucket, key = parse_gcs(uri)
-    prefix = _folder_prefix(key)
-
-    def list_all(retry: Retry) -> list[str]:
-        blobs = _client().list_blobs(bucket, prefix=prefix, retry=retry)
-        return sorted(blob.name for blob in blobs if not blob.name.endswith("/"))
-
-    return _gcs_call(uri, "listing", list_all)
+def _changed_by_another_writer(uri: str, expected: str, now: str) -> StorageError:
+    return StorageError(
+        f"writing {uri}: another writer changed it during this write ({expected} expected, now "
+        f"{now}); left as it is. Give each writer its own URI"
+    )
 
 
 def _md5_base64(local_file: Path) -> str:
@@ -327,49 +329,459 @@ def _md5_base64(local_file: Path) -> str:
     return base64.b64encode(digest.digest()).decode("ascii")
 
 
-def _upload_file(local_file: Path, uri: str) -> None:
-    """Upload ``local_file`` to ``uri`` under a generation precondition (see the module's notes).
+class _ObjectStore:
+    """The requests the public functions need from one object store.
 
-    Raises:
-        StorageError: another writer replaced the object during this write.
+    Every method takes the URI it works on for its errors, retries as the module's notes say, and
+    raises this module's errors (``FileNotFoundError``, ``PermissionError``, ``StorageError``).
     """
-    bucket_name, key = _object_ref(uri)
-    bucket = _client().bucket(bucket_name)
-    blob = bucket.blob(key, chunk_size=_UPLOAD_CHUNK_BYTES)
 
-    def upload(retry: Retry) -> None:
-        current = bucket.get_blob(key, retry=retry)
-        generation = current.generation if current is not None else 0
+    def bucket_exists(self, uri: str, bucket: str) -> bool:
+        raise NotImplementedError
+
+    def object_exists(self, uri: str) -> bool:
+        raise NotImplementedError
+
+    def list_keys(self, uri: str) -> list[str]:
+        """Object keys inside the folder ``uri`` (the whole bucket for ``scheme://bucket``),
+        sorted."""
+        raise NotImplementedError
+
+    def read_bytes(self, uri: str) -> bytes:
+        raise NotImplementedError
+
+    def download(self, uri: str, f: IO[bytes]) -> None:
+        """Stream the object at ``uri`` into the open file ``f`` (written from its start)."""
+        raise NotImplementedError
+
+    def upload(self, local_file: Path, uri: str) -> None:
+        """Upload ``local_file`` to ``uri`` under a precondition (see the module's notes).
+
+        Raises:
+            StorageError: another writer replaced the object during this write.
+        """
+        raise NotImplementedError
+
+    def delete_object(self, uri: str) -> None:
+        """Delete the object at ``uri``; one already gone counts as deleted."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------- Google Cloud Storage
+
+_NO_GCS_CREDENTIALS = (
+    "no usable Google Cloud credentials ({err}). On GKE give the pod's service account Workload "
+    "Identity (manifests/); elsewhere run `gcloud auth application-default login` or set "
+    "GOOGLE_APPLICATION_CREDENTIALS; STORAGE_EMULATOR_HOST points gs:// at an emulator"
+)
+
+
+class _Gcs(_ObjectStore):
+    """``gs://`` through google-cloud-storage, whose requests retry under :func:`_retry_policy`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cached: tuple[tuple[int, str | None], gcs.Client] | None = None
+
+    def client(self) -> gcs.Client:
+        """One client per process and endpoint (a forked worker or a new emulator gets a fresh
+        one)."""
+        endpoint = os.environ.get("STORAGE_EMULATOR_HOST")
+        identity = (os.getpid(), endpoint)
+        with self._lock:
+            if self._cached is None or self._cached[0] != identity:
+                if endpoint:
+                    project = os.environ.get("GOOGLE_CLOUD_PROJECT", _EMULATOR_PROJECT)
+                    client = gcs.Client(project=project, credentials=AnonymousCredentials())
+                else:
+                    try:
+                        client = gcs.Client()
+                    except google.auth.exceptions.GoogleAuthError as err:
+                        raise PermissionError(_NO_GCS_CREDENTIALS.format(err=err)) from err
+                self._cached = (identity, client)
+            return self._cached[1]
+
+    def call(self, uri: str, action: str, operation: Callable[[Retry], _T]) -> _T:
+        """Run ``operation(retry_policy)`` and turn library errors into errors that name
+        ``uri``."""
         try:
-            blob.upload_from_filename(
-                str(local_file),
-                if_generation_match=generation,
-                retry=ConditionalRetryPolicy(retry, is_generation_specified, ["query_params"]),
+            return operation(_retry_policy())
+        except api_exceptions.NotFound as err:
+            raise FileNotFoundError(_not_found_message(uri, self)) from err
+        except (api_exceptions.Forbidden, api_exceptions.Unauthorized) as err:
+            raise PermissionError(f"{action} {uri}: permission denied: {err.message}") from err
+        except google.auth.exceptions.GoogleAuthError as err:
+            raise PermissionError(
+                f"{action} {uri}: " + _NO_GCS_CREDENTIALS.format(err=err)
+            ) from err
+        except api_exceptions.RetryError as err:
+            raise _gave_up(action, uri, err) from err
+        except (
+            api_exceptions.GoogleAPIError,
+            gcs_exceptions.InvalidResponse,
+            gcs_exceptions.DataCorruption,
+            requests.RequestException,
+        ) as err:
+            raise StorageError(f"{action} {uri} failed: {err!r}") from err
+
+    def bucket_exists(self, uri: str, bucket: str) -> bool:
+        return self.call(
+            uri,
+            "checking the bucket of",
+            lambda retry: self.client().bucket(bucket).exists(retry=retry),
+        )
+
+    def _blob(self, uri: str, **kwargs: Any) -> gcs.Blob:
+        bucket, key = _object_ref(uri)
+        return self.client().bucket(bucket).blob(key, **kwargs)
+
+    def object_exists(self, uri: str) -> bool:
+        blob = self._blob(uri)
+        return self.call(uri, "checking", lambda retry: blob.exists(retry=retry))
+
+    def list_keys(self, uri: str) -> list[str]:
+        bucket, key = parse_remote(uri)
+        prefix = _folder_prefix(key)
+
+        def list_all(retry: Retry) -> list[str]:
+            blobs = self.client().list_blobs(bucket, prefix=prefix, retry=retry)
+            return sorted(blob.name for blob in blobs if not blob.name.endswith("/"))
+
+        return self.call(uri, "listing", list_all)
+
+    def read_bytes(self, uri: str) -> bytes:
+        blob = self._blob(uri)
+        return self.call(uri, "reading", lambda retry: blob.download_as_bytes(retry=retry))
+
+    def download(self, uri: str, f: IO[bytes]) -> None:
+        blob = self._blob(uri)
+        self.call(uri, "downloading", lambda retry: blob.download_to_file(f, retry=retry))
+
+    def upload(self, local_file: Path, uri: str) -> None:
+        bucket_name, key = _object_ref(uri)
+        bucket = self.client().bucket(bucket_name)
+        blob = bucket.blob(key, chunk_size=_UPLOAD_CHUNK_BYTES)
+
+        def upload(retry: Retry) -> None:
+            current = bucket.get_blob(key, retry=retry)
+            generation = current.generation if current is not None else 0
+            try:
+                blob.upload_from_filename(
+                    str(local_file),
+                    if_generation_match=generation,
+                    retry=ConditionalRetryPolicy(retry, is_generation_specified, ["query_params"]),
+                )
+            except api_exceptions.PreconditionFailed as error:
+                found = bucket.get_blob(key, retry=retry)
+                if not (
+                    found is not None
+                    and found.size == local_file.stat().st_size
+                    and found.md5_hash == _md5_base64(local_file)
+                ):
+                    now = f"generation {found.generation}" if found is not None else "deleted"
+                    raise _changed_by_another_writer(
+                        uri, f"generation {generation}", now
+                    ) from error
+
+        self.call(uri, "uploading to", upload)
+
+    def delete_object(self, uri: str) -> None:
+        blob = self._blob(uri)
+        # Gone by now (a retry whose first attempt landed, or another deleter): the goal is reached.
+        with contextlib.suppress(FileNotFoundError):
+            self.call(uri, "deleting", lambda retry: blob.delete(retry=retry))
+
+
+# ------------------------------------------------------------------------ S3-compatible stores
+
+_NO_S3_CREDENTIALS = (
+    "no usable S3 credentials ({err}). Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for MinIO "
+    "or SeaweedFS: its access key and secret key), give the pod a web identity (EKS IRSA) or "
+    "name a profile in AWS_PROFILE; AWS_ENDPOINT_URL_S3 points s3:// at a server other than AWS"
+)
+_S3_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_S3_RETRYABLE_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "Throttling",
+        "ThrottlingException",
+        "SlowDown",
+        "RequestLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+    }
+)
+_S3_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
+_S3_DENIED_CODES = frozenset(
+    {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+)
+
+
+def _s3_status(err: botocore.exceptions.ClientError) -> int | None:
+    return err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _s3_code(err: botocore.exceptions.ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def _s3_retryable(err: Exception) -> bool:
+    """Whether an S3 request that raised ``err`` may succeed when sent again."""
+    if isinstance(
+        err,
+        botocore.exceptions.ConnectionError
+        | botocore.exceptions.HTTPClientError
+        | botocore.exceptions.IncompleteReadError,
+    ):
+        return True
+    if isinstance(err, botocore.exceptions.ClientError):
+        return _s3_status(err) in _S3_RETRYABLE_STATUS or _s3_code(err) in _S3_RETRYABLE_CODES
+    return False
+
+
+def _s3_missing(err: botocore.exceptions.ClientError) -> bool:
+    return _s3_status(err) == 404 or _s3_code(err) in _S3_NOT_FOUND_CODES
+
+
+class _PreconditionFailed(Exception):
+    """An S3 upload's ``If-Match`` / ``If-None-Match`` did not hold (HTTP 412), or the multipart
+    upload it completes is gone: the object may hold this write's bytes or another writer's."""
+
+
+class _S3(_ObjectStore):
+    """``s3://`` through boto3; botocore sends each request once and :meth:`call` retries."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cached: tuple[tuple[int, str | None], Any] | None = None
+
+    def client(self) -> Any:
+        """One client per process and endpoint (boto3 clients are thread-safe, sessions not)."""
+        endpoint = next(
+            (os.environ[name] for name in S3_ENDPOINT_ENVS if os.environ.get(name)), None
+        )
+        identity = (os.getpid(), endpoint)
+        with self._lock:
+            if self._cached is None or self._cached[0] != identity:
+                # retried by call(), under the deadline
+                config = botocore.config.Config(retries={"total_max_attempts": 1})
+                client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+                self._cached = (identity, client)
+            return self._cached[1]
+
+    def call(self, uri: str, action: str, operation: Callable[[], _T]) -> _T:
+        """Run ``operation()`` under the retry policy and turn boto errors into errors that name
+        ``uri``."""
+        retry = _retry_policy().with_predicate(_s3_retryable)
+        try:
+            return retry(operation)()
+        except botocore.exceptions.ClientError as err:
+            message = err.response.get("Error", {}).get("Message") or _s3_code(err)
+            if _s3_missing(err):
+                raise FileNotFoundError(_not_found_message(uri, self)) from err
+            if _s3_status(err) == 403 or _s3_code(err) in _S3_DENIED_CODES:
+                raise PermissionError(f"{action} {uri}: permission denied: {message}") from err
+            raise StorageError(f"{action} {uri} failed: {_s3_code(err)}: {message}") from err
+        except (
+            botocore.exceptions.NoCredentialsError,
+            botocore.exceptions.PartialCredentialsError,
+        ) as err:
+            raise PermissionError(f"{action} {uri}: " + _NO_S3_CREDENTIALS.format(err=err)) from err
+        except api_exceptions.RetryError as err:
+            raise _gave_up(action, uri, err) from err
+        except botocore.exceptions.BotoCoreError as err:
+            raise StorageError(f"{action} {uri} failed: {err!r}") from err
+
+    def bucket_exists(self, uri: str, bucket: str) -> bool:
+        def head() -> bool:
+            try:
+                self.client().head_bucket(Bucket=bucket)
+            except botocore.exceptions.ClientError as err:
+                if _s3_missing(err):
+                    return False
+                raise
+            return True
+
+        return self.call(uri, "checking the bucket of", head)
+
+    def _head(self, uri: str) -> dict[str, Any] | None:
+        """The object's ``HeadObject`` answer, None when there is none."""
+        bucket, key = _object_ref(uri)
+
+        def head() -> dict[str, Any] | None:
+            try:
+                return self.client().head_object(Bucket=bucket, Key=key)
+            except botocore.exceptions.ClientError as err:
+                if _s3_missing(err):
+                    return None
+                raise
+
+        return self.call(uri, "checking", head)
+
+    def object_exists(self, uri: str) -> bool:
+        return self._head(uri) is not None
+
+    def list_keys(self, uri: str) -> list[str]:
+        bucket, key = parse_remote(uri)
+        prefix = _folder_prefix(key)
+
+        def list_all() -> list[str]:
+            pages = (
+                self.client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=bucket, Prefix=prefix)
             )
-        except api_exceptions.PreconditionFailed as error:
-            found = bucket.get_blob(key, retry=retry)
+            keys = (item["Key"] for page in pages for item in page.get("Contents", []))
+            return sorted(k for k in keys if not k.endswith("/"))
+
+        return self.call(uri, "listing", list_all)
+
+    def read_bytes(self, uri: str) -> bytes:
+        bucket, key = _object_ref(uri)
+        return self.call(
+            uri,
+            "reading",
+            lambda: self.client().get_object(Bucket=bucket, Key=key)["Body"].read(),
+        )
+
+    def download(self, uri: str, f: IO[bytes]) -> None:
+        """A retry after a cut-off answer asks for the bytes still missing only (``Range``), and
+        only of the version it started on (``If-Match`` its ETag); if the object was replaced
+        meanwhile, the download starts over on the new version."""
+        bucket, key = _object_ref(uri)
+        started_on: list[str] = []  # the ETag of the version being downloaded
+
+        def fetch() -> None:
+            body = None
+            if f.tell() and started_on:
+                try:
+                    body = self.client().get_object(
+                        Bucket=bucket, Key=key, Range=f"bytes={f.tell()}-", IfMatch=started_on[0]
+                    )["Body"]
+                except botocore.exceptions.ClientError as err:
+                    if not self._refused(err):
+                        raise
+            if body is None:
+                f.seek(0)
+                f.truncate()
+                answer = self.client().get_object(Bucket=bucket, Key=key)
+                started_on[:] = [answer["ETag"]]
+                body = answer["Body"]
+            for chunk in body.iter_chunks(_DOWNLOAD_CHUNK_BYTES):
+                f.write(chunk)
+
+        self.call(uri, "downloading", fetch)
+
+    def upload(self, local_file: Path, uri: str) -> None:
+        current = self._head(uri)
+        condition = {"IfMatch": current["ETag"]} if current else {"IfNoneMatch": "*"}
+        md5 = _md5_base64(local_file)
+        size = local_file.stat().st_size
+        try:
+            if size <= _UPLOAD_CHUNK_BYTES:
+                self._put(local_file, uri, md5, condition)
+            else:
+                self._multipart(local_file, uri, md5, condition)
+        except _PreconditionFailed as error:
+            found = self._head(uri)
             if not (
                 found is not None
-                and found.size == local_file.stat().st_size
-                and found.md5_hash == _md5_base64(local_file)
+                and found["ContentLength"] == size
+                and found.get("Metadata", {}).get(_S3_MD5_METADATA) == md5
             ):
-                now = f"generation {found.generation}" if found is not None else "deleted"
-                raise StorageError(
-                    f"writing {uri}: another writer changed it during this write (generation "
-                    f"{generation} expected, now {now}); left as it is. Give each writer its own "
-                    "URI"
-                ) from error
+                expected = f"ETag {current['ETag']}" if current else "no object"
+                now = f"ETag {found['ETag']}" if found is not None else "deleted"
+                raise _changed_by_another_writer(uri, expected, now) from error
 
-    _gcs_call(uri, "uploading to", upload)
+    @staticmethod
+    def _refused(err: botocore.exceptions.ClientError) -> bool:
+        return _s3_status(err) == 412 or _s3_code(err) == "PreconditionFailed"
+
+    def _put(self, local_file: Path, uri: str, md5: str, condition: dict[str, str]) -> None:
+        bucket, key = _object_ref(uri)
+
+        def put() -> None:
+            try:
+                with local_file.open("rb") as body:
+                    self.client().put_object(
+                        Bucket=bucket,
+                        Key=key,
+                        Body=body,
+                        Metadata={_S3_MD5_METADATA: md5},
+                        **condition,
+                    )
+            except botocore.exceptions.ClientError as err:
+                if self._refused(err):
+                    raise _PreconditionFailed from err
+                raise
+
+        self.call(uri, "uploading to", put)
+
+    def _multipart(self, local_file: Path, uri: str, md5: str, condition: dict[str, str]) -> None:
+        """Upload in :data:`_UPLOAD_CHUNK_BYTES` parts, each retried on its own; the object
+        appears when the last request, which carries ``condition``, completes the upload."""
+        bucket, key = _object_ref(uri)
+        client = self.client()
+        upload_id = self.call(
+            uri,
+            "starting the upload to",
+            lambda: client.create_multipart_upload(
+                Bucket=bucket, Key=key, Metadata={_S3_MD5_METADATA: md5}
+            )["UploadId"],
+        )
+        try:
+            parts = []
+            with local_file.open("rb") as f:
+                while chunk := f.read(_UPLOAD_CHUNK_BYTES):
+                    number = len(parts) + 1
+                    answer = self.call(
+                        uri,
+                        f"uploading part {number} to",
+                        lambda chunk=chunk, number=number: client.upload_part(
+                            Bucket=bucket,
+                            Key=key,
+                            UploadId=upload_id,
+                            PartNumber=number,
+                            Body=chunk,
+                        ),
+                    )
+                    parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+            def complete() -> None:
+                try:
+                    client.complete_multipart_upload(
+                        Bucket=bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                        **condition,
+                    )
+                except botocore.exceptions.ClientError as err:
+                    # NoSuchUpload: a retry whose first attempt completed it, or someone aborted it
+                    if self._refused(err) or _s3_code(err) == "NoSuchUpload":
+                        raise _PreconditionFailed from err
+                    raise
+
+            self.call(uri, "uploading to", complete)
+        except BaseException:
+            # Parts of an upload never completed are billed until aborted; a completed one is
+            # gone already. One attempt: the caller is failing anyway.
+            with contextlib.suppress(
+                botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
+            ):
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    def delete_object(self, uri: str) -> None:
+        bucket, key = _object_ref(uri)
+        # S3 answers a delete of a missing key with success, so a retried delete is safe.
+        self.call(uri, "deleting", lambda: self.client().delete_object(Bucket=bucket, Key=key))
 
 
-def _download_file(uri: str, local_file: Path) -> None:
-    """Stream the object at ``uri`` into ``local_file``, which appears only once complete."""
-    bucket, key = _object_ref(uri)
-    blob = _client().bucket(bucket).blob(key)
-    local_file.parent.mkdir(parents=True, exist_ok=True)
-    with _local_atomic_file(local_file) as f:
-        _gcs_call(uri, "downloading", lambda retry: blob.download_to_file(f, retry=retry))
+_GCS = _Gcs()
+_S3_STORE = _S3()
 
 
 # ---------------------------------------------------------------------------- reads & writes
@@ -392,12 +804,19 @@ def _local_atomic_file(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def _download_file(store: _ObjectStore, uri: str, local_file: Path) -> None:
+    """Stream the object at ``uri`` into ``local_file``, which appears only once complete."""
+    _object_ref(uri)
+    with _local_atomic_file(local_file) as f:
+        store.download(uri, f)
+
+
 @contextlib.contextmanager
 def open_write(uri: str) -> Iterator[IO[bytes]]:
     """A binary file object whose content appears at ``uri`` only when the block ends cleanly.
 
-    For ``gs://`` the bytes go to a local temporary file that is uploaded when the block ends; if
-    the block raises, nothing is uploaded and an existing object is left untouched.
+    For ``gs://`` and ``s3://`` the bytes go to a local temporary file that is uploaded when the
+    block ends; if the block raises, nothing is uploaded and an existing object is left untouched.
 
     Raises:
         ValueError: ``uri`` is malformed or names a bucket or folder.
@@ -405,7 +824,8 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
         StorageError: the upload still failed when the retry deadline passed, or another writer
             changed the object meanwhile.
     """
-    if not _is_remote(uri):
+    store = _store(uri)
+    if not store:
         with _local_atomic_file(Path(uri)) as f:
             yield f
         return
@@ -414,7 +834,7 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
-        _upload_file(Path(tmp), uri)
+        store.upload(Path(tmp), uri)
     finally:
         os.unlink(tmp)
 
@@ -423,18 +843,18 @@ def exists(uri: str) -> bool:
     """Whether a file or a non-empty folder exists at ``uri`` (for ``gs://bucket``: the bucket).
 
     Raises:
-        FileNotFoundError: the bucket of a ``gs://bucket/key`` URI does not exist.
+        FileNotFoundError: the bucket of a ``gs://bucket/key`` or ``s3://bucket/key`` URI does
+            not exist.
     """
-    if not _is_remote(uri):
+    store = _store(uri)
+    if not store:
         return Path(uri).exists()
-    bucket, key = parse_gcs(uri)
+    bucket, key = parse_remote(uri)
     if not key.strip("/"):
-        return _gcs_call(
-            uri, "checking", lambda retry: _client().bucket(bucket).exists(retry=retry)
-        )
-    if not key.endswith("/") and _gcs_object_exists(uri):
+        return store.bucket_exists(uri, bucket)
+    if not key.endswith("/") and store.object_exists(uri):
         return True
-    return bool(_gcs_list_keys(uri))
+    return bool(store.list_keys(uri))
 
 
 def read_bytes(uri: str) -> bytes:
@@ -443,11 +863,11 @@ def read_bytes(uri: str) -> bytes:
     Raises:
         FileNotFoundError: the file, object or bucket does not exist.
     """
-    if not _is_remote(uri):
+    store = _store(uri)
+    if not store:
         return Path(uri).read_bytes()
-    bucket, key = _object_ref(uri)
-    blob = _client().bucket(bucket).blob(key)
-    return _gcs_call(uri, "reading", lambda retry: blob.download_as_bytes(retry=retry))
+    _object_ref(uri)
+    return store.read_bytes(uri)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -490,7 +910,7 @@ def save_torch(obj: Any, uri: str) -> None:
 
 
 def load_torch(uri: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` from ``uri`` (a ``gs://`` object is streamed to a temporary file first)."""
+    """``torch.load`` from ``uri`` (an object is streamed to a temporary file first)."""
     with local_copy(uri) as path:
         return torch.load(path, map_location=map_location, weights_only=False)
 
@@ -502,24 +922,25 @@ def load_torch(uri: str, map_location: str | torch.device = "cpu") -> Any:
 def local_copy(uri: str) -> Iterator[Path]:
     """A local path holding the file or folder at ``uri`` (the path itself for local URIs).
 
-    A ``gs://`` object is downloaded to a temporary folder, a ``gs://`` prefix with every object
-    under it; the temporary copy is removed when the block ends.
+    An object is downloaded to a temporary folder, a ``gs://`` or ``s3://`` prefix with every
+    object under it; the temporary copy is removed when the block ends.
 
     Raises:
         FileNotFoundError: nothing exists at ``uri``.
     """
-    if not _is_remote(uri):
+    store = _store(uri)
+    if not store:
         path = Path(uri)
         if not path.exists():
             raise FileNotFoundError(f"{uri} does not exist")
         yield path
         return
-    bucket, key = parse_gcs(uri)
+    bucket, key = parse_remote(uri)
     with tempfile.TemporaryDirectory(prefix="kshot-copy-") as tmp:
         name = PurePosixPath(key).name or bucket
         target = Path(tmp) / name
-        if key and not key.endswith("/") and _gcs_object_exists(uri):
-            _download_file(uri, target)
+        if key and not key.endswith("/") and store.object_exists(uri):
+            _download_file(store, uri, target)
         else:
             download_dir(uri, target)
         yield target
@@ -528,14 +949,15 @@ def local_copy(uri: str) -> Iterator[Path]:
 def list_uris(prefix_uri: str) -> list[str]:
     """URIs of every file inside the folder ``prefix_uri``, recursively, sorted.
 
-    ``gs://b/run`` lists ``gs://b/run/...`` (not ``gs://b/run2/...``); ``gs://b`` lists the bucket.
-    A folder that does not exist lists as empty. Local temporary files of unfinished writes are
-    left out.
+    ``gs://b/run`` lists ``gs://b/run/...`` (not ``gs://b/run2/...``); ``gs://b`` lists the bucket;
+    ``s3://`` likewise. A folder that does not exist lists as empty. Local temporary files of
+    unfinished writes are left out.
 
     Raises:
         FileNotFoundError: the bucket does not exist.
     """
-    if not _is_remote(prefix_uri):
+    store = _store(prefix_uri)
+    if not store:
         root = Path(prefix_uri)
         if not root.is_dir():
             return []
@@ -544,8 +966,9 @@ def list_uris(prefix_uri: str) -> list[str]:
             for path in root.rglob("*")
             if path.is_file() and not _is_partial(path)
         )
-    bucket, _ = parse_gcs(prefix_uri)
-    return [f"{_GCS_PREFIX}{bucket}/{key}" for key in _gcs_list_keys(prefix_uri)]
+    bucket, _ = parse_remote(prefix_uri)
+    bucket_uri = _bucket_uri(prefix_uri, bucket)
+    return [f"{bucket_uri}/{key}" for key in store.list_keys(prefix_uri)]
 
 
 def _is_partial(path: Path) -> bool:
@@ -559,7 +982,8 @@ def delete(uri: str) -> None:
         ValueError: ``uri`` is a whole bucket (``gs://bucket``); buckets are never emptied here.
         FileNotFoundError: nothing exists at ``uri``.
     """
-    if not _is_remote(uri):
+    store = _store(uri)
+    if not store:
         path = Path(uri)
         if path.is_dir():
             shutil.rmtree(path)
@@ -568,26 +992,17 @@ def delete(uri: str) -> None:
         else:
             raise FileNotFoundError(f"{uri} does not exist")
         return
-    bucket_name, key = parse_gcs(uri)
+    bucket, key = parse_remote(uri)
     if not key.strip("/"):
         raise ValueError(f"refusing to delete {uri!r}: name an object or folder inside the bucket")
-    bucket = _client().bucket(bucket_name)
-    if not key.endswith("/") and _gcs_object_exists(uri):
-        # Gone by now (a retry whose first attempt landed, or another deleter): the goal is reached.
-        with contextlib.suppress(FileNotFoundError):
-            _gcs_call(uri, "deleting", lambda retry: bucket.blob(key).delete(retry=retry))
+    if not key.endswith("/") and store.object_exists(uri):
+        store.delete_object(uri)
         return
-    keys = _gcs_list_keys(uri)
-    if not keys:
+    uris = list_uris(uri)
+    if not uris:
         raise FileNotFoundError(f"{uri} does not exist")
-    for object_key in keys:
-        object_uri = f"{_GCS_PREFIX}{bucket_name}/{object_key}"
-        with contextlib.suppress(FileNotFoundError):  # removed meanwhile: the goal is reached
-            _gcs_call(
-                object_uri,
-                "deleting",
-                lambda retry, k=object_key: bucket.blob(k).delete(retry=retry),
-            )
+    for object_uri in uris:
+        store.delete_object(object_uri)
 
 
 def upload_dir(local_path: str | Path, uri: str) -> None:
@@ -602,15 +1017,15 @@ def upload_dir(local_path: str | Path, uri: str) -> None:
     root = Path(local_path)
     if not root.is_dir():
         raise NotADirectoryError(f"{local_path} is not a folder")
-    remote = _is_remote(uri)
-    if remote:
-        parse_gcs(uri)
+    store = _store(uri)
+    if store:
+        parse_remote(uri)
     for path in sorted(root.rglob("*")):
         if not path.is_file() or _is_partial(path):
             continue
         destination = join(uri, path.relative_to(root).as_posix())
-        if remote:
-            _upload_file(path, destination)
+        if store:
+            store.upload(path, destination)
         else:
             with _local_atomic_file(Path(destination)) as f, path.open("rb") as source:
                 shutil.copyfileobj(source, f)
@@ -623,19 +1038,20 @@ def download_dir(uri: str, local_path: str | Path) -> None:
         FileNotFoundError: the folder is empty or missing, or its bucket does not exist.
         ValueError: an object name would land outside ``local_path`` (``..`` segments).
     """
-    if not _is_remote(uri):
+    store = _store(uri)
+    if not store:
         if not list_uris(uri):
             raise FileNotFoundError(f"{uri} does not exist or holds no files")
         upload_dir(uri, str(local_path))
         return
-    bucket, key = parse_gcs(uri)
-    keys = _gcs_list_keys(uri)
-    if not keys:
+    bucket, key = parse_remote(uri)
+    uris = list_uris(uri)
+    if not uris:
         raise FileNotFoundError(f"{uri} does not exist or holds no objects")
     root = Path(local_path).resolve()
-    prefix = _folder_prefix(key)
-    for object_key in keys:
-        target = (root / object_key[len(prefix) :]).resolve()
+    folder = f"{_bucket_uri(uri, bucket)}/{_folder_prefix(key)}"
+    for object_uri in uris:
+        target = (root / object_uri[len(folder) :]).resolve()
         if not target.is_relative_to(root):
-            raise ValueError(f"object gs://{bucket}/{object_key} would land outside {root}")
-        _download_file(f"{_GCS_PREFIX}{bucket}/{object_key}", target)
+            raise ValueError(f"object {object_uri} would land outside {root}")
+        _download_file(store, object_uri, target)

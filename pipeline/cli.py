@@ -10,7 +10,8 @@ Components run in ``$KSHOT_IMAGE`` (read when compiling). ``--set`` takes config
 ``k_values``; config keys that are not pipeline parameters travel in ``extra_config``. Exactly
 the keys that ``--config`` and ``--set`` name are sent (even when equal to this kshot's defaults,
 since an uploaded pipeline's may differ); the rest keep the pipeline's defaults. ``--pipeline-root
-gs://BUCKET/PREFIX`` puts the run's artifacts in Cloud Storage, which job launchers need.
+gs://BUCKET/PREFIX`` (or ``s3://BUCKET/PREFIX``) puts the run's artifacts in an object store
+that every pod reaches, which job launchers need.
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ def _auth_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace", default="", help="your profile namespace on a multi-user Kubeflow"
     )
+    parser.add_argument(
+        "--allow-insecure-token",
+        action="store_true",
+        help="send the token to an http:// host too (e.g. kubectl port-forward to localhost; "
+        "or set $KSHOT_ALLOW_INSECURE_TOKEN=1)",
+    )
     parser.add_argument("--sweep", action="store_true", help="the K-sweep pipeline")
 
 
@@ -140,17 +147,19 @@ def _package(args: argparse.Namespace, scratch: str) -> str:
 
 
 def _check_pipeline_root(uri: str) -> None:
-    """Refuse a ``--pipeline-root`` other than gs://: only there do the job pods and the ground
-    truth's later step reach the artifacts (see :func:`kshot.components.runtime.handoff_uri`)."""
+    """Refuse a ``--pipeline-root`` other than gs:// or s3://: only there do the job pods and the
+    ground truth's later step reach the artifacts (see
+    :func:`kshot.components.runtime.handoff_uri`)."""
     from kshot import storage
 
     if not uri:
         return
     try:
-        storage.parse_gcs(uri)
+        storage.parse_remote(uri)
     except ValueError as error:
         raise ConfigError(
-            f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX"
+            f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX or "
+            "s3://BUCKET/PREFIX"
         ) from error
 
 
@@ -167,7 +176,7 @@ def _compile(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from kshot.pipeline.client import connect, upload
 
-    host = connect(args.host, args.existing_token, args.namespace)
+    host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
     with tempfile.TemporaryDirectory(prefix="kshot-pipeline-") as scratch:
         package = _package(args, scratch)
         name = args.name or _pipeline(args.sweep)[1]
@@ -182,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
 
     arguments = run_arguments(args.config, args.overrides, args.sweep)
     _check_pipeline_root(args.pipeline_root)
-    host = connect(args.host, args.existing_token, args.namespace)
+    host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
     pipeline_id = args.pipeline_id
     if args.name and not pipeline_id:
         pipeline_id = find_pipeline(host, args.name, shared_too=True)
@@ -249,14 +258,14 @@ def add_parser(subparsers: Any) -> None:
         "--pipeline-root",
         default="",
         metavar="gs://BUCKET/PREFIX",
-        help="where the run's artifacts go (default: the host's); job launchers need gs://",
+        help="where the run's artifacts go (default: the host's); job launchers need gs:// or s3://",
     )
     run.add_argument(
         "--config",
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML config file (local path or gs:// URI); repeat to layer several",
+        help="YAML config file (local path, gs:// or s3:// URI); repeat to layer several",
     )
     run.add_argument(
         "--set",

@@ -2,7 +2,9 @@
 
 Authentication is what a Kubeflow user has at hand: a bearer token (``--existing-token`` or
 ``$KF_PIPELINES_TOKEN``, e.g. from ``gcloud auth print-access-token`` or a service-account token),
-and the profile namespace of a multi-user deployment. A host that cannot be reached or that refuses
+and the profile namespace of a multi-user deployment. The token goes only to an ``https://`` host:
+sending it in clear text to ``http://`` needs ``allow_insecure_token`` (``--allow-insecure-token``
+or ``$KSHOT_ALLOW_INSECURE_TOKEN=1``, e.g. for ``kubectl port-forward`` to localhost). A host that cannot be reached or that refuses
 a request gives one :class:`PipelineHostError` line with the URL and the cause.
 """
 
@@ -24,6 +26,7 @@ from urllib3.exceptions import HTTPError, MaxRetryError
 
 __all__ = [
     "TOKEN_ENV",
+    "INSECURE_TOKEN_ENV",
     "PipelineHostError",
     "Uploaded",
     "PipelineHost",
@@ -35,6 +38,7 @@ __all__ = [
 ]
 
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
+INSECURE_TOKEN_ENV = "KSHOT_ALLOW_INSECURE_TOKEN"
 _BODY_CHARS = 300
 _HEALTHZ = "/apis/v2beta1/healthz"
 _HEALTH_TIMEOUT_S = 30.0
@@ -95,7 +99,12 @@ class PipelineHost:
     namespace: str = ""
 
 
-def connect(host: str, existing_token: str | None = None, namespace: str = "") -> PipelineHost:
+def connect(
+    host: str,
+    existing_token: str | None = None,
+    namespace: str = "",
+    allow_insecure_token: bool = False,
+) -> PipelineHost:
     """A client of the Kubeflow Pipelines API at ``host``.
 
     Args:
@@ -103,15 +112,25 @@ def connect(host: str, existing_token: str | None = None, namespace: str = "") -
             no scheme is given).
         existing_token: bearer token; default ``$KF_PIPELINES_TOKEN`` (none when unset).
         namespace: the user's profile namespace (multi-user Kubeflow); '' for single-user.
+        allow_insecure_token: send the token to an ``http://`` host too (also when
+            ``$KSHOT_ALLOW_INSECURE_TOKEN`` is ``1``).
 
     Raises:
-        PipelineHostError: the host cannot be reached or refuses the health check.
+        PipelineHostError: the host cannot be reached or refuses the health check; a token
+            would go to an ``http://`` host without ``allow_insecure_token`` (before any request).
     """
     if not host:
         raise PipelineHostError("no Kubeflow Pipelines host: give --host URL")
     if "://" not in host:
         host = f"https://{host}"  # as kfp.Client assumes
     token = existing_token or os.environ.get(TOKEN_ENV) or None
+    allow_insecure_token = allow_insecure_token or os.environ.get(INSECURE_TOKEN_ENV) == "1"
+    if token and not host.lower().startswith("https://") and not allow_insecure_token:
+        raise PipelineHostError(
+            f"Kubeflow Pipelines at {host}: refusing to send the bearer token over an "
+            "unencrypted connection; use an https:// host, or pass --allow-insecure-token if "
+            "the connection is private (e.g. kubectl port-forward to localhost)"
+        )
     _check_health(host, token)
     options: dict[str, Any] = {"host": host, "existing_token": token}
     if namespace:

@@ -2,8 +2,9 @@
 
 Every component runs as a subprocess of this Python (no venv, no network); heavy stages run as
 local ``torchrun`` jobs, so the local run exercises the distributed code path. Artifacts land under
-``OUTPUT/artifacts``; the run summary goes to ``OUTPUT/summary.json``. A ``gs://`` output keeps
-kfp.local's scratch in a local temporary folder and uploads the artifacts and the summary after.
+``OUTPUT/artifacts``; the run summary goes to ``OUTPUT/summary.json``. A ``gs://`` or ``s3://``
+output keeps kfp.local's scratch in a local temporary folder and uploads the artifacts and the
+summary after.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
 
 @contextlib.contextmanager
 def _local_folder(output: str) -> Iterator[Path]:
-    """``output`` itself when local; a temporary folder (removed after) for a gs:// prefix."""
-    if storage.is_gcs(output):
+    """``output`` itself when local; a temporary folder (removed after) for a bucket prefix."""
+    if storage.is_remote(output):
         with tempfile.TemporaryDirectory(prefix="kshot-run-") as scratch:
             yield Path(scratch)
     else:
@@ -87,17 +88,17 @@ def _rebase(value: Any, old: str, new: str) -> Any:
 
 
 def publish(summary: dict[str, Any], artifacts: Path, output: str) -> dict[str, Any]:
-    """Write ``summary.json`` under ``output``; for a gs:// output, upload ``artifacts`` first.
+    """Write ``summary.json`` under ``output``; for a bucket output, upload ``artifacts`` first.
 
     Args:
         summary: the run summary; paths in it under ``artifacts`` are rewritten to their URIs.
         artifacts: the local folder of the run's artifacts.
-        output: the run's output folder or gs:// prefix.
+        output: the run's output folder, gs:// or s3:// prefix.
 
     Returns:
         The summary as written.
     """
-    if storage.is_gcs(output):
+    if storage.is_remote(output):
         artifacts_uri = storage.join(output, "artifacts")
         storage.upload_dir(artifacts, artifacts_uri)
         summary = _rebase(summary, str(artifacts), artifacts_uri)
@@ -110,7 +111,7 @@ def run_local_pipeline(cfg: Config, output: str) -> dict[str, Any]:
 
     Args:
         cfg: the run configuration (e.g. :data:`DEFAULT_CONFIG` with ``--set`` overrides).
-        output: a folder or a ``gs://`` prefix for ``artifacts/`` and ``summary.json``.
+        output: a folder, ``gs://`` or ``s3://`` prefix for ``artifacts/`` and ``summary.json``.
 
     Returns:
         The summary: k, best_arch, best_accuracy, best_flops, retrained_test_accuracy,

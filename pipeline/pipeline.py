@@ -183,6 +183,7 @@ def kshot_nas(
         results=recalibrate_task.outputs["results"],
         retrained=retrain_task.outputs["retrained"],
         ranking=rank_task.outputs["ranking"],
+        truth=truth.outputs["table"],
         training_page=train_task.outputs["training_page"],
         search_page=search_task.outputs["search_page"],
         retrain_page=retrain_task.outputs["retrain_page"],

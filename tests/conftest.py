@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configurations, the digits split, and the GCS emulator plugin."""
+"""Shared fixtures: tiny configurations, the digits split, and the GCS and S3 server plugins."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 # 2 cores (and leaves a core to the subprocesses some tests start).
 torch.set_num_threads(1)
 
-pytest_plugins = ["tests.gcs"]
+pytest_plugins = ["tests.gcs", "tests.s3", "tests.object_stores"]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

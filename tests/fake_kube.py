@@ -1,14 +1,16 @@
 """A fake Kubernetes API server for the launcher's tests: the few paths ``kshot.launch.kube`` uses.
 
 It serves HTTP on 127.0.0.1 (a free port) in a thread, so the real ``kubernetes`` client talks to
-it through its real REST layer. It validates every created PyTorchJob / TrainJob against the CRD's
-``openAPIV3Schema`` from ``shared/kubeflow`` — made strict: a field the schema does not know is an
-error here, where a real API server would silently prune it — and plays a scripted life for each
-job: one scenario step per GET of the job, pods and their log as the operators would make them.
+it through its real REST layer. It validates every created PyTorchJob / TrainJob against the
+released CRD's ``openAPIV3Schema`` from ``shared/kubeflow`` (the Trainer release is a setting) and
+refuses a job with a field the schema does not declare — where a real API server would silently
+prune it (:func:`pruned_fields`) — and plays a scripted life for each job: one scenario step per
+GET of the job, pods and their log labelled as the released operators label them.
 
 Paths: create / get / delete the custom object, list pods by ``labelSelector``, read a pod's log
-(``tailLines``, ``follow``, ``previous``), read a ConfigMap. A forbidden namespace answers 403;
-scripted ``errors`` answer chosen requests with an error status or hang up on them.
+(``tailLines``, ``follow``, ``previous``), read a ConfigMap, read the TrainJob CRD. A forbidden
+namespace answers 403; scripted ``errors`` answer chosen requests with an error status or hang up
+on them.
 """
 
 from __future__ import annotations
@@ -36,19 +38,26 @@ __all__ = [
     "Request",
     "SHARED_KUBEFLOW",
     "STEPS",
+    "TRAINER_CRDS",
+    "TRAINER_RUNTIMES",
+    "crd",
     "crd_schema",
+    "pruned_fields",
     "validate_against_crd",
 ]
 
 SHARED_KUBEFLOW = Path(__file__).resolve().parents[2] / "shared" / "kubeflow"
-_CRD_FILES = {
-    ("kubeflow.org", "pytorchjobs"): "pytorchjobs.kubeflow.org.crd.yaml",
-    ("trainer.kubeflow.org", "trainjobs"): "trainjobs.trainer.kubeflow.org.crd.yaml",
+PYTORCHJOB_CRD = "pytorchjobs.kubeflow.org.crd.yaml"
+# The released Trainer CRDs and torch-distributed runtimes, by the release they are rendered for.
+TRAINER_CRDS = {
+    "v2.1": "trainjobs.trainer.kubeflow.org.v2.1.0.crd.yaml",
+    "v2.3": "trainjobs.trainer.kubeflow.org.v2.3.0.crd.yaml",
 }
-_KINDS = {
-    "PyTorchJob": ("kubeflow.org", "pytorchjobs"),
-    "TrainJob": ("trainer.kubeflow.org", "trainjobs"),
+TRAINER_RUNTIMES = {
+    "v2.1": "torch-distributed.clustertrainingruntime.v2.1.0.yaml",
+    "v2.3": "torch-distributed.clustertrainingruntime.v2.3.0.yaml",
 }
+_GROUPS = {"kubeflow.org": "pytorchjobs", "trainer.kubeflow.org": "trainjobs"}
 # What a scenario step may be; the job and its pods at that step. "restarted": running again in a
 # master pod that the operator recreated under the same name (restartPolicy ExitCode).
 STEPS = ("created", "running", "restarted", "succeeded", "failed", "unschedulable", "sigterm")
@@ -66,44 +75,95 @@ _CUSTOM_OBJECT = re.compile(
 _PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
 _POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log$")
 _CONFIG_MAP = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps/(?P<name>[^/]+)$")
+_CRD = re.compile(r"^/apis/apiextensions.k8s.io/v1/customresourcedefinitions/(?P<name>[^/]+)$")
+_TRAINER_OPENAPI = "/openapi/v3/apis/trainer.kubeflow.org/v1alpha1"
+_TRAINJOB_SCHEMA = "org.kubeflow.trainer.v1alpha1.TrainJob"
+# Fields of an object's root (and of an embedded resource) that pruning never touches.
+_OBJECT_ROOT = frozenset({"apiVersion", "kind", "metadata"})
 
 
-def _strict(schema: Any) -> Any:
-    """The schema with unknown fields forbidden wherever it lists the known ones."""
-    if isinstance(schema, dict):
-        strict = {key: _strict(value) for key, value in schema.items()}
-        if (
-            "properties" in schema
-            and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            strict["additionalProperties"] = False
-        return strict
-    if isinstance(schema, list):
-        return [_strict(item) for item in schema]
-    return schema
+def _crd_file(kind: str, trainer_version: str) -> str:
+    return PYTORCHJOB_CRD if kind == "PyTorchJob" else TRAINER_CRDS[trainer_version]
 
 
 @functools.cache
-def crd_schema(group: str, plural: str) -> dict[str, Any]:
-    """The strict ``openAPIV3Schema`` of the CRD's served version, from ``shared/kubeflow``."""
+def crd(file_name: str) -> dict[str, Any]:
+    """A CustomResourceDefinition (or runtime) from ``shared/kubeflow``."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    crd = yaml.load((SHARED_KUBEFLOW / _CRD_FILES[(group, plural)]).read_text(), Loader=loader)
-    version = next(v for v in crd["spec"]["versions"] if v.get("served", True))
-    return _strict(version["schema"]["openAPIV3Schema"])
+    return yaml.load((SHARED_KUBEFLOW / file_name).read_text(), Loader=loader)
+
+
+def crd_schema(file_name: str) -> dict[str, Any]:
+    """The ``openAPIV3Schema`` of the CRD's served version."""
+    version = next(v for v in crd(file_name)["spec"]["versions"] if v.get("served", True))
+    return version["schema"]["openAPIV3Schema"]
 
 
 @functools.cache
-def _validator(group: str, plural: str) -> jsonschema.protocols.Validator:
-    schema = crd_schema(group, plural)
+def _validator(file_name: str) -> jsonschema.protocols.Validator:
+    schema = crd_schema(file_name)
     validator_class = jsonschema.validators.validator_for(schema)
     validator_class.check_schema(schema)
     return validator_class(schema)
 
 
-def validate_against_crd(obj: dict[str, Any]) -> None:
-    """Raise ``jsonschema.ValidationError`` unless ``obj`` fits its kind's CRD schema."""
-    _validator(*_KINDS[obj["kind"]]).validate(obj)
+def pruned_fields(obj: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """The paths of ``obj`` that the API server would drop when storing it under ``schema``.
+
+    As structural-schema pruning does it: in an object, a field not among ``properties`` is
+    dropped unless ``additionalProperties`` describes it or the schema (at that level) has
+    ``x-kubernetes-preserve-unknown-fields``; an object schema with neither properties nor
+    additionalProperties keeps nothing. ``apiVersion``, ``kind`` and ``metadata`` of the object's
+    root and of embedded resources are kept.
+
+    Args:
+        obj: the object (or a part of it).
+        schema: its (sub-)schema.
+        path: where ``obj`` is, for the result.
+
+    Returns:
+        The pruned fields' paths, e.g. ``".spec.labels"``; empty when nothing is lost.
+    """
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(obj, list):
+        items = schema.get("items") or {}
+        return [p for i, item in enumerate(obj) for p in pruned_fields(item, items, f"{path}[{i}]")]
+    if not isinstance(obj, dict):
+        return []
+    properties = schema.get("properties") or {}
+    additional = schema.get("additionalProperties")
+    root = not path or schema.get("x-kubernetes-embedded-resource")
+    pruned = []
+    for key, value in obj.items():
+        where = f"{path}.{key}"
+        if root and key in _OBJECT_ROOT:
+            continue
+        if key in properties:
+            pruned += pruned_fields(value, properties[key], where)
+        elif isinstance(additional, dict):
+            pruned += pruned_fields(value, additional, where)
+        elif additional is not True:
+            pruned.append(where)
+    return pruned
+
+
+def validate_against_crd(obj: dict[str, Any], trainer_version: str = "v2.3") -> None:
+    """Raise unless ``obj`` fits its kind's released CRD and loses no field to pruning.
+
+    Args:
+        obj: a PyTorchJob or TrainJob.
+        trainer_version: the Trainer release (:data:`TRAINER_CRDS`) whose CRD a TrainJob meets.
+
+    Raises:
+        jsonschema.ValidationError: when the schema refuses it.
+        ValueError: naming the fields the API server would prune.
+    """
+    file_name = _crd_file(obj["kind"], trainer_version)
+    _validator(file_name).validate(obj)
+    pruned = pruned_fields(obj, crd_schema(file_name))
+    if pruned:
+        raise ValueError(f"{file_name} would prune {', '.join(pruned)}")
 
 
 @dataclass(frozen=True)
@@ -146,6 +206,9 @@ class FakeKube:
         rejected: the schema errors of refused creates.
         errors: request kind (:data:`FAULTY_REQUESTS`) → statuses that its next requests get
             instead of an answer, in order; :data:`HANG_UP` closes the connection.
+        trainer_version: the Trainer release installed (:data:`TRAINER_CRDS`): its TrainJob CRD
+            validates created TrainJobs and is served to readers; None: no Trainer installed.
+        crd_forbidden: reading CustomResourceDefinitions answers 403 Forbidden.
     """
 
     scenario: list[str] = field(default_factory=lambda: ["created", "running", "succeeded"])
@@ -156,6 +219,8 @@ class FakeKube:
     jobs: dict[tuple[str, str, str], _Job] = field(default_factory=dict)
     rejected: list[str] = field(default_factory=list)
     errors: dict[str, list[int]] = field(default_factory=dict)
+    trainer_version: str | None = "v2.3"
+    crd_forbidden: bool = False
 
     def start(self) -> FakeKube:
         """Serve on a free port of 127.0.0.1 in a daemon thread."""
@@ -205,8 +270,9 @@ class FakeKube:
 
         Its first GET shows ``steps[0]``, as for a created one.
         """
-        validate_against_crd(body)
-        key = (body["metadata"]["namespace"], _KINDS[body["kind"]][1], body["metadata"]["name"])
+        validate_against_crd(body, self.trainer_version or "v2.3")
+        plural = {"PyTorchJob": "pytorchjobs", "TrainJob": "trainjobs"}[body["kind"]]
+        key = (body["metadata"]["namespace"], plural, body["metadata"]["name"])
         with self._lock:
             self.jobs[key] = _Job(copy.deepcopy(body), list(steps))
 
@@ -225,6 +291,10 @@ class FakeKube:
             if faults:
                 code = faults.pop(0)
                 return code, _status(code, "Injected", f"injected {code} for {method} {path}")
+            if method == "GET" and (match := _CRD.match(path)):
+                return self._crd(match["name"])
+            if method == "GET" and path == _TRAINER_OPENAPI:
+                return self._openapi()
             if match := _CUSTOM_OBJECT.match(path):
                 return self._custom_object(method, match.groupdict(), body)
             if method == "GET" and (match := _PODS.match(path)):
@@ -240,17 +310,37 @@ class FakeKube:
                 return 200, config_map
             return 404, _status(404, "NotFound", f"no fake for {method} {path}")
 
+    def _crd(self, name: str) -> tuple[int, Any]:
+        if self.crd_forbidden:
+            return 403, _status(403, "Forbidden", f"customresourcedefinitions {name} forbidden")
+        if name != "trainjobs.trainer.kubeflow.org" or self.trainer_version is None:
+            return 404, _status(404, "NotFound", f"customresourcedefinitions {name} not found")
+        return 200, crd(TRAINER_CRDS[self.trainer_version])
+
+    def _openapi(self) -> tuple[int, Any]:
+        """The group version's OpenAPI v3 document, as the API server publishes a CRD's schema."""
+        if self.trainer_version is None:
+            return 404, _status(404, "NotFound", f"{_TRAINER_OPENAPI} not found")
+        schema = crd_schema(TRAINER_CRDS[self.trainer_version])
+        gvk = {"group": "trainer.kubeflow.org", "version": "v1alpha1", "kind": "TrainJob"}
+        named = {**schema, "x-kubernetes-group-version-kind": [gvk]}
+        return 200, {"openapi": "3.0.0", "components": {"schemas": {_TRAINJOB_SCHEMA: named}}}
+
     def _custom_object(self, method: str, route: dict[str, str], body: bytes) -> tuple[int, Any]:
         key = (route["ns"], route["plural"], route["name"] or "")
-        if (route["group"], route["plural"]) not in _CRD_FILES:
+        installed = _GROUPS.get(route["group"]) == route["plural"] and (
+            route["plural"] != "trainjobs" or self.trainer_version is not None
+        )
+        if not installed:
             return 404, _status(404, "NotFound", f"the server could not find {route['plural']}")
         if method == "POST" and not route["name"]:
             obj = json.loads(body)
             try:
-                _validator(route["group"], route["plural"]).validate(obj)
-            except jsonschema.ValidationError as error:
-                self.rejected.append(error.message)
-                return 422, _status(422, "Invalid", error.message)
+                validate_against_crd(obj, self.trainer_version or "v2.3")
+            except (jsonschema.ValidationError, ValueError) as error:
+                message = getattr(error, "message", str(error))
+                self.rejected.append(message)
+                return 422, _status(422, "Invalid", message)
             key = (route["ns"], route["plural"], obj["metadata"]["name"])
             if key in self.jobs and not self.jobs[key].deleted:
                 return 409, _status(409, "AlreadyExists", f"{key[2]} already exists")
@@ -348,9 +438,8 @@ def _pods(job: _Job, master_log: str) -> list[dict[str, Any]]:
             ("worker", i, "pytorch") for i in range(replicas.get("Worker", {}).get("replicas", 0))
         ]
     else:
-        members = [
-            ("trainer-node", i, "trainer") for i in range(body["spec"]["trainer"]["numNodes"])
-        ]
+        # JobSet: one indexed Job of the replicated job "node", a pod per node (its rank).
+        members = [("node", i, "node") for i in range(body["spec"]["trainer"]["numNodes"])]
     pods = []
     for rank, (role, index, container) in enumerate(members):
         if body["kind"] == "PyTorchJob":
@@ -367,6 +456,7 @@ def _pods(job: _Job, master_log: str) -> list[dict[str, Any]]:
                 "jobset.sigs.k8s.io/jobset-name": name,
                 "jobset.sigs.k8s.io/replicatedjob-name": role,
                 "jobset.sigs.k8s.io/job-index": "0",
+                "batch.kubernetes.io/job-completion-index": str(index),
             }
             annotations = {"batch.kubernetes.io/job-completion-index": str(index)}
         # Pods keep their uid, but for a master that the operator recreated.

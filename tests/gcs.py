@@ -1,4 +1,5 @@
-"""Pytest plugin: a real GCS-compatible server for storage tests, and a proxy that injects faults.
+"""Pytest plugin: a real GCS-compatible server for storage tests, and a proxy that injects faults
+into it or any other HTTP storage server (``tests/s3.py`` puts it in front of S3).
 
 Fixtures:
 
@@ -34,13 +35,24 @@ from google.cloud import storage as gcs
 
 from kshot import storage
 
-__all__ = ["FlakyProxy", "flaky_proxy", "gcs_bucket", "gcs_emulator", "start_emulator"]
+__all__ = [
+    "FlakyProxy",
+    "flaky_proxy",
+    "gcs_bucket",
+    "gcs_emulator",
+    "start_emulator",
+    "start_server",
+    "stop_server",
+]
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _LOOPBACK = "127.0.0.1"
 _STARTUP_TIMEOUT_S = 30.0
 _STARTUP_ATTEMPTS = 3
 _HOP_BY_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
+_LOSE = "lose"
+_Event = Callable[[], None] | int | str
+"""A staged event: an action to run before forwarding, bytes of the answer to keep, or _LOSE."""
 
 
 def _free_port() -> int:
@@ -49,7 +61,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> bool:
+def _wait_until_listening(process: subprocess.Popen[bytes], port: int, name: str) -> bool:
     """True once ``port`` accepts connections; False if ``process`` exits first."""
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -60,37 +72,53 @@ def _wait_until_listening(process: subprocess.Popen[bytes], port: int) -> bool:
                 return True
         except OSError:
             time.sleep(0.1)
-    raise TimeoutError(f"gcp-storage-emulator did not listen on {_LOOPBACK}:{port} in time")
+    raise TimeoutError(f"{name} did not listen on {_LOOPBACK}:{port} in time")
 
 
-def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
-    """Start an in-memory ``gcp-storage-emulator`` on a free loopback port.
+def start_server(
+    name: str, command: Callable[[int], list[str]]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server in a child process on a free loopback port.
+
+    Args:
+        name: the server, for errors.
+        command: the command line that starts it on a given port.
 
     Returns:
         The child process and its endpoint URL (``http://127.0.0.1:<port>``).
 
     Raises:
-        RuntimeError: the emulator exited at every attempt (its output is in the message).
+        RuntimeError: the server exited at every attempt (its output is in the message).
     """
     failures = []
     for _ in range(_STARTUP_ATTEMPTS):
         port = _free_port()
-        command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", _LOOPBACK]
-        command += ["--port", str(port), "--in-memory", "--quiet"]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command(port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            listening = _wait_until_listening(process, port)
+            listening = _wait_until_listening(process, port, name)
         except TimeoutError:
-            _stop(process)
+            stop_server(process)
             raise
         if listening:
             return process, f"http://{_LOOPBACK}:{port}"
         output, _ = process.communicate()
         failures.append(output.decode(errors="replace")[-2000:])
-    raise RuntimeError("gcp-storage-emulator failed to start:\n" + "\n---\n".join(failures))
+    raise RuntimeError(f"{name} failed to start:\n" + "\n---\n".join(failures))
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
+    """Start an in-memory ``gcp-storage-emulator`` on a free loopback port (see
+    :func:`start_server`)."""
+    return start_server(
+        "gcp-storage-emulator",
+        lambda port: (
+            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", _LOOPBACK]
+            + ["--port", str(port), "--in-memory", "--quiet"]
+        ),
+    )
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
         process.wait(timeout=5)
@@ -110,7 +138,7 @@ def gcs_emulator() -> Iterator[str]:
             patch.setenv(EMULATOR_ENV, endpoint)
             yield endpoint
     finally:
-        _stop(process)
+        stop_server(process)
 
 
 @pytest.fixture
@@ -132,10 +160,12 @@ class FlakyProxy:
     A failing request is answered with HTTP 503 or with a closed connection and no answer, in
     turn; it never reaches the upstream server. Failures are spread evenly and deterministically:
     with ``fail_share = 0.3`` exactly 3 requests in every 10 fail, and ``1.0`` fails them all.
-    :meth:`lose_next_answer` and :meth:`before_next` stage an event at a chosen request.
+    :meth:`lose_next_answer`, :meth:`cut_next_answer` and :meth:`before_next` stage an event at a
+    chosen request.
 
     An upload that carries ``ifGenerationMatch`` is answered HTTP 412, as GCS does, when the
     object's generation upstream (0: no object) differs; the emulator itself ignores preconditions.
+    (S3 servers enforce their own ``If-Match`` / ``If-None-Match``.)
 
     Args:
         upstream: URL of the server to forward to, e.g. ``http://127.0.0.1:9023``.
@@ -145,7 +175,8 @@ class FlakyProxy:
         forwarded: requests not failed by ``fail_share``.
         failed: requests failed by ``fail_share``, without reaching upstream.
         lost: requests forwarded whose answer was dropped (:meth:`lose_next_answer`).
-        refused_preconditions: uploads answered 412.
+        refused_preconditions: requests answered 412, by the proxy or by the server.
+        ranges: the ``Range`` header of every request forwarded with one, in order.
     """
 
     def __init__(self, upstream: str, fail_share: float = 0.0) -> None:
@@ -157,8 +188,9 @@ class FlakyProxy:
         self.failed = 0
         self.lost = 0
         self.refused_preconditions = 0
+        self.ranges: list[str] = []
         self._failure_credit = 0.0
-        self._staged: list[tuple[str, str, Callable[[], None] | None]] = []
+        self._staged: list[tuple[str, str, _Event]] = []
         self._lock = threading.Lock()
         self._upload_lock = threading.Lock()
         self._server = ThreadingHTTPServer((_LOOPBACK, 0), _proxy_handler(self))
@@ -181,28 +213,36 @@ class FlakyProxy:
         self._thread.join(timeout=5)
 
     def lose_next_answer(self, method: str, path_part: str) -> None:
-        """Forward the next ``method`` request whose path contains ``path_part``, then close its
-        connection without an answer: the request takes effect but the client cannot know."""
+        """Forward the next ``method`` request whose path (query included) contains
+        ``path_part``, then close its connection without an answer: the request takes effect but
+        the client cannot know."""
         with self._lock:
-            self._staged.append((method, path_part, None))
+            self._staged.append((method, path_part, _LOSE))
+
+    def cut_next_answer(self, method: str, path_part: str, keep_bytes: int) -> None:
+        """Forward the next ``method`` request whose path (query included) contains
+        ``path_part``, then send its answer's headers and only the first ``keep_bytes`` of its
+        body before closing the connection: a download cut off part-way."""
+        with self._lock:
+            self._staged.append((method, path_part, keep_bytes))
 
     def before_next(self, method: str, path_part: str, action: Callable[[], None]) -> None:
-        """Run ``action`` just before the next ``method`` request whose path contains
-        ``path_part`` is forwarded (e.g. another writer's upload, straight to the emulator)."""
+        """Run ``action`` just before the next ``method`` request whose path (query included)
+        contains ``path_part`` is forwarded (e.g. another writer's upload, straight to the emulator)."""
         with self._lock:
             self._staged.append((method, path_part, action))
 
-    def take_staged(self, method: str, path: str) -> tuple[bool, Callable[[], None] | None]:
+    def take_staged(self, method: str, path: str) -> _Event | None:
         """The first event staged for a request like this one, now spent (events staged for the
-        same requests fire one per request, in order): whether to lose its answer, and an action
-        to run before forwarding it."""
+        same requests fire one per request, in order): ``"lose"`` its answer, an action to run
+        before forwarding it, or how many bytes of its answer's body to send; None if none."""
         with self._lock:
-            for index, (staged_method, path_part, action) in enumerate(self._staged):
+            for index, (staged_method, path_part, event) in enumerate(self._staged):
                 if staged_method == method and path_part in path:
                     del self._staged[index]
-                    self.lost += action is None
-                    return action is None, action
-        return False, None
+                    self.lost += event == _LOSE
+                    return event
+        return None
 
     def next_fault(self) -> str | None:
         """``"503"``, ``"drop"`` or ``None`` (forward) for the next request."""
@@ -218,6 +258,8 @@ class FlakyProxy:
 
 def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" (S3 clients send it)
+
         def log_message(self, *args: object) -> None:
             """Keep test output quiet."""
 
@@ -240,9 +282,12 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             if fault == "503":
                 self._error(503, "injected fault")
                 return
-            lose, action = proxy.take_staged(self.command, urlsplit(self.path).path)
-            if action is not None:
-                action()
+            event = proxy.take_staged(self.command, self.path)
+            if callable(event):
+                event()
+            if "Range" in self.headers:
+                with proxy._lock:
+                    proxy.ranges.append(self.headers["Range"])
             expected = _expected_generation(self.command, self.path)
             if expected is None:
                 status, headers, content = self._forward(body)
@@ -255,10 +300,13 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
                         )
                         return
                     status, headers, content = self._forward(body)
-            if lose:
+            if status == 412:
+                with proxy._lock:
+                    proxy.refused_preconditions += 1
+            if event == _LOSE:
                 self._drop()
                 return
-            self._answer(status, headers, content)
+            self._answer(status, headers, content, event if isinstance(event, int) else None)
 
         def _upstream(
             self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
@@ -278,14 +326,13 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             headers = {
                 key: value
                 for key, value in self.headers.items()
-                if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length"}
+                if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length", "expect"}
             }
             status, answer_headers, content = self._upstream(self.command, self.path, body, headers)
-            kept = [
-                (key, value)
-                for key, value in answer_headers
-                if key.lower() not in _HOP_BY_HOP_HEADERS | {"content-length"}
-            ]
+            dropped = _HOP_BY_HOP_HEADERS | (
+                {"content-length"} if self.command != "HEAD" else set()
+            )
+            kept = [(key, value) for key, value in answer_headers if key.lower() not in dropped]
             return status, kept, content
 
         def _generation(self, upload_body: bytes) -> str:
@@ -305,15 +352,25 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             payload = json.dumps({"error": {"code": status, "message": message}})
             self._answer(status, [("Content-Type", "application/json")], payload.encode())
 
-        def _answer(self, status: int, headers: list[tuple[str, str]], content: bytes) -> None:
+        def _answer(
+            self,
+            status: int,
+            headers: list[tuple[str, str]],
+            content: bytes,
+            keep_bytes: int | None = None,
+        ) -> None:
+            """Send the answer; with ``keep_bytes``, only that much of the body, then close."""
             self.send_response(status)
             for key, value in headers:
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(content)))
+            if self.command != "HEAD":  # a HEAD answer keeps the upstream length of the object
+                self.send_header("Content-Length", str(len(content)))
             self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(content)
+                self.wfile.write(content[:keep_bytes])
+            if keep_bytes is not None:
+                self._drop()
             self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _relay

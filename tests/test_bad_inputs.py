@@ -192,16 +192,22 @@ CASES = [
         inputs={"split": "gs://"},
     ),
     Case(
-        "s3-input-uri",
+        "unsupported-input-uri",
         "warmup",
-        ("split='s3://bucket/split.json'", "unsupported URI scheme 's3'"),
-        inputs={"split": "s3://bucket/split.json"},
+        ("split='hdfs://node/split.json'", "unsupported URI scheme 'hdfs'"),
+        inputs={"split": "hdfs://node/split.json"},
     ),
     Case(
-        "s3-output-uri",
+        "unsupported-output-uri",
         "search",
-        ("output artifact results='s3://bucket/results.json'", "unsupported URI scheme"),
-        outputs={"results": "s3://bucket/results.json"},
+        ("output artifact results='hdfs://node/results.json'", "unsupported URI scheme"),
+        outputs={"results": "hdfs://node/results.json"},
+    ),
+    Case(
+        "invalid-s3-bucket-name",
+        "search",
+        ("s3://under_score/results.json", "bucket name 'under_score'"),
+        outputs={"results": "s3://under_score/results.json"},
     ),
     Case(
         "invalid-bucket-name",
@@ -523,8 +529,8 @@ def test_a_local_run_to_an_unwritable_output_fails_before_any_step(tmp_path, mon
     from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="unsupported URI scheme 's3'"):
-        run_local_pipeline(load_config(DEFAULT_CONFIG), "s3://bucket/run")
+    with pytest.raises(ValueError, match="unsupported URI scheme 'hdfs'"):
+        run_local_pipeline(load_config(DEFAULT_CONFIG), "hdfs://node/run")
     assert not any(tmp_path.iterdir())
 
 

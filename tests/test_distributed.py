@@ -93,6 +93,7 @@ def test_gradients_are_averaged_only_where_they_exist(tmp_path):
     _torchrun_two(script)
 
 
+@pytest.mark.numerics
 def test_kshot_gradients_average_as_the_slots_would_with_k_times_fewer_bytes(tmp_path):
     """On a real 2-rank gloo group, averaging the merged weight's gradient and handing slot k its
     λ_k share gives the average of the slots' own gradients, and sends 1/K of their elements."""

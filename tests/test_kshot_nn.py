@@ -14,6 +14,8 @@ from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.nn.simplex import SimplexNet
 from kshot.spaces import nb201
 
+pytestmark = pytest.mark.numerics
+
 ARCH = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
 
 

@@ -4,29 +4,45 @@ reported and cleaned up as promised — against a fake API server driven by the 
 from __future__ import annotations
 
 import ast
+import copy
 import itertools
 import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 
 from kshot.launch import kube
 from kshot.launch.kube import LAUNCH_HASH_ANNOTATION, JobCancelled, render_job, run_job
 from kshot.launch.pytorchjob import image_pull_policy, render_pytorchjob
 from kshot.launch.spec import LaunchError, LaunchSpec
-from kshot.launch.trainjob import render_trainjob
+from kshot.launch.trainjob import (
+    HARDENED_RUNTIME,
+    TORCH_RUNTIME,
+    TRAINER_CONTAINER,
+    TRAINER_JOB,
+    render_trainjob,
+)
 from kshot.stages import HEAVY_STAGES
 from tests.fake_kube import (
     FAILURE_MESSAGE,
     FAILURE_REASON,
     HANG_UP,
     SHARED_KUBEFLOW,
+    TRAINER_CRDS,
+    TRAINER_RUNTIMES,
     UNSCHEDULABLE_MESSAGE,
     FakeKube,
+    crd,
+    crd_schema,
+    pruned_fields,
     validate_against_crd,
 )
+from tests.pod_security import assert_restricted
 
 pytestmark = pytest.mark.skipif(
     not SHARED_KUBEFLOW.is_dir(),
@@ -42,6 +58,10 @@ GPU_OVERRIDES = {
 RESOURCES = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}
 PULL_SECRETS = [{"name": "regcred"}]
 BACKENDS = ("pytorchjob", "trainjob")
+TRAINER_VERSIONS = tuple(TRAINER_CRDS)
+HARDENED_RUNTIME_FILE = (
+    Path(__file__).resolve().parents[1] / "manifests/overlays/trainer-v2.1/training-runtime.yaml"
+)
 FAST = {"poll_s": 0.02, "timeout_s": 10.0, "schedule_timeout_s": 5.0}
 
 
@@ -96,12 +116,167 @@ def launch(fake: FakeKube, spec: LaunchSpec, backend: str = "pytorchjob", **opti
 def test_every_render_fits_its_crd(stage: str, workers: int, gpus: int) -> None:
     spec = make_spec(stage=stage, workers=workers, gpus_per_worker=gpus)
     with_resources = {**GPU_OVERRIDES, "resources": RESOURCES}
-    for overrides in (None, GPU_OVERRIDES, with_resources):
-        validate_against_crd(render_pytorchjob(spec, pod_overrides=overrides))
-        validate_against_crd(render_trainjob(spec, pod_overrides=overrides))
     everything = {**with_resources, "imagePullSecrets": PULL_SECRETS}
+    for overrides in (None, GPU_OVERRIDES, with_resources, everything):
+        validate_against_crd(render_pytorchjob(spec, pod_overrides=overrides))
+        for version in TRAINER_VERSIONS:
+            job = render_trainjob(spec, trainer_version=version, pod_overrides=overrides)
+            validate_against_crd(job, version)
     validate_against_crd(render_job(spec, "pytorchjob", pod_overrides=everything, timeout_s=60))
-    validate_against_crd(render_job(spec, "trainjob", pod_overrides=with_resources, timeout_s=60))
+    for version in TRAINER_VERSIONS:
+        job = render_job(
+            spec, "trainjob", pod_overrides=everything, timeout_s=60, trainer_version=version
+        )
+        validate_against_crd(job, version)
+
+
+def test_a_field_the_api_server_would_prune_fails_validation() -> None:
+    """The pruning check: what v2.3 dropped (spec.labels, podTemplateOverrides) is caught."""
+    v21 = render_trainjob(make_spec(), trainer_version="v2.1")
+    v23 = render_trainjob(make_spec(), trainer_version="v2.3")
+    schema = crd_schema(TRAINER_CRDS["v2.3"])
+    assert pruned_fields(v23, schema) == []
+    assert pruned_fields(v21, schema) == [".spec.podTemplateOverrides"]
+    with_labels = copy.deepcopy(v23)
+    with_labels["spec"]["labels"] = {"a": "b"}
+    with pytest.raises(ValueError, match=r"would prune \.spec\.labels"):
+        validate_against_crd(with_labels, "v2.3")
+    deep = copy.deepcopy(v23)
+    pod = deep["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    pod["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"][0]["image"] = "x"
+    (where,) = pruned_fields(deep, schema)
+    assert where.endswith(".containers[0].image")
+    # The pre-v2.1 field, and a v2.3 patch on a v2.1 cluster, are both lost.
+    old = copy.deepcopy(v21)
+    old["spec"]["podSpecOverrides"] = old["spec"].pop("podTemplateOverrides")
+    assert pruned_fields(old, crd_schema(TRAINER_CRDS["v2.1"])) == [".spec.podSpecOverrides"]
+    with pytest.raises((ValueError, jsonschema.ValidationError)):
+        validate_against_crd(v23, "v2.1")
+    # Free-form maps (labels, nodeSelector) and metadata are kept.
+    assert pruned_fields({"a": {"x": 1}}, {"properties": {"a": {"additionalProperties": {}}}}) == []
+    assert pruned_fields({"metadata": {"x": 1}}, {"properties": {}}) == []
+
+
+def released_runtime(job: dict[str, Any]) -> dict[str, Any]:
+    """The training runtime a TrainJob names: the released one, or kshot's for v2.1."""
+    name = job["spec"]["runtimeRef"]["name"]
+    if name == HARDENED_RUNTIME:
+        return yaml.safe_load(HARDENED_RUNTIME_FILE.read_text())
+    assert name == TORCH_RUNTIME
+    return crd(TRAINER_RUNTIMES["v2.3"])
+
+
+def effective_trainer_pod(job: dict[str, Any]) -> dict[str, Any]:
+    """The trainer pods' template after the Trainer applies the job to its runtime.
+
+    As the controller merges: the patch of the replicated job it names (one the runtime lacks is
+    skipped, so it fails here), containers by name (one the runtime lacks fails too), volumes
+    and mounts appended, the rest set; the trainer's image, command, args, env and resources go
+    to the container ``node``.
+    """
+    runtime = released_runtime(job)
+    (replicated,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    template = copy.deepcopy(replicated["template"]["spec"]["template"])
+    if "podTemplateOverrides" in job["spec"]:
+        patches = [
+            (o["targetJobs"][0]["name"], o.get("metadata", {}), o["spec"])
+            for o in job["spec"]["podTemplateOverrides"]
+        ]
+    else:
+        patches = [
+            (rj["name"], rj["template"]["spec"]["template"].get("metadata", {}), pod["spec"])
+            for patch in job["spec"]["runtimePatches"]
+            for rj in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+            for pod in [rj["template"]["spec"]["template"]]
+        ]
+    pod = template["spec"]
+    for target, metadata, patch in patches:
+        assert target == replicated["name"], f"the patch targets {target}, the runtime has none"
+        for key, value in metadata.items():
+            template.setdefault("metadata", {}).setdefault(key, {}).update(value)
+        for key, value in patch.items():
+            if key == "containers":
+                runtime_containers = {c["name"]: c for c in pod["containers"]}
+                for container in value:
+                    assert container["name"] in runtime_containers, container["name"]
+                    into = runtime_containers[container["name"]]
+                    into.setdefault("securityContext", {}).update(
+                        container.get("securityContext", {})
+                    )
+                    into.setdefault("volumeMounts", []).extend(container.get("volumeMounts", []))
+            elif key == "volumes":
+                pod.setdefault("volumes", []).extend(value)
+            elif key == "securityContext":
+                pod.setdefault("securityContext", {}).update(value)
+            else:
+                pod[key] = value
+    trainer = job["spec"]["trainer"]
+    (node,) = [c for c in pod["containers"] if c["name"] == TRAINER_CONTAINER]
+    node.update({key: trainer[key] for key in ("image", "command", "args", "env")})
+    if "resourcesPerNode" in trainer:
+        node["resources"] = trainer["resourcesPerNode"]
+    return template
+
+
+@pytest.mark.parametrize("version", TRAINER_VERSIONS)
+def test_trainjob_patches_target_the_released_job_and_container_node(version: str) -> None:
+    job = render_trainjob(make_spec(), trainer_version=version, pod_overrides=GPU_OVERRIDES)
+    assert (TRAINER_JOB, TRAINER_CONTAINER) == ("node", "node")
+    for file_name in TRAINER_RUNTIMES.values():
+        (replicated,) = crd(file_name)["spec"]["template"]["spec"]["replicatedJobs"]
+        assert replicated["name"] == TRAINER_JOB
+        containers = replicated["template"]["spec"]["template"]["spec"]["containers"]
+        assert [c["name"] for c in containers] == [TRAINER_CONTAINER]
+    template = effective_trainer_pod(job)
+    pod = template["spec"]
+    assert pod["tolerations"] == GPU_OVERRIDES["tolerations"]
+    assert pod["nodeSelector"] == GPU_OVERRIDES["nodeSelector"]
+    assert pod["serviceAccountName"] == "kshot-worker"
+    assert template["metadata"]["labels"]["pipelines.kubeflow.org/run_id"] == "3f2a9c1e-run"
+    assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    (node,) = pod["containers"]
+    mounts = {m["mountPath"] for m in node["volumeMounts"]}
+    assert mounts == {"/dev/shm", "/tmp", "/home/kshot"}
+
+
+def test_the_v2_1_runtime_is_the_released_one_plus_the_security_context() -> None:
+    ours = yaml.safe_load(HARDENED_RUNTIME_FILE.read_text())
+    released = crd(TRAINER_RUNTIMES["v2.1"])
+    assert ours["kind"] == "TrainingRuntime" and ours["metadata"]["name"] == HARDENED_RUNTIME
+    (replicated,) = ours["spec"]["template"]["spec"]["replicatedJobs"]
+    pod = replicated["template"]["spec"]["template"]["spec"]
+    del pod["securityContext"]
+    for container in pod["containers"]:
+        del container["securityContext"]
+    assert ours["spec"] == released["spec"]
+    assert ours["metadata"]["labels"] == released["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("version", TRAINER_VERSIONS)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_every_trainjob_pod_is_restricted_with_a_read_only_root(version, workers) -> None:
+    job = render_trainjob(make_spec(workers=workers), trainer_version=version)
+    assert_restricted(effective_trainer_pod(job)["spec"])
+    # Without kshot's runtime a v2.1 job's pods would not be: its overrides cannot harden them.
+    if version == "v2.1":
+        bare = copy.deepcopy(job)
+        bare["spec"]["runtimeRef"]["name"] = TORCH_RUNTIME
+        with pytest.raises(AssertionError, match="not restricted"):
+            assert_restricted(effective_trainer_pod(bare)["spec"])
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_every_pytorchjob_pod_is_restricted_with_a_read_only_root(workers: int) -> None:
+    job = render_pytorchjob(make_spec(workers=workers), pod_overrides=GPU_OVERRIDES)
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert len(replicas) == (2 if workers > 1 else 1)
+    for replica in replicas.values():
+        pod = replica["template"]["spec"]
+        assert_restricted(pod)
+        (container,) = pod["containers"]
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts == {"/dev/shm", "/tmp", "/home/kshot"}
+        assert {v["name"] for v in pod["volumes"]} == {m["name"] for m in container["volumeMounts"]}
 
 
 @pytest.mark.parametrize(("workers", "gpus"), [(1, 0), (2, 1), (4, 8)])
@@ -135,37 +310,56 @@ def test_pytorchjob_is_one_master_and_the_rest_workers(workers: int, gpus: int) 
         assert env["KSHOT_STAGE"] == "train"
 
 
-def test_trainjob_runs_torchrun_on_the_torch_distributed_runtime() -> None:
+@pytest.mark.parametrize(
+    ("version", "runtime", "kind"),
+    [
+        ("v2.1", "kshot-torch-distributed", "TrainingRuntime"),
+        ("v2.2", "torch-distributed", "ClusterTrainingRuntime"),
+        ("v2.3", "torch-distributed", "ClusterTrainingRuntime"),
+    ],
+)
+def test_trainjob_runs_torchrun_on_the_torch_distributed_runtime(version, runtime, kind) -> None:
     spec = make_spec(workers=4, gpus_per_worker=8)
-    job = render_trainjob(spec, pod_overrides=GPU_OVERRIDES)
-    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    job = render_trainjob(spec, trainer_version=version, active_deadline_s=3600)
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "name": runtime,
+        "kind": kind,
+    }
     trainer = job["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (4, 8)
     assert trainer["command"] == ["torchrun"]
     assert trainer["args"][:3] == ["-m", "kshot.worker", "train"]
     assert trainer["resourcesPerNode"] == {"limits": {"nvidia.com/gpu": 8}}
-    (override,) = job["spec"]["podSpecOverrides"]
-    assert override["targetJobs"] == [{"name": "trainer-node"}]
-    assert override["tolerations"] == GPU_OVERRIDES["tolerations"]
-    assert override["nodeSelector"] == GPU_OVERRIDES["nodeSelector"]
-    assert job["spec"]["labels"] == job["metadata"]["labels"]
+    # v2.2 and v2.3 take per-job changes in runtimePatches only, and the launcher's deadline.
+    patched = version != "v2.1"
+    assert ("runtimePatches" in job["spec"]) == patched
+    assert ("podTemplateOverrides" in job["spec"]) == (not patched)
+    assert job["spec"].get("activeDeadlineSeconds") == (3600 if patched else None)
+    assert "labels" not in job["spec"]
 
 
-def test_every_pytorchjob_pod_skips_istio_runs_as_non_root_with_a_capped_shm() -> None:
+def test_an_unsupported_trainer_version_is_refused() -> None:
+    with pytest.raises(LaunchError, match="'v2.0' is not supported.*v2.1, v2.2, v2.3"):
+        render_trainjob(make_spec(), trainer_version="v2.0")
+    assert render_trainjob(make_spec(), trainer_version="2.1")["spec"]["runtimeRef"]["name"] == (
+        HARDENED_RUNTIME
+    )
+
+
+def test_every_pytorchjob_pod_skips_istio_runs_as_the_image_user_with_a_capped_shm() -> None:
     job = render_pytorchjob(make_spec(workers=3))
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         template = replica["template"]
         assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
         pod = template["spec"]
-        assert pod["securityContext"] == {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-        }
-        (volume,) = pod["volumes"]
-        assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
-    (override,) = render_trainjob(make_spec())["spec"]["podSpecOverrides"]
-    assert override["volumes"][0]["emptyDir"]["sizeLimit"] == "16Gi"
+        assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["runAsGroup"] == 1000
+        volumes = {volume["name"]: volume["emptyDir"] for volume in pod["volumes"]}
+        assert volumes["dshm"] == {"medium": "Memory", "sizeLimit": "16Gi"}
+    for version in TRAINER_VERSIONS:
+        pod = effective_trainer_pod(render_trainjob(make_spec(), trainer_version=version))
+        volumes = {volume["name"]: volume["emptyDir"] for volume in pod["spec"]["volumes"]}
+        assert volumes["dshm"] == {"medium": "Memory", "sizeLimit": "16Gi"}
 
 
 @pytest.mark.parametrize(
@@ -197,16 +391,16 @@ def test_resources_and_pull_secrets_overrides_reach_the_pods() -> None:
         assert "resources" not in pod
         (container,) = pod["containers"]
         assert container["resources"] == {"requests": RESOURCES["requests"], "limits": limits}
-    trainjob = render_trainjob(spec, pod_overrides={"resources": RESOURCES})
-    assert trainjob["spec"]["trainer"]["resourcesPerNode"] == {
-        "requests": RESOURCES["requests"],
-        "limits": limits,
-    }
-    (override,) = trainjob["spec"]["podSpecOverrides"]
-    assert "resources" not in override
+    for version in TRAINER_VERSIONS:
+        trainjob = render_trainjob(spec, trainer_version=version, pod_overrides=overrides)
+        assert trainjob["spec"]["trainer"]["resourcesPerNode"] == {
+            "requests": RESOURCES["requests"],
+            "limits": limits,
+        }
+        pod = effective_trainer_pod(trainjob)["spec"]
+        assert pod["imagePullSecrets"] == PULL_SECRETS
+        assert "resources" not in pod
     assert RESOURCES["limits"] == {"memory": "32Gi"}  # the caller's dict is left as it was
-    with pytest.raises(LaunchError, match="TrainJob .*imagePullSecrets|imagePullSecrets.*TrainJob"):
-        render_trainjob(spec, pod_overrides=overrides)
 
 
 @pytest.mark.parametrize(
@@ -578,6 +772,7 @@ def test_bad_specs_never_reach_the_server(start_fake, changes, complaint) -> Non
         ({"timeout_s": -1}, "timeout_s = -1"),
         ({"backoff_limit": -1}, "backoff_limit"),
         ({"pod_overrides": {"affinity": {}}}, "affinity"),
+        ({"backend": "trainjob", "trainer_version": "v2.0"}, "'v2.0' is not supported"),
     ],
 )
 def test_bad_options_never_reach_the_server(start_fake, options, complaint) -> None:
@@ -645,3 +840,83 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
 
     assert main([*argv[:7], "0", *argv[8:]]) == 2
     assert "workers = 0" in capsys.readouterr().err
+
+
+# The Trainer release, read from the cluster.
+
+
+@pytest.mark.parametrize("version", TRAINER_VERSIONS)
+@pytest.mark.parametrize("crd_forbidden", [False, True], ids=["crd", "openapi"])
+def test_the_trainjob_fits_the_trainer_the_cluster_runs(start_fake, version, crd_forbidden) -> None:
+    """The CRD's schema (or, where reading CRDs is forbidden, the published OpenAPI) decides."""
+    fake = start_fake(trainer_version=version, crd_forbidden=crd_forbidden)
+    spec = make_spec()
+    job, lines = launch(fake, spec, "trainjob")
+    expected = render_job(spec, "trainjob", timeout_s=FAST["timeout_s"], trainer_version=version)
+    assert fake.created_bodies() == [expected]
+    assert [line for line in lines if line.startswith(("epoch", "done"))] == [
+        "epoch 1/1 loss 0.5",
+        "done",
+    ]
+    assert fake.deleted(job["metadata"]["name"])
+
+
+def test_a_named_trainer_version_is_not_looked_up(start_fake) -> None:
+    fake = start_fake(trainer_version="v2.1")
+    launch(fake, make_spec(), "trainjob", trainer_version="v2.1")
+    assert not any(
+        "customresourcedefinitions" in r.path or "openapi" in r.path for r in fake.requests
+    )
+    (body,) = fake.created_bodies()
+    assert "podTemplateOverrides" in body["spec"]
+
+
+def test_a_cluster_without_the_trainer_is_named(start_fake) -> None:
+    fake = start_fake(trainer_version=None)
+    with pytest.raises(LaunchError, match="no CustomResourceDefinition trainjobs.trainer"):
+        launch(fake, make_spec(), "trainjob")
+    assert fake.jobs == {}
+
+
+def test_a_v2_3_job_on_a_v2_1_cluster_is_refused_not_pruned(start_fake) -> None:
+    """Named wrongly, the job is refused by the (strict) fake where a real server would prune."""
+    fake = start_fake(trainer_version="v2.1")
+    with pytest.raises(LaunchError, match="422"):
+        launch(fake, make_spec(), "trainjob", trainer_version="v2.3")
+    assert fake.rejected
+
+
+# The launch defaults ConfigMap.
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_missing_launch_defaults_configmap_refuses_the_launch_with_the_fix(
+    start_fake, backend
+) -> None:
+    fake = start_fake()
+    with pytest.raises(LaunchError) as raised:
+        launch(fake, make_spec(), backend, launch_defaults="kshot-launch-defaults")
+    message = str(raised.value)
+    assert "ConfigMap kubeflow-user/kshot-launch-defaults is missing" in message
+    assert "kubectl apply -k manifests/overlays/gpu" in message
+    assert "launch_defaults=None" in message
+    assert fake.jobs == {}
+    # Opting out on purpose launches with no overrides.
+    job, _ = launch(fake, make_spec(), backend, launch_defaults=None)
+    assert fake.deleted(job["metadata"]["name"])
+
+
+@pytest.mark.parametrize("version", TRAINER_VERSIONS)
+def test_launch_render_prints_the_trainjob_for_the_named_trainer(capsys, version: str) -> None:
+    from kshot.cli import main
+    from kshot.config import load_config
+
+    argv = ["launch", "render", "--backend", "trainjob", "--trainer-version", version]
+    argv += ["--stage", "train", "--image", "ghcr.io/acme/kshot:1.0", "--set", "k=4"]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    spec = LaunchSpec(
+        stage="train", config=load_config({"k": 4}).to_dict(), image="ghcr.io/acme/kshot:1.0"
+    )
+    assert printed == render_job(spec, "trainjob", trainer_version=version)
+    validate_against_crd(printed, version)

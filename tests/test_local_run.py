@@ -29,6 +29,7 @@ from kshot.pipeline.sweep import kshot_k_sweep
 from kshot.spaces import mbv2, nb201
 from kshot.stages.rank import SCORE_COLUMNS
 from tests.conftest import MBV2_TINY
+from tests.object_stores import Remote
 from tests.test_report import pixels
 
 FLOPS_BUDGET = 0.25  # MFLOPs: about the median path of the tiny digits supernet
@@ -143,7 +144,7 @@ def assert_best_path_in_budget(
 
 
 def assert_exported_model_scores(
-    model_file: Path, summary: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor
+    model_file: Path | str, summary: Mapping[str, Any], images: torch.Tensor, labels: torch.Tensor
 ) -> None:
     """The exported network is the best path retrained: on the test images, normalised by its own
     metadata, it gets the test accuracy the summary reports."""
@@ -220,6 +221,13 @@ def test_the_local_run_completes_and_reports(
     assert summary["top_group_tau"] == ranking["top_group_tau"]
     rows = assert_ranking_recomputes(ranking, run / "rank" / "scores", truth, k=2)
     assert {row["arch"] for row in rows} == set(truth)
+    # the retrained path (as many epochs as the sample: TINY) ranked among the sample's other
+    # paths: 1 + those more accurate, out of them and it
+    retrained = json.loads((run / "retrain" / "retrained").read_text())
+    assert retrained["arch"] == summary["best_arch"]
+    others = [acc for arch, acc in truth.items() if arch != summary["best_arch"]]
+    better = sum(acc > retrained["test_accuracy"] for acc in others)
+    assert summary["best_standalone_rank"] == {"rank": 1 + better, "of": len(others) + 1}
     # the rank page draws that table: the scatter, Fig. 5's curve and the λ histograms
     labels = {
         "kendall_tau_a": "Kendall τ-a",
@@ -291,6 +299,7 @@ def test_the_local_run_searches_the_mbv2_space_on_class_folders(
     assert 0.0 <= summary["retrained_test_accuracy"] <= 100.0
     # no ground truth for an ImageNet-style search: ranking is switched off, and says so
     assert summary["n_paths"] == 0 and summary["kendall_tau_a"] is None
+    assert summary["best_standalone_rank"] is None
     assert "ranking is off" in summary["ground_truth"]
     assert "ranking is off" in Path(summary["reports"]["rank"]).read_text()
     (model_file,) = (output / "artifacts").glob("kshot-nas-*/retrain/model")
@@ -323,17 +332,48 @@ def test_a_bad_override_stops_the_local_run_before_it_starts(
     assert not list(tmp_path.iterdir())
 
 
-def test_a_gcs_output_gets_the_artifacts_and_the_summary(tmp_path: Path, gcs_bucket: str) -> None:
+def test_a_bucket_output_gets_the_artifacts_and_the_summary(tmp_path: Path, remote: Remote) -> None:
     artifacts = tmp_path / "artifacts"
     page = artifacts / "kshot-nas-run" / "rank" / "rank_page"
     page.parent.mkdir(parents=True)
     page.write_text("<!DOCTYPE html>")
-    prefix = f"{gcs_bucket}/runs/one"
+    prefix = f"{remote.bucket}/runs/one"
     summary = publish({"k": 2, "reports": {"rank": str(page)}}, artifacts, prefix)
     page_uri = f"{prefix}/artifacts/kshot-nas-run/rank/rank_page"
     assert summary["reports"]["rank"] == page_uri
     assert storage.read_text(page_uri) == "<!DOCTYPE html>"
     assert storage.read_json(f"{prefix}/summary.json") == summary
+
+
+@pytest.mark.slow
+def test_a_local_run_to_s3_writes_the_summary_and_the_artifacts(
+    s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kshot run --local --output s3://BUCKET/run`` against the local S3 server: the summary
+    lands in the bucket and names the artifacts' s3:// URIs, which hold the reports and the
+    exported model (loaded from the bucket, it scores what the summary says)."""
+    prefix = storage.join(s3_bucket, "runs", "one")
+    overrides = [arg for pair in TINY for arg in ("--set", pair)]
+    assert main(["run", "--local", *overrides, "--output", prefix]) == 0
+    printed = capsys.readouterr().out
+    summary = storage.read_json(storage.join(prefix, "summary.json"))
+    assert json.loads(printed[printed.rindex("\n{\n") + 1 :]) == summary
+
+    objects = storage.list_uris(prefix)
+    artifacts = storage.join(prefix, "artifacts")
+    assert storage.join(prefix, "summary.json") in objects
+    assert not [uri for uri in objects if uri.endswith(".partial")]
+    for name in ("training", "search", "retrain", "rank"):
+        assert summary["reports"][name] in objects and summary["reports"][name].startswith(
+            artifacts
+        )
+        page = storage.read_text(summary["reports"][name])
+        assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page, name
+    (model,) = [uri for uri in objects if uri.endswith("/retrain/model")]
+    (split,) = [uri for uri in objects if uri.endswith("/split/split")]
+    test = torch.as_tensor(storage.read_json(split)["test"])
+    digits = load_dataset("digits", "train")
+    assert_exported_model_scores(model, summary, digits.images[test], digits.labels[test])
 
 
 @pytest.mark.slow

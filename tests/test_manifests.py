@@ -17,7 +17,7 @@ import yaml
 
 from kshot.launch import kube
 from kshot.launch.kube import JOB_KINDS, LAUNCH_DEFAULTS_CONFIGMAP
-from kshot.launch.pytorchjob import render_pytorchjob, validate_pod_overrides
+from kshot.launch.pytorchjob import STAGE_LABEL, render_pytorchjob, validate_pod_overrides
 from kshot.launch.spec import LaunchSpec
 from kshot.launch.trainjob import render_trainjob
 
@@ -78,8 +78,11 @@ def test_every_kustomization_renders_valid_core_objects(directory: Path) -> None
         "kubernetes_validate", reason="kubernetes-validate (PyPI) is not installed"
     )
     objects = kustomize(directory)
-    assert {obj["kind"] for obj in objects} >= {"ServiceAccount", "Role", "RoleBinding"}
+    kinds = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "NetworkPolicy"}
+    assert {obj["kind"] for obj in objects} >= kinds
     for obj in objects:
+        if obj["apiVersion"].startswith("trainer.kubeflow.org/"):
+            continue  # a Trainer runtime: tests/test_launch_k8s.py checks it against the release
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
@@ -165,12 +168,38 @@ def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods(
         # CPU/memory requests keep the pods out of the BestEffort class, first to be evicted.
         assert set(container["resources"]["requests"]) == {"cpu", "memory"}
         assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
-    trainjob = render_trainjob(spec, pod_overrides=gpu)
-    (override,) = trainjob["spec"]["podSpecOverrides"]
-    assert override["tolerations"] == gpu["tolerations"]
+    trainjob = render_trainjob(spec, trainer_version="v2.1", pod_overrides=gpu)
+    (override,) = trainjob["spec"]["podTemplateOverrides"]
+    assert override["spec"]["tolerations"] == gpu["tolerations"]
     assert (
         trainjob["spec"]["trainer"]["resourcesPerNode"]["requests"] == gpu["resources"]["requests"]
     )
+
+
+def test_job_pods_accept_connections_only_from_job_pods() -> None:
+    """The unauthenticated rendezvous (and NCCL's ports): reachable by the job pods alone."""
+    (policy,) = by_kind(kustomize(MANIFESTS / "base"), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector, no ipBlock: this namespace only
+    assert source["podSelector"] == spec["podSelector"]
+    (selector,) = spec["podSelector"]["matchExpressions"]
+    assert selector == {"key": STAGE_LABEL, "operator": "Exists"}
+    launch = LaunchSpec("train", {}, workers=2)
+    job = render_pytorchjob(launch)
+    trainjob = render_trainjob(launch)
+    pod_labels = [
+        r["template"]["metadata"]["labels"] for r in job["spec"]["pytorchReplicaSpecs"].values()
+    ]
+    (patch,) = trainjob["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod_labels.append(replicated["template"]["spec"]["template"]["metadata"]["labels"])
+    for labels in pod_labels:
+        assert STAGE_LABEL in labels
+    # Every port between job pods: NCCL's are ephemeral.
+    assert "ports" not in rule
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

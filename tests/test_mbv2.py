@@ -15,6 +15,8 @@ from kshot.nn.mbv2_supernet import MBV2Supernet
 from kshot.nn.simplex import channel_regularizer, width_positives
 from kshot.spaces import Space, mbv2
 
+pytestmark = pytest.mark.numerics
+
 TINY_SHAPE = {"num_classes": 10, "width_mult": 0.125, "divisor": 1, "in_channels": 3}
 
 

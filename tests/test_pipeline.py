@@ -93,6 +93,7 @@ def test_artifacts_flow_from_stage_to_stage(compiled: dict[str, Any]) -> None:
     assert _artifact_source(tasks["rank"], "truth") == ("ground-truth", "table")
     assert _artifact_source(tasks["summarize"], "ranking") == ("rank", "ranking")
     assert _artifact_source(tasks["summarize"], "retrained") == ("retrain", "retrained")
+    assert _artifact_source(tasks["summarize"], "truth") == ("ground-truth", "table")
     # rank runs beside search: neither waits for the other
     assert "search" not in tasks["rank"]["dependentTasks"]
     assert "rank" not in tasks["search"]["dependentTasks"]
@@ -173,6 +174,7 @@ def test_a_job_refuses_artifacts_its_pods_cannot_reach_before_it_starts(
     message = str(failure.value)
     assert f"warmup: output 'checkpoint' of the {launcher} job is {checkpoint.uri}" in message
     assert "minio:// pipeline root" in message and "--pipeline-root gs://" in message
+    assert "s3://BUCKET/PREFIX" in message
     assert not Path(checkpoint.path).exists()
 
 
@@ -180,8 +182,9 @@ def test_a_uri_handed_to_a_later_step_must_reach_its_pod() -> None:
     table = dsl.Dataset(uri=f"{MINIO_RUN}/standalone/table")
     with pytest.raises(ValueError, match=f"output 'table' is {table.uri}, which other pods"):
         handoff_uri(table, "table")
-    in_gcs = dsl.Dataset(uri="gs://bucket/run-1/standalone/table")
-    assert handoff_uri(in_gcs, "table") == in_gcs.uri
+    for bucket in ("gs://bucket", "s3://bucket"):
+        in_store = dsl.Dataset(uri=f"{bucket}/run-1/standalone/table")
+        assert handoff_uri(in_store, "table") == in_store.uri
     on_this_machine = dsl.Dataset(uri="/tmp/kfp-local/standalone/table")  # kfp.local
     assert handoff_uri(on_this_machine, "table") == on_this_machine.uri
 

@@ -39,7 +39,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _host(server: RecordingKfpServer) -> list[str]:
-    return ["--host", server.url, "--existing-token", TOKEN]
+    return ["--host", server.url, "--existing-token", TOKEN, "--allow-insecure-token"]
 
 
 def test_upload_creates_the_pipeline_then_versions(
@@ -77,6 +77,7 @@ def test_run_sends_k_and_the_token_from_the_environment(
         "run",
         "--host",
         kfp_server.url,
+        "--allow-insecure-token",
         "--package",
         package,
         "--set",
@@ -170,8 +171,10 @@ def test_explicit_values_are_sent_even_at_the_local_defaults(tmp_path: Path) -> 
     }
 
 
-def test_run_sends_the_pipeline_root(kfp_server: RecordingKfpServer, package: str) -> None:
-    root = "gs://kshot-runs/pipeline-root"
+@pytest.mark.parametrize("root", ["gs://kshot-runs/pipeline-root", "s3://kshot-runs/pipeline-root"])
+def test_run_sends_the_pipeline_root(
+    kfp_server: RecordingKfpServer, package: str, root: str
+) -> None:
     args = ["pipeline", "run", *_host(kfp_server), "--package", package, "--pipeline-root", root]
     assert main(args) == 0
     (run,) = kfp_server.runs.values()
@@ -222,6 +225,7 @@ def test_a_wrong_token_fails_in_one_line(
         "upload",
         "--host",
         kfp_server.url,
+        "--allow-insecure-token",
         "--existing-token",
         "stale",
         "--package",
@@ -232,6 +236,26 @@ def test_a_wrong_token_fails_in_one_line(
     assert "\n" not in error
     assert kfp_server.url in error and "HTTP 401" in error
     assert kfp_server.pipelines == {}
+
+
+@pytest.mark.parametrize("action", ["upload", "run"])
+def test_the_token_is_not_sent_over_http_unless_allowed(
+    action: str,
+    kfp_server: RecordingKfpServer,
+    package: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert kfp_server.url.startswith("http://")
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", TOKEN)
+    args = ["pipeline", action, "--host", kfp_server.url, "--package", package]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "refusing to send the bearer token over an unencrypted connection" in error
+    assert "--allow-insecure-token" in error
+    assert kfp_server.requests == []
+    assert main([*args, "--allow-insecure-token"]) == 0
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in kfp_server.requests)
 
 
 def _closed_port() -> int:
@@ -257,6 +281,7 @@ def _rerun(server_url: str, *args: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "KFP_HOST": server_url,
         "KFP_TOKEN": TOKEN,
+        "KSHOT_ALLOW_INSECURE_TOKEN": "1",  # the recording server is http://127.0.0.1
         "PYTHON": sys.executable,
         "GITHUB_SHA": "0123456789abcdef",
     }
@@ -343,6 +368,7 @@ def test_the_rerun_workflow_passes_the_launcher_namespace_and_root(
         "KFP_HOST": kfp_server.url,
         "KFP_TOKEN": TOKEN,
         "KSHOT_IMAGE": "",  # an unset repository variable
+        "KSHOT_ALLOW_INSECURE_TOKEN": "1",  # the recording server is http://127.0.0.1
         "PYTHON": sys.executable,
     }
     assert set(submit["env"]) == {*inputs, "KFP_HOST", "KFP_TOKEN", "KSHOT_IMAGE"}

@@ -1,8 +1,10 @@
-"""Reliability: runs on gs:// equal runs on disk, killed workers resume, flaky storage is survived.
+"""Reliability: runs on gs:// and s3:// equal runs on disk, killed workers resume, flaky storage is
+survived.
 
 These are the claims of DESIGN.md §6 ("nothing half-written … a restarted one resumes from the last
-complete one") and of the object-storage issue, checked against the real GCS emulator
-(``tests/gcs.py``) and a real ``SIGKILL``.
+complete one") and of object storage, checked against real servers (the GCS emulator of
+``tests/gcs.py``, the S3 server of ``tests/s3.py``, each test taking ``remote`` runs on both) and a
+real ``SIGKILL``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer, curves
 from tests.conftest import TINY
 from tests.gcs import FlakyProxy
+from tests.object_stores import Remote
 
 STEPS_PER_EPOCH = 899 // TINY["batch_size"]  # digits: 899 training images in the seed-0 split
 GROUND_TRUTH = {  # made-up accuracies of a few paths: rank only needs a table to join against
@@ -44,7 +47,7 @@ GROUND_TRUTH = {  # made-up accuracies of a few paths: rank only needs a table t
 
 def _chain(cfg: Config, root: str) -> dict[str, str]:
     """split → warmup → train → search → rank with every artifact under ``root`` (a folder or a
-    gs:// prefix); split goes through the ``kshot stage`` command with its config file under
+    bucket prefix); split goes through the ``kshot stage`` command with its config file under
     ``root`` too. Returns the artifact URIs."""
     uri = {
         name: storage.join(root, name)
@@ -110,17 +113,24 @@ def _step_of(uri: str) -> int:
     return int(uri.rsplit("-s", 1)[1].removesuffix(".pt"))
 
 
-# --------------------------------------------------------------------- gs:// equals local disk
+# ----------------------------------------------------------- object stores equal local disk
 
 
-def test_a_run_on_gcs_gives_the_same_results_as_on_local_disk(
-    tiny_cfg: Config, gcs_bucket: str, tmp_path: Path
+@pytest.fixture(scope="module")
+def local_chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """:func:`_chain` on local disk (TINY config), the reference of the runs on object stores."""
+    return _chain(load_config(TINY), str(tmp_path_factory.mktemp("local-chain") / "run"))
+
+
+def test_a_run_on_an_object_store_gives_the_same_results_as_on_local_disk(
+    tiny_cfg: Config, remote: Remote, local_chain: dict[str, str]
 ) -> None:
-    """split → warmup → train → search → rank with every input and output on gs:// (config file
-    included) writes the same search results, rank metrics and scores, the same checkpoints and
-    bitwise the same final weights as the same run on local paths."""
-    local = _chain(tiny_cfg, str(tmp_path / "run"))
-    remote = _chain(tiny_cfg, storage.join(gcs_bucket, "run"))
+    """split → warmup → train → search → rank with every input and output on gs:// or s3://
+    (config file included) writes the same search results, rank metrics and scores, the same
+    checkpoints and bitwise the same final weights as the same run on local paths."""
+    local = local_chain
+    bucket = remote.bucket
+    remote = _chain(tiny_cfg, storage.join(bucket, "run"))
 
     assert storage.read_json(remote["split.json"]) == storage.read_json(local["split.json"])
     assert storage.read_json(remote["search.json"]) == storage.read_json(local["search.json"])
@@ -138,7 +148,7 @@ def test_a_run_on_gcs_gives_the_same_results_as_on_local_disk(
             ckpt.list_checkpoints(local[folder])
         )
         _assert_same_weights(ckpt.load_latest(remote[folder]), ckpt.load_latest(local[folder]))
-    objects = storage.list_uris(gcs_bucket)
+    objects = storage.list_uris(bucket)
     assert objects and not [u for u in objects if u.endswith(".partial")]
 
 
@@ -281,19 +291,27 @@ def test_resuming_mid_epoch_keeps_the_epoch_curves(
     assert curves(resumed.history) == curves(straight.history)
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
 def test_the_warmup_stage_resumes_its_own_mid_epoch_checkpoint(
-    warm_run: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    where: str,
+    warm_run: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """A warmup stage restarted on an output folder that holds a mid-epoch checkpoint (as a killed
-    worker leaves) resumes from it: it trains only the steps left, and ends with bitwise the
-    weights of the uninterrupted warmup."""
+    """A warmup stage restarted on an output folder (local, or in an S3 bucket) that holds a
+    mid-epoch checkpoint (as a killed worker leaves) resumes from it: it trains only the steps
+    left, and ends with bitwise the weights of the uninterrupted warmup."""
     cfg = load_config(TINY)
-    out = tmp_path / "warm"
+    if where == "local":
+        out = str(tmp_path / "warm")
+    else:
+        out = storage.join(request.getfixturevalue("s3_bucket"), "warm")
     planted = KShotTrainer(cfg, load_train_data(cfg, warm_run["split"]), torch.device("cpu"))
     for _ in range(10):
         planted.train_step()
-    planted.save(str(out))
-    assert _names(ckpt.list_checkpoints(str(out))) == [ckpt.checkpoint_name(0, 10)]
+    planted.save(out)
+    assert _names(ckpt.list_checkpoints(out)) == [ckpt.checkpoint_name(0, 10)]
 
     started: list[int] = []
     original_step = KShotTrainer.train_step
@@ -303,11 +321,11 @@ def test_the_warmup_stage_resumes_its_own_mid_epoch_checkpoint(
         return original_step(self)
 
     monkeypatch.setattr(KShotTrainer, "train_step", counted)
-    result = run_stage("warmup", cfg, {"split": warm_run["split"]}, {"checkpoint": str(out)})
+    result = run_stage("warmup", cfg, {"split": warm_run["split"]}, {"checkpoint": out})
 
     assert started == list(range(10, STEPS_PER_EPOCH))
     assert result == {"epoch": 1, "step": STEPS_PER_EPOCH}
-    final = ckpt.load_latest(str(out))
+    final = ckpt.load_latest(out)
     assert final["step"] == STEPS_PER_EPOCH
     _assert_same_weights(final, ckpt.load_latest(warm_run["checkpoint"]))
 
@@ -316,12 +334,14 @@ def test_the_warmup_stage_resumes_its_own_mid_epoch_checkpoint(
 
 
 def test_stages_finish_through_a_flaky_connection(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, warm_run: dict[str, str], tiny_cfg: Config
+    flaky_remote: FlakyProxy, remote: Remote, warm_run: dict[str, str], tiny_cfg: Config
 ) -> None:
     """With 30% of storage requests failing (503 or a dropped connection), split → warmup on gs://
-    finish and write the same split and bitwise the same warmup checkpoint as on local disk."""
+    or s3:// finish and write the same split and bitwise the same warmup checkpoint as on local
+    disk."""
+    flaky_proxy = flaky_remote
     flaky_proxy.fail_share = 0.3
-    root = storage.join(gcs_bucket, "flaky")
+    root = storage.join(remote.bucket, "flaky")
     split, warm = storage.join(root, "split.json"), storage.join(root, "warm")
     run_stage("split", tiny_cfg, {}, {"split": split})
     run_stage("warmup", tiny_cfg, {"split": split}, {"checkpoint": warm})
@@ -339,8 +359,8 @@ def test_stages_finish_through_a_flaky_connection(
 @pytest.mark.parametrize("faults_from", ["the start", "the first checkpoint"])
 def test_faults_that_never_stop_fail_the_stage_clearly_and_write_nothing(
     faults_from: str,
-    flaky_proxy: FlakyProxy,
-    gcs_bucket: str,
+    flaky_remote: FlakyProxy,
+    remote: Remote,
     warm_run: dict[str, str],
     tiny_cfg: Config,
     monkeypatch: pytest.MonkeyPatch,
@@ -348,8 +368,9 @@ def test_faults_that_never_stop_fail_the_stage_clearly_and_write_nothing(
     """When every storage request fails (from the start, or from when training starts so that
     the checkpoint upload is what fails), warmup stops within the retry deadline with an error
     naming the URI and the deadline setting, and nothing is left at the output URI."""
+    flaky_proxy = flaky_remote
     monkeypatch.setenv(storage.RETRY_DEADLINE_ENV, "1.5")
-    out = storage.join(gcs_bucket, "never", "warm")
+    out = storage.join(remote.bucket, "never", "warm")
     expected_uri = out
     if faults_from == "the start":
         flaky_proxy.fail_share = 1.0
@@ -371,4 +392,4 @@ def test_faults_that_never_stop_fail_the_stage_clearly_and_write_nothing(
     assert expected_uri in message and storage.RETRY_DEADLINE_ENV in message, message
 
     flaky_proxy.fail_share = 0.0
-    assert storage.list_uris(storage.join(gcs_bucket, "never")) == []
+    assert storage.list_uris(storage.join(remote.bucket, "never")) == []

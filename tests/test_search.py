@@ -131,6 +131,7 @@ def test_a_budget_no_path_meets_is_refused():
         )
 
 
+@pytest.mark.numerics
 def test_recalibration_uses_exactly_n_images_and_resets_statistics():
     torch.manual_seed(0)
     net = NB201Supernet(2, C=4, N=1)
@@ -153,6 +154,7 @@ def test_recalibration_uses_exactly_n_images_and_resets_statistics():
     assert all(bn.running_mean.abs().max() < 100 for bn in bn_layers(net))  # old values gone
 
 
+@pytest.mark.numerics
 def test_recalibration_in_one_batch_equals_batch_norms_own_statistics():
     """One batch of N: the statistics nn.BatchNorm2d would store with momentum 1."""
     torch.manual_seed(0)
@@ -171,6 +173,7 @@ def test_recalibration_in_one_batch_equals_batch_norms_own_statistics():
         assert torch.allclose(var, bn.running_var, atol=1e-4)
 
 
+@pytest.mark.numerics
 def test_micro_batched_recalibration_is_exact_for_the_first_layer_and_close_after():
     torch.manual_seed(0)
     net = nb201.build(nb201.sample(np.random.default_rng(5)), C=4, N=1)
@@ -217,6 +220,7 @@ def _hand_predictions(net, arch, lam, bn_images, valid_images):
         return net(_prepare(valid_images), arch, lam).argmax(1)
 
 
+@pytest.mark.numerics
 def test_path_scorer_uses_the_simplex_code_and_recalibrated_statistics():
     """``score`` returns λ = π(a) and the accuracy of the path merged with it after BN
     recalibration on the N images: every prediction matches the hand computation, whatever

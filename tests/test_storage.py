@@ -1,6 +1,7 @@
-"""kshot.storage against a local folder and a real GCS-compatible server (gcp-storage-emulator).
+"""kshot.storage against a local folder and real servers: GCS (gcp-storage-emulator), S3 (moto).
 
-Needs the fixtures of ``tests/gcs.py`` (registered in conftest, or ``pytest -p tests.gcs``).
+Needs the fixtures of ``tests/gcs.py``, ``tests/s3.py`` and ``tests/object_stores.py`` (registered
+in conftest). Tests of the object stores' guarantees take ``remote`` and run once per store.
 """
 
 from __future__ import annotations
@@ -9,22 +10,24 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage as gcs
 
 from kshot import storage
 from tests.gcs import FlakyProxy
+from tests.object_stores import Remote
+from tests.s3 import direct_client
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", "gcs", "s3"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A folder URI to work under: a local path, or a folder in a fresh emulator bucket."""
+    """A folder URI to work under: a local path, or a folder in a fresh GCS or S3 bucket."""
     if request.param == "local":
         return str(tmp_path / "root")
-    return storage.join(request.getfixturevalue("gcs_bucket"), "root")
+    bucket = request.getfixturevalue({"gcs": "gcs_bucket", "s3": "s3_bucket"}[request.param])
+    return storage.join(bucket, "root")
 
 
 def _make_tree(folder: Path) -> dict[str, bytes]:
@@ -93,9 +96,9 @@ def test_folder_round_trip_listing_and_local_copy(root: str, tmp_path: Path) -> 
     assert _read_tree(destination) == files
 
 
-def test_local_copy_of_gcs_is_removed_after_the_block(gcs_bucket: str) -> None:
-    storage.write_text(storage.join(gcs_bucket, "d", "f.txt"), "x")
-    with storage.local_copy(storage.join(gcs_bucket, "d")) as copy:
+def test_local_copy_of_an_object_store_is_removed_after_the_block(remote: Remote) -> None:
+    storage.write_text(storage.join(remote.bucket, "d", "f.txt"), "x")
+    with storage.local_copy(storage.join(remote.bucket, "d")) as copy:
         assert (copy / "f.txt").read_text() == "x"
     assert not copy.exists()
 
@@ -151,10 +154,11 @@ def test_reader_never_sees_a_partial_object(root: str) -> None:
     assert seen and seen <= set(versions)
 
 
-def test_large_checkpoint_streams_through_gcs(gcs_bucket: str) -> None:
-    state = {"weight": torch.randn(12 * 1024 * 1024)}  # 48 MiB: a chunked, resumable upload
+def test_large_checkpoint_streams_through_object_stores(remote: Remote) -> None:
+    state = {"weight": torch.randn(12 * 1024 * 1024)}  # 48 MiB: a resumable / multipart upload
     size = state["weight"].numel() * state["weight"].element_size()
-    uri = storage.join(gcs_bucket, "ckpt", "big.pt")
+    uri = storage.join(remote.bucket, "ckpt", "big.pt")
+    assert not storage.exists(uri)  # the client is built (botocore loads its API models) by now
 
     tracemalloc.start()
     try:
@@ -172,11 +176,12 @@ def test_large_checkpoint_streams_through_gcs(gcs_bucket: str) -> None:
 
 
 def test_operations_succeed_through_flaky_connection(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, tmp_path: Path
+    flaky_remote: FlakyProxy, remote: Remote, tmp_path: Path
 ) -> None:
+    flaky_proxy = flaky_remote
     flaky_proxy.fail_share = 0.3
-    run = storage.join(gcs_bucket, "run")
-    blob = bytes(range(256)) * 40_000  # 10 MB: a resumable upload in two chunks
+    run = storage.join(remote.bucket, "run")
+    blob = bytes(range(256)) * 40_000  # 10 MB: an upload in two chunks / parts
     files = _make_tree(tmp_path / "source")
 
     storage.write_bytes(storage.join(run, "blob.bin"), blob)
@@ -199,11 +204,12 @@ def test_operations_succeed_through_flaky_connection(
 
 
 def test_faults_that_never_stop_fail_clearly_and_write_nothing(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+    flaky_remote: FlakyProxy, remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    flaky_proxy = flaky_remote
     monkeypatch.setenv(storage.RETRY_DEADLINE_ENV, "1.5")
     flaky_proxy.fail_share = 1.0
-    uri = storage.join(gcs_bucket, "never.bin")
+    uri = storage.join(remote.bucket, "never.bin")
 
     started = time.monotonic()
     with pytest.raises(storage.StorageError) as failure:
@@ -219,68 +225,102 @@ def test_faults_that_never_stop_fail_clearly_and_write_nothing(
     assert not storage.exists(uri)
 
 
-def _direct_client(gcs_emulator: str) -> gcs.Client:
-    """A client of the emulator itself, past the proxy: another writer."""
-    return gcs.Client(
-        project="kshot-test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": gcs_emulator},
-    )
-
-
+@pytest.mark.parametrize("size", [4, 10_000_000])  # one request; a resumable / multipart upload
 @pytest.mark.parametrize("existed", [True, False])
 def test_a_write_never_replaces_what_another_writer_put_there_meanwhile(
-    flaky_proxy: FlakyProxy, gcs_emulator: str, gcs_bucket: str, existed: bool
+    flaky_remote: FlakyProxy, remote: Remote, existed: bool, size: int
 ) -> None:
-    uri = storage.join(gcs_bucket, "contested.bin")
+    if existed and size > 8 * 1024 * 1024 and storage.is_s3(remote.bucket):
+        pytest.skip("moto ignores If-Match on CompleteMultipartUpload (AWS S3 and MinIO do not)")
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "contested.bin")
     if existed:
         storage.write_bytes(uri, b"before")
-    bucket, key = storage.parse_gcs(uri)
-    other = _direct_client(gcs_emulator).bucket(bucket).blob(key)
-    flaky_proxy.before_next("POST", "/upload/", lambda: other.upload_from_string(b"theirs"))
+    flaky_proxy.before_next(*remote.write_request(uri, size), lambda: remote.put(uri, b"theirs"))
 
     with pytest.raises(storage.StorageError, match="another writer changed it") as failure:
-        storage.write_bytes(uri, b"ours")
+        storage.write_bytes(uri, b"ours" if size < 256 else bytes(range(256)) * (size // 256))
     assert uri in str(failure.value)
     assert storage.read_bytes(uri) == b"theirs"
     assert flaky_proxy.refused_preconditions == 1
 
 
-@pytest.mark.parametrize("size", [1000, 10_000_000])  # one multipart request; a resumable upload
+@pytest.mark.parametrize("size", [1000, 10_000_000])  # one request; a resumable / multipart upload
 def test_a_write_whose_answer_was_lost_is_retried_and_lands_once(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, size: int
+    flaky_remote: FlakyProxy, remote: Remote, size: int
 ) -> None:
-    uri = storage.join(gcs_bucket, "lost.bin")
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "lost.bin")
     storage.write_bytes(uri, b"old")
     data = bytes(range(256)) * (size // 256)
-    flaky_proxy.lose_next_answer("POST", "/upload/")
+    flaky_proxy.lose_next_answer(*remote.write_request(uri, size))
 
     storage.write_bytes(uri, data)
     assert storage.read_bytes(uri) == data
     assert flaky_proxy.lost == 1
-    # the retried multipart upload met its own first attempt's object: 412, then found to be ours
+    # the retried one-request upload met its own first attempt's object: 412, then found to be
+    # ours; a retried resumable upload starts a new session, a retried multipart completion is
+    # answered as the completion it repeats
     assert flaky_proxy.refused_preconditions == (1 if size < 8 * 1024 * 1024 else 0)
 
 
 def test_a_retried_write_that_finds_other_bytes_fails(
-    flaky_proxy: FlakyProxy, gcs_emulator: str, gcs_bucket: str
+    flaky_remote: FlakyProxy, remote: Remote
 ) -> None:
-    uri = storage.join(gcs_bucket, "lost-then-replaced.bin")
-    bucket, key = storage.parse_gcs(uri)
-    other = _direct_client(gcs_emulator).bucket(bucket).blob(key)
-    flaky_proxy.lose_next_answer("POST", "/upload/")
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "lost-then-replaced.bin")
+    flaky_proxy.lose_next_answer(*remote.write_request(uri, 4))
     # the first attempt lands, its answer is lost; another writer replaces it before the retry
-    flaky_proxy.before_next("POST", "/upload/", lambda: other.upload_from_string(b"theirs"))
+    flaky_proxy.before_next(*remote.write_request(uri, 4), lambda: remote.put(uri, b"theirs"))
 
     with pytest.raises(storage.StorageError, match="another writer changed it"):
         storage.write_bytes(uri, b"ours")
     assert storage.read_bytes(uri) == b"theirs"
 
 
-def test_a_delete_whose_answer_was_lost_succeeds(flaky_proxy: FlakyProxy, gcs_bucket: str) -> None:
-    uri = storage.join(gcs_bucket, "gone.bin")
+def test_a_download_cut_off_part_way_resumes_where_it_stopped(
+    flaky_remote: FlakyProxy, remote: Remote
+) -> None:
+    """The retry asks for the missing bytes only, so a fault costs what was in flight, not the
+    whole checkpoint."""
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "cut.bin")
+    data = bytes(range(256)) * 40_000  # 10 MB
+    storage.write_bytes(uri, data)
+    flaky_proxy.cut_next_answer(*remote.download_request(uri), keep_bytes=4_000_000)
+
+    with storage.local_copy(uri) as copy:
+        assert copy.read_bytes() == data
+    (resumed,) = flaky_proxy.ranges
+    first_missing = int(resumed.removeprefix("bytes=").split("-")[0])
+    assert 2_000_000 < first_missing <= 4_000_000, resumed
+
+
+def test_a_download_resumed_after_a_replacement_starts_over(
+    flaky_remote: FlakyProxy, remote: Remote
+) -> None:
+    """Bytes of two versions are never stitched together: when the object was replaced between
+    the cut-off answer and the retry, the download starts over on the new version."""
+    if storage.is_gcs(remote.bucket):
+        pytest.skip(
+            "the GCS emulator ignores the generation google-cloud-storage pins a resumed download to"
+        )
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "replaced.bin")
+    old, new = bytes(range(256)) * 40_000, bytes(reversed(range(256))) * 40_000
+    storage.write_bytes(uri, old)
+    flaky_proxy.cut_next_answer(*remote.download_request(uri), keep_bytes=4_000_000)
+    flaky_proxy.before_next(*remote.download_request(uri), lambda: remote.put(uri, new))
+
+    with storage.local_copy(uri) as copy:
+        assert copy.read_bytes() == new
+
+
+def test_a_delete_whose_answer_was_lost_succeeds(flaky_remote: FlakyProxy, remote: Remote) -> None:
+    flaky_proxy = flaky_remote
+    uri = storage.join(remote.bucket, "gone.bin")
     storage.write_bytes(uri, b"x")
-    flaky_proxy.lose_next_answer("DELETE", "/o/")
+    flaky_proxy.lose_next_answer(*remote.delete_request(uri))
 
     storage.delete(uri)
     assert flaky_proxy.lost == 1
@@ -294,10 +334,16 @@ def test_a_delete_whose_answer_was_lost_succeeds(flaky_proxy: FlakyProxy, gcs_bu
         (storage.read_bytes, "gs:///key", "no bucket name"),
         (storage.read_bytes, "gs://bucket-only", "not an object"),
         (lambda uri: storage.write_bytes(uri, b"x"), "gs://bucket-only/folder/", "not an object"),
-        (lambda uri: storage.write_bytes(uri, b"x"), "s3://bucket/key", "unsupported URI scheme"),
+        (lambda uri: storage.write_bytes(uri, b"x"), "hdfs://node/key", "unsupported URI scheme"),
         (storage.exists, "https://example.com/key", "unsupported URI scheme"),
         (storage.list_uris, "gs://Not_A_Bucket!/key", "bucket name"),
         (storage.delete, "gs://whole-bucket", "refusing to delete"),
+        (storage.read_bytes, "s3://", "no bucket name"),
+        (storage.read_bytes, "s3://bucket-only", "not an object"),
+        (lambda uri: storage.write_bytes(uri, b"x"), "s3://bucket-only/folder/", "not an object"),
+        (storage.list_uris, "s3://under_score/key", "bucket name"),  # fine on GCS, not on S3
+        (storage.exists, "s3://" + "b" * 64 + "/key", "3-63 characters"),
+        (storage.delete, "s3://whole-bucket", "refusing to delete"),
         (storage.read_bytes, "", "empty URI"),
     ],
 )
@@ -306,6 +352,8 @@ def test_malformed_uris_are_rejected_before_any_request(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    for name in storage.S3_ENDPOINT_ENVS:
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=message) as failure:
         operation(uri)
     assert repr(uri) in str(failure.value) or not uri
@@ -322,8 +370,8 @@ def test_malformed_uris_are_rejected_before_any_request(
         (storage.delete, "missing.bin", "does not exist"),
     ],
 )
-def test_missing_objects_name_the_uri(operation, key: str, message: str, gcs_bucket: str) -> None:
-    uri = storage.join(gcs_bucket, key)
+def test_missing_objects_name_the_uri(operation, key: str, message: str, remote: Remote) -> None:
+    uri = storage.join(remote.bucket, key)
     with pytest.raises(FileNotFoundError, match=message) as failure:
         operation(uri)
     assert uri in str(failure.value)
@@ -336,11 +384,15 @@ def test_missing_objects_name_the_uri(operation, key: str, message: str, gcs_buc
         lambda uri: storage.write_bytes(uri, b"x"),
         storage.list_uris,
         storage.exists,
+        storage.check_writable,
     ],
 )
-def test_missing_bucket_names_the_uri(operation, gcs_emulator: str) -> None:
-    uri = "gs://kshot-no-such-bucket/run/file.bin"
-    with pytest.raises(FileNotFoundError, match="bucket gs://kshot-no-such-bucket does not exist"):
+def test_missing_bucket_names_the_uri(operation, remote: Remote) -> None:
+    scheme = remote.bucket.partition("://")[0]
+    uri = f"{scheme}://kshot-no-such-bucket/run/file.bin"
+    with pytest.raises(
+        FileNotFoundError, match=f"{uri}: bucket {scheme}://kshot-no-such-bucket does not exist"
+    ):
         operation(uri)
 
 
@@ -353,11 +405,11 @@ def test_missing_local_file_names_the_path(tmp_path: Path) -> None:
 
 
 def test_bad_retry_deadline_setting_is_named(
-    gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+    remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(storage.RETRY_DEADLINE_ENV, "soon")
     with pytest.raises(ValueError, match=f"{storage.RETRY_DEADLINE_ENV}='soon'"):
-        storage.read_bytes(storage.join(gcs_bucket, "x"))
+        storage.read_bytes(storage.join(remote.bucket, "x"))
 
 
 def test_gs_without_credentials_says_how_to_get_them(
@@ -365,6 +417,43 @@ def test_gs_without_credentials_says_how_to_get_them(
 ) -> None:
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
-    monkeypatch.setattr(storage, "_cached_client", None)
+    monkeypatch.setattr(storage._GCS, "_cached", None)
     with pytest.raises(PermissionError, match="no usable Google Cloud credentials .*Workload"):
         storage.read_bytes("gs://some-bucket/split.json")
+
+
+def test_s3_without_credentials_says_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "absent"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(storage._S3_STORE, "_cached", None)
+    with pytest.raises(PermissionError, match="no usable S3 credentials .*AWS_ACCESS_KEY_ID"):
+        storage.read_bytes("s3://some-bucket/split.json")
+
+
+def test_an_interrupted_s3_multipart_upload_leaves_no_parts(
+    s3_server: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload in parts stopped part-way (the worker interrupted at part 2) is aborted: neither
+    the object nor the parts already sent remain (S3 keeps, and bills, an unfinished upload's
+    parts until it is aborted)."""
+    uri = storage.join(s3_bucket, "interrupted.bin")
+    client = storage._S3_STORE.client()
+    upload_part = client.upload_part
+
+    def interrupted_at_part_2(**request: Any) -> Any:
+        if request["PartNumber"] == 2:
+            raise KeyboardInterrupt
+        return upload_part(**request)
+
+    monkeypatch.setattr(client, "upload_part", interrupted_at_part_2)
+    with pytest.raises(KeyboardInterrupt):
+        storage.write_bytes(uri, bytes(20 * 1024 * 1024))  # three parts
+    bucket, _ = storage.parse_remote(uri)
+    assert direct_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert not storage.exists(uri)

@@ -258,11 +258,12 @@ def test_decode_falls_back_to_pil_and_names_bad_files(tmp_path, monkeypatch):
         decode_image_bytes(b"", "empty.png")
 
 
-# ----------------------------------------------------------------------------------- gs://
+# ---------------------------------------------------------------------------- gs://, s3://
 
 
-def test_gcs_tree_streams_like_the_local_one(tree, index, split, gcs_bucket):
-    uri = f"{gcs_bucket}/imagenet"
+def test_a_bucket_tree_streams_like_the_local_one(tree, index, split, remote):
+    """On gs:// and s3:// (``remote``), DataLoader workers included."""
+    uri = f"{remote.bucket}/imagenet"
     storage.upload_dir(tree, uri)
     remote = ImageFolderIndex.scan(uri)
     assert remote.classes == index.classes
@@ -274,13 +275,13 @@ def test_gcs_tree_streams_like_the_local_one(tree, index, split, gcs_bucket):
     _assert_same(remote_batches, _train(index, train, count=1, start_step=1))
 
 
-def test_a_flat_val_folder_is_refused_alike_on_disk_and_on_gcs(tmp_path, gcs_bucket):
+def test_a_flat_val_folder_is_refused_alike_on_disk_and_in_a_bucket(tmp_path, remote):
     """ImageNet's raw val/ (images, no class folders) must fail loudly, not vanish as no test part."""
     root = tmp_path / "flat-val"
     _write_tree(root)
     (root / "val").mkdir()
     Image.new("RGB", (8, 8)).save(root / "val" / "ILSVRC2012_val_00000001.JPEG")
-    uri = f"{gcs_bucket}/flat-val"
+    uri = f"{remote.bucket}/flat-val"
     storage.upload_dir(root, uri)
     for where in (str(root), uri):
         with pytest.raises(ValueError, match="must sit in <class>/ folders"):

@@ -6,8 +6,8 @@ workers instead.
 
 * :class:`ImageFolderIndex` lists a class-folder tree ``root/train/<class>/*.{jpg,jpeg,png}`` (and
   optionally ``root/test/<class>/...``, or ``val/`` or ``validation/``, looked for in that order),
-  local or ``gs://``, with the same rules as :mod:`kshot.data.datasets`: classes are the train
-  part's subfolders sorted by name, and files are taken in name order within each class.
+  local, ``gs://`` or ``s3://``, with the same rules as :mod:`kshot.data.datasets`: classes are the
+  train part's subfolders sorted by name, and files are taken in name order within each class.
 * The train / local-validation split is the project's one split (:func:`kshot.data.split.make_split`,
   config key ``valid_size``: the ImageNet recipe holds 50,000 training images out).
 * :func:`train_batches` streams the batches of iterations ``start_step, start_step + 1, ...`` under
@@ -88,7 +88,7 @@ class ImageFolderIndex:
     """The files of one part of a class-folder tree, with their labels.
 
     Attributes:
-        files: Local paths or ``gs://`` URIs of the images, grouped by class in class order and in
+        files: Local paths or ``gs://`` / ``s3://`` URIs of the images, grouped by class in class order and in
             name order within a class.
         labels: ``int64`` array of shape ``(len(files),)``: each file's position in ``classes``.
         classes: The train part's class folder names, sorted.
@@ -130,7 +130,7 @@ class ImageFolderIndex:
     def scan(
         cls, uri: str, part: str = "train", *, classes: Sequence[str] | None = None
     ) -> ImageFolderIndex:
-        """List one part of the class-folder tree at ``uri`` (a local folder or ``gs://`` prefix).
+        """List one part of the class-folder tree at ``uri`` (a local folder or bucket prefix).
 
         Args:
             uri: The tree's root, holding ``train/`` (and optionally ``test/``, ``val/`` or
@@ -138,11 +138,11 @@ class ImageFolderIndex:
             part: ``"train"``, or ``"test"`` for the first of ``test/``, ``val/``,
                 ``validation/`` that exists.
             classes: The train part's classes when already known (e.g. ``train_index.classes``);
-                saves listing ``train/`` again when scanning the test part (for a ``gs://`` tree
+                saves listing ``train/`` again when scanning the test part (for a bucket tree
                 that listing touches every training object).
 
         Returns:
-            The index; for ``gs://`` trees only objects exactly at ``<part>/<class>/<name>`` count.
+            The index; for bucket trees only objects exactly at ``<part>/<class>/<name>`` count.
 
         Raises:
             FileNotFoundError: a local ``uri`` is not a folder, or ``part="test"`` and the tree has
@@ -154,7 +154,7 @@ class ImageFolderIndex:
         if part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, got {part!r} (dataset {uri!r})")
         storage.check_uri(uri)
-        lister = _GcsTree(uri) if storage.is_gcs(uri) else _LocalTree(uri)
+        lister = _ObjectStoreTree(uri) if storage.is_remote(uri) else _LocalTree(uri)
         if classes is None:
             classes = lister.class_names("train")
             if not classes:
@@ -223,8 +223,9 @@ class _LocalTree:
         return [storage.join(self.uri, folder, class_name, name) for name in names]
 
 
-class _GcsTree:
-    """Listings of a ``gs://`` class-folder tree: one ``list_uris`` per part folder, cached."""
+class _ObjectStoreTree:
+    """Listings of a ``gs://`` or ``s3://`` class-folder tree: one ``list_uris`` per part folder,
+    cached."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
@@ -295,13 +296,13 @@ def decode_image_bytes(data: bytes | bytearray, name: str) -> torch.Tensor:
 
 
 def read_image(uri: str) -> torch.Tensor:
-    """Read and decode the image at ``uri`` (local path or ``gs://``) to ``uint8`` RGB ``(3, H, W)``.
+    """Read and decode the image at ``uri`` (local path, ``gs://`` or ``s3://``) to ``uint8`` RGB ``(3, H, W)``.
 
     Raises:
         FileNotFoundError: nothing exists at ``uri``.
         ValueError: the file cannot be decoded (naming ``uri``).
     """
-    if storage.is_gcs(uri):
+    if storage.is_remote(uri):
         data = bytearray(storage.read_bytes(uri))
     else:
         with open(uri, "rb") as f:

@@ -48,7 +48,7 @@ def _is_benchmark_file(uri: str) -> bool:
     """Whether ``uri`` names the benchmark's own file or folder rather than a CSV table."""
     if uri.lower().endswith(_BENCHMARK_SUFFIXES) or uri.endswith("/"):
         return True
-    return not storage.is_gcs(uri) and Path(uri).is_dir()
+    return not storage.is_remote(uri) and Path(uri).is_dir()
 
 
 def _normalised_arch(arch: str, where: str, space: Space | None = None) -> str:

@@ -14,6 +14,7 @@ import yaml
 
 from kshot.config import parse_overrides
 from kshot.launch.spec import LaunchError, LaunchSpec
+from kshot.launch.trainjob import DEFAULT_TRAINER_VERSION, TRAINER_VERSIONS
 from kshot.stages import HEAVY_STAGES, STAGES
 
 __all__ = ["add_parser"]
@@ -50,6 +51,7 @@ def _render(args: argparse.Namespace) -> int:
             service_account=args.service_account,
             backoff_limit=args.backoff_limit,
             pod_overrides=pod_overrides,
+            trainer_version=args.trainer_version,
         )
     except LaunchError as e:
         print(f"kshot launch render: error: {e}", file=sys.stderr)
@@ -88,6 +90,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--namespace", default="default", help="the job's namespace")
     p.add_argument("--name", default="", help="job name (default: derived from the spec)")
     p.add_argument("--service-account", default="", help="the pods' service account")
+    p.add_argument(
+        "--trainer-version",
+        choices=tuple(TRAINER_VERSIONS),
+        default=DEFAULT_TRAINER_VERSION,
+        help="the Kubeflow Trainer release a TrainJob is rendered for (a launch reads it from "
+        "the cluster)",
+    )
     p.add_argument(
         "--backoff-limit", type=int, default=2, help="PyTorchJob restarts before failing"
     )

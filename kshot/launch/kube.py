@@ -18,7 +18,12 @@ does not kill a week of training.
 
 Pod placement (GPU tolerations, node selector, service account) comes from the caller or from the
 ``kshot-launch-defaults`` ConfigMap in the namespace, which ``manifests/`` installs and its GPU
-overlay patches.
+overlay patches. Without the ConfigMap the launch is refused (the pods would otherwise run as the
+namespace's default service account, without GPU tolerations); ``launch_defaults=None`` opts out.
+
+A TrainJob is rendered for the cluster's Trainer release, unless the caller names it: read from the
+TrainJob schema (which spec field takes per-job pod changes) of the CRD (``apiextensions.k8s.io``)
+or, where reading CRDs is forbidden, of the API server's OpenAPI v3 document.
 """
 
 from __future__ import annotations
@@ -42,12 +47,20 @@ from urllib3.exceptions import HTTPError
 
 from kshot.launch.pytorchjob import render_pytorchjob, validate_pod_overrides
 from kshot.launch.spec import LaunchError, LaunchSpec
-from kshot.launch.trainjob import TRAINER_CONTAINER, TRAINER_JOB, render_trainjob
+from kshot.launch.trainjob import (
+    DEFAULT_TRAINER_VERSION,
+    TRAINER_CONTAINER,
+    TRAINER_JOB,
+    TRAINER_VERSIONS,
+    render_trainjob,
+    trainer_api,
+)
 
 __all__ = [
     "run_job",
     "render_job",
     "load_launch_defaults",
+    "detect_trainer_version",
     "JobKind",
     "JOB_KINDS",
     "Backend",
@@ -55,6 +68,7 @@ __all__ = [
     "JobCancelled",
     "LAUNCH_DEFAULTS_CONFIGMAP",
     "LAUNCH_HASH_ANNOTATION",
+    "TRAINJOB_CRD",
 ]
 
 Backend = Literal["pytorchjob", "trainjob"]
@@ -62,6 +76,7 @@ DeletePolicy = Literal["always", "on-success", "never"]
 LAUNCH_DEFAULTS_CONFIGMAP = "kshot-launch-defaults"
 # A hash of the rendered job: a job of the same name is adopted only when it carries the same one.
 LAUNCH_HASH_ANNOTATION = "kshot/launch-hash"
+TRAINJOB_CRD = "trainjobs.trainer.kubeflow.org"
 _DELETE_POLICIES = ("always", "on-success", "never")
 # run_job's default timeout; render_job's too, so that a dry run shows the job a launch creates.
 _DEFAULT_TIMEOUT_S = 7 * 24 * 3600.0
@@ -140,7 +155,8 @@ JOB_KINDS: dict[str, JobKind] = {
         master_labels={"training.kubeflow.org/replica-type": "master"},
         master_annotations={},
     ),
-    # Trainer v2 runs a JobSet named after the TrainJob; JobSet labels its pods with that name.
+    # Trainer v2 runs a JobSet named after the TrainJob; JobSet labels its pods with that name,
+    # their replicated job's name and the index of their Job within it.
     "trainjob": JobKind(
         group="trainer.kubeflow.org",
         version="v1alpha1",
@@ -167,6 +183,7 @@ def render_job(
     backoff_limit: int = 2,
     pod_overrides: Mapping[str, Any] | None = None,
     timeout_s: float | None = _DEFAULT_TIMEOUT_S,
+    trainer_version: str = DEFAULT_TRAINER_VERSION,
 ) -> dict[str, Any]:
     """The job object ``run_job`` creates for ``backend``, marked with its hash.
 
@@ -176,8 +193,10 @@ def render_job(
         service_account: the pods' service account; empty: from ``pod_overrides`` or the default.
         backoff_limit: PyTorchJob restarts before failing (TrainJob: the runtime decides).
         pod_overrides: :data:`kshot.launch.pytorchjob.POD_OVERRIDE_KEYS` of the pods.
-        timeout_s: the launcher's timeout, the PyTorchJob's ``activeDeadlineSeconds`` (a TrainJob
-            has none); None: no deadline.
+        timeout_s: the launcher's timeout, the job's ``activeDeadlineSeconds`` (a TrainJob on
+            Trainer v2.1 has none); None: no deadline.
+        trainer_version: the Trainer release a TrainJob is rendered for
+            (:data:`kshot.launch.trainjob.TRAINER_VERSIONS`).
 
     Returns:
         The PyTorchJob or TrainJob as a dict.
@@ -185,16 +204,23 @@ def render_job(
     Raises:
         LaunchError: on an unknown backend or anything the renderers refuse.
     """
+    deadline = None if timeout_s is None else max(1, math.ceil(timeout_s))
     if backend == "pytorchjob":
         body = render_pytorchjob(
             spec,
             service_account=service_account,
             backoff_limit=backoff_limit,
             pod_overrides=pod_overrides,
-            active_deadline_s=None if timeout_s is None else max(1, math.ceil(timeout_s)),
+            active_deadline_s=deadline,
         )
     elif backend == "trainjob":
-        body = render_trainjob(spec, service_account=service_account, pod_overrides=pod_overrides)
+        body = render_trainjob(
+            spec,
+            trainer_version=trainer_version,
+            service_account=service_account,
+            pod_overrides=pod_overrides,
+            active_deadline_s=deadline,
+        )
     else:
         raise LaunchError(f"backend {backend!r} is not one of {', '.join(JOB_KINDS)}")
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -205,9 +231,10 @@ def render_job(
 def load_launch_defaults(
     api_client: client.ApiClient, namespace: str, name: str = LAUNCH_DEFAULTS_CONFIGMAP
 ) -> dict[str, Any]:
-    """Pod overrides from the ConfigMap ``name`` in ``namespace`` (none when it does not exist).
+    """Pod overrides from the ConfigMap ``name`` in ``namespace``.
 
-    Each data key (``tolerations``, ``nodeSelector``, ``serviceAccountName``) holds YAML.
+    Each data key (``tolerations``, ``nodeSelector``, ``serviceAccountName``, ``resources``,
+    ``imagePullSecrets``) holds YAML.
 
     Args:
         api_client: the cluster.
@@ -218,7 +245,8 @@ def load_launch_defaults(
         The validated overrides.
 
     Raises:
-        LaunchError: when reading is forbidden or the content is malformed.
+        LaunchError: when the ConfigMap is missing (with how to install it), reading it is
+            forbidden or its content is malformed.
     """
     try:
         config_map = client.CoreV1Api(api_client).read_namespaced_config_map(
@@ -226,7 +254,13 @@ def load_launch_defaults(
         )
     except ApiException as error:
         if error.status == 404:
-            return {}
+            raise LaunchError(
+                f"ConfigMap {namespace}/{name} is missing: without it the job's pods would run "
+                "as the namespace's default service account, without GPU tolerations. Install "
+                f"it with `kubectl apply -k manifests/overlays/gpu` (or manifests/base) with "
+                f"namespace {namespace!r}, or launch without defaults on purpose "
+                "(launch_defaults=None)"
+            ) from error
         raise LaunchError(_api_failure(error, f"read ConfigMap {name}", namespace)) from error
     try:
         overrides = {key: yaml.safe_load(text) for key, text in (config_map.data or {}).items()}
@@ -236,6 +270,89 @@ def load_launch_defaults(
         return validate_pod_overrides(overrides)
     except LaunchError as error:
         raise LaunchError(f"ConfigMap {namespace}/{name}: {error}") from error
+
+
+def detect_trainer_version(api_client: client.ApiClient) -> str:
+    """The Trainer release a TrainJob must be rendered for, from the cluster's TrainJob schema.
+
+    Reads the CRD (``apiextensions.k8s.io/v1``); where that is forbidden, as for a Kubeflow
+    profile's ``default-editor``, the same schema as the API server publishes it in its OpenAPI v3
+    document (readable by every authenticated user). ``spec.runtimePatches`` means v2.2 or later
+    (rendered as v2.3), ``spec.podTemplateOverrides`` v2.1.
+
+    Args:
+        api_client: the cluster.
+
+    Returns:
+        A key of :data:`kshot.launch.trainjob.TRAINER_VERSIONS`.
+
+    Raises:
+        LaunchError: when the Trainer is not installed, its schema cannot be read, or it is of a
+            release this launcher does not render for.
+    """
+    try:
+        spec_fields = _trainjob_spec_fields_from_crd(api_client)
+    except ApiException as error:
+        if error.status == 404:
+            raise LaunchError(
+                f"the cluster has no CustomResourceDefinition {TRAINJOB_CRD}: install the "
+                "Kubeflow Trainer (v2.1 or later) or use the pytorchjob backend"
+            ) from error
+        if error.status != 403:
+            raise LaunchError(
+                f"could not read CustomResourceDefinition {TRAINJOB_CRD}: {error.status} "
+                f"{error.reason}; name the Trainer version instead (--trainer-version)"
+            ) from error
+        spec_fields = _trainjob_spec_fields_from_openapi(api_client)
+    for release, api in sorted(TRAINER_VERSIONS.items(), reverse=True):
+        if api in spec_fields:
+            return release
+    raise LaunchError(
+        f"the cluster's TrainJob has neither spec.runtimePatches nor spec.podTemplateOverrides "
+        f"(spec fields: {', '.join(sorted(spec_fields)) or 'none'}): a Trainer release before "
+        f"v2.1; supported: {', '.join(TRAINER_VERSIONS)}"
+    )
+
+
+def _trainjob_spec_fields_from_crd(api_client: client.ApiClient) -> set[str]:
+    # Read as plain JSON: the client's models would rebuild the whole schema as objects.
+    response = client.ApiextensionsV1Api(api_client).read_custom_resource_definition(
+        TRAINJOB_CRD, _preload_content=False, _request_timeout=_REQUEST_TIMEOUT
+    )
+    crd = json.loads(response.data)
+    fields: set[str] = set()
+    for version in crd["spec"]["versions"]:
+        if version.get("served") and version["name"] == JOB_KINDS["trainjob"].version:
+            schema = (version.get("schema") or {}).get("openAPIV3Schema") or {}
+            spec_schema = (schema.get("properties") or {}).get("spec") or {}
+            fields |= set(spec_schema.get("properties") or {})
+    return fields
+
+
+def _trainjob_spec_fields_from_openapi(api_client: client.ApiClient) -> set[str]:
+    kind = JOB_KINDS["trainjob"]
+    path = f"/openapi/v3/apis/{kind.group}/{kind.version}"
+    try:
+        document, _, _ = api_client.call_api(
+            path,
+            "GET",
+            header_params={"Accept": "application/json"},
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=False,
+            _request_timeout=_REQUEST_TIMEOUT,
+        )
+    except ApiException as error:
+        raise LaunchError(
+            f"could not read the TrainJob schema (CustomResourceDefinition {TRAINJOB_CRD}: "
+            f"forbidden; {path}: {error.status} {error.reason}); name the Trainer version "
+            "instead (--trainer-version)"
+        ) from error
+    for schema in ((document or {}).get("components") or {}).get("schemas", {}).values():
+        kinds = schema.get("x-kubernetes-group-version-kind") or []
+        if any(k.get("group") == kind.group and k.get("kind") == "TrainJob" for k in kinds):
+            return set(((schema.get("properties") or {}).get("spec") or {}).get("properties", {}))
+    return set()
 
 
 def run_job(
@@ -252,6 +369,7 @@ def run_job(
     backoff_limit: int = 2,
     pod_overrides: Mapping[str, Any] | None = None,
     launch_defaults: str | None = LAUNCH_DEFAULTS_CONFIGMAP,
+    trainer_version: str | None = None,
 ) -> dict[str, Any]:
     """Create the job for ``spec``, wait until it ends, stream its log, clean up.
 
@@ -269,7 +387,8 @@ def run_job(
         backoff_limit: PyTorchJob restarts before the job fails.
         pod_overrides: :data:`kshot.launch.pytorchjob.POD_OVERRIDE_KEYS`; None: read the
             ``launch_defaults`` ConfigMap.
-        launch_defaults: the ConfigMap of pod overrides; None: none.
+        launch_defaults: the ConfigMap of pod overrides, which must exist; None: none, on purpose.
+        trainer_version: the Trainer release of a TrainJob; None: read from the cluster's CRD.
 
     Returns:
         The job object as last read, with its final status.
@@ -290,14 +409,20 @@ def run_job(
     ):
         if not value > 0:
             raise LaunchError(f"{label} = {value} must be > 0")
+    if trainer_version is not None:
+        trainer_api(trainer_version)
     render_options = {
         "service_account": service_account,
         "backoff_limit": backoff_limit,
         "timeout_s": timeout_s,
+        "trainer_version": trainer_version or DEFAULT_TRAINER_VERSION,
     }
     body = render_job(spec, backend, pod_overrides=pod_overrides, **render_options)
 
     api_client = api_client or _default_api_client()
+    if backend == "trainjob" and trainer_version is None:
+        render_options["trainer_version"] = detect_trainer_version(api_client)
+        body = render_job(spec, backend, pod_overrides=pod_overrides, **render_options)
     if pod_overrides is None and launch_defaults:
         defaults = load_launch_defaults(api_client, spec.namespace, launch_defaults)
         body = render_job(spec, backend, pod_overrides=defaults, **render_options)

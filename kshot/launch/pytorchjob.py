@@ -8,14 +8,17 @@ torchrun reads the ``PET_*`` variables itself but takes the rendezvous address o
 ``PET_MASTER_ADDR`` or ``--master_addr``, which the operator does not set, hence the two flags.
 
 Every pod template opts out of Istio sidecar injection: in a Kubeflow profile namespace the sidecar
-never exits, so a finished pod would never complete. Pods run as the image's non-root uid.
+never exits, so a finished pod would never complete. Every pod passes the Pod Security Standards
+"restricted" profile (non-root uid of the image, no privilege escalation, no capabilities, the
+runtime's default seccomp profile) with a read-only root file system: ``/tmp``, the home directory
+(caches of torch, triton, matplotlib) and ``/dev/shm`` are emptyDir volumes.
 ``restartPolicy: ExitCode`` retries only exit codes 128-255 (a container killed by a signal:
 OOM kill, eviction); torchrun exits 1 whenever a worker process fails, so an error of the training
 itself (a bad config, a crash) fails the job at once instead of rerunning it ``backoffLimit`` times.
 
 This module also holds what the PyTorchJob and TrainJob renderings share: the job name, its labels,
 the pod overrides (tolerations, node selector, service account, image pull secrets, CPU/memory
-resources), the image pull policy, the ``/dev/shm`` volume and ``$`` escaping.
+resources), the image pull policy, the security contexts, the scratch volumes and ``$`` escaping.
 """
 
 from __future__ import annotations
@@ -38,8 +41,10 @@ __all__ = [
     "image_pull_policy",
     "escape_dollars",
     "check_reserved_env",
-    "shm_volume",
-    "shm_mount",
+    "pod_security_context",
+    "container_security_context",
+    "scratch_volumes",
+    "scratch_mounts",
     "APP_LABEL",
     "STAGE_LABEL",
     "GPU_RESOURCE",
@@ -47,7 +52,9 @@ __all__ = [
     "CLEAN_POD_POLICIES",
     "ISTIO_INJECT_ANNOTATION",
     "RUN_AS_USER",
+    "HOME_DIR",
     "SHM_SIZE_LIMIT",
+    "SCRATCH_SIZE_LIMIT",
     "TTL_AFTER_FINISHED_S",
 ]
 
@@ -61,10 +68,13 @@ POD_OVERRIDE_KEYS = frozenset(
 )
 CLEAN_POD_POLICIES = ("None", "Running", "All")
 ISTIO_INJECT_ANNOTATION = "sidecar.istio.io/inject"
-# The uid/gid of the user the images create (images/Dockerfile*).
+# The uid/gid and home directory of the user the images create (images/Dockerfile*).
 RUN_AS_USER = 1000
+HOME_DIR = "/home/kshot"
 # Caps the memory-backed /dev/shm; its use counts against the pod's memory.
 SHM_SIZE_LIMIT = "16Gi"
+# Caps each disk-backed scratch volume (/tmp, the home directory's caches).
+SCRATCH_SIZE_LIMIT = "8Gi"
 # Lets the operator remove a finished job that no launcher deleted (one killed mid-wait).
 TTL_AFTER_FINISHED_S = 24 * 3600
 
@@ -80,8 +90,9 @@ _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-# NCCL and DataLoader workers exchange tensors through /dev/shm, which defaults to 64 MiB in a pod.
-_SHM_VOLUME = "dshm"
+# The writable directories of a read-only root: name -> mount path. NCCL and DataLoader workers
+# exchange tensors through /dev/shm, which defaults to 64 MiB in a pod.
+_SCRATCH = {"dshm": "/dev/shm", "tmp": "/tmp", "home": HOME_DIR}
 
 
 def job_name(spec: LaunchSpec) -> str:
@@ -219,14 +230,44 @@ def image_pull_policy(image: str) -> str:
     return "Always" if tag in ("", "latest") else "IfNotPresent"
 
 
-def shm_volume() -> dict[str, Any]:
-    """A memory-backed ``/dev/shm`` volume for NCCL and DataLoader workers, capped in size."""
-    return {"name": _SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE_LIMIT}}
+def pod_security_context() -> dict[str, Any]:
+    """The pods' security context: the image's non-root uid, the runtime's seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
-def shm_mount() -> dict[str, str]:
-    """The mount of :func:`shm_volume` at ``/dev/shm``."""
-    return {"name": _SHM_VOLUME, "mountPath": "/dev/shm"}
+def container_security_context() -> dict[str, Any]:
+    """The training container's: no privilege escalation, no capabilities, a read-only root."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+
+
+def scratch_volumes() -> list[dict[str, Any]]:
+    """emptyDir volumes for what a read-only root leaves writable; ``/dev/shm`` in memory."""
+    return [
+        {
+            "name": name,
+            "emptyDir": (
+                {"medium": "Memory", "sizeLimit": SHM_SIZE_LIMIT}
+                if path == "/dev/shm"
+                else {"sizeLimit": SCRATCH_SIZE_LIMIT}
+            ),
+        }
+        for name, path in _SCRATCH.items()
+    ]
+
+
+def scratch_mounts() -> list[dict[str, str]]:
+    """The mounts of :func:`scratch_volumes`."""
+    return [{"name": name, "mountPath": path} for name, path in _SCRATCH.items()]
 
 
 def render_pytorchjob(
@@ -294,19 +335,16 @@ def render_pytorchjob(
             }.items()
         ],
         "ports": [{"name": _PORT_NAME, "containerPort": _MASTER_PORT, "protocol": "TCP"}],
-        "volumeMounts": [shm_mount()],
+        "volumeMounts": scratch_mounts(),
+        "securityContext": container_security_context(),
     }
     resources = container_resources(spec, overrides)
     if resources:
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "volumes": [shm_volume()],
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-        },
+        "volumes": scratch_volumes(),
+        "securityContext": pod_security_context(),
         **{key: value for key, value in overrides.items() if key != "resources"},
     }
     metadata = {"labels": labels, "annotations": {ISTIO_INJECT_ANNOTATION: "false"}}

@@ -36,6 +36,15 @@ Merged = dict[nn.Module, tuple[torch.Tensor, ...]]
 """Merged weights of the layers on a path: layer → its parameters, each of the layer's own shape."""
 
 
+ALIGN_BYTES = 64
+"""Each merged weight starts this many bytes into its buffer (a multiple): the alignment of every
+fresh tensor of PyTorch's CPU allocator (c10's ``gAlignment``; CUDA's is larger). CPU kernels (oneDNN,
+MKL) pick their vectorised code by the data pointer's alignment, so a weight at an unaligned offset
+would be summed in another order than the same weight in a plain network's parameter: K = 1 would then
+differ from SPOS in the last bits on some CPUs. Aligned, the merged weight runs the plain network's
+kernels exactly."""
+
+
 def merge_kshot_weights(slots: Sequence[torch.Tensor], lam: torch.Tensor) -> list[torch.Tensor]:
     """``[Σ_k λ_k Θ_k for Θ in slots]`` in one batched op.
 
@@ -44,19 +53,28 @@ def merge_kshot_weights(slots: Sequence[torch.Tensor], lam: torch.Tensor) -> lis
         lam: the path's code, shape ``(K,)``, on the simplex.
 
     Returns:
-        The merged tensors, each of shape ``shape`` (views into one buffer).
+        The merged tensors, each of shape ``shape``: contiguous views into one buffer, each starting
+        at a multiple of :data:`ALIGN_BYTES` (the slots are laid out with zero padding between them).
     """
     if not slots:
         return []
     k = lam.shape[0]
-    flat = torch.cat([s.reshape(k, -1) for s in slots], dim=1)
+    align = max(1, ALIGN_BYTES // slots[0].element_size())
+    pieces, offsets, offset = [], [], 0
+    for slot in slots:
+        n = slot[0].numel()
+        pieces.append(slot.reshape(k, n))
+        if pad := -n % align:
+            pieces.append(slot.new_zeros(k, pad))
+        offsets.append(offset)
+        offset += n + pad
+    flat = torch.cat(pieces, dim=1)
     # In the parameters' dtype even under autocast: the merged weights then stand exactly where a
     # plain network's parameters would, and each op casts them as it casts those (BN stays fp32).
     with torch.autocast(flat.device.type, enabled=False):
         merged = lam.to(flat.dtype) @ flat
     return [
-        m.view(s.shape[1:])
-        for m, s in zip(merged.split([s[0].numel() for s in slots]), slots, strict=True)
+        merged[o : o + s[0].numel()].view(s.shape[1:]) for o, s in zip(offsets, slots, strict=True)
     ]
 
 

@@ -62,10 +62,10 @@ def _remove_stale_partials(folder: str) -> None:
     """Delete temporary files that a writer killed mid-save left in a local folder.
 
     Only this folder's single writer (rank 0) calls it, right after its own save completed, so
-    every ``.ckpt-*.partial`` file still there belongs to a dead process. (A killed ``gs://`` upload
-    leaves its temporary file on the worker's disk and nothing in the bucket.)
+    every ``.ckpt-*.partial`` file still there belongs to a dead process. (A killed ``gs://`` or
+    ``s3://`` upload leaves its temporary file on the worker's disk and nothing in the bucket.)
     """
-    if storage.is_gcs(folder):
+    if storage.is_remote(folder):
         return
     for stale in Path(folder).glob(".ckpt-*.partial"):
         stale.unlink(missing_ok=True)

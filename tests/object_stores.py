@@ -1,0 +1,113 @@
+"""Pytest plugin: each object store under test behind one face, so a test runs on gs:// and s3://.
+
+Fixtures:
+
+* ``remote``: parametrised over ``gcs`` (``tests/gcs.py``) and ``s3`` (``tests/s3.py``); a fresh
+  bucket on that store's local server and what a test needs to know of the store's protocol.
+* ``flaky_remote``: the fault-injecting :class:`tests.gcs.FlakyProxy` in front of ``remote``'s
+  server (the store's client talks to the proxy while the test runs).
+
+Register with ``pytest_plugins = ["tests.object_stores"]`` after ``tests.gcs`` and ``tests.s3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage as gcs
+
+from kshot import storage
+from tests.gcs import FlakyProxy
+from tests.s3 import direct_client
+
+__all__ = ["Remote", "flaky_remote", "remote"]
+
+_S3_PART_BYTES = 8 * 1024 * 1024  # above this kshot.storage uploads to S3 in parts
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A bucket on one store's test server.
+
+    Attributes:
+        bucket: its URI, ``gs://NAME`` or ``s3://NAME``.
+        endpoint: the server's own URL (past any proxy).
+        put: ``put(uri, data)`` writes an object as another writer would, straight to the server.
+        write_request: ``write_request(uri, size)`` is ``(method, path part)`` of the request
+            whose success makes an upload of ``size`` bytes to ``uri`` land (see
+            :meth:`FlakyProxy.lose_next_answer`).
+        delete_request: ``delete_request(uri)`` likewise for deleting the object at ``uri``.
+        download_request: ``download_request(uri)`` likewise for the request that sends the
+            object's bytes.
+    """
+
+    bucket: str
+    endpoint: str
+    put: Callable[[str, bytes], None]
+    write_request: Callable[[str, int], tuple[str, str]]
+    delete_request: Callable[[str], tuple[str, str]]
+    download_request: Callable[[str], tuple[str, str]]
+
+
+def _gcs_remote(bucket: str, endpoint: str) -> Remote:
+    client = gcs.Client(
+        project="kshot-test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": endpoint},
+    )
+
+    def put(uri: str, data: bytes) -> None:
+        name, key = storage.parse_remote(uri)
+        client.bucket(name).blob(key).upload_from_string(data)
+
+    return Remote(
+        bucket=bucket,
+        endpoint=endpoint,
+        put=put,
+        write_request=lambda uri, size: ("POST", "/upload/"),  # multipart, or starting resumable
+        delete_request=lambda uri: ("DELETE", "/o/"),
+        download_request=lambda uri: ("GET", "alt=media"),
+    )
+
+
+def _s3_remote(bucket: str, endpoint: str) -> Remote:
+    client = direct_client(endpoint)
+
+    def put(uri: str, data: bytes) -> None:
+        name, key = storage.parse_remote(uri)
+        client.put_object(Bucket=name, Key=key, Body=data)
+
+    def write_request(uri: str, size: int) -> tuple[str, str]:
+        if size <= _S3_PART_BYTES:
+            return "PUT", "/" + storage.parse_remote(uri)[1]  # PutObject
+        return "POST", "uploadId="  # CompleteMultipartUpload
+
+    return Remote(
+        bucket=bucket,
+        endpoint=endpoint,
+        put=put,
+        write_request=write_request,
+        delete_request=lambda uri: ("DELETE", "/" + storage.parse_remote(uri)[1]),
+        download_request=lambda uri: ("GET", "/" + storage.parse_remote(uri)[1]),
+    )
+
+
+@pytest.fixture(params=["gcs", "s3"])
+def remote(request: pytest.FixtureRequest) -> Remote:
+    """A fresh bucket on the GCS emulator, then on the S3 server."""
+    if request.param == "gcs":
+        return _gcs_remote(
+            request.getfixturevalue("gcs_bucket"), request.getfixturevalue("gcs_emulator")
+        )
+    return _s3_remote(request.getfixturevalue("s3_bucket"), request.getfixturevalue("s3_server"))
+
+
+@pytest.fixture
+def flaky_remote(remote: Remote, request: pytest.FixtureRequest) -> FlakyProxy:
+    """A fault-injecting proxy in front of ``remote``'s server, in use for the whole test."""
+    if storage.is_gcs(remote.bucket):
+        return request.getfixturevalue("flaky_proxy")
+    return request.getfixturevalue("s3_flaky_proxy")

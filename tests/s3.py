@@ -1,0 +1,90 @@
+"""Pytest plugin: a real S3-protocol server (moto in server mode) for storage tests.
+
+Fixtures:
+
+* ``s3_server`` (session): runs moto's S3 server (``moto[server]``) on 127.0.0.1 at a free port
+  in a child process (so the tests' memory measurements see the client alone), points
+  ``AWS_ENDPOINT_URL_S3`` at it with throw-away credentials, yields the endpoint URL and stops
+  the process at the end of the session. Child processes (kfp.local steps, workers) inherit the
+  settings and reach the same server.
+* ``s3_bucket``: a fresh, uniquely named bucket on that server, as ``"s3://<name>"``.
+* ``s3_flaky_proxy``: a :class:`tests.gcs.FlakyProxy` between the client and the server for one
+  test; ``AWS_ENDPOINT_URL_S3`` points at the proxy while the test runs and retries start fast.
+  moto enforces ``If-Match`` / ``If-None-Match`` itself.
+
+Register with ``pytest_plugins = ["tests.s3"]`` in ``conftest.py`` (or ``pytest -p tests.s3``).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from kshot import storage
+from tests.gcs import FlakyProxy, start_server, stop_server
+
+__all__ = ["direct_client", "s3_bucket", "s3_flaky_proxy", "s3_server"]
+
+ENDPOINT_ENV = storage.S3_ENDPOINT_ENVS[0]
+_LOOPBACK = "127.0.0.1"
+_SETTINGS = {
+    "AWS_ACCESS_KEY_ID": "kshot-test",
+    "AWS_SECRET_ACCESS_KEY": "kshot-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def direct_client(endpoint: str) -> Any:
+    """A boto3 client of the server itself (past any proxy): the tests' other writer."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=_SETTINGS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=_SETTINGS["AWS_SECRET_ACCESS_KEY"],
+        region_name=_SETTINGS["AWS_DEFAULT_REGION"],
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """The endpoint of a session-wide moto S3 server; ``AWS_ENDPOINT_URL_S3`` points at it."""
+    process, endpoint = start_server(
+        "moto S3 server",
+        lambda port: [sys.executable, "-m", "moto.server", "-H", _LOOPBACK, "-p", str(port)],
+    )
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name in storage.S3_ENDPOINT_ENVS[1:] + ("AWS_PROFILE",):
+                patch.delenv(name, raising=False)
+            for name, value in {ENDPOINT_ENV: endpoint, **_SETTINGS}.items():
+                patch.setenv(name, value)
+            yield endpoint
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A new empty bucket on the server, as ``s3://<name>``."""
+    name = f"kshot-test-{uuid.uuid4().hex[:12]}"
+    direct_client(s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_flaky_proxy(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FlakyProxy]:
+    """A :class:`FlakyProxy` (no faults until the test sets ``fail_share``) in front of the
+    server, with ``AWS_ENDPOINT_URL_S3`` pointing at it and a short initial retry delay."""
+    proxy = FlakyProxy(s3_server)
+    proxy.start()
+    monkeypatch.setenv(ENDPOINT_ENV, proxy.url)
+    monkeypatch.setenv(storage.RETRY_INITIAL_DELAY_ENV, "0.02")
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
