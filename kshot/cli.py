@@ -144,7 +144,14 @@ def _experiment(args: argparse.Namespace) -> int:
     from kshot.eval.experiment import run_ranking_experiment
 
     report = run_ranking_experiment(
-        config_from_args(args), args.arms, args.seeds, args.k, args.workdir, args.out, args.results
+        config_from_args(args),
+        args.arms,
+        args.seeds,
+        args.k,
+        args.workdir,
+        args.out,
+        args.results,
+        report_only=args.report_only,
     )
     print(json.dumps({k: report["summary"][k] for k in ("verdicts", "verdict")}, indent=2))
     return 0
@@ -266,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--results",
         default=None,
         help="where each finished run's JSON and per-path CSV go (default: beside --out)",
+    )
+    ranking.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite the report from the finished runs' records",
     )
     ranking.set_defaults(func=_experiment)
     pilot = exp_sub.add_parser(

@@ -17,6 +17,7 @@ from kshot.cli import main
 from kshot.eval.experiment import (
     MIN_SEEDS,
     choose_simplex_lr,
+    describe_codes,
     interval,
     paired_comparison,
     summarise_runs,
@@ -89,6 +90,20 @@ def test_pilot_rule_reads_only_the_simplex_loss_and_the_spread_of_codes():
     assert choose_simplex_lr(pilot) == "0.01"
     uniform = {lr: {**row, "lam_tv": 0.01 * i} for i, (lr, row) in enumerate(pilot.items())}
     assert choose_simplex_lr(uniform) == "0.1"  # none spreads: the largest spread
+
+
+def test_the_report_says_in_words_when_codes_stayed_near_uniform():
+    def run(tv: float, cosine: float) -> dict:
+        stats_ = {"tv": tv, "max": 0.125 + tv / 2, "cosine": cosine}
+        return {"k": 8, "lam": stats_, "lam_near_uniform": tv < 0.1}
+
+    uniform = describe_codes([run(0.05, 0.99), run(0.08, 0.99)])
+    assert "stayed near uniform on every seed" in uniform and "no K-shot effect" in uniform
+    assert "nearly parallel" in uniform
+    moved = describe_codes([run(0.3, 0.5), run(0.4, 0.6)])
+    assert "moved off uniform on every seed" in moved and "nearly parallel" not in moved
+    assert "1 of 2 seeds" in describe_codes([run(0.05, 0.5), run(0.4, 0.5)])
+    assert "no code" in describe_codes([{"k": 1}])
 
 
 def _recompute(record: dict, rows: list[dict[str, str]]) -> None:

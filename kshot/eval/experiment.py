@@ -50,6 +50,7 @@ __all__ = [
     "summarise_runs",
     "run_ranking_experiment",
     "choose_simplex_lr",
+    "describe_codes",
     "run_simplex_pilot",
 ]
 
@@ -179,6 +180,40 @@ def verdict(comparison: dict[str, Any], codes_non_uniform: bool) -> str:
     return "inconclusive, add seeds"
 
 
+def describe_codes(runs: Sequence[dict[str, Any]]) -> str:
+    """In words: whether an arm's codes λ stayed near uniform on its seeds and how alike the codes
+    of different paths are (the ranked paths' mean statistics, :func:`code_statistics`)."""
+    if runs[0]["k"] == 1:
+        return "K = 1: λ = [1], no code to learn"
+    near = sum(r["lam_near_uniform"] for r in runs)
+    tv = float(np.mean([r["lam"]["tv"] for r in runs]))
+    top = float(np.mean([r["lam"]["max"] for r in runs]))
+    cosine = float(np.mean([r["lam"]["cosine"] for r in runs]))
+    k = runs[0]["k"]
+    if near == len(runs):
+        words = (
+            f"the codes stayed near uniform on every seed (mean distance from 1/K {tv:.3f} < "
+            f"0.1, mean max λ {top:.3f} against 1/K = {1 / k:.3f}): no K-shot effect can show"
+        )
+    elif near:
+        words = (
+            f"the codes stayed near uniform on {near} of {len(runs)} seeds (mean distance {tv:.3f})"
+        )
+    else:
+        words = (
+            f"the codes moved off uniform on every seed (mean distance from 1/K {tv:.3f}, mean "
+            f"max λ {top:.3f} against 1/K = {1 / k:.3f})"
+        )
+    if cosine > 0.95:
+        words += (
+            f"; the codes of different paths are nearly parallel (mean cosine {cosine:.3f}): λ "
+            "reweights the slots alike for all paths more than it tells paths apart"
+        )
+    else:
+        words += f"; mean cosine between the codes of different paths {cosine:.3f}"
+    return words
+
+
 def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per arm: every metric's :func:`interval` over seeds and the codes' mean statistics; the
     paired comparisons; the verdict per primary comparison and overall ("reproduces" when both
@@ -200,6 +235,7 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
         row["lam"] = {s: interval([r["lam"][s] for r in group]) for s in group[0]["lam"]}
         row["lam_near_uniform"] = [r["lam_near_uniform"] for r in group]
+        row["lam_in_words"] = describe_codes(group)
         arms[name] = row
     comparisons = [
         paired_comparison(runs, a, b) for a, b in (*PRIMARY, *_SECONDARY) if a in arms and b in arms
@@ -324,6 +360,7 @@ def run_ranking_experiment(
     workdir: str,
     out: str,
     results: str | None = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
     """Run every (seed, arm), seed by seed, and write the report to ``out`` (plot beside it)
     after each run.
@@ -337,6 +374,7 @@ def run_ranking_experiment(
         out: the report's URI (JSON); a PNG of the arms' τ-a and the paired differences beside it.
         results: where each finished run's record and scores go (default: beside ``out``, in a
             folder named as ``out`` without its extension).
+        report_only: run nothing: report the planned runs whose records are in ``results``.
 
     Returns:
         The report.
@@ -370,6 +408,8 @@ def run_ranking_experiment(
     runs: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     for arm, cfg in plan:
+        if report_only and not storage.exists(storage.join(results, f"seed{cfg.seed}-{arm}.json")):
+            continue
         record = _run_one(cfg, arm, k, workdir, results)
         same_seed = [r for r in runs if r["seed"] == cfg.seed]
         if same_seed and same_seed[0]["path_set_sha256"] != record["path_set_sha256"]:
@@ -387,4 +427,6 @@ def run_ranking_experiment(
         }
         storage.write_json(out, report)
         storage.write_bytes(out.rsplit(".", 1)[0] + ".png", ranking_summary_plot(report))
+    if not runs:
+        raise ValueError(f"--report-only: no finished run of the plan in {results!r}")
     return report
