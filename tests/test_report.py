@@ -158,7 +158,7 @@ def test_ranking_summary_plot() -> None:
                 "spearman_rho": tau,
                 "pearson_r": tau,
                 "top_group_tau": {"10": tau},
-                "lam": {"tv": 0.2},
+                "lam": {"tv": 0.2, "max": 0.2, "cosine": 0.9},
                 "lam_near_uniform": False,
             }
             for arm, values in taus.items()
