@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from kshot import report, storage
 from kshot.components.runtime import Artifact, artifact_uri, config_from_json
+from kshot.eval.ranking import metrics_from_json
 from kshot.eval.standalone_rank import best_standalone_rank
 from kshot.train.trainer import space_of
 
@@ -127,7 +128,7 @@ def rank_report(
     ranking: Artifact, scores: Artifact, metrics: MetricsArtifact, page: Artifact
 ) -> None:
     """τ, ρ, r and the top-group τ as Metrics; the scatter, Fig. 5's curve and λ as HTML."""
-    data = storage.read_json(artifact_uri(ranking))
+    data = metrics_from_json(storage.read_json(artifact_uri(ranking)))
     if data.get("skipped"):
         _write(page, report.html_page(f"Ranking, K = {data['k']}", [("Skipped", data["skipped"])]))
         return
@@ -213,7 +214,8 @@ def run_summary(
 def tau_vs_k_report(rankings: Sequence[Artifact], metrics: MetricsArtifact, page: Artifact) -> None:
     """Kendall τ against K over a sweep's rank outputs (the paper's Fig. 4)."""
     rows = sorted(
-        (storage.read_json(artifact_uri(ranking)) for ranking in rankings), key=lambda r: r["k"]
+        (metrics_from_json(storage.read_json(artifact_uri(ranking))) for ranking in rankings),
+        key=lambda r: r["k"],
     )
     skipped = [row for row in rows if row.get("skipped")]
     if skipped:

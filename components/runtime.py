@@ -24,10 +24,16 @@ from kshot.stages import HEAVY_STAGES, run_stage, skipped
 __all__ = [
     "Artifact",
     "IMAGE_ENV",
+    "STEP_IMAGE_ENV",
+    "JOB_IMAGE_ENV",
     "NAMESPACE_ENV",
     "RUN_ID_LABEL",
     "PIPELINE_CONFIG_KEYS",
-    "component_image",
+    "step_image",
+    "job_image",
+    "StepSize",
+    "LAUNCHER_STEP_SIZE",
+    "heavy_step_size",
     "build_config",
     "config_from_json",
     "artifact_uri",
@@ -36,6 +42,10 @@ __all__ = [
     "run_pipeline_stage",
 ]
 
+# Read when the pipeline is compiled: the image of the KFP steps, the default image of the jobs,
+# and the one image for both where either is unset.
+STEP_IMAGE_ENV = "KSHOT_STEP_IMAGE"
+JOB_IMAGE_ENV = "KSHOT_JOB_IMAGE"
 IMAGE_ENV = "KSHOT_IMAGE"
 NAMESPACE_ENV = "KSHOT_NAMESPACE"
 RUN_ID_LABEL = "pipelines.kubeflow.org/run_id"
@@ -69,12 +79,65 @@ class Artifact(Protocol):
     path: str
 
 
-def component_image() -> str:
-    """The image the components run in: ``$KSHOT_IMAGE``, else the launcher's default worker image.
+def step_image() -> str:
+    """The image the KFP steps run in: ``$KSHOT_STEP_IMAGE``, else ``$KSHOT_IMAGE``, else the
+    launcher's default worker image. Read when the components are defined (import, compile)."""
+    return os.environ.get(STEP_IMAGE_ENV) or os.environ.get(IMAGE_ENV) or _DEFAULT_IMAGE
 
-    Read when the components are defined (import, compile), so set it before compiling.
+
+def job_image() -> str:
+    """The default worker image of the jobs (the pipeline's ``image`` parameter):
+    ``$KSHOT_JOB_IMAGE``, else ``$KSHOT_IMAGE``, else the launcher's default worker image."""
+    return os.environ.get(JOB_IMAGE_ENV) or os.environ.get(IMAGE_ENV) or _DEFAULT_IMAGE
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSize:
+    """What one step pod requests (Kubernetes quantities; memory is also its limit).
+
+    Attributes:
+        cpu: CPU request, e.g. ``"4"`` or ``"500m"``.
+        memory: memory request and limit, e.g. ``"16Gi"``.
+        gpus: GPUs (``nvidia.com/gpu``) of the pod.
     """
-    return os.environ.get(IMAGE_ENV) or _DEFAULT_IMAGE
+
+    cpu: str
+    memory: str
+    gpus: int = 0
+
+
+# A heavy step whose stage runs as a PyTorchJob / TrainJob only creates and watches the job.
+LAUNCHER_STEP_SIZE = StepSize(cpu="250m", memory="1Gi")
+
+
+def _quantity(value: str, parameter: str) -> str:
+    """``value`` when Kubernetes reads it as a quantity, else a ConfigError naming ``parameter``."""
+    from kubernetes.utils import parse_quantity
+
+    try:
+        if parse_quantity(value) <= 0:
+            raise ValueError("not positive")
+    except (ValueError, TypeError) as error:
+        raise ConfigError(
+            f"pipeline parameter {parameter!r}: {value!r} is not a positive Kubernetes quantity "
+            "(e.g. '4', '500m', '16Gi')"
+        ) from error
+    return value
+
+
+def heavy_step_size(cfg: Config, launcher: str, cpu: str, memory: str) -> StepSize:
+    """What the pod of a heavy step needs: the whole stage with ``launcher=local`` (torchrun in the
+    pod: ``cpu``, ``memory`` and every worker's GPUs), only the job's watcher otherwise.
+
+    Raises:
+        ConfigError: ``cpu`` or ``memory`` is not a Kubernetes quantity.
+    """
+    size = StepSize(
+        _quantity(cpu, "step_cpu"),
+        _quantity(memory, "step_memory"),
+        cfg.workers * cfg.gpus_per_worker,
+    )
+    return size if launcher == "local" else LAUNCHER_STEP_SIZE
 
 
 def build_config(arguments: Mapping[str, Any]) -> Config:
@@ -83,7 +146,8 @@ def build_config(arguments: Mapping[str, Any]) -> Config:
     Args:
         arguments: every key of :data:`PIPELINE_CONFIG_KEYS`, plus ``extra_config`` (a JSON or
             YAML mapping of any other config keys, '' for none), ``launcher`` (the heavy stages'
-            launch backend) and ``image`` (their jobs' worker image).
+            launch backend) and ``image`` (their jobs' worker image); optionally ``step_cpu``
+            and ``step_memory`` (what a step pod that runs a stage itself requests).
 
     Returns:
         The configuration every stage receives.
@@ -117,6 +181,9 @@ def build_config(arguments: Mapping[str, Any]) -> Config:
         )
     if not is_image_reference(image):
         raise ConfigError(f"pipeline parameter 'image': {image!r} is not a valid image reference")
+    for parameter in ("step_cpu", "step_memory"):
+        if parameter in arguments:
+            _quantity(arguments[parameter], parameter)
     return load_config(
         extra, parameters, sources=["pipeline parameter 'extra_config'", "pipeline parameters"]
     )
@@ -155,8 +222,10 @@ def _unreachable(where: str, uri: str) -> str:
 def handoff_uri(artifact: Artifact, name: str) -> str:
     """The URI of ``artifact`` for a later step that receives it as a string, not as an artifact.
 
-    KFP mounts a ``minio://`` artifact into the producing step's pod only, so its path means
-    nothing in the next step's pod; called before the stage's work, this fails at once.
+    A string input is not downloaded into the later step's pod (an input artifact is, whole);
+    the stage or its job reads from the URI only what it needs. KFP mounts a ``minio://`` artifact
+    into the producing step's pod only, so its path means nothing in the next step's pod; called
+    before the stage's work, this fails at once.
 
     Args:
         artifact: the output artifact.
@@ -172,23 +241,23 @@ def handoff_uri(artifact: Artifact, name: str) -> str:
 
 
 def _check_reachable_by_jobs(
-    stage: str, launcher: str, artifacts: Mapping[str, Mapping[str, Artifact]]
+    stage: str, launcher: str, uris: Mapping[str, Mapping[str, str]]
 ) -> None:
     """Refuse, before any job starts, to hand a job's pods URIs that they cannot reach.
 
     Args:
         stage: the stage name.
         launcher: the job backend (not ``local``).
-        artifacts: ``"input"`` or ``"output"`` → artifact name → artifact.
+        uris: ``"input"`` or ``"output"`` → artifact name → its URI.
 
     Raises:
         LaunchError: an artifact is not in an object store, naming it, its URI and the fix.
     """
-    for role, named in artifacts.items():
-        for name, artifact in named.items():
-            if not storage.is_remote(artifact.uri):
+    for role, named in uris.items():
+        for name, uri in named.items():
+            if not storage.is_remote(uri):
                 where = f"{stage}: {role} {name!r} of the {launcher} job"
-                raise LaunchError(f"{_unreachable(where, artifact.uri)}, or set launcher=local")
+                raise LaunchError(f"{_unreachable(where, uri)}, or set launcher=local")
 
 
 def pod_namespace() -> str:
@@ -212,13 +281,17 @@ def pod_namespace() -> str:
 def run_pipeline_stage(
     stage: str,
     config_json: str,
-    inputs: Mapping[str, Artifact],
+    inputs: Mapping[str, str],
     outputs: Mapping[str, Artifact],
     launcher: str = "local",
     image: str = "",
     run_id: str = "",
 ) -> None:
-    """Run one stage on the component's artifacts.
+    """Run one stage on the URIs of earlier steps' outputs and on the component's own outputs.
+
+    The inputs are URIs (see :func:`handoff_uri`), not input artifacts: KFP's launcher copies every
+    input artifact into the step's pod before the step starts, checkpoints included, although a
+    job's pods read them from the bucket themselves.
 
     Heavy stages (:data:`kshot.stages.HEAVY_STAGES`) run as a job through
     :func:`kshot.launch.launch` — local torchrun processes, or a PyTorchJob / TrainJob in this pod's
@@ -227,7 +300,7 @@ def run_pipeline_stage(
     Args:
         stage: the stage name.
         config_json: the config step's output.
-        inputs: stage input name → artifact.
+        inputs: stage input name → URI (an earlier step's :func:`handoff_uri`).
         outputs: stage output name → artifact.
         launcher: the launch backend (``local``, ``pytorchjob``, ``trainjob``).
         image: the worker image of a job (default: this component's image).
@@ -237,13 +310,14 @@ def run_pipeline_stage(
         LaunchError: a job's artifact is not in Cloud Storage, so its pods could not reach it.
     """
     cfg = config_from_json(config_json)
-    input_uris = {name: artifact_uri(artifact) for name, artifact in inputs.items()}
+    input_uris = dict(inputs)
     output_uris = {name: artifact_uri(artifact) for name, artifact in outputs.items()}
     if stage not in HEAVY_STAGES or skipped(stage, cfg):
         run_stage(stage, cfg, input_uris, output_uris)
         return
     if launcher != "local":
-        _check_reachable_by_jobs(stage, launcher, {"input": inputs, "output": outputs})
+        remote = {name: artifact.uri for name, artifact in outputs.items()}
+        _check_reachable_by_jobs(stage, launcher, {"input": input_uris, "output": remote})
     placement = {"namespace": pod_namespace()} if launcher != "local" else {}
     spec = LaunchSpec(
         stage=stage,
@@ -252,7 +326,7 @@ def run_pipeline_stage(
         outputs=output_uris,
         workers=cfg.workers,
         gpus_per_worker=cfg.gpus_per_worker,
-        image=image or component_image(),
+        image=image or job_image(),
         **placement,
         labels={RUN_ID_LABEL: run_id} if run_id else {},
     )

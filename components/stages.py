@@ -1,11 +1,17 @@
 """The pipeline's KFP components: the config step, one component per stage, reports.
 
-Each is a lightweight ``@dsl.component`` that runs in the project's image (``$KSHOT_IMAGE`` when the
-components are defined, see :func:`kshot.components.runtime.component_image`), where kfp and kshot
-are installed, so no pod installs packages. KFP ships only a component's own source to its pod:
+Each is a lightweight ``@dsl.component`` that runs in the project's step image (read when the
+components are defined, see :func:`kshot.components.runtime.step_image`), where kfp and kshot are
+installed, so no pod installs packages. KFP ships only a component's own source to its pod:
 every import sits inside the function, and the work is done by :mod:`kshot.components.runtime`,
 :mod:`kshot.components.reports` and the library. Heavy stages launch a job through
 :func:`kshot.launch.launch` with the backend named by the ``launcher`` parameter.
+
+A step receives what an earlier step wrote (the split, checkpoints, results, the ground truth) as
+that step's returned URI, a string, not as an input artifact: KFP's launcher copies every input
+artifact whole into the step's pod before it starts, gigabytes of checkpoints for a step that only
+hands them on to a job. Each producer still declares the output artifact (the UI shows it) and
+returns its URI (:func:`kshot.components.runtime.handoff_uri`).
 
 This module does not use ``from __future__ import annotations``: KFP reads the annotations of a
 component's signature at decoration time and cannot resolve them from strings.
@@ -16,7 +22,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
-from kshot.components.runtime import component_image
+from kshot.components.runtime import step_image
 
 __all__ = [
     "configure",
@@ -32,9 +38,10 @@ __all__ = [
     "rank",
     "summarize",
     "plot_tau_vs_k",
+    "sweep_items",
 ]
 
-_OPTIONS = {"base_image": component_image(), "install_kfp_package": False}
+_OPTIONS = {"base_image": step_image(), "install_kfp_package": False}
 
 
 @dsl.component(**_OPTIONS)
@@ -58,7 +65,18 @@ def configure(
     image: str,
     launcher: str,
     extra_config: str,
-) -> NamedTuple("ConfigOutputs", [("config", str), ("ground_truth", str)]):
+    step_cpu: str,
+    step_memory: str,
+) -> NamedTuple(
+    "ConfigOutputs",
+    [
+        ("config", str),
+        ("ground_truth", str),
+        ("step_cpu", str),
+        ("step_memory", str),
+        ("step_gpus", int),
+    ],
+):
     """Validate the pipeline parameters as one kshot configuration.
 
     A bad value fails this step, before any training, with a message that names the parameter.
@@ -83,33 +101,52 @@ def configure(
         image: Worker image of the distributed stages' jobs.
         launcher: How heavy stages run: local (torchrun in the step's pod), pytorchjob, trainjob.
         extra_config: JSON or YAML mapping of any other kshot config keys.
+        step_cpu: CPU request of a step pod that runs its stage itself (launcher local).
+        step_memory: Memory request and limit of such a step pod.
 
     Returns:
         config: The configuration as JSON, read by every stage.
         ground_truth: The ground-truth URI (empty when the standalone stage provides it).
+        step_cpu: CPU request of the heavy steps' pods (a job's watcher needs little).
+        step_memory: Memory request and limit of the heavy steps' pods.
+        step_gpus: GPUs of the heavy steps' pods (the workers' with launcher local, else 0).
     """
     arguments = dict(locals())
     import json
     from collections import namedtuple
 
-    from kshot.components.runtime import build_config
+    from kshot.components.runtime import build_config, heavy_step_size
 
     cfg = build_config(arguments)
-    outputs = namedtuple("ConfigOutputs", ["config", "ground_truth"])
-    return outputs(json.dumps(cfg.to_dict(), sort_keys=True), cfg.ground_truth)
+    size = heavy_step_size(cfg, launcher, step_cpu, step_memory)
+    outputs = namedtuple(
+        "ConfigOutputs", ["config", "ground_truth", "step_cpu", "step_memory", "step_gpus"]
+    )
+    return outputs(
+        json.dumps(cfg.to_dict(), sort_keys=True),
+        cfg.ground_truth,
+        size.cpu,
+        size.memory,
+        size.gpus,
+    )
 
 
 @dsl.component(**_OPTIONS)
-def split(config: str, split: Output[Dataset]):
+def split(config: str, split: Output[Dataset]) -> str:
     """Split the training images into train and local-validation indices (seeded).
 
     Args:
         config: The run configuration (the config step's JSON).
         split: JSON of train / valid (/ test) indices.
-    """
-    from kshot.components.runtime import run_pipeline_stage
 
+    Returns:
+        The split's URI, for the later steps.
+    """
+    from kshot.components.runtime import handoff_uri, run_pipeline_stage
+
+    split_uri = handoff_uri(split, "split")
     run_pipeline_stage("split", config, {}, {"split": split})
+    return split_uri
 
 
 @dsl.component(**_OPTIONS)
@@ -118,9 +155,9 @@ def warmup(
     launcher: str,
     image: str,
     run_id: str,
-    split: Input[Dataset],
+    split: str,
     checkpoint: Output[Model],
-):
+) -> str:
     """Warm the K-shot supernet up: uniform single-path training with λ = 1/K (Algorithm 1).
 
     Args:
@@ -128,14 +165,19 @@ def warmup(
         launcher: Launch backend of the job: local, pytorchjob or trainjob.
         image: Worker image of the job.
         run_id: KFP run id, put on the job as a label.
-        split: The split's indices.
+        split: URI of the split's indices.
         checkpoint: Checkpoint folder of the warmed-up supernet.
-    """
-    from kshot.components.runtime import run_pipeline_stage
 
+    Returns:
+        The checkpoint's URI, for the train step.
+    """
+    from kshot.components.runtime import handoff_uri, run_pipeline_stage
+
+    checkpoint_uri = handoff_uri(checkpoint, "checkpoint")
     run_pipeline_stage(
         "warmup", config, {"split": split}, {"checkpoint": checkpoint}, launcher, image, run_id
     )
+    return checkpoint_uri
 
 
 @dsl.component(**_OPTIONS)
@@ -144,12 +186,12 @@ def train(
     launcher: str,
     image: str,
     run_id: str,
-    split: Input[Dataset],
-    warmup_checkpoint: Input[Model],
+    split: str,
+    warmup_checkpoint: str,
     checkpoint: Output[Model],
     curves: Output[Dataset],
     training_page: Output[HTML],
-):
+) -> str:
     """Train the supernet and the simplex-net alternately, step by step (Algorithm 2).
 
     Args:
@@ -157,15 +199,19 @@ def train(
         launcher: Launch backend of the job: local, pytorchjob or trainjob.
         image: Worker image of the job.
         run_id: KFP run id, put on the job as a label.
-        split: The split's indices.
-        warmup_checkpoint: Checkpoint folder of the warmup.
+        split: URI of the split's indices.
+        warmup_checkpoint: URI of the warmup's checkpoint folder.
         checkpoint: Checkpoint folder of the trained supernet and simplex-net.
         curves: Per-epoch loss, accuracy and learning rate (JSON).
         training_page: Plots of the training curves.
+
+    Returns:
+        The checkpoint's URI, for search, recalibration and ranking.
     """
     from kshot.components.reports import training_report
-    from kshot.components.runtime import run_pipeline_stage
+    from kshot.components.runtime import handoff_uri, run_pipeline_stage
 
+    checkpoint_uri = handoff_uri(checkpoint, "checkpoint")
     run_pipeline_stage(
         "train",
         config,
@@ -176,6 +222,7 @@ def train(
         run_id,
     )
     training_report(curves, training_page)
+    return checkpoint_uri
 
 
 @dsl.component(**_OPTIONS)
@@ -184,12 +231,12 @@ def search(
     launcher: str,
     image: str,
     run_id: str,
-    split: Input[Dataset],
-    checkpoint: Input[Model],
+    split: str,
+    checkpoint: str,
     results: Output[Dataset],
     metrics: Output[Metrics],
     search_page: Output[HTML],
-):
+) -> str:
     """Search paths with NSGA-II under the FLOPs budget, scoring each on the supernet.
 
     Args:
@@ -197,15 +244,19 @@ def search(
         launcher: Launch backend of the job: local, pytorchjob or trainjob.
         image: Worker image of the job.
         run_id: KFP run id, put on the job as a label.
-        split: The split's indices.
-        checkpoint: Checkpoint folder of the trained supernet.
+        split: URI of the split's indices.
+        checkpoint: URI of the trained supernet's checkpoint folder.
         results: Every evaluated path, the Pareto front and the best path (JSON).
         metrics: Best accuracy and FLOPs, paths evaluated.
         search_page: Pareto front and λ histograms.
+
+    Returns:
+        The results' URI, for recalibration.
     """
     from kshot.components.reports import search_report
-    from kshot.components.runtime import run_pipeline_stage
+    from kshot.components.runtime import handoff_uri, run_pipeline_stage
 
+    results_uri = handoff_uri(results, "results")
     run_pipeline_stage(
         "search",
         config,
@@ -216,30 +267,35 @@ def search(
         run_id,
     )
     search_report(results, metrics, search_page)
+    return results_uri
 
 
 @dsl.component(**_OPTIONS)
 def recalibrate(
     config: str,
-    split: Input[Dataset],
-    checkpoint: Input[Model],
-    search_results: Input[Dataset],
+    split: str,
+    checkpoint: str,
+    search_results: str,
     results: Output[Dataset],
     metrics: Output[Metrics],
-):
+) -> str:
     """Re-score the Pareto front and the best path with BatchNorm recalibrated on bn_images images.
 
     Args:
         config: The run configuration (the config step's JSON).
-        split: The split's indices.
-        checkpoint: Checkpoint folder of the trained supernet.
-        search_results: The search's results.
+        split: URI of the split's indices.
+        checkpoint: URI of the trained supernet's checkpoint folder.
+        search_results: URI of the search's results.
         results: The front and best path re-scored (JSON).
         metrics: Best accuracy and FLOPs after recalibration.
+
+    Returns:
+        The results' URI, for retraining.
     """
     from kshot.components.reports import recalibrate_report
-    from kshot.components.runtime import run_pipeline_stage
+    from kshot.components.runtime import handoff_uri, run_pipeline_stage
 
+    results_uri = handoff_uri(results, "results")
     run_pipeline_stage(
         "recalibrate",
         config,
@@ -247,6 +303,7 @@ def recalibrate(
         {"results": results},
     )
     recalibrate_report(results, metrics)
+    return results_uri
 
 
 @dsl.component(**_OPTIONS)
@@ -255,8 +312,8 @@ def retrain(
     launcher: str,
     image: str,
     run_id: str,
-    split: Input[Dataset],
-    results: Input[Dataset],
+    split: str,
+    results: str,
     model: Output[Model],
     retrained: Output[Dataset],
     metrics: Output[Metrics],
@@ -269,8 +326,8 @@ def retrain(
         launcher: Launch backend of the job: local, pytorchjob or trainjob.
         image: Worker image of the job.
         run_id: KFP run id, put on the job as a label.
-        split: The split's indices.
-        results: Recalibrated results holding the best path.
+        split: URI of the split's indices.
+        results: URI of the recalibrated results holding the best path.
         model: The stand-alone network (torch file with the arch and weights).
         retrained: Test accuracy, FLOPs, parameters and curves (JSON).
         metrics: Test accuracy, FLOPs and parameters.
@@ -297,7 +354,7 @@ def standalone(
     launcher: str,
     image: str,
     run_id: str,
-    split: Input[Dataset],
+    split: str,
     table: Output[Dataset],
 ) -> str:
     """Train a seeded sample of paths from scratch: the ground truth where no benchmark exists.
@@ -307,7 +364,7 @@ def standalone(
         launcher: Launch backend of the job: local, pytorchjob or trainjob.
         image: Worker image of the job.
         run_id: KFP run id, put on the job as a label.
-        split: The split's indices.
+        split: URI of the split's indices.
         table: CSV arch,accuracy of the sampled paths.
 
     Returns:
@@ -348,17 +405,22 @@ def benchmark_table(config: str, table: Output[Dataset]) -> str:
 
 
 @dsl.component(**_OPTIONS)
-def ground_truth(table_uri: str, table: Output[Dataset]):
+def ground_truth(table_uri: str, table: Output[Dataset]) -> str:
     """Hand on the ground truth chosen by the branch that ran (standalone sample or benchmark).
 
     Args:
         table_uri: URI of the chosen CSV arch,accuracy.
         table: The same table, as this run's ground-truth artifact.
+
+    Returns:
+        The table's URI, for the rank steps.
     """
     from kshot import storage
-    from kshot.components.runtime import artifact_uri
+    from kshot.components.runtime import handoff_uri
 
-    storage.write_bytes(artifact_uri(table), storage.read_bytes(table_uri))
+    uri = handoff_uri(table, "table")
+    storage.write_bytes(uri, storage.read_bytes(table_uri))
+    return uri
 
 
 @dsl.component(**_OPTIONS)
@@ -367,9 +429,9 @@ def rank(
     launcher: str,
     image: str,
     run_id: str,
-    split: Input[Dataset],
-    checkpoint: Input[Model],
-    truth: Input[Dataset],
+    split: str,
+    checkpoint: str,
+    truth: str,
     scores: Output[Dataset],
     ranking: Output[Dataset],
     metrics: Output[Metrics],
@@ -382,9 +444,9 @@ def rank(
         launcher: Launch backend of the job: local, pytorchjob or trainjob.
         image: Worker image of the job.
         run_id: KFP run id, put on the job as a label.
-        split: The split's indices.
-        checkpoint: Checkpoint folder of the trained supernet.
-        truth: CSV arch,accuracy of the ground truth.
+        split: URI of the split's indices.
+        checkpoint: URI of the trained supernet's checkpoint folder.
+        truth: URI of the ground truth, CSV arch,accuracy.
         scores: Per-path supernet accuracy, ground truth and λ (CSV).
         ranking: τ, ρ, r and the top-group τ (JSON).
         metrics: τ, ρ, r, the top-group τ and the number of paths.
@@ -460,3 +522,21 @@ def plot_tau_vs_k(rankings: Input[list[Dataset]], metrics: Output[Metrics], page
     from kshot.components.reports import tau_vs_k_report
 
     tau_vs_k_report(rankings, metrics, page)
+
+
+@dsl.component(**_OPTIONS)
+def sweep_items(k_values: list, split: str, truth: str) -> list:
+    """The K sweep's loop items: each K with the URIs of the split and the ground truth they share.
+
+    (kfp 2.17's local runner replaces a step's output that enters a ``dsl.ParallelFor`` by the
+    loop item; fields of the items themselves reach the loop's steps intact.)
+
+    Args:
+        k_values: The K values to train and rank.
+        split: URI of the split's indices.
+        truth: URI of the ground truth, CSV arch,accuracy.
+
+    Returns:
+        One mapping k, split, truth per K.
+    """
+    return [{"k": k, "split": split, "truth": truth} for k in k_values]

@@ -83,6 +83,9 @@ def _stage(args: argparse.Namespace) -> int:
     outputs = parse_overrides(args.output, "--output")
     if args.workers > 1:
         from kshot.launch.local import run_local
+        from kshot.stages import check_stage
+
+        check_stage(args.name, cfg, inputs, outputs, gpu=False)  # the workers check the GPU
         from kshot.launch.spec import LaunchSpec
 
         run_local(

@@ -351,6 +351,8 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
             f"does not divide batch_size = {cfg.batch_size}: each of the m paths of a "
             "simplex-net step needs b/m images",
         )
+    if not cfg.dataset.strip():
+        fail("dataset", "is empty: name a dataset ('digits', a local path or gs:// URI)")
     if cfg.resolution % 4:
         fail("resolution", "must be a multiple of 4")
     if cfg.data_loading == "stream" and not cfg.resolution:
@@ -377,6 +379,24 @@ def parse_overrides(pairs: Iterable[str], source: str = "--set") -> dict[str, st
     return out
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping that names one key twice (PyYAML would keep the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} is given twice (lines {seen[key]} and {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(uri: str) -> dict[str, Any]:
     """The mapping of a YAML config file (local or gs://), its keys not yet checked.
 
@@ -386,13 +406,17 @@ def read_config_file(uri: str) -> dict[str, Any]:
     from kshot import storage
 
     try:
-        data = yaml.safe_load(storage.read_text(uri)) or {}
+        data = yaml.load(storage.read_text(uri), Loader=_UniqueKeyLoader)
     except FileNotFoundError as e:
         raise ConfigError(f"config file {uri!r} not found") from e
+    except _DuplicateKey as e:
+        raise ConfigError(f"config file {uri!r}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {uri!r} is not valid YAML: {e}") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {uri!r} is not UTF-8 text: {e}") from e
+    if data is None:  # a truncated copy or a wrong path: never read as "all defaults"
+        raise ConfigError(f"config file {uri!r} is empty: it sets no key")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {uri!r} must hold a mapping of keys to values")
     return data

@@ -1,7 +1,7 @@
 """The exported stand-alone model of a path: one torch file that rebuilds a plain ``torch.nn`` module.
 
 The file holds the search space, the path, the network shape, the input normalisation and the
-state dict. :func:`load_model` rebuilds the network from :mod:`kshot.spaces` alone (no supernet,
+state dict: tensors and plain data only, read back with ``torch.load(weights_only=True)``. :func:`load_model` rebuilds the network from :mod:`kshot.spaces` alone (no supernet,
 simplex-net or trainer), ready for inference::
 
     model, meta = load_model("gs://bucket/run/model.pt")

@@ -49,13 +49,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
+import math
 import os
+import pickle
 import re
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, TypeVar
@@ -82,6 +86,7 @@ __all__ = [
     "RETRY_INITIAL_DELAY_ENV",
     "S3_ENDPOINT_ENVS",
     "StorageError",
+    "UnsafeFileError",
     "is_gcs",
     "is_s3",
     "is_remote",
@@ -119,6 +124,9 @@ _DOWNLOAD_CHUNK_BYTES = 1024 * 1024  # what a download cut off part-way loses at
 _EMULATOR_PROJECT = "kshot-emulator"
 _PARTIAL_SUFFIX = ".partial"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# The object stores by URI scheme, with the form their URIs take. A URI whose scheme is not here, or
+# one of these without "//" after the colon, is refused rather than taken for a local file name.
+_REMOTE_FORMS = {"gs": "gs://bucket/key", "s3": "s3://bucket/key"}
 _GCS_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
 _S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
 _S3_MD5_METADATA = "kshot-md5"
@@ -173,6 +181,13 @@ def parse_remote(uri: str) -> tuple[str, str]:
         )
     if "\n" in key or "\r" in key:
         raise ValueError(f"malformed {store} URI {uri!r}: object names cannot contain line breaks")
+    # Object stores keep "a/./x" and "a//x" literally, as other objects than "a/x": refuse them.
+    segments = key.split("/")
+    if any(part in (".", "..") for part in segments) or "" in segments[:-1]:
+        raise ValueError(
+            f"malformed {store} URI {uri!r}: empty, '.' and '..' segments are not resolved by "
+            f"{store} (they would be stored literally); write the path without them"
+        )
     return bucket, key
 
 
@@ -188,8 +203,9 @@ def parse_gcs(uri: str) -> tuple[str, str]:
 
 
 def _store(uri: str) -> _ObjectStore | None:
-    """The object store of a ``gs://`` or ``s3://`` URI, None for local paths; refuses empty URIs
-    and other schemes."""
+    """The object store of a ``gs://`` or ``s3://`` URI, None for local paths; refuses empty URIs,
+    other schemes and malformed ones (``gs:/bucket/x``, ``s3:bucket``), which would otherwise
+    become local files."""
     if not uri:
         raise ValueError("empty URI: expected a local path, gs://bucket/key or s3://bucket/key")
     if is_gcs(uri):
@@ -197,10 +213,18 @@ def _store(uri: str) -> _ObjectStore | None:
     if is_s3(uri):
         return _S3_STORE
     scheme = _SCHEME_RE.match(uri)
-    if scheme and uri[scheme.end() :].startswith("//"):
+    if scheme is None:
+        return None
+    name, rest = scheme.group(1), uri[scheme.end() :]
+    supported = ", ".join(_REMOTE_FORMS.values())
+    if rest.startswith("//"):
         raise ValueError(
-            f"unsupported URI scheme {scheme.group(1)!r} in {uri!r}: "
-            "use a local path, gs://bucket/key or s3://bucket/key"
+            f"unsupported URI scheme {name!r} in {uri!r}: use a local path, {supported}"
+        )
+    if name in _REMOTE_FORMS or rest.startswith("/"):
+        raise ValueError(
+            f"malformed URI {uri!r}: the scheme {name + ':'!r} must be followed by '//' "
+            f"(e.g. {name}://bucket/key); use a local path, {supported}"
         )
     return None
 
@@ -211,24 +235,38 @@ def check_uri(uri: str) -> None:
         parse_remote(uri)
 
 
-def check_writable(uri: str) -> None:
-    """Fail before any work when nothing could ever be written at ``uri``.
+def check_writable(uri: str, folder: bool = False) -> None:
+    """Fail before any work when nothing could ever be written at ``uri``, or when ``uri`` is of
+    the other kind than the artifact: a file (``folder=False``) or a folder of files.
 
     Raises:
-        ValueError: ``uri`` is malformed, or a local path runs through a regular file.
+        ValueError: ``uri`` is malformed, a local path runs through a regular file, a file URI
+            names a bucket, ends in ``/`` or is an existing folder, or a folder URI is a file.
         FileNotFoundError: the bucket of a ``gs://`` or ``s3://`` URI does not exist.
         PermissionError: the nearest existing local folder is not writable.
     """
+    expected = "a folder" if folder else "a file"
     store = _store(uri)
     if store:
-        bucket, _ = parse_remote(uri)
+        bucket, key = parse_remote(uri) if folder else _object_ref(uri)
         if not store.bucket_exists(uri, bucket):
             raise FileNotFoundError(_missing_bucket(uri, bucket))
+        if folder and key.strip("/") and store.object_exists(uri.rstrip("/")):
+            raise ValueError(f"{uri} is an object (a file), but {expected} is expected here")
+        if not folder and store.list_keys(uri):
+            raise ValueError(
+                f"{uri} is a folder (objects lie under it), but {expected} is expected"
+            )
         return
-    ancestor = Path(uri).absolute()
+    path = Path(uri).absolute()
+    if not folder and (uri.endswith("/") or path.is_dir()):
+        raise ValueError(f"{uri} is a folder, but {expected} is expected here")
+    if folder and path.is_file():
+        raise ValueError(f"{uri} is a file, but {expected} is expected here")
+    ancestor = path
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
-    if ancestor != Path(uri).absolute() and not ancestor.is_dir():
+    if ancestor != path and not ancestor.is_dir():
         raise ValueError(f"cannot write {uri}: {ancestor} is a file, not a folder")
     if not os.access(ancestor if ancestor.is_dir() else ancestor.parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {uri}: {ancestor} is not writable")
@@ -787,20 +825,62 @@ _S3_STORE = _S3()
 # ---------------------------------------------------------------------------- reads & writes
 
 
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where Linux offers it; else set and restored)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _no_space(error: BaseException) -> OSError | None:
+    """The "no space left" error behind ``error``, if any (``torch.save`` wraps it in a
+    ``RuntimeError`` that only says ``unexpected pos``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _raise_if_no_space(error: BaseException, target: str, tmp: str) -> None:
+    cause = _no_space(error)
+    if cause is not None:
+        raise OSError(
+            cause.errno,
+            f"writing {target}: no space left on device (while writing {tmp}); "
+            "nothing was written there, the previous content is kept",
+        ) from error
+
+
 @contextlib.contextmanager
 def _local_atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """A temporary file beside ``path`` that is renamed to ``path`` when the block ends cleanly."""
+    """A temporary file beside ``path`` that is renamed to ``path`` when the block ends cleanly.
+
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), not
+    ``mkstemp``'s 0600, so that other readers of the artifact (a pod of another user) can read it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_PARTIAL_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        _raise_if_no_space(error, str(path), tmp)
         raise
 
 
@@ -821,6 +901,7 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
     Raises:
         ValueError: ``uri`` is malformed or names a bucket or folder.
         FileNotFoundError: the bucket does not exist.
+        OSError: the disk is full ("no space left on device", naming ``uri`` and the file).
         StorageError: the upload still failed when the retry deadline passed, or another writer
             changed the object meanwhile.
     """
@@ -832,8 +913,12 @@ def open_write(uri: str) -> Iterator[IO[bytes]]:
     _object_ref(uri)
     fd, tmp = tempfile.mkstemp(prefix="kshot-upload-", suffix=_PARTIAL_SUFFIX)
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+        except BaseException as error:
+            _raise_if_no_space(error, uri, tmp)
+            raise
         store.upload(Path(tmp), uri)
     finally:
         os.unlink(tmp)
@@ -899,20 +984,70 @@ def read_json(uri: str) -> Any:
 
 
 def write_json(uri: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``uri`` whole or not at all."""
-    write_text(uri, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented JSON to ``uri`` whole or not at all.
+
+    A NaN or infinite number (a correlation of constant values, a loss never measured) becomes
+    ``null``, with a warning naming where it was: strict JSON has no token for it.
+    """
+    missing: list[str] = []
+
+    def finite(value: Any, where: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            missing.append(where or "the document")
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    clean = finite(obj, "")
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        warnings.warn(
+            f"{uri}: {shown} {'is' if len(missing) == 1 else 'are'} not a finite number "
+            "(NaN or infinite), written as null",
+            stacklevel=2,
+        )
+    write_text(uri, json.dumps(clean, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+class UnsafeFileError(ValueError):
+    """A torch file that holds more than tensors and plain data (code would run on loading)."""
 
 
 def save_torch(obj: Any, uri: str) -> None:
-    """``torch.save`` to ``uri``, streamed through a temporary file, whole or not at all."""
+    """``torch.save`` to ``uri``, streamed through a temporary file, whole or not at all.
+
+    ``obj`` must hold only what :func:`load_torch` reads back: tensors, numbers, strings, and
+    lists, tuples and dicts of them.
+    """
     with open_write(uri) as f:
         torch.save(obj, f)
 
 
 def load_torch(uri: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` from ``uri`` (an object is streamed to a temporary file first)."""
+    """``torch.load(weights_only=True)`` from ``uri`` (an object is streamed to a
+    temporary file first): tensors, numbers, strings, and lists, tuples and dicts of them.
+
+    Raises:
+        UnsafeFileError: the file holds anything else, a pickled callable for one; it is refused
+            without being run (whoever can write the store could otherwise run code in every
+            process that loads it).
+    """
     with local_copy(uri) as path:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "weights_only" not in str(e).lower() and "weights only" not in str(e).lower():
+                raise
+            paragraphs = [p.strip() for p in str(e).split("\n\n") if p.strip()]
+            raise UnsafeFileError(
+                f"refusing to load {uri}: it holds more than tensors and plain data, which "
+                f"loading would run as code ({paragraphs[min(1, len(paragraphs) - 1)]})"
+            ) from None
 
 
 # ----------------------------------------------------------------------------- folders

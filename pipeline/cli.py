@@ -3,11 +3,14 @@
     kshot pipeline compile --output pipeline.yaml [--sweep]
     kshot pipeline upload --host URL [--name N] [--version V] [--package F] [--sweep]
     kshot pipeline run --host URL [--experiment E] [--pipeline-id ID | --name N] [--package F]
-                       [--sweep] [--pipeline-root gs://B/P] [--config F] [--set key=value …]
+                       [--sweep] [--pipeline-root gs://B/P] [--enable-caching | --no-caching]
+                       [--config F] [--set key=value …]
 
-Components run in ``$KSHOT_IMAGE`` (read when compiling). ``--set`` takes config keys (`kshot config
---help-keys`) and the pipeline's own parameters ``launcher``, ``image`` and, with ``--sweep``,
-``k_values``; config keys that are not pipeline parameters travel in ``extra_config``. Exactly
+Read when compiling: ``$KSHOT_STEP_IMAGE``, the image the steps run in, and ``$KSHOT_JOB_IMAGE``,
+the default of the ``image`` parameter (the jobs' workers); ``$KSHOT_IMAGE`` stands for either
+where it is unset. ``--set`` takes config keys (`kshot config --help-keys`) and the pipeline's own
+parameters ``launcher``, ``image``, ``step_cpu``, ``step_memory``, ``step_tolerations``,
+``step_node_selector`` and, with ``--sweep``, ``k_values``; config keys that are not pipeline parameters travel in ``extra_config``. Exactly
 the keys that ``--config`` and ``--set`` name are sent (even when equal to this kshot's defaults,
 since an uploaded pipeline's may differ); the rest keep the pipeline's defaults. ``--pipeline-root
 gs://BUCKET/PREFIX`` (or ``s3://BUCKET/PREFIX``) puts the run's artifacts in an object store
@@ -28,9 +31,16 @@ import yaml
 
 from kshot.config import ConfigError, parse_overrides
 
-__all__ = ["add_parser", "compile_pipeline", "run_arguments"]
+__all__ = ["add_parser", "compile_pipeline", "run_arguments", "set_caching"]
 
-_PIPELINE_ONLY = ("launcher", "image")
+_PIPELINE_ONLY = (
+    "launcher",
+    "image",
+    "step_cpu",
+    "step_memory",
+    "step_tolerations",
+    "step_node_selector",
+)
 _SWEEP_ONLY = ("k_values",)
 
 
@@ -95,6 +105,7 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
         load_config(*layers, {**pairs, "k": k}, sources=[*files, "--set k_values"])
     if len(set(direct.get("k_values", []))) < len(direct.get("k_values", [])):
         raise ConfigError(f"--set k_values: {direct['k_values']!r} repeats a K")
+    _check_placement(direct)
     build_config(
         {**pipeline_arguments(cfg), **{key: direct[key] for key in _PIPELINE_ONLY if key in direct}}
     )
@@ -107,6 +118,30 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
     if extra:
         arguments["extra_config"] = json.dumps(extra, sort_keys=True)
     return {**arguments, **direct}
+
+
+def _check_placement(direct: dict[str, Any]) -> None:
+    """Refuse ``--set step_tolerations`` / ``step_node_selector`` that Kubernetes would not read."""
+    tolerations = direct.get("step_tolerations", [])
+    fields = {"key", "operator", "value", "effect", "tolerationSeconds"}
+    if not isinstance(tolerations, list) or not all(
+        isinstance(t, dict) and t and set(t) <= fields for t in tolerations
+    ):
+        raise ConfigError(
+            f"--set step_tolerations: {tolerations!r} is not a list of Kubernetes tolerations "
+            f"(mappings of {', '.join(sorted(fields))})"
+        )
+    selector = direct.get("step_node_selector", {})
+    if not isinstance(selector, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+    ):
+        raise ConfigError(
+            f"--set step_node_selector: {selector!r} is not a mapping of node label to value "
+            "(e.g. {cloud.google.com/gke-nodepool: pipelines})"
+        )
+    for parameter in ("step_cpu", "step_memory"):  # YAML reads --set step_cpu=4 as a number
+        if parameter in direct:
+            direct[parameter] = str(direct[parameter])
 
 
 def _auth_args(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +179,32 @@ def _package(args: argparse.Namespace, scratch: str) -> str:
     path = str(Path(scratch) / "pipeline.yaml")
     compile_pipeline(path, args.sweep)
     return path
+
+
+def set_caching(package: str, enable: bool, output: str) -> None:
+    """Write ``package`` to ``output`` with KFP's cache on (or off) for every task of every DAG.
+
+    (``kfp.Client``'s ``enable_caching`` reaches the root DAG's tasks only, not those inside a
+    condition or a loop, such as the standalone sample and the K sweep's stages.)
+    """
+    documents = list(yaml.safe_load_all(Path(package).read_text()))
+    spec = documents[0]
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    for dag in dags:
+        for task in dag["tasks"].values():
+            if "executorLabel" in spec["components"][task["componentRef"]["name"]]:
+                task.setdefault("cachingOptions", {})["enableCache"] = enable
+    Path(output).write_text(yaml.safe_dump_all(documents, sort_keys=False))
+
+
+def _run_package(args: argparse.Namespace, scratch: str) -> str:
+    """The package to run: :func:`_package`, with ``--enable-caching / --no-caching`` applied."""
+    package = _package(args, scratch)
+    if args.enable_caching is None:
+        return package
+    output = str(Path(scratch) / "pipeline-caching.yaml")
+    set_caching(package, args.enable_caching, output)
+    return output
 
 
 def _check_pipeline_root(uri: str) -> None:
@@ -191,6 +252,12 @@ def _run(args: argparse.Namespace) -> int:
 
     arguments = run_arguments(args.config, args.overrides, args.sweep)
     _check_pipeline_root(args.pipeline_root)
+    if args.enable_caching is not None and (args.pipeline_id or args.name):
+        flag = "--enable-caching" if args.enable_caching else "--no-caching"
+        raise ConfigError(
+            f"{flag} applies to a pipeline compiled now or given with --package (KFP writes it "
+            "into the pipeline spec): an uploaded pipeline keeps the caching it was compiled with"
+        )
     host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
     pipeline_id = args.pipeline_id
     if args.name and not pipeline_id:
@@ -204,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
             args.experiment,
             run_name,
             arguments,
-            package_path=None if pipeline_id else _package(args, scratch),
+            package_path=None if pipeline_id else _run_package(args, scratch),
             pipeline_id=pipeline_id,
             version_id=args.version_id,
             service_account=args.service_account,
@@ -260,6 +327,22 @@ def add_parser(subparsers: Any) -> None:
         metavar="gs://BUCKET/PREFIX",
         help="where the run's artifacts go (default: the host's); job launchers need gs:// or s3://",
     )
+    caching = run.add_mutually_exclusive_group()
+    caching.add_argument(
+        "--enable-caching",
+        dest="enable_caching",
+        action="store_const",
+        const=True,
+        default=None,
+        help="let KFP serve unchanged steps from its cache (default: as compiled)",
+    )
+    caching.add_argument(
+        "--no-caching",
+        dest="enable_caching",
+        action="store_const",
+        const=False,
+        help="run every step anew",
+    )
     run.add_argument(
         "--config",
         action="append",
@@ -273,6 +356,7 @@ def add_parser(subparsers: Any) -> None:
         default=[],
         metavar="KEY=VALUE",
         dest="overrides",
-        help="a config key or pipeline parameter (launcher, image, k_values)",
+        help="a config key or pipeline parameter (launcher, image, step_cpu, step_memory, "
+        "step_tolerations, step_node_selector, k_values)",
     )
     run.set_defaults(func=_run)

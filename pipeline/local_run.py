@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot import storage
-from kshot.components.runtime import PIPELINE_CONFIG_KEYS, component_image
+from kshot.components.runtime import PIPELINE_CONFIG_KEYS, job_image
 from kshot.config import Config
 
 __all__ = [
@@ -46,7 +46,7 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     Args:
         cfg: the run configuration.
         launcher: the launch backend of the heavy stages.
-        image: their worker image (default: the components' image).
+        image: their worker image (default: the jobs' image, :func:`job_image`).
 
     Returns:
         Keyword arguments of :func:`kshot.pipeline.pipeline.kshot_nas`.
@@ -60,7 +60,7 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     }
     return {
         **{key: values[key] for key in PIPELINE_CONFIG_KEYS},
-        "image": image or component_image(),
+        "image": image or job_image(),
         "launcher": launcher,
         "extra_config": json.dumps(extra, sort_keys=True) if extra else "",
     }
@@ -126,12 +126,18 @@ def run_local_pipeline(cfg: Config, output: str) -> dict[str, Any]:
 
     from kshot.pipeline.pipeline import kshot_nas
 
-    storage.check_writable(output)  # a bad output fails now, not after the whole DAG
+    storage.check_writable(output, folder=True)  # a bad output fails now, not after the DAG
     started = time.monotonic()
     with _local_folder(output) as folder, warnings.catch_warnings():
         # kfp warns that the components' base image is not this environment: it is, by design
         warnings.filterwarnings(
             "ignore", message=".*custom or non-Python base image", category=RuntimeWarning
+        )
+        # nor can a local run honour the steps' cluster sizes (kshot.pipeline.platform)
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Task .*have no effect in the current local runner",
+            category=UserWarning,
         )
         artifacts = (folder / "artifacts").resolve()
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(artifacts))

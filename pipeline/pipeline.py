@@ -4,11 +4,14 @@ The DAG follows the paper's order. Rank runs beside search once training ends. I
 the configured table (config key ``ground_truth``) or, when that is empty, the ``standalone``
 stage's sample of paths trained from scratch; standalone depends only on the split, so it runs
 beside the supernet stages. ``dsl.If``/``dsl.Else`` choose between the two, and ``dsl.OneOf`` hands
-the chosen table's URI to one unconditional ``ground-truth`` step whose artifact rank reads.
-(kfp 2.17's local runner resolves ``dsl.OneOf`` of parameters but not of artifacts, and replaces
-task-output parameters that enter a ``dsl.ParallelFor`` by the loop item; an artifact works in both
-places, which the K sweep needs. On a cluster this takes a gs:// pipeline root, as the distributed
-stages do.)
+the chosen table's URI to one unconditional ``ground-truth`` step, which copies it into the run's
+ground-truth artifact and hands rank its URI.
+(kfp 2.17's local runner resolves ``dsl.OneOf`` of parameters but not of artifacts, which is why
+the branches return URIs.) A step receives the split, checkpoints and results as the producing
+step's returned URI, never as an input artifact, so no step pod downloads a checkpoint
+(:mod:`kshot.components.stages`); on a cluster this takes a gs:// pipeline root, as the
+distributed stages do. Sizes, retries, placement and the security context of the steps:
+:mod:`kshot.pipeline.platform`.
 
 Every heavy step takes the run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``) as an input, to label its
 PyTorchJob / TrainJob with :data:`kshot.components.runtime.RUN_ID_LABEL` (``kubectl get pytorchjobs
@@ -27,49 +30,60 @@ parameter annotations at decoration time.
 from kfp import dsl
 
 from kshot.components import stages
-from kshot.components.runtime import component_image
+from kshot.components.runtime import job_image
 from kshot.config import Config
 from kshot.launch import BACKENDS
+from kshot.pipeline.platform import Placement, heavy, in_pod, light
 
-__all__ = ["kshot_nas", "ground_truth_table", "PIPELINE_NAME"]
+__all__ = [
+    "kshot_nas",
+    "configure",
+    "ground_truth_table",
+    "PIPELINE_NAME",
+    "DEFAULT_STEP_CPU",
+    "DEFAULT_STEP_MEMORY",
+]
 
 PIPELINE_NAME = "kshot-nas"
 _DEFAULTS = Config()
 _LAUNCHER = BACKENDS[0]  # local: torchrun in the step's own pod
-_IMAGE = component_image()
+_IMAGE = job_image()
+# What a step pod that runs its stage itself requests (pipeline parameters step_cpu, step_memory).
+DEFAULT_STEP_CPU = "4"
+DEFAULT_STEP_MEMORY = "16Gi"
+
+
+def configure(arguments: dict, placement: Placement) -> dsl.PipelineTask:
+    """The config step on the pipeline's parameters (``arguments``), on the cluster's terms."""
+    return light(stages.configure(**arguments), placement)
 
 
 def ground_truth_table(
     config_step: dsl.PipelineTask,
     split_task: dsl.PipelineTask,
-    launcher: str,
-    image: str,
+    job: dict,
+    placement: Placement,
 ) -> dsl.PipelineTask:
     """The ground truth of the ranking: the standalone sample, or the configured table.
 
     Args:
-        config_step: the config step (its ``config`` and ``ground_truth`` outputs).
+        config_step: the config step (its ``config``, ``ground_truth`` and step size outputs).
         split_task: the split, whose train indices the standalone paths train on.
-        launcher: the launch backend of the standalone job.
-        image: its worker image.
+        job: the heavy steps' ``launcher``, ``image`` and ``run_id``.
+        placement: where the steps' pods may run.
 
     Returns:
-        The ``ground-truth`` task, whose ``table`` artifact is CSV arch,accuracy.
+        The ``ground-truth`` task: its ``table`` artifact and its output, the table's URI (CSV
+        arch,accuracy).
     """
     config = config_step.outputs["config"]
     with dsl.If(config_step.outputs["ground_truth"] == "", name="no-ground-truth-table"):
-        sample = stages.standalone(
-            config=config,
-            launcher=launcher,
-            image=image,
-            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            split=split_task.outputs["split"],
-        )
+        sample = stages.standalone(config=config, split=split_task.outputs["Output"], **job)
+        heavy(sample, placement, config_step)
     with dsl.Else(name="ground-truth-table"):
-        benchmark = stages.benchmark_table(config=config)
-    return stages.ground_truth(
-        table_uri=dsl.OneOf(sample.outputs["Output"], benchmark.outputs["Output"])
-    )
+        benchmark = light(stages.benchmark_table(config=config), placement)
+    chosen = dsl.OneOf(sample.outputs["Output"], benchmark.outputs["Output"])
+    return light(stages.ground_truth(table_uri=chosen), placement)
 
 
 @dsl.pipeline(name=PIPELINE_NAME)
@@ -93,6 +107,10 @@ def kshot_nas(
     image: str = _IMAGE,
     launcher: str = _LAUNCHER,
     extra_config: str = "",
+    step_cpu: str = DEFAULT_STEP_CPU,
+    step_memory: str = DEFAULT_STEP_MEMORY,
+    step_tolerations: list = [],  # noqa: B006 (a KFP parameter default, never mutated)
+    step_node_selector: dict = {},  # noqa: B006
 ) -> dsl.Dataset:
     """K-shot NAS (Su et al., ICML 2021): train K supernets with a simplex-net, search, retrain.
 
@@ -119,65 +137,76 @@ def kshot_nas(
         image: Worker image of the distributed stages' jobs.
         launcher: How heavy stages run: local (torchrun in the step's pod), pytorchjob, trainjob.
         extra_config: JSON or YAML mapping of any other kshot config keys (see `kshot config`).
+        step_cpu: CPU request of a step pod that runs its stage itself (launcher local).
+        step_memory: Memory request and limit of such a step pod (e.g. 16Gi).
+        step_tolerations: Kubernetes tolerations of every step pod (a list of mappings).
+        step_node_selector: Node labels every step pod must match (label → value).
 
     Returns:
         The run summary (JSON): best path, accuracy, FLOPs, τ, ρ, r and the reports' URIs.
     """
-    config_step = stages.configure(
-        k=k,
-        search_space=search_space,
-        dataset=dataset,
-        epochs=epochs,
-        warmup_epochs=warmup_epochs,
-        m=m,
-        alpha=alpha,
-        tau=tau,
-        population=population,
-        generations=generations,
-        flops_budget=flops_budget,
-        bn_images=bn_images,
-        seed=seed,
-        ground_truth=ground_truth,
-        workers=workers,
-        gpus_per_worker=gpus_per_worker,
-        image=image,
-        launcher=launcher,
-        extra_config=extra_config,
+    placement = Placement(step_tolerations, step_node_selector)
+    config_step = configure(
+        {
+            "k": k,
+            "search_space": search_space,
+            "dataset": dataset,
+            "epochs": epochs,
+            "warmup_epochs": warmup_epochs,
+            "m": m,
+            "alpha": alpha,
+            "tau": tau,
+            "population": population,
+            "generations": generations,
+            "flops_budget": flops_budget,
+            "bn_images": bn_images,
+            "seed": seed,
+            "ground_truth": ground_truth,
+            "workers": workers,
+            "gpus_per_worker": gpus_per_worker,
+            "image": image,
+            "launcher": launcher,
+            "extra_config": extra_config,
+            "step_cpu": step_cpu,
+            "step_memory": step_memory,
+        },
+        placement,
     )
     config = config_step.outputs["config"]
     job = {"launcher": launcher, "image": image, "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
 
-    split_task = stages.split(config=config)
-    split_indices = split_task.outputs["split"]
-    warmup_task = stages.warmup(config=config, split=split_indices, **job)
-    train_task = stages.train(
-        config=config,
-        split=split_indices,
-        warmup_checkpoint=warmup_task.outputs["checkpoint"],
-        **job,
+    split_task = light(stages.split(config=config), placement)
+    split_uri = split_task.outputs["Output"]
+    warmup_task = heavy(
+        stages.warmup(config=config, split=split_uri, **job), placement, config_step
     )
-    checkpoint = train_task.outputs["checkpoint"]
-    search_task = stages.search(config=config, split=split_indices, checkpoint=checkpoint, **job)
+    train_task = stages.train(
+        config=config, split=split_uri, warmup_checkpoint=warmup_task.outputs["Output"], **job
+    )
+    heavy(train_task, placement, config_step)
+    checkpoint_uri = train_task.outputs["Output"]
+    search_task = stages.search(config=config, split=split_uri, checkpoint=checkpoint_uri, **job)
+    heavy(search_task, placement, config_step)
     recalibrate_task = stages.recalibrate(
         config=config,
-        split=split_indices,
-        checkpoint=checkpoint,
-        search_results=search_task.outputs["results"],
+        split=split_uri,
+        checkpoint=checkpoint_uri,
+        search_results=search_task.outputs["Output"],
     )
+    in_pod(recalibrate_task, placement, step_cpu, step_memory)
     retrain_task = stages.retrain(
-        config=config,
-        split=split_indices,
-        results=recalibrate_task.outputs["results"],
-        **job,
+        config=config, split=split_uri, results=recalibrate_task.outputs["Output"], **job
     )
-    truth = ground_truth_table(config_step, split_task, launcher, image)
+    heavy(retrain_task, placement, config_step)
+    truth = ground_truth_table(config_step, split_task, job, placement)
     rank_task = stages.rank(
         config=config,
-        split=split_indices,
-        checkpoint=checkpoint,
-        truth=truth.outputs["table"],
+        split=split_uri,
+        checkpoint=checkpoint_uri,
+        truth=truth.outputs["Output"],
         **job,
     )
+    heavy(rank_task, placement, config_step)
     summary_task = stages.summarize(
         config=config,
         results=recalibrate_task.outputs["results"],
@@ -189,4 +218,4 @@ def kshot_nas(
         retrain_page=retrain_task.outputs["retrain_page"],
         rank_page=rank_task.outputs["rank_page"],
     )
-    return summary_task.outputs["summary"]
+    return light(summary_task, placement).outputs["summary"]

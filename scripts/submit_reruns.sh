@@ -4,7 +4,9 @@
 #   scripts/submit_reruns.sh K_VALUES [kshot pipeline run options …]
 #
 # K_VALUES is one K or a comma-separated list ("8" or "1,2,4,8"). The host comes from $KFP_HOST,
-# the bearer token from $KFP_TOKEN (the rerun workflow maps its repository secrets onto both).
+# the bearer token from $KFP_TOKEN: in the rerun workflow a short-lived token minted through
+# Workload Identity Federation, or the repository secret of that name where none is set up.
+# $KSHOT_STEP_IMAGE / $KSHOT_JOB_IMAGE (or $KSHOT_IMAGE for both) name the images compiled in.
 # Extra arguments go to every `kshot pipeline run` (e.g. --experiment NAME, --set epochs=50).
 set -euo pipefail
 

@@ -8,8 +8,10 @@ no new file, and an output that already existed keeps its old bytes (DESIGN.md �
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import pickle
 import re
 import shutil
@@ -143,6 +145,50 @@ def output_folder_of_another_k(t: Path, good: Path) -> None:
     shutil.copytree(good / "warm", t / "out" / "trained")
 
 
+class _RunsCodeWhenLoaded:
+    """Unpickling it calls ``open(marker, "w")``: creates the marker file, if anything runs it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def _spoiled_checkpoint(t: Path, good: Path, folder: str, state: object) -> None:
+    (t / folder).mkdir()
+    torch.save(state, t / folder / _newest_checkpoint(good).name)
+
+
+def checkpoint_that_runs_code(t: Path, good: Path) -> None:
+    """A real checkpoint, plus one value whose unpickling would create ``{t}/MARKER``."""
+    state = torch.load(_newest_checkpoint(good), weights_only=True)
+    state["history"]["note"] = _RunsCodeWhenLoaded(t / "MARKER")
+    _spoiled_checkpoint(t, good, "evil-ckpt", state)
+
+
+def checkpoint_that_is_a_list(t: Path, good: Path) -> None:
+    _spoiled_checkpoint(t, good, "list-ckpt", [torch.zeros(2)])
+
+
+def checkpoint_without_supernet(t: Path, good: Path) -> None:
+    state = torch.load(_newest_checkpoint(good), weights_only=True)
+    del state["supernet"]
+    _spoiled_checkpoint(t, good, "nosupernet-ckpt", state)
+
+
+def split_with_an_empty_train_part(t: Path, good: Path) -> None:
+    split = json.loads((good / "split.json").read_text())
+    split["valid"] = sorted(split["valid"] + split["train"])
+    split["train"] = []
+    (t / "empty-train.json").write_text(json.dumps(split))
+
+
+def folder_where_a_file_should_be(t: Path, good: Path) -> None:
+    (t / "out" / "results.json").mkdir()
+    (t / "out" / "results.json" / "kept.txt").write_bytes(SENTINEL)
+
+
 # ------------------------------------------------------------------------------- the table
 
 
@@ -237,6 +283,86 @@ CASES = [
         gcs=True,
     ),
     Case(
+        "gs-uri-with-one-slash-is-not-a-local-file",
+        "split",
+        ("output artifact split='gs:/bucket/split.json'", "malformed URI", "followed by '//'"),
+        outputs={"split": "gs:/bucket/split.json"},
+    ),
+    Case(
+        "gs-uri-without-slashes",
+        "warmup",
+        ("input artifact split='gs:bucket/split.json'", "malformed URI"),
+        inputs={"split": "gs:bucket/split.json"},
+    ),
+    Case(
+        "gs-uri-with-a-dot-segment",
+        "warmup",
+        ("'gs://kshot-data/a/./split.json'", "'.' and '..' segments"),
+        inputs={"split": "gs://kshot-data/a/./split.json"},
+    ),
+    Case(
+        "gs-uri-with-an-empty-segment",
+        "search",
+        ("'gs://kshot-data/run//results.json'", "empty, '.' and '..' segments"),
+        outputs={"results": "gs://kshot-data/run//results.json"},
+    ),
+    Case(
+        "bucket-where-a-file-output-is-expected",
+        "search",
+        ("results='gs://kshot-data'", "names a bucket or folder"),
+        outputs={"results": "gs://kshot-data"},
+    ),
+    Case(
+        "gcs-folder-where-a-file-output-is-expected",
+        "search",
+        ("results='gs://kshot-data/run/'", "names a bucket or folder"),
+        outputs={"results": "gs://kshot-data/run/"},
+    ),
+    Case(
+        "existing-folder-where-a-file-output-is-expected",
+        "search",
+        ("results='{out}/results.json'", "is a folder, but a file is expected"),
+        setup=folder_where_a_file_should_be,
+    ),
+    Case(
+        "file-where-a-folder-output-is-expected",
+        "warmup",
+        ("checkpoint='{t}/afile'", "{t}/afile is a file, but a folder is expected"),
+        outputs={"checkpoint": "{t}/afile"},
+        setup=file_where_a_folder_should_be,
+    ),
+    Case(
+        "file-where-a-folder-input-is-expected",
+        "search",
+        ("input artifact checkpoint='{good}/split.json'", "is a file, but a folder is expected"),
+        inputs={"checkpoint": "{good}/split.json"},
+    ),
+    Case(
+        "folder-where-a-file-input-is-expected",
+        "warmup",
+        ("input artifact split='{good}/warm'", "is a folder, but a file is expected"),
+        inputs={"split": "{good}/warm"},
+    ),
+    Case(
+        "unknown-output-artifact-name",
+        "train",
+        ("no output artifact 'curve'", "did you mean 'curves'?"),
+        outputs={"checkpoint": "{out}/trained", "curve": "{out}/curves.json"},
+    ),
+    Case(
+        "unknown-output-artifact-name-refused-before-torchrun-starts",
+        "search",
+        ("no output artifact 'result'", "did you mean 'results'?"),
+        outputs={"result": "{out}/results.json"},
+        extra=("--workers", "2"),
+    ),
+    Case(
+        "unknown-input-artifact-name",
+        "search",
+        ("no input artifact 'checkpoints'", "did you mean 'checkpoint'?"),
+        inputs={"checkpoints": "{good}/warm"},
+    ),
+    Case(
         "missing-local-file",
         "warmup",
         ("{t}/no-such-split.json",),
@@ -271,6 +397,27 @@ CASES = [
         inputs={"checkpoint": "{t}/cut-ckpt"},
         setup=truncated_checkpoint,
         warns="cut-ckpt/ckpt-.* is damaged",
+    ),
+    Case(
+        "checkpoint-that-would-run-code-is-refused-unrun",
+        "search",
+        ("refusing to load {t}/evil-ckpt/ckpt-", "would run as code"),
+        inputs={"checkpoint": "{t}/evil-ckpt"},
+        setup=checkpoint_that_runs_code,
+    ),
+    Case(
+        "checkpoint-that-is-a-list",
+        "search",
+        ("checkpoint {t}/list-ckpt/ckpt-", "holds a list, not a checkpoint's dict"),
+        inputs={"checkpoint": "{t}/list-ckpt"},
+        setup=checkpoint_that_is_a_list,
+    ),
+    Case(
+        "checkpoint-without-supernet",
+        "search",
+        ("checkpoint {t}/nosupernet-ckpt/ckpt-", "lacks 'supernet'"),
+        inputs={"checkpoint": "{t}/nosupernet-ckpt"},
+        setup=checkpoint_without_supernet,
     ),
     Case(
         "checkpoint-of-another-k",
@@ -327,6 +474,26 @@ CASES = [
         setup=split_of_another_dataset,
     ),
     Case(
+        "split-with-an-empty-train-part",
+        "warmup",
+        ("{t}/empty-train.json", "the 'train' part is empty"),
+        inputs={"split": "{t}/empty-train.json"},
+        setup=split_with_an_empty_train_part,
+    ),
+    Case(
+        "split-that-is-a-list",
+        "warmup",
+        ("{t}/list-split.json", "a split must be a JSON object, got list"),
+        inputs={"split": "{t}/list-split.json"},
+        setup=lambda t, good: (t / "list-split.json").write_text("[[0, 1], [2, 3]]"),
+    ),
+    Case(
+        "empty-dataset",
+        "split",
+        ("config key 'dataset' from --set: '' is empty",),
+        extra=("--set", "dataset="),
+    ),
+    Case(
         "split-that-is-not-json",
         "warmup",
         ("{t}/garbage.json is not valid JSON",),
@@ -340,6 +507,45 @@ CASES = [
         ("unknown config key 'colour' from {t}/bad.yaml",),
         extra=("--config", "{t}/bad.yaml"),
         setup=config_with_unknown_key,
+    ),
+    Case(
+        "empty-config-file",
+        "split",
+        ("config file '{t}/empty.yaml' is empty",),
+        extra=("--config", "{t}/empty.yaml"),
+        setup=lambda t, good: (t / "empty.yaml").write_bytes(b""),
+    ),
+    Case(
+        "config-file-with-a-key-twice",
+        "warmup",
+        ("config file '{t}/twice.yaml'", "key 'k' is given twice (lines 1 and 3)"),
+        extra=("--config", "{t}/twice.yaml"),
+        setup=lambda t, good: (t / "twice.yaml").write_text("k: 2\nseed: 1\nk: 4\n"),
+    ),
+    Case(
+        "k-beyond-the-machines-memory",
+        "warmup",
+        ("config key 'k' = 1000000", "GiB of memory here"),
+        extra=("--set", "k=1000000"),
+    ),
+    Case(
+        "k-beyond-the-machines-memory-when-scoring",
+        "search",
+        ("config key 'k' = 100000000", "GiB of memory here"),
+        extra=("--set", "k=100000000"),
+    ),
+    Case(
+        "resolution-beyond-the-machines-memory",
+        "warmup",
+        ("config key 'resolution' = 100000", "batch_size = 32", "GiB of memory here"),
+        extra=("--set", "resolution=100000"),
+    ),
+    Case(
+        "resolution-beyond-the-machines-memory-when-retraining",
+        "retrain",
+        ("config key 'resolution' = 100000", "retrain_batch_size = 64"),
+        extra=("--set", "resolution=100000"),
+        existing=("model.pt", "metrics.json"),
     ),
     Case(
         "negative-epochs",
@@ -467,9 +673,11 @@ def test_bad_input_is_named_and_nothing_is_written(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The command exits 2 with ``kshot stage: error:`` and the offending value in the message;
     the output folder holds exactly what it held before (nothing new, old bytes kept)."""
+    monkeypatch.chdir(tmp_path)  # a URI taken for a relative local path would land in the tree
     names = {"good": str(good), "t": str(tmp_path), "out": str(tmp_path / "out")}
     if case.gcs:
         names["bucket"] = request.getfixturevalue("gcs_bucket")
@@ -534,6 +742,16 @@ def test_a_local_run_to_an_unwritable_output_fails_before_any_step(tmp_path, mon
     assert not any(tmp_path.iterdir())
 
 
+def test_a_local_run_into_a_file_fails_before_any_step(tmp_path):
+    from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline
+
+    (tmp_path / "run").write_bytes(SENTINEL)
+    with pytest.raises(ValueError, match="run is a file, but a folder is expected"):
+        run_local_pipeline(load_config(DEFAULT_CONFIG), str(tmp_path / "run"))
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert (tmp_path / "run").read_bytes() == SENTINEL
+
+
 def test_a_ranking_experiment_with_an_invalid_arm_config_is_refused_before_any_run(tmp_path):
     from kshot.config import ConfigError
     from kshot.eval.experiment import run_ranking_experiment
@@ -553,3 +771,64 @@ def test_zero_workers_are_refused_by_the_command_line(capsys):
         main(["stage", "split", "--workers", "0"])
     assert stop.value.code == 2
     assert "argument --workers: 0 must be >= 1" in capsys.readouterr().err
+
+
+def test_an_exported_model_holding_code_is_refused_without_running_it(tmp_path):
+    from kshot.export import load_model
+
+    marker = tmp_path / "MARKER"
+    torch.save(
+        {"search_space": "nb201", "arch": VALID_ARCH, "x": _RunsCodeWhenLoaded(marker)},
+        tmp_path / "model.pt",
+    )
+    with pytest.raises(ValueError, match=f"refusing to load {tmp_path}/model.pt"):
+        load_model(str(tmp_path / "model.pt"))
+    assert not marker.exists()
+
+
+def test_a_full_disk_exits_2_naming_the_output_and_keeps_its_old_bytes(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """The split stage's output on a disk that is full: one line naming the file and "no space
+    left", exit 2, the earlier file unchanged and no temporary file left beside it."""
+    out = tmp_path / "split.json"
+    out.write_bytes(SENTINEL)
+
+    def full(fd: int, *args, **kwargs):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(storage.os, "fdopen", full)
+    code = main(["stage", "split", "--config", str(good / "tiny.yaml"), "--output", f"split={out}"])
+    monkeypatch.undo()
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"kshot stage: error: [Errno 28] writing {out}: no space left on device" in err
+    assert out.read_bytes() == SENTINEL
+    assert [p.name for p in tmp_path.iterdir()] == ["split.json"]
+
+
+def test_constant_ground_truth_writes_null_metrics_with_a_warning(good: Path, tmp_path: Path):
+    """τ, ρ and r of a constant ground truth are undefined: the metrics JSON holds null (strict
+    JSON, no bare NaN token), a warning names them, and reading it back gives NaN again."""
+    from kshot.eval.ranking import metrics_from_json
+
+    archs = [nb201.format_arch(nb201.from_index(i)) for i in (7, 1234, 9999)]
+    (tmp_path / "flat.csv").write_text("arch,accuracy\n" + "".join(f"{a},50.0\n" for a in archs))
+    cfg = load_config(TINY)
+    with pytest.warns(UserWarning, match="kendall_tau, spearman_rho, pearson_r.*written as null"):
+        run_stage(
+            "rank",
+            cfg,
+            {
+                "split": str(good / "split.json"),
+                "checkpoint": str(good / "warm"),
+                "ground_truth": str(tmp_path / "flat.csv"),
+            },
+            {"scores": str(tmp_path / "scores.csv"), "metrics": str(tmp_path / "rank.json")},
+        )
+    text = (tmp_path / "rank.json").read_text()
+    assert "NaN" not in text
+    written = json.loads(text)
+    assert written["kendall_tau"] is None and written["n_paths"] == 3
+    assert np.isnan(metrics_from_json(written)["kendall_tau"])

@@ -272,3 +272,78 @@ def test_the_gpu_image_is_an_official_pytorch_cuda_runtime() -> None:
         if instruction == "FROM"
     ]
     assert re.fullmatch(r"pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\d+-runtime", base)
+
+
+LOCK = ROOT / "images" / "constraints.txt"
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """Package (canonical name) → pinned version of a requirements / constraints file."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier
+            assert specifier.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = specifier.version
+    return pins
+
+
+def test_the_lock_pins_every_dependency_within_the_pyproject_ranges() -> None:
+    """images/constraints.txt is `uv pip compile`'s output (the command is its header); a
+    dependency added or narrowed in pyproject.toml without compiling it again fails here."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _pins(LOCK)
+    assert "uv pip compile pyproject.toml images/requirements.in" in LOCK.read_text()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for line in pyproject["project"]["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in {LOCK.name}"
+        assert requirement.specifier.contains(pins[name]), (line, pins[name])
+    for name, version in _pins(ROOT / "images" / "requirements.in").items():
+        assert pins[name] == version, name
+
+
+def test_the_lock_holds_the_gpu_base_images_torch() -> None:
+    (base,) = [
+        args
+        for instruction, args in instructions(ROOT / "images" / "Dockerfile")
+        if instruction == "FROM"
+    ]
+    torch_release = re.match(r"pytorch/pytorch:([\d.]+)-", base).group(1)
+    assert _pins(LOCK)["torch"] == torch_release
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_pip_install_of_the_images_keeps_to_the_lock(dockerfile: Path) -> None:
+    steps = instructions(dockerfile)
+    installs = [i for i, (instruction, args) in enumerate(steps) if "pip install" in args]
+    assert installs
+    lock = LOCK.relative_to(ROOT).as_posix()
+    copied = min(
+        i
+        for i, (instruction, args) in enumerate(steps)
+        if instruction == "COPY" and args.split()[0] == lock
+    )
+    for i in installs:
+        assert f"--constraint {lock}" in steps[i][1], steps[i][1]
+        assert copied < i
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_the_base_images_are_pinned_to_an_exact_release(dockerfile: Path) -> None:
+    """No moving tag (`latest`, `3.11-slim`): the release, and the Debian release of a slim."""
+    for instruction, args in instructions(dockerfile):
+        if instruction == "FROM":
+            image = args.split()[0]
+            name, _, tag = image.partition("@")[0].rpartition(":")
+            assert name and re.match(r"\d+\.\d+\.\d+-", tag), image
+            if "slim" in tag:
+                assert re.search(r"-slim-(bookworm|trixie)$", tag), image

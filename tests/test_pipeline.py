@@ -1,9 +1,13 @@
-"""The compiled pipelines: stages, defaults, artifact wiring, the config step's validation."""
+"""The compiled pipelines: stages, defaults, how steps hand on their outputs, the steps' sizes,
+retries, placement and security context, the config step's validation."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +19,73 @@ from kfp.dsl.types.type_utils import InconsistentTypeException
 from kshot.cli import main
 from kshot.components import stages
 from kshot.components.runtime import (
+    LAUNCHER_STEP_SIZE,
     NAMESPACE_ENV,
     PIPELINE_CONFIG_KEYS,
+    StepSize,
     build_config,
     handoff_uri,
+    heavy_step_size,
+    job_image,
     run_pipeline_stage,
+    step_image,
 )
 from kshot.config import Config, ConfigError
 from kshot.launch import LaunchError
 from kshot.pipeline.cli import compile_pipeline
+from kshot.pipeline.pipeline import DEFAULT_STEP_CPU, DEFAULT_STEP_MEMORY
+from kshot.pipeline.platform import ACCELERATOR, HEAVY_RETRY, IMAGE_UID, LIGHT_STEP
 from kshot.pipeline.sweep import DEFAULT_K_VALUES, K_PARALLELISM
-from kshot.stages import STAGES
+from kshot.stages import HEAVY_STAGES, STAGES
+from tests.pod_security import read_only_root_violations, restricted_violations
 
 CONFIG_OUTPUT = {"producerTask": "configure", "outputParameterKey": "config"}
 
 
+def _compile(path: Path, sweep: bool) -> dict[str, Any]:
+    """The pipeline spec, with the kubernetes platform spec (the second document) under
+    ``"platform"``."""
+    compile_pipeline(str(path), sweep)
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return {**spec, "platform": platform["platforms"]["kubernetes"]}
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    path = tmp_path_factory.mktemp("pipelines") / "pipeline.yaml"
-    assert compile_pipeline(str(path)) == "kshot-nas"
-    return yaml.safe_load(path.read_text())
+    spec = _compile(tmp_path_factory.mktemp("pipelines") / "pipeline.yaml", sweep=False)
+    assert spec["pipelineInfo"]["name"] == "kshot-nas"
+    return spec
 
 
 @pytest.fixture(scope="module")
 def compiled_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    path = tmp_path_factory.mktemp("pipelines") / "sweep.yaml"
-    assert compile_pipeline(str(path), sweep=True) == "kshot-nas-k-sweep"
-    return yaml.safe_load(path.read_text())
+    spec = _compile(tmp_path_factory.mktemp("pipelines") / "sweep.yaml", sweep=True)
+    assert spec["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
+    return spec
+
+
+@pytest.fixture(params=["pipeline", "sweep"])
+def both(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each compiled pipeline in turn."""
+    return request.getfixturevalue("compiled" if request.param == "pipeline" else "compiled_sweep")
+
+
+def _all_tasks(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task that runs a container, in the root DAG and every sub-DAG, by executor label
+    (each executor once: a task name may repeat across sub-DAGs)."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    found = {}
+    for dag in dags:
+        for task in dag["tasks"].values():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "executorLabel" in component:
+                found[component["executorLabel"]] = task
+    return found
+
+
+def _parameter_source(task: dict[str, Any], name: str) -> tuple[str, str]:
+    source = task["inputs"]["parameters"][name]["taskOutputParameter"]
+    return source["producerTask"], source["outputParameterKey"]
 
 
 def _tasks(spec: dict[str, Any], component: str = "") -> dict[str, Any]:
@@ -65,7 +109,7 @@ def test_every_stage_is_a_component_of_the_pipeline(compiled: dict[str, Any]) ->
     for executor in executors:
         container = executor["container"]
         assert "pip install" not in " ".join(container["command"])  # the image has kfp and kshot
-        assert container["image"] == stages.component_image()
+        assert container["image"] == step_image()
 
 
 def test_parameters_default_to_the_config_defaults(compiled: dict[str, Any]) -> None:
@@ -78,31 +122,160 @@ def test_parameters_default_to_the_config_defaults(compiled: dict[str, Any]) -> 
     assert parameters["alpha"]["parameterType"] == "NUMBER_DOUBLE"
     assert parameters["launcher"]["defaultValue"] == "local"
     assert parameters["extra_config"]["defaultValue"] == ""
-    assert parameters["image"]["defaultValue"] == stages.component_image()
+    assert parameters["image"]["defaultValue"] == job_image()
+    assert parameters["step_cpu"]["defaultValue"] == DEFAULT_STEP_CPU
+    assert parameters["step_memory"]["defaultValue"] == DEFAULT_STEP_MEMORY
+    assert parameters["step_tolerations"]["defaultValue"] == []
+    assert parameters["step_node_selector"]["defaultValue"] == {}
 
 
-def test_artifacts_flow_from_stage_to_stage(compiled: dict[str, Any]) -> None:
+def test_outputs_flow_from_stage_to_stage_as_uris(compiled: dict[str, Any]) -> None:
     tasks = _tasks(compiled)
-    assert _artifact_source(tasks["warmup"], "split") == ("split", "split")
-    assert _artifact_source(tasks["train"], "warmup_checkpoint") == ("warmup", "checkpoint")
-    assert _artifact_source(tasks["search"], "checkpoint") == ("train", "checkpoint")
-    assert _artifact_source(tasks["rank"], "checkpoint") == ("train", "checkpoint")
-    assert _artifact_source(tasks["recalibrate"], "checkpoint") == ("train", "checkpoint")
-    assert _artifact_source(tasks["recalibrate"], "search_results") == ("search", "results")
-    assert _artifact_source(tasks["retrain"], "results") == ("recalibrate", "results")
-    assert _artifact_source(tasks["rank"], "truth") == ("ground-truth", "table")
+    assert _parameter_source(tasks["warmup"], "split") == ("split", "Output")
+    assert _parameter_source(tasks["train"], "warmup_checkpoint") == ("warmup", "Output")
+    assert _parameter_source(tasks["search"], "checkpoint") == ("train", "Output")
+    assert _parameter_source(tasks["rank"], "checkpoint") == ("train", "Output")
+    assert _parameter_source(tasks["recalibrate"], "checkpoint") == ("train", "Output")
+    assert _parameter_source(tasks["recalibrate"], "search_results") == ("search", "Output")
+    assert _parameter_source(tasks["retrain"], "results") == ("recalibrate", "Output")
+    assert _parameter_source(tasks["rank"], "truth") == ("ground-truth", "Output")
     assert _artifact_source(tasks["summarize"], "ranking") == ("rank", "ranking")
     assert _artifact_source(tasks["summarize"], "retrained") == ("retrain", "retrained")
     assert _artifact_source(tasks["summarize"], "truth") == ("ground-truth", "table")
+    # the producers still declare the artifacts whose URIs they return (the UI shows them)
+    for producer, artifact in [("warmup", "checkpoint"), ("train", "checkpoint")]:
+        outputs = compiled["components"][f"comp-{producer}"]["outputDefinitions"]
+        assert outputs["artifacts"][artifact]["artifactType"]["schemaTitle"] == "system.Model"
+        assert outputs["parameters"]["Output"]["parameterType"] == "STRING"
     # rank runs beside search: neither waits for the other
     assert "search" not in tasks["rank"]["dependentTasks"]
     assert "rank" not in tasks["search"]["dependentTasks"]
 
 
+# What a step receives as input artifacts, which KFP's launcher downloads into its pod: the
+# reports' small files only.
+_DOWNLOADED = {
+    "summarize": {
+        "truth",
+        "results",
+        "retrained",
+        "ranking",
+        "training_page",
+        "search_page",
+        "retrain_page",
+        "rank_page",
+    },
+    "plot-tau-vs-k": {"rankings"},
+}
+
+
+def test_no_step_downloads_a_checkpoint_or_the_split(both: dict[str, Any]) -> None:
+    """KFP's launcher copies into a step's pod exactly the artifacts of its executor input, which
+    are the task's ``inputs.artifacts`` (backend/src/v2/component/launcher_v2.go,
+    downloadArtifacts); a task input parameter reaches the pod as its string value. So a step
+    whose checkpoint input is a parameter fed by the producer's returned URI never downloads the
+    checkpoint: its stage (or its job) reads what it needs from the URI."""
+    tasks = _all_tasks(both)
+    for executor, task in tasks.items():
+        name = task["taskInfo"]["name"]
+        downloaded = set(task.get("inputs", {}).get("artifacts", {}))
+        assert downloaded <= _DOWNLOADED.get(name, set()), (executor, downloaded)
+    heavy = {e: t for e, t in tasks.items() if t["taskInfo"]["name"] in HEAVY_STAGES}
+    assert {t["taskInfo"]["name"] for t in heavy.values()} >= {"warmup", "train", "rank"}
+    for executor, task in heavy.items():
+        component = both["components"][task["componentRef"]["name"]]
+        assert "artifacts" not in component.get("inputDefinitions", {}), executor
+        assert component["inputDefinitions"]["parameters"]["split"]["parameterType"] == "STRING"
+    train = next(t for t in heavy.values() if t["taskInfo"]["name"] == "train")
+    assert train["inputs"]["parameters"]["warmup_checkpoint"]["taskOutputParameter"] == {
+        "producerTask": "warmup",
+        "outputParameterKey": "Output",
+    }
+
+
+def _resources(spec: dict[str, Any], executor: str) -> dict[str, Any]:
+    return spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
+
+
+def _sized_by_config_step(task: dict[str, Any], field: str) -> str:
+    """The placeholder of the task's input that carries the config step's output ``field`` (the
+    step's own output, or the sub-DAG's input of that channel inside a branch)."""
+    (name,) = [n for n in task["inputs"]["parameters"] if n.endswith(f"-{field}")]
+    assert re.fullmatch(rf"pipelinechannel--configure(-\d+)?-{field}", name), name
+    source = task["inputs"]["parameters"][name]
+    if "taskOutputParameter" in source:
+        assert source["taskOutputParameter"]["outputParameterKey"] == field
+    else:
+        assert source == {"componentInputParameter": name}
+    return f"{{{{$.inputs.parameters['{name}']}}}}"
+
+
+def test_every_step_requests_cpu_and_memory_and_heavy_ones_gpus_and_retries(
+    both: dict[str, Any],
+) -> None:
+    retry = {
+        "maxRetryCount": HEAVY_RETRY["num_retries"],
+        "backoffDuration": HEAVY_RETRY["backoff_duration"],
+        "backoffFactor": HEAVY_RETRY["backoff_factor"],
+        "backoffMaxDuration": HEAVY_RETRY["backoff_max_duration"],
+    }
+    for executor, task in _all_tasks(both).items():
+        name = task["taskInfo"]["name"]
+        resources = _resources(both, executor)
+        assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"], executor
+        if name in HEAVY_STAGES:
+            assert resources["resourceCpuRequest"] == _sized_by_config_step(task, "step_cpu")
+            memory = _sized_by_config_step(task, "step_memory")
+            assert resources["resourceMemoryRequest"] == memory
+            assert resources["accelerator"] == {
+                "resourceType": ACCELERATOR,
+                "type": ACCELERATOR,
+                "resourceCount": _sized_by_config_step(task, "step_gpus"),
+            }
+            assert task["retryPolicy"] == retry, executor
+        elif name == "recalibrate":  # scores paths in its own pod, whatever the launcher
+            cpu = task["inputs"]["parameters"]["pipelinechannel--step_cpu"]
+            assert cpu == {"componentInputParameter": "step_cpu"}
+            assert "accelerator" not in resources and "retryPolicy" not in task
+        else:
+            assert resources["resourceCpuRequest"] == LIGHT_STEP.cpu, executor
+            assert resources["resourceMemoryRequest"] == LIGHT_STEP.memory, executor
+            assert "accelerator" not in resources and "retryPolicy" not in task, executor
+
+
+def test_every_step_pod_is_placed_and_runs_as_the_image_user(both: dict[str, Any]) -> None:
+    platform = both["platform"]["deploymentSpec"]["executors"]
+    assert set(platform) == set(_all_tasks(both))
+    for executor, settings in platform.items():
+        assert settings["securityContext"] == {
+            "runAsUser": str(IMAGE_UID),
+            "runAsGroup": str(IMAGE_UID),
+            "runAsNonRoot": True,
+        }, executor
+        (toleration,) = settings["tolerations"]
+        assert toleration["tolerationJson"]["componentInputParameter"].endswith("step_tolerations")
+        selector = settings["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+        assert selector.endswith("step_node_selector")
+
+
+def test_the_images_run_as_the_uid_the_steps_require() -> None:
+    root = Path(__file__).resolve().parents[1]
+    for dockerfile in (root / "images").glob("Dockerfile*"):
+        users = re.findall(r"^USER (\S+)", dockerfile.read_text(), flags=re.M)
+        assert users == [f"{IMAGE_UID}:{IMAGE_UID}"], dockerfile
+
+
 def test_k_reaches_every_stage_through_the_config_step(compiled: dict[str, Any]) -> None:
     tasks = _tasks(compiled)
     configure = tasks["configure"]["inputs"]["parameters"]
-    for key in (*PIPELINE_CONFIG_KEYS, "image", "launcher", "extra_config"):
+    for key in (
+        *PIPELINE_CONFIG_KEYS,
+        "image",
+        "launcher",
+        "extra_config",
+        "step_cpu",
+        "step_memory",
+    ):
         assert configure[key] == {"componentInputParameter": key}
     for stage in set(STAGES) - {"standalone"}:
         assert tasks[stage]["inputs"]["parameters"]["config"]["taskOutputParameter"] == (
@@ -125,7 +298,7 @@ def test_standalone_is_the_ground_truth_only_without_a_table(compiled: dict[str,
     assert "standalone" in _tasks(compiled, inner[standalone_branch]["componentRef"]["name"])
     assert "benchmark-table" in _tasks(compiled, inner[table_branch]["componentRef"]["name"])
     standalone = _tasks(compiled, inner[standalone_branch]["componentRef"]["name"])["standalone"]
-    assert "split" in standalone["inputs"]["artifacts"]
+    assert "split" in standalone["inputs"]["parameters"]
     source = tasks["ground-truth"]["inputs"]["parameters"]["table_uri"]["taskOutputParameter"]
     assert source["producerTask"] == "condition-branches-1"
 
@@ -137,13 +310,24 @@ def test_the_sweep_fans_out_over_k_and_plots_tau(compiled_sweep: dict[str, Any])
     tasks = _tasks(compiled_sweep)
     loop = next(task for task in tasks.values() if "parameterIterator" in task)
     assert loop["taskInfo"]["name"] == "for-each-k"
-    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--k_values"
+    items = tasks["sweep-items"]["inputs"]["parameters"]
+    assert items["k_values"] == {"componentInputParameter": "k_values"}
+    assert _parameter_source(tasks["sweep-items"], "split") == ("split", "Output")
+    assert _parameter_source(tasks["sweep-items"], "truth") == ("ground-truth", "Output")
+    assert (
+        loop["parameterIterator"]["items"]["inputParameter"]
+        == "pipelinechannel--sweep-items-Output"
+    )
+    item = loop["parameterIterator"]["itemInput"]
     body = _tasks(compiled_sweep, loop["componentRef"]["name"])
     assert {"warmup", "train", "rank"} <= set(body)
     config_k = next(name for name in body if name.startswith("configure"))
-    k_input = body[config_k]["inputs"]["parameters"]["k"]["componentInputParameter"]
-    assert k_input == loop["parameterIterator"]["itemInput"]
-    assert _artifact_source(body["rank"], "checkpoint") == ("train", "checkpoint")
+    k_input = body[config_k]["inputs"]["parameters"]["k"]
+    assert k_input == {
+        "componentInputParameter": item,
+        "parameterExpressionSelector": 'parseJson(string_value)["k"]',
+    }
+    assert _parameter_source(body["rank"], "checkpoint") == ("train", "Output")
     plot = tasks["plot-tau-vs-k"]["inputs"]["artifacts"]["rankings"]["taskOutputArtifact"]
     assert tasks[plot["producerTask"]] is loop
     outputs = compiled_sweep["components"][loop["componentRef"]["name"]]["outputDefinitions"]
@@ -165,7 +349,7 @@ def test_a_job_refuses_artifacts_its_pods_cannot_reach_before_it_starts(
 ) -> None:
     monkeypatch.setenv(NAMESPACE_ENV, "team-a")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))
-    split = dsl.Dataset(uri="gs://bucket/kshot-nas/run-1/split/split")
+    split = "gs://bucket/kshot-nas/run-1/split/split"
     checkpoint = dsl.Model(uri=f"{MINIO_RUN}/warmup/checkpoint")
     config = json.dumps(Config().to_dict())
 
@@ -192,7 +376,8 @@ def test_a_uri_handed_to_a_later_step_must_reach_its_pod() -> None:
 def _arguments(**changes: Any) -> dict[str, Any]:
     defaults = Config()
     arguments = {key: getattr(defaults, key) for key in PIPELINE_CONFIG_KEYS}
-    arguments.update(image=stages.component_image(), launcher="local", extra_config="")
+    arguments.update(image=job_image(), launcher="local", extra_config="")
+    arguments.update(step_cpu=DEFAULT_STEP_CPU, step_memory=DEFAULT_STEP_MEMORY)
     arguments.update(changes)
     return arguments
 
@@ -209,6 +394,8 @@ def _arguments(**changes: Any) -> dict[str, Any]:
         ({"extra_config": "k: 4"}, "pipeline parameter 'extra_config' sets k"),
         ({"launcher": "slurm"}, "pipeline parameter 'launcher': 'slurm' is not one of"),
         ({"image": "Not An Image"}, "pipeline parameter 'image'"),
+        ({"step_cpu": "four"}, "pipeline parameter 'step_cpu': 'four' is not a positive"),
+        ({"step_memory": "0"}, "pipeline parameter 'step_memory': '0' is not a positive"),
     ],
 )
 def test_build_config_names_the_bad_parameter(changes: dict[str, Any], message: str) -> None:
@@ -237,6 +424,8 @@ def test_the_config_step_emits_the_config_as_json(local_session: Path) -> None:
     values = json.loads(task.outputs["config"])
     assert values == {**Config().to_dict(), "k": 4, "channels": 4}
     assert task.outputs["ground_truth"] == ""
+    sized = (task.outputs["step_cpu"], task.outputs["step_memory"], task.outputs["step_gpus"])
+    assert sized == (DEFAULT_STEP_CPU, DEFAULT_STEP_MEMORY, 0)
 
 
 @pytest.mark.filterwarnings(_SAME_IMAGE)
@@ -270,5 +459,98 @@ def test_kshot_pipeline_compile_writes_the_yaml(
 ) -> None:
     output = tmp_path / "out" / "sweep.yaml"
     assert main(["pipeline", "compile", "--sweep", "--output", str(output)]) == 0
-    assert yaml.safe_load(output.read_text())["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
+    spec = next(yaml.safe_load_all(output.read_text()))
+    assert spec["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
     assert str(output) in capsys.readouterr().out
+
+
+def test_a_step_that_runs_its_stage_gets_the_workers_gpus_a_job_watcher_none() -> None:
+    cfg = Config(workers=2, gpus_per_worker=4)
+    assert heavy_step_size(cfg, "local", "8", "32Gi") == StepSize("8", "32Gi", 8)
+    for launcher in ("pytorchjob", "trainjob"):
+        assert heavy_step_size(cfg, launcher, "8", "32Gi") == LAUNCHER_STEP_SIZE
+    assert LAUNCHER_STEP_SIZE.gpus == 0
+
+
+def test_the_step_image_and_the_job_image_are_set_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSHOT_IMAGE", "registry.example/kshot:1")
+    monkeypatch.delenv("KSHOT_STEP_IMAGE", raising=False)
+    monkeypatch.delenv("KSHOT_JOB_IMAGE", raising=False)
+    assert step_image() == job_image() == "registry.example/kshot:1"
+    monkeypatch.setenv("KSHOT_STEP_IMAGE", "registry.example/kshot-cpu:1")
+    assert (step_image(), job_image()) == (
+        "registry.example/kshot-cpu:1",
+        "registry.example/kshot:1",
+    )
+    monkeypatch.setenv("KSHOT_JOB_IMAGE", "registry.example/kshot-gpu:1")
+    assert (step_image(), job_image()) == (
+        "registry.example/kshot-cpu:1",
+        "registry.example/kshot-gpu:1",
+    )
+
+
+def test_a_pipeline_compiled_with_two_images_runs_steps_in_one_and_jobs_in_the_other(
+    tmp_path: Path,
+) -> None:
+    """The images are read when the components are defined: compile in a fresh interpreter."""
+    output = tmp_path / "pipeline.yaml"
+    env = {
+        **os.environ,
+        "KSHOT_STEP_IMAGE": "registry.example/kshot-cpu:1",
+        "KSHOT_JOB_IMAGE": "registry.example/kshot:1",
+        "KSHOT_IMAGE": "registry.example/unused:1",
+    }
+    command = [sys.executable, "-m", "kshot.cli", "pipeline", "compile", "--output", str(output)]
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=600)
+    spec = next(yaml.safe_load_all(output.read_text()))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/kshot-cpu:1"}
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters["image"]["defaultValue"] == "registry.example/kshot:1"
+
+
+# The "restricted" rules that a compiled pipeline has no field for (kfp-kubernetes 2.17 states
+# only runAsUser, runAsGroup and runAsNonRoot): the KFP backend sets them on the executor.
+_SET_BY_THE_BACKEND = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _stated_pod(spec: dict[str, Any], executor: str) -> dict[str, Any]:
+    """The pod spec that the compiled pipeline states for one step's executor: its container with
+    the platform spec's security context (and no volumes, no host namespaces, no ports)."""
+    context = spec["platform"]["deploymentSpec"]["executors"][executor]["securityContext"]
+    numeric = {"runAsUser", "runAsGroup"}  # protobuf's JSON writes int64 as strings
+    container = spec["deploymentSpec"]["executors"][executor]["container"]
+    return {
+        "containers": [
+            {
+                "name": "main",
+                "image": container["image"],
+                "securityContext": {
+                    key: int(value) if key in numeric else value for key, value in context.items()
+                },
+            }
+        ]
+    }
+
+
+def test_step_pods_are_restricted_as_far_as_the_compiled_pipeline_can_state(
+    both: dict[str, Any],
+) -> None:
+    for executor in both["platform"]["deploymentSpec"]["executors"]:
+        pod = _stated_pod(both, executor)
+        # what the pipeline states breaks no rule; only the fields it cannot state are missing
+        assert restricted_violations(pod) == [
+            "containers[main]: allowPrivilegeEscalation is not false",
+            "containers[main]: capabilities do not drop ALL",
+            "containers[main]: seccompProfile None is not RuntimeDefault/Localhost",
+        ], executor
+        pod["containers"][0]["securityContext"].update(_SET_BY_THE_BACKEND)
+        assert restricted_violations(pod) == [], executor
+        # nor can it make the root filesystem read-only (kfp-kubernetes has no such setting)
+        assert read_only_root_violations(pod) == [
+            "containers[main]: readOnlyRootFilesystem is not true"
+        ]

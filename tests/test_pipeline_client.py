@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -40,6 +41,24 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _host(server: RecordingKfpServer) -> list[str]:
     return ["--host", server.url, "--existing-token", TOKEN, "--allow-insecure-token"]
+
+
+def _spec(run: dict) -> dict:
+    """The pipeline spec a run was created with (kfp sends it beside the platform spec)."""
+    return run["pipeline_spec"]["pipeline_spec"]
+
+
+def _caching(spec: dict) -> dict[str, bool]:
+    """Every step (a task that runs a container) of every DAG → whether KFP may serve it from
+    its cache."""
+    components = spec["components"]
+    return {
+        f"{dag_name}/{name}": task.get("cachingOptions", {}).get("enableCache", False)
+        for dag_name, dag in [("root", spec["root"]["dag"])]
+        + [(n, c["dag"]) for n, c in components.items() if "dag" in c]
+        for name, task in dag["tasks"].items()
+        if "executorLabel" in components[task["componentRef"]["name"]]
+    }
 
 
 def test_upload_creates_the_pipeline_then_versions(
@@ -96,7 +115,7 @@ def test_run_sends_k_and_the_token_from_the_environment(
     assert parameters["launcher"] == "pytorchjob"
     assert yaml.safe_load(parameters["extra_config"]) == {"channels": 4}
     assert "epochs" not in parameters  # defaults stay the pipeline's
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kshot-nas"
+    assert _spec(run)["pipelineInfo"]["name"] == "kshot-nas"
     (experiment,) = kfp_server.experiments.values()
     assert (
         experiment["display_name"] == "ks" and run["experiment_id"] == experiment["experiment_id"]
@@ -196,7 +215,80 @@ def test_a_sweep_run_takes_k_values(kfp_server: RecordingKfpServer) -> None:
     assert main(args) == 0
     (run,) = kfp_server.runs.values()
     assert run["runtime_config"]["parameters"] == {"k_values": [1, 2, 4]}
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
+    assert _spec(run)["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
+
+
+@pytest.mark.parametrize("flag", ["--no-caching", "--enable-caching"])
+def test_the_caching_flag_reaches_every_step_of_every_dag(
+    kfp_server: RecordingKfpServer, package: str, flag: str
+) -> None:
+    compiled = _caching(next(yaml.safe_load_all(Path(package).read_text())))
+    assert len(set(compiled.values())) == 1  # as compiled: the cache on everywhere
+    assert main(["pipeline", "run", *_host(kfp_server), "--package", package, flag]) == 0
+    (run,) = kfp_server.runs.values()
+    sent = _caching(_spec(run))
+    assert len(sent) == len(compiled) > len(_spec(run)["root"]["dag"]["tasks"])
+    assert set(sent.values()) == {flag == "--enable-caching"}
+    assert run["pipeline_spec"]["platform_spec"]  # the steps' placement travels along
+
+
+def test_without_a_caching_flag_the_run_keeps_the_compiled_caching(
+    kfp_server: RecordingKfpServer, package: str
+) -> None:
+    assert main(["pipeline", "run", *_host(kfp_server), "--package", package]) == 0
+    (run,) = kfp_server.runs.values()
+    assert _caching(_spec(run)) == _caching(next(yaml.safe_load_all(Path(package).read_text())))
+
+
+def test_a_caching_flag_for_an_uploaded_pipeline_is_refused_before_any_request(
+    kfp_server: RecordingKfpServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["pipeline", "run", *_host(kfp_server), "--pipeline-id", "p-1", "--no-caching"]
+    assert main(args) == 2
+    assert "--no-caching applies to a pipeline compiled now" in capsys.readouterr().err
+    assert kfp_server.requests == []
+
+
+def test_run_sends_the_steps_placement_and_size(
+    kfp_server: RecordingKfpServer, package: str
+) -> None:
+    toleration = {"key": "pool", "operator": "Equal", "value": "pipelines", "effect": "NoSchedule"}
+    args = [
+        *("pipeline", "run", *_host(kfp_server), "--package", package),
+        *("--set", f"step_tolerations=[{json.dumps(toleration)}]"),
+        *("--set", "step_node_selector={pool: pipelines}"),
+        *("--set", "step_cpu=8", "--set", "step_memory=32Gi"),
+    ]
+    assert main(args) == 0
+    (run,) = kfp_server.runs.values()
+    assert run["runtime_config"]["parameters"] == {
+        "step_tolerations": [toleration],
+        "step_node_selector": {"pool": "pipelines"},
+        "step_cpu": "8",
+        "step_memory": "32Gi",
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("step_tolerations=[{taint: gpu}]", "--set step_tolerations: [{'taint': 'gpu'}] is not"),
+        ("step_tolerations={key: a}", "--set step_tolerations: {'key': 'a'} is not a list"),
+        ("step_node_selector=[pool]", "--set step_node_selector: ['pool'] is not a mapping"),
+        ("step_memory=lots", "pipeline parameter 'step_memory': 'lots' is not a positive"),
+    ],
+)
+def test_bad_step_placement_or_size_is_refused_before_any_request(
+    kfp_server: RecordingKfpServer,
+    package: str,
+    capsys: pytest.CaptureFixture[str],
+    setting: str,
+    message: str,
+) -> None:
+    args = ["pipeline", "run", *_host(kfp_server), "--package", package, "--set", setting]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert kfp_server.requests == []
 
 
 def test_a_bad_parameter_is_refused_before_any_request(
@@ -301,7 +393,7 @@ def test_the_rerun_script_submits_one_run_per_k(kfp_server: RecordingKfpServer) 
     runs = list(kfp_server.runs.values())
     assert [r["runtime_config"]["parameters"]["k"] for r in runs] == [1, 2, 4]
     assert [r["display_name"] for r in runs] == [f"kshot-nas-k{k}-0123456" for k in (1, 2, 4)]
-    assert all(r["pipeline_spec"]["pipelineInfo"]["name"] == "kshot-nas" for r in runs)
+    assert all(_spec(r)["pipelineInfo"]["name"] == "kshot-nas" for r in runs)
     assert {e["display_name"] for e in kfp_server.experiments.values()} == {"reruns"}
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in kfp_server.requests)
 
@@ -316,7 +408,8 @@ def test_the_rerun_script_refuses_a_bad_k_before_submitting(
 
 
 def test_the_workflows_are_valid_github_workflows() -> None:
-    files = [str(WORKFLOWS / "ci.yml"), str(WORKFLOWS / "rerun.yml")]
+    files = [str(path) for path in sorted(WORKFLOWS.glob("*.yml"))]
+    assert {Path(f).name for f in files} >= {"ci.yml", "rerun.yml", "images.yml"}
     command = shutil.which("check-jsonschema")
     runner = [command] if command else [sys.executable, "-m", "check_jsonschema"]
     done = subprocess.run(
@@ -335,8 +428,6 @@ def test_the_rerun_workflow_submits_through_the_script() -> None:
     (submit,) = [
         s for s in workflow["jobs"]["submit"]["steps"] if "submit_reruns.sh" in s.get("run", "")
     ]
-    assert submit["env"]["KFP_HOST"] == "${{ secrets.KFP_HOST }}"
-    assert submit["env"]["KFP_TOKEN"] == "${{ secrets.KFP_TOKEN }}"
     assert submit["env"]["K_VALUES"] == "${{ inputs.k }}"
     assert dispatch["inputs"]["launcher"]["default"] == "pytorchjob"
     assert set(dispatch["inputs"]["launcher"]["options"]) == set(BACKENDS)
@@ -367,11 +458,18 @@ def test_the_rerun_workflow_passes_the_launcher_namespace_and_root(
         **inputs,
         "KFP_HOST": kfp_server.url,
         "KFP_TOKEN": TOKEN,
-        "KSHOT_IMAGE": "",  # an unset repository variable
+        "KSHOT_STEP_IMAGE": "",  # unset repository variables
+        "KSHOT_JOB_IMAGE": "",
         "KSHOT_ALLOW_INSECURE_TOKEN": "1",  # the recording server is http://127.0.0.1
         "PYTHON": sys.executable,
     }
-    assert set(submit["env"]) == {*inputs, "KFP_HOST", "KFP_TOKEN", "KSHOT_IMAGE"}
+    assert set(submit["env"]) == {
+        *inputs,
+        "KFP_HOST",
+        "KFP_TOKEN",
+        "KSHOT_STEP_IMAGE",
+        "KSHOT_JOB_IMAGE",
+    }
     done = subprocess.run(
         ["bash", "-c", submit["run"]],
         env=env,
@@ -386,3 +484,52 @@ def test_the_rerun_workflow_passes_the_launcher_namespace_and_root(
     assert run["runtime_config"]["pipeline_root"] == "gs://kshot-runs/root"
     (experiment,) = kfp_server.experiments.values()
     assert experiment["namespace"] == "team-a"
+
+
+def _steps(workflow: str, job: str) -> list[dict]:
+    return yaml.safe_load((WORKFLOWS / workflow).read_text())["jobs"][job]["steps"]
+
+
+def test_reruns_authenticate_through_workload_identity_federation_with_the_secret_as_fallback() -> (
+    None
+):
+    workflow = yaml.safe_load((WORKFLOWS / "rerun.yml").read_text())
+    assert workflow["permissions"] == {"contents": "read", "id-token": "write"}
+    steps = workflow["jobs"]["submit"]["steps"]
+    (auth,) = [s for s in steps if s.get("uses", "").startswith("google-github-actions/auth@")]
+    assert auth["id"] == "auth"
+    assert auth["if"] == "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER != '' }}"
+    assert (
+        auth["with"]["workload_identity_provider"] == "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}"
+    )
+    assert auth["with"]["service_account"] == "${{ vars.GCP_SERVICE_ACCOUNT }}"
+    assert "id_token" in auth["with"]["token_format"]
+    assert "access_token" in auth["with"]["token_format"]
+    submit = steps[-1]
+    assert steps.index(auth) < steps.index(submit) and "submit_reruns.sh" in submit["run"]
+    # the minted token first, the long-lived secret only where no federation is set up
+    token = submit["env"]["KFP_TOKEN"]
+    assert token == (
+        "${{ steps.auth.outputs.id_token || steps.auth.outputs.access_token || secrets.KFP_TOKEN }}"
+    )
+    assert submit["env"]["KFP_HOST"] == "${{ vars.KFP_HOST || secrets.KFP_HOST }}"
+
+
+def test_the_images_workflow_builds_and_pushes_both_images() -> None:
+    workflow = yaml.safe_load((WORKFLOWS / "images.yml").read_text())
+    job = workflow["jobs"]["build"]
+    built = {entry["dockerfile"] for entry in job["strategy"]["matrix"]["include"]}
+    assert built == {
+        path.relative_to(ROOT).as_posix() for path in (ROOT / "images").glob("Dockerfile*")
+    }
+    (build,) = [
+        s for s in job["steps"] if s.get("uses", "").startswith("docker/build-push-action@")
+    ]
+    assert build["with"]["file"] == "${{ matrix.dockerfile }}"
+    assert build["with"]["context"] == "."
+    assert build["with"]["push"] == "${{ env.PUSH == 'true' }}"
+    assert "vars.IMAGE_REGISTRY" in job["env"]["PUSH"]
+    assert "pull_request" in job["env"]["PUSH"]  # pull requests build without pushing
+    (meta,) = [s for s in job["steps"] if s.get("id") == "meta"]
+    assert meta["with"]["images"].startswith("${{ vars.IMAGE_REGISTRY")
+    assert workflow["permissions"]["id-token"] == "write"

@@ -6,6 +6,13 @@ in conftest). Tests of the object stores' guarantees take ``remote`` and run onc
 
 from __future__ import annotations
 
+import errno
+import io
+import json
+import os
+import re
+import stat
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -457,3 +464,175 @@ def test_an_interrupted_s3_multipart_upload_leaves_no_parts(
     bucket, _ = storage.parse_remote(uri)
     assert direct_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert not storage.exists(uri)
+
+
+# ------------------------------------------------------------------ safe loading, modes, full disk
+
+
+class _CreatesMarker:
+    """Unpickling it calls ``open(marker, "w")``, which creates the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_torch_file_holding_code_is_refused_without_running_it(root: str, tmp_path: Path):
+    """A file whose unpickling would call a function is refused by name; the function never
+    runs (the marker it would create stays absent), from a local folder and from gs:// alike."""
+    marker = tmp_path / "MARKER"
+    uri = storage.join(root, "evil.pt")
+    storage.save_torch({"weight": torch.ones(2), "payload": _CreatesMarker(marker)}, uri)
+    with pytest.raises(storage.UnsafeFileError, match=f"refusing to load {uri}: .*run as code"):
+        storage.load_torch(uri)
+    assert not marker.exists()
+
+
+def test_plain_metadata_loads_with_weights_only(root: str) -> None:
+    """What checkpoints and exported models hold besides tensors loads under weights_only."""
+    state = {
+        "config": {"dataset": "digits", "top_n": [10, 50], "lr": 0.1, "ground_truth": None},
+        "history": {"loss": [1.5, float("nan")]},
+        "shape": (4, 1),
+        "flag": True,
+        "weight": torch.arange(3.0),
+    }
+    uri = storage.join(root, "meta.pt")
+    storage.save_torch(state, uri)
+    loaded = storage.load_torch(uri)
+    assert loaded["config"] == state["config"] and loaded["shape"] == (4, 1)
+    assert loaded["history"]["loss"][0] == 1.5 and loaded["flag"] is True
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_written_files_get_the_mode_of_the_umask(tmp_path: Path, umask: int) -> None:
+    """Atomic writes (a temporary file renamed into place) give the mode a plain open would:
+    0666 less the umask, not mkstemp's 0600."""
+    previous = os.umask(umask)
+    try:
+        storage.write_json(str(tmp_path / "a.json"), {"k": 1})
+        storage.save_torch({"w": torch.ones(1)}, str(tmp_path / "sub" / "w.pt"))
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "a.json", tmp_path / "sub" / "w.pt"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_non_finite_numbers_are_written_as_null_with_a_warning(root: str) -> None:
+    uri = storage.join(root, "metrics.json")
+    with pytest.warns(UserWarning, match=r"kendall_tau, top\[1\] are not a finite number"):
+        storage.write_json(uri, {"kendall_tau": float("nan"), "top": [0.5, float("inf")], "n": 3})
+    text = storage.read_text(uri)
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"kendall_tau": None, "top": [0.5, None], "n": 3}
+
+
+def _fill_disk(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """Make every file write past ``after`` bytes fail as a full disk does (ENOSPC)."""
+    real_fdopen = os.fdopen
+
+    class FullDisk(io.BufferedWriter):
+        written = 0
+
+        def write(self, data) -> int:  # type: ignore[override]
+            FullDisk.written += len(data)
+            if FullDisk.written > after:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    def fdopen(fd: int, mode: str = "r", *args, **kwargs):
+        if "w" not in mode:
+            return real_fdopen(fd, mode, *args, **kwargs)
+        return FullDisk(io.FileIO(fd, "w"))
+
+    monkeypatch.setattr(storage.os, "fdopen", fdopen)
+
+
+@pytest.mark.parametrize("save", ["json", "torch"])
+def test_a_full_disk_is_named_with_the_path_and_the_old_file_is_kept(
+    save: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save alone reports a full disk as ``unexpected pos N``: the error names the file and
+    says "no space left"; the previous file keeps its bytes and no temporary file stays."""
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"previous")
+    _fill_disk(monkeypatch, after=64)
+    with pytest.raises(OSError, match=f"writing {target}: no space left on device") as failure:
+        if save == "json":
+            storage.write_json(str(target), {"x": list(range(100))})
+        else:
+            storage.save_torch({"w": torch.zeros(1000)}, str(target))
+    assert failure.value.errno == errno.ENOSPC
+    assert target.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_a_full_tmpfs_is_named_with_the_path(tmp_path: Path) -> None:
+    """The same on a real full file system: a 64 KiB tmpfs (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        target = mount / "ckpt.pt"
+        with pytest.raises(OSError, match=f"writing {target}: no space left on device"):
+            storage.save_torch({"w": torch.zeros(100_000)}, str(target))
+        assert list(mount.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("gs:/bucket/split.json", "malformed URI 'gs:/bucket/split.json'"),
+        ("gs:bucket/split.json", "malformed URI"),
+        ("s3:/bucket/x", "malformed URI"),
+        ("gs://bucket-ok/a/./x", "'.' and '..' segments"),
+        ("gs://bucket-ok/a/../x", "'.' and '..' segments"),
+        ("gs://bucket-ok/a//x", "empty, '.' and '..' segments"),
+    ],
+)
+def test_malformed_scheme_uris_never_become_local_files(
+    uri: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        storage.write_text(uri, "x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_of_the_wrong_kind_is_refused(tmp_path: Path, remote: Remote) -> None:
+    """A file artifact where a folder lies (or names a bucket), a folder artifact where a file
+    lies: refused by check_writable, locally and on gs:// and s3://."""
+    bucket = remote.bucket
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    storage.write_text(storage.join(bucket, "run", "inside.txt"), "x")
+    storage.write_text(storage.join(bucket, "object"), "x")
+    refused = [
+        (str(tmp_path / "folder"), False, "is a folder, but a file is expected"),
+        (str(tmp_path / "new") + "/", False, "is a folder, but a file is expected"),
+        (str(tmp_path / "file"), True, "is a file, but a folder is expected"),
+        (bucket, False, "names a bucket or folder"),
+        (storage.join(bucket, "run"), False, "is a folder (objects lie under it)"),
+        (storage.join(bucket, "object"), True, "is an object (a file)"),
+    ]
+    for uri, folder, message in refused:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            storage.check_writable(uri, folder=folder)
+    for uri, folder in [
+        (str(tmp_path / "new.json"), False),
+        (str(tmp_path / "folder"), True),
+        (storage.join(bucket, "run"), True),
+        (storage.join(bucket, "new.json"), False),
+    ]:
+        storage.check_writable(uri, folder=folder)

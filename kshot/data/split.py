@@ -151,6 +151,12 @@ def split_from_dict(data: Mapping[str, Any], source: str, num_images: int | None
     parts = {name: _index_array(data[name], source, name, recorded) for name in _PARTS}
     if parts["train"] is None or parts["valid"] is None:
         raise ValueError(f"{source}: 'train' and 'valid' must be index lists, not null")
+    empty = [name for name in ("train", "valid") if not len(parts[name])]
+    if empty:
+        raise ValueError(
+            f"{source}: the {' and '.join(map(repr, empty))} part{'s are' if len(empty) > 1 else ' is'}"
+            " empty: a split needs images to train on and to rank paths on"
+        )
     indices = np.concatenate([part for part in parts.values() if part is not None])
     counts = np.bincount(indices, minlength=recorded)
     if (counts > 1).any():

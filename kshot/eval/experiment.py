@@ -33,6 +33,7 @@ from scipy import stats
 
 from kshot import storage
 from kshot.config import Config, ConfigError
+from kshot.eval.ranking import metrics_from_json
 from kshot.stages import run_stage
 from kshot.train.checkpoint import load_latest
 from kshot.train.trainer import curves
@@ -315,7 +316,7 @@ def _run_one(cfg: Config, arm: str, k: int, workdir: str, results: str) -> dict[
     run_dir = storage.join(seed_dir, arm)
     record_uri = storage.join(results, f"seed{cfg.seed}-{arm}.json")
     if storage.exists(record_uri):
-        return storage.read_json(record_uri)
+        return metrics_from_json(storage.read_json(record_uri))
     started = time.monotonic()
     split = storage.join(seed_dir, "split.json")
     if not storage.exists(split):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -26,6 +27,7 @@ __all__ = [
     "pearson_r",
     "kendall_tau_top_group",
     "ranking_metrics",
+    "metrics_from_json",
 ]
 
 # Upper bound on the elements of one (group rows x paths) comparison block, to bound memory when the
@@ -187,3 +189,19 @@ def ranking_metrics(
             str(int(n)): kendall_tau_top_group(truth_values, score_values, int(n)) for n in top_n
         },
     }
+
+
+def metrics_from_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """A rank stage's metrics as read back from JSON: the ``null`` written for a correlation that
+    is undefined (constant ground truth or scores) is NaN again, as :func:`ranking_metrics` gave it."""
+
+    def number(value: Any) -> Any:
+        return math.nan if value is None else value
+
+    out = dict(doc)
+    for key in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
+        if key in out:
+            out[key] = number(out[key])
+    if isinstance(out.get("top_group_tau"), dict):
+        out["top_group_tau"] = {n: number(v) for n, v in out["top_group_tau"].items()}
+    return out

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kshot.config import Config
 
-__all__ = ["STAGES", "HEAVY_STAGES", "ARTIFACTS", "run_stage", "skipped"]
+__all__ = [
+    "STAGES",
+    "HEAVY_STAGES",
+    "ARTIFACTS",
+    "FOLDER_ARTIFACTS",
+    "check_stage",
+    "run_stage",
+    "skipped",
+]
 
 # In the paper's order; the KFP pipeline and the CLI both read this list.
 STAGES: tuple[str, ...] = (
@@ -62,6 +71,54 @@ ARTIFACTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
 }
 
 
+# Artifacts that are folders of files; every other artifact is one file.
+FOLDER_ARTIFACTS: frozenset[str] = frozenset({"checkpoint"})
+
+
+def _check_names(stage: str, given: dict[str, str], table: dict[str, str], kind: str) -> None:
+    known = [name.rstrip("?") for name in table]
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            listed = ", ".join(known) if known else "none"
+            raise ValueError(
+                f"stage {stage!r} has no {kind} artifact {name!r}{hint}; its {kind}s: {listed}"
+            )
+
+
+def check_stage(
+    name: str,
+    config: Config,
+    inputs: dict[str, str],
+    outputs: dict[str, str],
+    gpu: bool = True,
+) -> None:
+    """What can be checked of a stage call before any work and without any request: the stage
+    and artifact names, each URI's form, and the memory the configuration needs (see
+    :mod:`kshot.train.memory`; ``gpu=False`` does not ask a GPU).
+
+    Raises:
+        ValueError: naming the stage, artifact, URI or config key.
+    """
+    from kshot import storage
+    from kshot.train.memory import check_memory
+
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    table_in, table_out = ARTIFACTS[name]
+    _check_names(name, inputs, table_in, "input")
+    _check_names(name, outputs, table_out, "output")
+    for kind, given in (("input", inputs), ("output", outputs)):
+        for artifact, uri in given.items():
+            try:
+                storage.check_uri(uri)
+            except ValueError as e:
+                raise ValueError(f"stage {name!r}, {kind} artifact {artifact}={uri!r}: {e}") from e
+    if skipped(name, config) is None:
+        check_memory(config, name, gpu=gpu)
+
+
 def skipped(name: str, config: Config) -> str | None:
     """Why stage ``name`` does no work under ``config`` (it then runs in-process in a moment and
     records the reason), or None."""
@@ -72,7 +129,6 @@ def skipped(name: str, config: Config) -> str | None:
 
 def run_stage(name: str, config: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
     """Run stage ``name`` in this process (one rank of a job, or alone)."""
-    if name not in STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    check_stage(name, config, inputs, outputs)
     module = importlib.import_module(f"kshot.stages.{name}")
     return module.run(config, dict(inputs), dict(outputs))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from kshot.nn.simplex import SimplexNet
 from kshot.search.nsga2 import BudgetError
 from kshot.search.score import PathScorer
 from kshot.spaces import Space
+from kshot.stages import FOLDER_ARTIFACTS
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import (
     TrainData,
@@ -65,13 +67,25 @@ def require(artifacts: Mapping[str, str], names: tuple[str, ...], stage: str, ki
         uri = artifacts[name]
         try:
             if kind == "output":
-                storage.check_writable(uri)
+                storage.check_writable(uri, folder=name in FOLDER_ARTIFACTS)
             else:
                 storage.check_uri(uri)
+                _check_local_kind(uri, folder=name in FOLDER_ARTIFACTS)
         except storage.StorageError:
             raise  # the store did not answer: not a bad URI
         except (ValueError, OSError) as e:
             raise ValueError(f"stage {stage!r}, {kind} artifact {name}={uri!r}: {e}") from e
+
+
+def _check_local_kind(uri: str, folder: bool) -> None:
+    """A local input that exists as the other kind (a file for a folder artifact, or the reverse)."""
+    if storage.is_remote(uri):
+        return  # read soon enough: a wrong kind fails there, naming the URI
+    path = Path(uri)
+    if folder and path.is_file():
+        raise ValueError(f"{uri} is a file, but a folder is expected here")
+    if not folder and path.is_dir():
+        raise ValueError(f"{uri} is a folder, but a file is expected here")
 
 
 def device_of(cfg: Config) -> torch.device:

@@ -3,6 +3,8 @@
 A checkpoint folder holds ``ckpt-e{epoch:04d}-s{step:08d}.pt`` files, each written atomically through
 :mod:`kshot.storage`, so a killed worker never leaves a truncated file under a final name. Loading
 takes the newest file that loads; a damaged newest one is reported and the previous one is used.
+Files are read with ``torch.load(weights_only=True)`` (:func:`kshot.storage.load_torch`): tensors
+and plain data only; a file that would run code when loaded is refused, never run.
 Every checkpoint records what it was trained as (space, K, C, N, classes) so that a mismatch with
 the run's configuration is caught before training resumes.
 """
@@ -77,18 +79,55 @@ def load_latest(folder: str, required: bool = True) -> dict[str, Any] | None:
     for uri in reversed(uris):
         try:
             state = storage.load_torch(uri)
+        except storage.UnsafeFileError as e:  # planted, not damaged: no fallback hides it
+            raise CheckpointError(str(e)) from None
         except Exception as e:  # a truncated or corrupt file: fall back to the previous one
             warnings.warn(
                 f"checkpoint {uri} is damaged ({type(e).__name__}: {e}); using the previous one",
                 stacklevel=2,
             )
             continue
+        _check_structure(state, uri)
         state["uri"] = uri
         return state
     if required:
         why = "holds no checkpoint" if not uris else "holds only damaged checkpoints"
         raise CheckpointError(f"checkpoint folder {folder!r} {why}")
     return None
+
+
+# What every checkpoint of the supernet stages holds (``Trainer.state_dict``), with its type.
+_REQUIRED = {
+    "identity": dict,
+    "epoch": int,
+    "step": int,
+    "supernet": dict,
+    "simplex": dict,
+    "optimizer": dict,
+    "simplex_optimizer": dict,
+    "scheduler": dict,
+    "history": dict,
+    "epoch_sums": dict,
+}
+
+
+def _check_structure(state: Any, uri: str) -> None:
+    """Fail, naming the file, when a loadable torch file is not a checkpoint of these stages."""
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"checkpoint {uri} holds a {type(state).__name__}, not a checkpoint's dict "
+            f"(with {', '.join(_REQUIRED)})"
+        )
+    missing = [key for key in _REQUIRED if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {uri} lacks {', '.join(map(repr, missing))}")
+    wrong = [
+        f"{key!r} is a {type(state[key]).__name__}, not a {kind.__name__}"
+        for key, kind in _REQUIRED.items()
+        if not isinstance(state[key], kind) or isinstance(state[key], bool)
+    ]
+    if wrong:
+        raise CheckpointError(f"checkpoint {uri}: {'; '.join(wrong)}")
 
 
 def check_identity(state: dict[str, Any], expected: dict[str, Any], uri: str) -> None:
