@@ -816,7 +816,9 @@ def test_constant_ground_truth_writes_null_metrics_with_a_warning(good: Path, tm
     archs = [nb201.format_arch(nb201.from_index(i)) for i in (7, 1234, 9999)]
     (tmp_path / "flat.csv").write_text("arch,accuracy\n" + "".join(f"{a},50.0\n" for a in archs))
     cfg = load_config(TINY)
-    with pytest.warns(UserWarning, match="kendall_tau, spearman_rho, pearson_r.*written as null"):
+    with pytest.warns(
+        UserWarning, match="kendall_tau_a, kendall_tau_b, spearman_rho, pearson_r.*written as null"
+    ):
         run_stage(
             "rank",
             cfg,
@@ -830,5 +832,6 @@ def test_constant_ground_truth_writes_null_metrics_with_a_warning(good: Path, tm
     text = (tmp_path / "rank.json").read_text()
     assert "NaN" not in text
     written = json.loads(text)
-    assert written["kendall_tau"] is None and written["n_paths"] == 3
-    assert np.isnan(metrics_from_json(written)["kendall_tau"])
+    assert written["kendall_tau_a"] is None and written["n_paths"] == 3
+    assert np.isnan(metrics_from_json(written)["kendall_tau_a"])
+    assert np.isnan(metrics_from_json(written)["kendall_tau_b"])
