@@ -389,7 +389,7 @@ def test_the_k_sweep_runs_locally_and_plots_tau_against_k(tmp_path: Path) -> Non
     outputs = json.loads((plot / "executor_output.json").read_text())["artifacts"]
     metrics = outputs["metrics"]["artifacts"][0]["metadata"]
     page = (plot / "page").read_text()
-    assert "Kendall τ against K" in page and "data:image/png;base64," in page
+    assert "Kendall τ-a against K" in page and "data:image/png;base64," in page
     rankings = sorted(tmp_path.glob("kshot-nas-k-sweep-*/for-loop-*-iteration-*/rank/ranking"))
     assert sorted(json.loads(p.read_text())["k"] for p in rankings) == [1, 2]
 
