@@ -30,8 +30,8 @@ __all__ = [
     "tau_vs_k_report",
 ]
 
-_CORRELATIONS = ("kendall_tau", "spearman_rho", "pearson_r")
-_LABELS = ("Kendall τ", "Spearman ρ", "Pearson r")
+_CORRELATIONS = ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r")
+_LABELS = ("Kendall τ-a", "Kendall τ-b", "Spearman ρ", "Pearson r")
 
 
 class MetricsArtifact(Protocol):
@@ -120,7 +120,8 @@ def _read_scores(scores: Artifact) -> tuple[list[float], list[float], list[list[
     """Ground truth, supernet accuracy and λ of every ranked path, from rank's scores CSV."""
     rows = list(csv.DictReader(io.StringIO(storage.read_text(artifact_uri(scores)))))
     lam_columns = sorted(
-        (name for name in rows[0] if name.startswith("lam_")), key=lambda n: int(n[4:])
+        (name for name in rows[0] if name.startswith("lam_") and name[4:].isdigit()),
+        key=lambda n: int(n[4:]),
     )
     truth = [float(row["ground_truth"]) for row in rows]
     supernet = [float(row["supernet_accuracy"]) for row in rows]
@@ -246,7 +247,7 @@ def tau_vs_k_report(
     if skipped:
         _write(page, report.html_page("K sweep", [("Skipped", skipped[0]["skipped"])]))
         return result
-    points = [(row["k"], row["kendall_tau"]) for row in rows]
+    points = [(row["k"], row["kendall_tau_a"]) for row in rows]
     for row in rows:
         _log_finite(metrics, {f"{name}_k{row['k']}": row[name] for name in _CORRELATIONS})
     table = "\n".join(
@@ -254,7 +255,7 @@ def tau_vs_k_report(
         for row in rows
     )
     sections: list[tuple[str, bytes | str]] = [
-        ("Kendall τ against K (Fig. 4)", report.tau_vs_k_plot(points)),
+        ("Kendall τ-a against K (Fig. 4)", report.tau_vs_k_plot(points)),
         ("Correlations per K", table),
     ]
     _write(page, report.html_page("K sweep", sections))

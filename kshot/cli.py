@@ -166,13 +166,36 @@ def _int_list(text: str) -> list[int]:
         ) from e
 
 
+def _arms() -> dict[str, Any]:
+    from kshot.eval.experiment import ARMS
+
+    return ARMS
+
+
 def _experiment(args: argparse.Namespace) -> int:
     from kshot.eval.experiment import run_ranking_experiment
 
     report = run_ranking_experiment(
-        config_from_args(args), args.k, args.seeds, args.ablations, args.workdir, args.out
+        config_from_args(args),
+        args.arms,
+        args.seeds,
+        args.k,
+        args.workdir,
+        args.out,
+        args.results,
+        report_only=args.report_only,
     )
-    print(json.dumps(report["summary"], indent=2))
+    print(json.dumps({k: report["summary"][k] for k in ("verdicts", "verdict")}, indent=2))
+    return 0
+
+
+def _pilot(args: argparse.Namespace) -> int:
+    from kshot.eval.experiment import run_simplex_pilot
+
+    report = run_simplex_pilot(
+        config_from_args(args), args.seed, args.simplex_lrs, args.k, args.workdir, args.out
+    )
+    print(json.dumps({"chosen_simplex_lr": report["chosen_simplex_lr"]}, indent=2))
     return 0
 
 
@@ -280,23 +303,56 @@ def build_parser() -> argparse.ArgumentParser:
     ranking = exp_sub.add_parser(
         "ranking",
         help="K-shot against one-shot: ranking quality on NAS-Bench-201",
-        description="Train the supernet for every K and seed under one budget, score paths with "
-        "BN recalibration and compare with the ground truth (config key ground_truth): Kendall τ, "
-        "Spearman ρ, Pearson r, top-group τ, mean ± std over seeds (paper Tables 6, 7, 9, Fig. 5).",
+        description="Train the supernet of every arm and seed (paired: the same split, ranked "
+        "paths and BN images per seed), score paths with BN recalibration and compare with the "
+        "ground truth (config key ground_truth): Kendall τ-a (Eq. 18) and τ-b, Spearman ρ, "
+        "Pearson r, top-group τ (appendix C.1), λ statistics; mean, std and 95 % intervals over "
+        "seeds, paired differences and the pre-registered verdict. Arms: "
+        + "; ".join(f"{name}: {arm.what}" for name, arm in _arms().items())
+        + ".",
     )
     _add_config_args(ranking)
-    ranking.add_argument("--k", type=_int_list, default=[1, 8], help="values of K, e.g. 1,8")
-    ranking.add_argument("--seeds", type=_int_list, default=[0, 1], help="seeds, e.g. 0,1")
     ranking.add_argument(
-        "--ablations",
-        action="store_true",
-        help="also the fixed-1/K and random-λ ablations (Table 6) for K > 1",
+        "--arms",
+        type=lambda text: [a.strip() for a in text.split(",") if a.strip()],
+        default=["A", "B", "C"],
+        help="arms in run order within a seed, e.g. A,B,C,C-iter,D,A-lr",
     )
+    ranking.add_argument("--k", type=int, default=8, help="K of the arms with K slots")
+    ranking.add_argument("--seeds", type=_int_list, default=[0], help="seeds, e.g. 0,1,2")
     ranking.add_argument(
         "--workdir", default="runs/ranking", help="the runs' artifacts (resumable)"
     )
     ranking.add_argument("--out", default="runs/ranking/report.json", help="the JSON report")
+    ranking.add_argument(
+        "--results",
+        default=None,
+        help="where each finished run's JSON and per-path CSV go (default: beside --out)",
+    )
+    ranking.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite the report from the finished runs' records",
+    )
     ranking.set_defaults(func=_experiment)
+    pilot = exp_sub.add_parser(
+        "simplex-pilot",
+        help="choose the simplex-net's learning rate on a pilot seed (never by the ground truth)",
+        description="Train arm C once per simplex-net learning rate on a seed kept out of the "
+        "reported ones and choose by the simplex-net's loss and the spread of λ.",
+    )
+    _add_config_args(pilot)
+    pilot.add_argument("--seed", type=int, default=100, help="the pilot seed")
+    pilot.add_argument(
+        "--simplex-lrs",
+        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
+        default=[1e-3, 1e-2, 1e-1],
+        help="learning rates to try, e.g. 0.001,0.01,0.1",
+    )
+    pilot.add_argument("--k", type=int, default=8, help="K")
+    pilot.add_argument("--workdir", default="runs/ranking", help="the runs' artifacts")
+    pilot.add_argument("--out", default="runs/ranking/pilot.json", help="the JSON report")
+    pilot.set_defaults(func=_pilot)
 
     bench = sub.add_parser(
         "bench",

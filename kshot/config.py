@@ -191,11 +191,29 @@ class Config:
     weight_decay: float = _f(
         5e-4, "supernet weight decay (NAS-Bench-201: 5e-4)", ge=0.0, result=_SUPERNET_TRAINING
     )
+    lr_min: float = _f(
+        0.0,
+        "supernet lr at the end of the cosine schedule (0: anneal to zero; NAS-Bench-201's "
+        "weight-sharing recipe: 0.001 from lr 0.025)",
+        ge=0.0,
+        result=_SUPERNET_TRAINING,
+    )
     lambda_mode: str = _f(
         "learned",
         "λ of a path after warmup: learned by the simplex-net (K-shot), or Table 6's ablations: "
-        "fixed 1/K, random on the simplex",
+        "fixed 1/K, or random: one code per path drawn once from the uniform distribution on the "
+        "simplex with the seed, never changed, and scored with",
         choices=("learned", "fixed", "random"),
+        result=("train",),
+    )
+    budget: str = _f(
+        "iterations",
+        "how the learned K-shot run's budget is counted: iterations (the paper's Algorithm 2: "
+        "supernet and simplex-net steps alternate within epochs x iterations, so Θ gets half "
+        "the updates of K = 1) or supernet_steps (as many Θ updates as K = 1, each simplex-net "
+        "step extra, the cosine schedule indexed by Θ updates); the same for runs without "
+        "simplex-net steps",
+        choices=("iterations", "supernet_steps"),
         result=("train",),
     )
     m: int = _f(
@@ -455,6 +473,8 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
             fail(name, f"must be <= {md['le']}")
         if "lt" in md and v >= md["lt"]:
             fail(name, f"must be < {md['lt']}")
+    if cfg.lr_min > cfg.lr:
+        fail("lr_min", f"exceeds lr = {cfg.lr}: the cosine schedule anneals from lr down to it")
     if cfg.warmup_epochs > cfg.epochs:
         fail("warmup_epochs", f"exceeds epochs = {cfg.epochs} (epochs counts the warmup)")
     if cfg.compile and cfg.search_space != "nb201":

@@ -251,7 +251,7 @@ def curves_plot(
 
 
 def tau_vs_k_plot(points: Sequence[tuple[int, float]]) -> bytes:
-    """Kendall τ of the supernet ranking against the number of slots K (the paper's Fig. 4).
+    """Kendall τ-a of the supernet ranking against the number of slots K (the paper's Fig. 4).
 
     Args:
         points: ``(K, τ)`` pairs, any order; several runs with the same K are all drawn.
@@ -268,48 +268,73 @@ def tau_vs_k_plot(points: Sequence[tuple[int, float]]) -> bytes:
     axes.plot(slots, taus, marker="o")
     axes.set_xticks(sorted(set(slots)))
     axes.set_xlabel("K (weight slots)")
-    axes.set_ylabel("Kendall τ")
+    axes.set_ylabel("Kendall τ-a")
     axes.set_title("Ranking correlation against K")
     axes.grid(alpha=0.3)
     return _png(figure)
 
 
-def ranking_summary_plot(summary: Sequence[Mapping[str, Any]]) -> bytes:
-    """Kendall τ (mean ± std over seeds) against K, one series per λ mode (paper Fig. 4, Table 6).
+def ranking_summary_plot(report: Mapping[str, Any]) -> bytes:
+    """The ranking experiment: each arm's Kendall τ-a per seed with its mean and 95 % t interval
+    (left), and the paired differences Δτ-a between arms with theirs, against the decision
+    rule's +0.03 (right).
 
     Args:
-        summary: rows with ``k``, ``lambda_mode`` and ``kendall_tau`` as ``{"mean", "std"}``.
+        report: :func:`kshot.eval.experiment.run_ranking_experiment`'s report: ``runs`` (``arm``,
+            ``seed``, ``kendall_tau_a``) and ``summary`` (``arms``: label and τ-a interval;
+            ``comparisons``: arms, deltas, mean and ``ci95``).
 
     Raises:
-        ValueError: no row.
+        ValueError: no run.
     """
-    if not summary:
-        raise ValueError("ranking summary plot needs at least one row, got none")
-    figure = _new_figure()
-    axes = figure.subplots()
-    modes = sorted({row["lambda_mode"] for row in summary}, key=lambda m: m != "learned")
-    for offset, mode in enumerate(modes):
-        rows = sorted((r for r in summary if r["lambda_mode"] == mode), key=lambda r: r["k"])
-        ks = [r["k"] * (1 + 0.04 * offset) for r in rows]  # side by side when K coincide
-        axes.errorbar(
-            ks,
-            [r["kendall_tau"]["mean"] for r in rows],
-            yerr=[r["kendall_tau"]["std"] for r in rows],
-            marker="o",
-            capsize=4,
-            linestyle="-" if len(rows) > 1 else "none",
-            label=f"λ {mode}",
-        )
-    all_k = sorted({r["k"] for r in summary})
-    axes.set_xscale("log", base=2)
-    axes.set_xticks(all_k, [str(k) for k in all_k])
-    axes.set_ylim(0, 1)
-    axes.set_xlabel("K (weight slots)")
-    axes.set_ylabel("Kendall τ (mean ± std over seeds)")
-    axes.set_title("Ranking correlation against K")
-    axes.grid(alpha=0.3)
-    axes.legend()
+    summary = report["summary"]
+    if not report["runs"] or not summary["arms"]:
+        raise ValueError("ranking summary plot needs at least one run, got none")
+    figure = _new_figure(11.0, 4.5)
+    left, right = figure.subplots(1, 2)
+    names = list(summary["arms"])
+    for x, name in enumerate(names):
+        row = summary["arms"][name]
+        values = [r["kendall_tau_a"] for r in report["runs"] if r["arm"] == name]
+        left.scatter([x] * len(values), values, color="0.6", s=14, zorder=2)
+        _interval_bar(left, x, row["kendall_tau_a"])
+    left.set_xticks(range(len(names)), [summary["arms"][n]["label"] for n in names], rotation=20)
+    left.set_ylabel("Kendall τ-a (seeds; mean, 95 % t interval)")
+    left.set_title("Ranking correlation per arm")
+    left.grid(alpha=0.3)
+    comparisons = summary["comparisons"]
+    for x, row in enumerate(comparisons):
+        right.scatter([x] * len(row["deltas"]), row["deltas"], color="0.6", s=14, zorder=2)
+        _interval_bar(right, x, row)
+    right.axhline(0.0, color="black", linewidth=0.8)
+    right.axhline(0.03, color="tab:red", linestyle="--", linewidth=0.8, label="+0.03 (rule)")
+    right.set_xticks(
+        range(len(comparisons)), [" − ".join(c["arms"]) for c in comparisons], rotation=20
+    )
+    right.set_ylabel("paired Δ Kendall τ-a")
+    right.set_title("Paired differences over seeds")
+    right.grid(alpha=0.3)
+    right.legend()
     return _png(figure)
+
+
+def _interval_bar(axes: Any, x: float, row: Mapping[str, Any]) -> None:
+    """A mean marker with its 95 % interval (none with a single seed)."""
+    if row["mean"] is None:
+        return
+    if row["ci95"] is None:
+        axes.plot([x], [row["mean"]], "o", color="tab:blue", zorder=3)
+        return
+    low, high = row["ci95"]
+    axes.errorbar(
+        [x],
+        [row["mean"]],
+        yerr=[[row["mean"] - low], [high - row["mean"]]],
+        fmt="o",
+        color="tab:blue",
+        capsize=5,
+        zorder=3,
+    )
 
 
 def html_page(title: str, sections: Sequence[tuple[str, bytes | str]]) -> str:
@@ -377,7 +402,7 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
 
     Args:
         summary: e.g. ``{"k": 8, "best_arch": ..., "best_supernet_accuracy": ..., "best_flops": ...,
-            "kendall_tau": ..., "spearman_rho": ..., "pearson_r": ...}``.
+            "kendall_tau_a": ..., "spearman_rho": ..., "pearson_r": ...}``.
     """
     lines = ["| metric | value |", "|---|---|"]
 

@@ -128,8 +128,9 @@ def run_local_pipeline(
 
     Returns:
         The summary: k, best_arch, best_supernet_accuracy, best_flops, retrained_test_accuracy,
-        kendall_tau, spearman_rho, pearson_r, n_paths, the reports' paths and the wall time; for
-        the sweep: k_values, the correlations of every K (``per_k``) and the report's path.
+        kendall_tau_a, kendall_tau_b, spearman_rho, pearson_r, n_paths, the reports' paths and the
+        wall time; for the sweep: k_values, the correlations of every K (``per_k``) and the
+        report's path.
 
     Raises:
         LocalRunError: a step failed.
@@ -231,13 +232,18 @@ def summary_lines(summary: dict[str, Any], output: str) -> list[str]:
     """The lines ``kshot run --local`` ends with: what a person wants from the run's summary."""
     correlations = ", ".join(
         f"{label} {_figure(summary.get(key))}"
-        for key, label in (("kendall_tau", "τ"), ("spearman_rho", "ρ"), ("pearson_r", "r"))
+        for key, label in (
+            ("kendall_tau_a", "τ-a"),
+            ("kendall_tau_b", "τ-b"),
+            ("spearman_rho", "ρ"),
+            ("pearson_r", "r"),
+        )
     )
     report = storage.join(output, "summary.json")
     if "per_k" in summary:
-        lines = ["Kendall τ against K (τ, ρ, r of the supernet's ranking):"]
+        lines = ["Kendall τ against K (τ-a, ρ, r of the supernet's ranking):"]
         lines += [
-            f"  K = {row['k']:>2}: τ {_figure(row.get('kendall_tau'))}, "
+            f"  K = {row['k']:>2}: τ-a {_figure(row.get('kendall_tau_a'))}, "
             f"ρ {_figure(row.get('spearman_rho'))}, r {_figure(row.get('pearson_r'))}"
             f" over {row.get('n_paths', '?')} paths"
             for row in summary["per_k"]

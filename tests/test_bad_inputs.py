@@ -752,14 +752,16 @@ def test_a_local_run_into_a_file_fails_before_any_step(tmp_path):
     assert (tmp_path / "run").read_bytes() == SENTINEL
 
 
-def test_a_ranking_experiment_with_an_invalid_k_is_refused_before_any_run(tmp_path):
+def test_a_ranking_experiment_with_an_invalid_arm_config_is_refused_before_any_run(tmp_path):
     from kshot.config import ConfigError
     from kshot.eval.experiment import run_ranking_experiment
 
-    base = load_config(TINY, {"ground_truth": str(tmp_path / "truth.csv")})
-    with pytest.raises(ConfigError, match="--k 0, --seeds 0: .*'k'.* 0 must be >= 1"):
+    base = load_config(
+        TINY, {"k": 1, "m": 5, "batch_size": 32, "ground_truth": str(tmp_path / "truth.csv")}
+    )
+    with pytest.raises(ConfigError, match="arm C, seed 0: .*'m'.* does not divide batch_size"):
         run_ranking_experiment(
-            base, [1, 0], [0], False, str(tmp_path / "runs"), str(tmp_path / "r.json")
+            base, ["A", "C"], [0, 1], 8, str(tmp_path / "runs"), str(tmp_path / "r.json")
         )
     assert not (tmp_path / "runs").exists()
 
@@ -814,7 +816,9 @@ def test_constant_ground_truth_writes_null_metrics_with_a_warning(good: Path, tm
     archs = [nb201.format_arch(nb201.from_index(i)) for i in (7, 1234, 9999)]
     (tmp_path / "flat.csv").write_text("arch,accuracy\n" + "".join(f"{a},50.0\n" for a in archs))
     cfg = load_config(TINY)
-    with pytest.warns(UserWarning, match="kendall_tau, spearman_rho, pearson_r.*written as null"):
+    with pytest.warns(
+        UserWarning, match="kendall_tau_a, kendall_tau_b, spearman_rho, pearson_r.*written as null"
+    ):
         run_stage(
             "rank",
             cfg,
@@ -828,5 +832,6 @@ def test_constant_ground_truth_writes_null_metrics_with_a_warning(good: Path, tm
     text = (tmp_path / "rank.json").read_text()
     assert "NaN" not in text
     written = json.loads(text)
-    assert written["kendall_tau"] is None and written["n_paths"] == 3
-    assert np.isnan(metrics_from_json(written)["kendall_tau"])
+    assert written["kendall_tau_a"] is None and written["n_paths"] == 3
+    assert np.isnan(metrics_from_json(written)["kendall_tau_a"])
+    assert np.isnan(metrics_from_json(written)["kendall_tau_b"])

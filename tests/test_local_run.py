@@ -22,8 +22,10 @@ from kshot.config import load_config
 from kshot.data.datasets import load_dataset
 from kshot.data.transforms import normalize
 from kshot.export import load_model
+from kshot.nn.simplex import code_statistics
 from kshot.pipeline.local_run import DEFAULT_CONFIG, pipeline_arguments, publish, summary_lines
 from kshot.spaces import mbv2, nb201
+from kshot.stages.rank import SCORE_COLUMNS
 from tests.conftest import MBV2_TINY
 from tests.object_stores import Remote
 from tests.test_report import pixels
@@ -59,12 +61,19 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _top_group_tau(truth: list[float], scores: list[float], n: int) -> float:
-    """The paper's top-group τ, pair by pair: the n truly best against every truly worse path."""
-    group = sorted(range(len(truth)), key=lambda i: -truth[i])[:n]
-    pairs = [(i, j) for i in group for j in range(len(truth)) if truth[i] > truth[j]]
-    concordant = sum(scores[i] > scores[j] for i, j in pairs)
-    discordant = sum(scores[i] < scores[j] for i, j in pairs)
-    return (concordant - discordant) / len(pairs)
+    """The paper's top-group τ (appendix C.1), pair by pair: the n truly best against the rest."""
+    order = sorted(range(len(truth)), key=lambda i: -truth[i])
+    if n >= len(truth):
+        return math.nan
+    signs = [np.sign(scores[i] - scores[j]) for i in order[:n] for j in order[n:]]
+    return float(sum(signs)) / len(signs)
+
+
+def _tau_a(truth: list[float], scores: list[float]) -> float:
+    """Eq. 18, pair by pair."""
+    pairs = [(i, j) for i in range(len(truth)) for j in range(i + 1, len(truth))]
+    total = sum(np.sign(truth[i] - truth[j]) * np.sign(scores[i] - scores[j]) for i, j in pairs)
+    return float(total) / len(pairs)
 
 
 def assert_ranking_recomputes(
@@ -77,9 +86,8 @@ def assert_ranking_recomputes(
         The table's rows.
     """
     rows = _csv_rows(scores_csv)
-    assert list(rows[0]) == ["arch", "supernet_accuracy", "ground_truth"] + [
-        f"lam_{i}" for i in range(k)
-    ]
+    assert list(rows[0]) == [*SCORE_COLUMNS, *[f"lam_{i}" for i in range(k)]]
+    assert [int(row["path_index"]) for row in rows] == list(range(len(rows)))
     assert len(rows) == ranking["n_paths"] == len({row["arch"] for row in rows})
     for row in rows:
         assert float(row["ground_truth"]) == pytest.approx(truth[row["arch"]]), row["arch"]
@@ -87,11 +95,16 @@ def assert_ranking_recomputes(
     assert np.all(lams >= 0) and np.allclose(lams.sum(axis=1), 1.0, atol=1e-5)
     true = [float(row["ground_truth"]) for row in rows]
     score = [float(row["supernet_accuracy"]) for row in rows]
-    assert ranking["kendall_tau"] == pytest.approx(stats.kendalltau(true, score).statistic)
+    assert ranking["kendall_tau_b"] == pytest.approx(stats.kendalltau(true, score).statistic)
+    assert ranking["kendall_tau_a"] == pytest.approx(_tau_a(true, score))
     assert ranking["spearman_rho"] == pytest.approx(stats.spearmanr(true, score).statistic)
     assert ranking["pearson_r"] == pytest.approx(stats.pearsonr(true, score).statistic)
     for n, tau in ranking["top_group_tau"].items():
-        assert tau == pytest.approx(_top_group_tau(true, score, int(n))), n
+        assert tau == pytest.approx(_top_group_tau(true, score, int(n)), nan_ok=True), n
+    stats_of = code_statistics(lams)["per_path"]
+    for name in ("max", "sq_norm", "entropy", "tv"):
+        recorded = [float(row[f"lam_{name}"]) for row in rows]
+        assert recorded == pytest.approx(stats_of[name].tolist(), abs=1e-6), name
     return rows
 
 
@@ -158,7 +171,8 @@ def test_the_local_run_completes_and_reports(
     for figure in (
         summary["best_arch"],
         f"retrained test accuracy {summary['retrained_test_accuracy']:.2f} %",
-        f"τ {summary['kendall_tau']:.3f}, ρ {summary['spearman_rho']:.3f}, r {summary['pearson_r']:.3f}",
+        f"τ-a {summary['kendall_tau_a']:.3f}, τ-b {summary['kendall_tau_b']:.3f}, "
+        f"ρ {summary['spearman_rho']:.3f}, r {summary['pearson_r']:.3f}",
         str(output / "summary.json"),
         "rank among the stand-alone sample: ",
     ):
@@ -175,7 +189,7 @@ def test_the_local_run_completes_and_reports(
     assert 0.0 <= summary["best_supernet_accuracy"] <= 100.0
     assert 0.0 <= summary["retrained_test_accuracy"] <= 100.0
     assert summary["n_paths"] == STANDALONE_PATHS
-    for name in ("kendall_tau", "spearman_rho", "pearson_r"):
+    for name in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
         assert math.isfinite(summary[name]) and -1.0 <= summary[name] <= 1.0, name
     assert set(summary["top_group_tau"]) == {"2", "3"}
     assert summary["wall_time_s"] > 0
@@ -193,11 +207,11 @@ def test_the_local_run_completes_and_reports(
         assert (index.parent / href).read_text() == Path(reports[href[: -len(".html")]]).read_text()
     markdown = Path(reports["summary_markdown"]).read_text()
     assert summary["best_arch"].replace("|", "\\|") in markdown
-    assert "kendall_tau" in markdown
+    assert "kendall_tau_a" in markdown
 
     artifacts = output / "artifacts"
     rank_metrics = _task_metrics(artifacts, "rank")
-    assert rank_metrics["kendall_tau"] == pytest.approx(summary["kendall_tau"])
+    assert rank_metrics["kendall_tau_a"] == pytest.approx(summary["kendall_tau_a"])
     assert rank_metrics["n_paths"] == STANDALONE_PATHS
     run_metrics = _task_metrics(artifacts, "summarize")
     assert run_metrics["best_flops"] == pytest.approx(summary["best_flops"])
@@ -223,8 +237,9 @@ def test_the_local_run_completes_and_reports(
     }
     assert max(truth.values()) - min(truth.values()) > 20.0  # measured: 8.5 to 76.6 %
     ranking = json.loads((run / "rank" / "ranking").read_text())
-    assert {name: summary[name] for name in ("kendall_tau", "spearman_rho", "pearson_r")} == {
-        name: ranking[name] for name in ("kendall_tau", "spearman_rho", "pearson_r")
+    correlations = ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r")
+    assert {name: summary[name] for name in correlations} == {
+        name: ranking[name] for name in correlations
     }
     assert summary["top_group_tau"] == ranking["top_group_tau"]
     rows = assert_ranking_recomputes(ranking, run / "rank" / "scores", truth, k=2)
@@ -237,7 +252,12 @@ def test_the_local_run_completes_and_reports(
     better = sum(acc > retrained["test_accuracy"] for acc in others)
     assert summary["best_standalone_rank"] == {"rank": 1 + better, "of": len(others) + 1}
     # the rank page draws that table: the scatter, Fig. 5's curve and the λ histograms
-    labels = {"kendall_tau": "Kendall τ", "spearman_rho": "Spearman ρ", "pearson_r": "Pearson r"}
+    labels = {
+        "kendall_tau_a": "Kendall τ-a",
+        "kendall_tau_b": "Kendall τ-b",
+        "spearman_rho": "Spearman ρ",
+        "pearson_r": "Pearson r",
+    }
     title = ", ".join(f"{label} = {ranking[name]:.3f}" for name, label in labels.items())
     columns = {name: [float(row[name]) for row in rows] for name in rows[0] if name != "arch"}
     assert_page_shows(
@@ -301,7 +321,7 @@ def test_the_local_run_searches_the_mbv2_space_on_class_folders(
     assert mbv2.parse(summary["best_arch"]) and 0 < summary["best_flops"] <= budget
     assert 0.0 <= summary["retrained_test_accuracy"] <= 100.0
     # no ground truth for an ImageNet-style search: ranking is switched off, and says so
-    assert summary["n_paths"] == 0 and summary["kendall_tau"] is None
+    assert summary["n_paths"] == 0 and summary["kendall_tau_a"] is None
     assert summary["best_standalone_rank"] is None
     assert "ranking is off" in summary["ground_truth"]
     assert "ranking is off" in Path(summary["reports"]["rank"]).read_text()
@@ -397,7 +417,7 @@ def test_the_k_sweep_runs_locally_and_plots_tau_against_k(
     outputs = json.loads((plot / "executor_output.json").read_text())["artifacts"]
     metrics = outputs["metrics"]["artifacts"][0]["metadata"]
     page = (plot / "page").read_text()
-    assert "Kendall τ against K" in page and "data:image/png;base64," in page
+    assert "Kendall τ-a against K" in page and "data:image/png;base64," in page
     rankings = sorted(artifacts.glob("kshot-nas-k-sweep-*/for-loop-*-iteration-*/rank/ranking"))
     assert sorted(json.loads(p.read_text())["k"] for p in rankings) == [1, 2]
 
@@ -412,14 +432,14 @@ def test_the_k_sweep_runs_locally_and_plots_tau_against_k(
         k = ranking["k"]
         rows = assert_ranking_recomputes(ranking, path.parent / "scores", truth, k)
         assert {row["arch"] for row in rows} == set(truth)
-        for name in ("kendall_tau", "spearman_rho", "pearson_r"):
+        for name in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
             assert metrics[f"{name}_k{k}"] == pytest.approx(ranking[name]), (name, k)
-        points.append((k, ranking["kendall_tau"]))
-    assert len(metrics) == 6
-    # the summary printed and written is that artifact's: τ, ρ, r of each K and the τ-against-K page
+        points.append((k, ranking["kendall_tau_a"]))
+    assert len(metrics) == 8
+    # the summary printed and written is that artifact's: τ-a, ρ, r of each K and the τ-against-K page
     assert summary["k_values"] == [1, 2]
     for row, (k, tau) in zip(summary["per_k"], points, strict=True):
-        assert (row["k"], row["kendall_tau"]) == (k, tau)
-        assert f"K = {k:>2}: τ {tau:.3f}" in printed
+        assert (row["k"], row["kendall_tau_a"]) == (k, tau)
+        assert f"K = {k:>2}: τ-a {tau:.3f}" in printed
     assert Path(summary["reports"]["tau_vs_k"]).read_text() == page
     assert_page_shows(page, [report.tau_vs_k_plot(points)])  # τ against K of these rankings

@@ -1,4 +1,4 @@
-"""Ranking metrics (τ, ρ, r, top-group τ) and NAS-Bench-201 ground-truth tables."""
+"""Ranking metrics (τ-a, τ-b, ρ, r, top-group τ) and NAS-Bench-201 ground-truth tables."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from scipy import stats
 from kshot.eval import (
     align_scores,
     kendall_tau,
+    kendall_tau_a,
     kendall_tau_top_group,
     load_ground_truth,
     pearson_r,
@@ -27,19 +28,27 @@ ARCH_A = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_co
 ARCH_B = "|skip_connect~0|+|nor_conv_1x1~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"
 
 
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def brute_force_tau_a(truth: list[float], scores: list[float]) -> float:
+    """Eq. 18 pair by pair: a pair tied on either side adds 0 and stays in the denominator."""
+    total = 0
+    pairs = len(truth) * (len(truth) - 1) // 2
+    for i in range(len(truth)):
+        for j in range(i + 1, len(truth)):
+            total += _sign(truth[i] - truth[j]) * _sign(scores[i] - scores[j])
+    return total / pairs
+
+
 def brute_force_top_group_tau(truth: list[float], scores: list[float], n: int) -> float:
-    """The Fig. 5 definition, pair by pair."""
-    group = sorted(range(len(truth)), key=lambda i: -truth[i])[:n]
-    concordant = discordant = pairs = 0
-    for high in group:
-        for low in range(len(truth)):
-            if truth[high] > truth[low]:
-                pairs += 1
-                if scores[high] > scores[low]:
-                    concordant += 1
-                elif scores[high] < scores[low]:
-                    discordant += 1
-    return (concordant - discordant) / pairs
+    """Appendix C.1 pair by pair: a_high from the truly best n (position breaks truth ties), a_low
+    from the rest; +1 when the supernet ranks a_high above a_low, -1 below, 0 on a score tie."""
+    order = sorted(range(len(truth)), key=lambda i: -truth[i])  # stable: earlier first on ties
+    high, low = order[:n], order[n:]
+    total = sum(_sign(scores[h] - scores[lo]) for h in high for lo in low)
+    return total / (len(high) * len(low))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -55,52 +64,87 @@ def test_global_correlations_match_scipy(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_tau_a_is_eq_18_pair_by_pair_with_ties(seed: int) -> None:
+    """τ-a counts every pair in the denominator; with ties it is smaller in size than τ-b."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 12, size=60).astype(float).tolist()  # many ties on both sides
+    scores = (np.asarray(truth) + rng.integers(-4, 5, size=60)).astype(float).tolist()
+    expected = brute_force_tau_a(truth, scores)
+    assert kendall_tau_a(truth, scores) == pytest.approx(expected, abs=1e-12)
+    assert abs(kendall_tau_a(truth, scores)) < abs(kendall_tau(truth, scores))
+    hand = [1.0, 2.0, 2.0, 3.0], [1.0, 1.0, 2.0, 3.0]  # 6 pairs: 4 concordant, 2 tied, 0 discordant
+    assert kendall_tau_a(*hand) == pytest.approx(4 / 6)
+    assert brute_force_tau_a(*hand) == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_top_group_tau_matches_brute_force_with_ties(seed: int) -> None:
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, 15, size=80).astype(float).tolist()  # many ties in truth
     scores = (np.asarray(truth) + rng.integers(-4, 5, size=80)).astype(float).tolist()
-    for n in (1, 3, 10, 25, 80):
+    for n in (1, 3, 10, 25, 79):
         expected = brute_force_top_group_tau(truth, scores, n)
         assert kendall_tau_top_group(truth, scores, n) == pytest.approx(expected, abs=1e-12)
+
+
+def test_top_group_tau_counts_only_pairs_across_the_boundary() -> None:
+    """Pairs inside the top group do not count: reversing the order within it changes nothing,
+    and with n = 2 of 4 the denominator is 2 x 2 = 4 pairs."""
+    truth = [4.0, 3.0, 2.0, 1.0]
+    assert kendall_tau_top_group(truth, [10.0, 9.0, 1.0, 2.0], 2) == pytest.approx(1.0)
+    assert kendall_tau_top_group(truth, [9.0, 10.0, 1.0, 2.0], 2) == pytest.approx(1.0)
+    # a_high = path 1 ties with a_low = path 2 in score: 3 concordant, 1 neither, out of 4
+    assert kendall_tau_top_group(truth, [9.0, 5.0, 5.0, 1.0], 2) == pytest.approx(3 / 4)
+    # ground truth tied across the boundary: position puts path 1 high, and its pair counts
+    assert kendall_tau_top_group([4.0, 2.0, 2.0, 1.0], [9.0, 1.0, 5.0, 0.0], 2) == pytest.approx(
+        2 / 4
+    )
 
 
 def test_top_group_tau_blocks_agree_with_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(7)
     truth, scores = rng.normal(size=300), rng.normal(size=300)
-    whole = kendall_tau_top_group(truth, scores, 300)
-    monkeypatch.setattr("kshot.eval.ranking._MAX_BLOCK_ELEMENTS", 1000)  # 3 rows per block
-    assert kendall_tau_top_group(truth, scores, 300) == pytest.approx(whole, abs=1e-12)
+    whole = kendall_tau_top_group(truth, scores, 150)
+    monkeypatch.setattr("kshot.eval.ranking._MAX_BLOCK_ELEMENTS", 1000)  # 6 rows per block
+    assert kendall_tau_top_group(truth, scores, 150) == pytest.approx(whole, abs=1e-12)
 
 
 def test_perfect_and_reversed_rankings() -> None:
     truth = np.linspace(50.0, 95.0, 40)
     for scores, sign in ((truth * 0.01 + 3.0, 1.0), (-truth, -1.0)):
-        metrics = ranking_metrics(truth, scores, top_n=[1, 5, 40])
-        assert metrics["kendall_tau"] == pytest.approx(sign)
+        metrics = ranking_metrics(truth, scores, top_n=[1, 5, 39])
+        assert metrics["kendall_tau_a"] == pytest.approx(sign)
+        assert metrics["kendall_tau_b"] == pytest.approx(sign)
         assert metrics["spearman_rho"] == pytest.approx(sign)
         assert metrics["pearson_r"] == pytest.approx(sign)
         assert metrics["top_group_tau"] == {
             "1": pytest.approx(sign),
             "5": pytest.approx(sign),
-            "40": pytest.approx(sign),
+            "39": pytest.approx(sign),
         }
 
 
-def test_group_larger_than_paths_uses_all() -> None:
+def test_a_group_of_all_paths_has_no_pairs() -> None:
     rng = np.random.default_rng(3)
     truth, scores = rng.normal(size=30), rng.normal(size=30)
-    assert kendall_tau_top_group(truth, scores, 1000) == kendall_tau_top_group(truth, scores, 30)
-    # Without ties, the all-paths value is Kendall's τ.
-    assert kendall_tau_top_group(truth, scores, 30) == pytest.approx(kendall_tau(truth, scores))
+    assert math.isnan(kendall_tau_top_group(truth, scores, 30))
+    assert math.isnan(kendall_tau_top_group(truth, scores, 1000))
 
 
 def test_ranking_metrics_is_json_ready() -> None:
     rng = np.random.default_rng(5)
     truth = rng.normal(size=50)
-    metrics = ranking_metrics(truth, truth + rng.normal(size=50), top_n=[10, 100])
-    assert set(metrics) == {"n_paths", "kendall_tau", "spearman_rho", "pearson_r", "top_group_tau"}
+    metrics = ranking_metrics(truth, truth + rng.normal(size=50), top_n=[10, 40])
+    assert set(metrics) == {
+        "n_paths",
+        "kendall_tau_a",
+        "kendall_tau_b",
+        "spearman_rho",
+        "pearson_r",
+        "top_group_tau",
+    }
     assert metrics["n_paths"] == 50
-    assert list(metrics["top_group_tau"]) == ["10", "100"]
+    assert list(metrics["top_group_tau"]) == ["10", "40"]
     assert json.loads(json.dumps(metrics)) == metrics
 
 

@@ -163,28 +163,41 @@ def test_tau_vs_k_plot() -> None:
 
 
 def test_ranking_summary_plot() -> None:
-    def row(mode: str, k: int, mean: float, std: float) -> dict:
-        return {"lambda_mode": mode, "k": k, "kendall_tau": {"mean": mean, "std": std}}
+    from kshot.eval.experiment import summarise_runs
 
-    summary = [
-        row("learned", 1, 0.5, 0.02),
-        row("learned", 4, 0.6, 0.03),
-        row("fixed", 4, 0.55, 0.04),
-    ]
-    plot = report.ranking_summary_plot(summary)
+    def runs(taus: dict[str, list[float]]) -> dict:
+        rows = [
+            {
+                "arm": arm,
+                "seed": seed,
+                "k": 1 if arm == "A" else 8,
+                "kendall_tau_a": tau,
+                "kendall_tau_b": tau,
+                "spearman_rho": tau,
+                "pearson_r": tau,
+                "top_group_tau": {"10": tau},
+                "lam": {"tv": 0.2, "max": 0.2, "cosine": 0.9},
+                "lam_near_uniform": False,
+            }
+            for arm, values in taus.items()
+            for seed, tau in enumerate(values)
+        ]
+        return {"runs": rows, "summary": summarise_runs(rows)}
+
+    base = {"A": [0.30, 0.34, 0.32], "B": [0.36, 0.33, 0.35], "C": [0.40, 0.37, 0.39]}
+    plot = report.ranking_summary_plot(runs(base))
     assert_draws_its_data(
         plot,
-        report.ranking_summary_plot(list(reversed(summary))),
-        report.ranking_summary_plot([*summary[:2], row("fixed", 4, 0.3, 0.04)]),
+        report.ranking_summary_plot(runs(dict(reversed(base.items())))),
+        report.ranking_summary_plot(runs({**base, "C": [0.30, 0.25, 0.28]})),
     )
-    # the spread over seeds is drawn too, and every mode
-    assert not np.array_equal(
-        pixels(plot),
-        pixels(report.ranking_summary_plot([*summary[:2], row("fixed", 4, 0.55, 0.2)])),
-    )
-    assert not np.array_equal(pixels(plot), pixels(report.ranking_summary_plot(summary[:2])))
-    with pytest.raises(ValueError, match="at least one row"):
-        report.ranking_summary_plot([])
+    # the seeds' spread (the intervals) is drawn too, and every arm
+    wider = runs({**base, "C": [0.45, 0.31, 0.40]})  # same mean, wider interval
+    assert not np.array_equal(pixels(plot), pixels(report.ranking_summary_plot(wider)))
+    fewer = runs({"A": base["A"], "C": base["C"]})
+    assert not np.array_equal(pixels(plot), pixels(report.ranking_summary_plot(fewer)))
+    with pytest.raises(ValueError, match="at least one run"):
+        report.ranking_summary_plot({"runs": [], "summary": {"arms": {}, "comparisons": []}})
 
 
 def test_html_page_embeds_images_and_escapes_text() -> None:

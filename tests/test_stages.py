@@ -181,7 +181,7 @@ def test_rank_compares_every_standalone_path(run_dir):
         truth = list(csv.DictReader(f))
     metrics = json.loads((run_dir / "rank.json").read_text())
     assert len(truth) == TINY["standalone_paths"] == metrics["n_paths"]
-    assert -1 <= metrics["kendall_tau"] <= 1
+    assert -1 <= metrics["kendall_tau_a"] <= 1
     assert set(metrics["top_group_tau"]) == {str(n) for n in TINY["top_n"]}
     with open(run_dir / "scores.csv") as f:
         scores = list(csv.DictReader(f))
@@ -195,7 +195,7 @@ def test_rank_compares_every_standalone_path(run_dir):
         TINY["top_n"],
     )
     assert metrics["n_paths"] == expected["n_paths"]
-    for name in ("kendall_tau", "spearman_rho", "pearson_r"):
+    for name in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
         assert _same_metric(metrics[name], expected[name]), (name, metrics[name], expected[name])
     for n, tau in expected["top_group_tau"].items():
         assert _same_metric(metrics["top_group_tau"][n], tau), (n, metrics["top_group_tau"], tau)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from kshot.config import ConfigError
+from kshot.nn.simplex import code_statistics
 from kshot.spaces import nb201
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import (
@@ -183,11 +185,39 @@ def test_lambda_ablations_train_only_the_supernet(tiny_cfg, digits_data, mode):
     for _ in range(4):
         assert "supernet_loss" in trainer.train_step()
     assert not _changed(simplex_before, trainer.simplex)
-    choice = trainer.paths_for_step(0, 1)[0]
-    lam_a = trainer.lam_for(choice, warmup=False, step=10)
-    lam_b = trainer.lam_for(choice, warmup=False, step=11)
+    a, b = trainer.paths_for_step(0, 1)[0], trainer.paths_for_step(1, 1)[0]
+    lam_a, lam_b = trainer.lam_for(a, warmup=False), trainer.lam_for(b, warmup=False)
     assert torch.isclose(lam_a.sum(), torch.tensor(1.0)) and (lam_a >= 0).all()
     assert torch.equal(lam_a, lam_b) == (mode == "fixed")
+
+
+def test_random_ablation_draws_one_code_per_path_once_and_scores_with_it(
+    tiny_cfg, digits_data, digits_split
+):
+    """Table 6's random λ: each path's code is drawn once from the seed and never changes, in
+    training (whatever the step) and in scoring."""
+    from kshot.stages.common import make_scorer
+
+    cfg = tiny_cfg.replace(lambda_mode="random")
+    trainer = KShotTrainer(cfg, digits_data, torch.device("cpu"))
+    path = trainer.paths_for_step(3, 1)[0]
+    received = []
+    original = trainer.supernet_step
+    trainer.supernet_step = lambda x, y, c, lam: received.append((c, lam)) or original(x, y, c, lam)
+    trainer.step = trainer.warmup_steps
+    for _ in range(6):
+        trainer.train_step()
+    for choice, lam in received:  # every step's code is its path's code
+        assert torch.equal(lam, trainer.lam_for(choice, warmup=False))
+    codes = {tuple(lam.tolist()) for _, lam in received}
+    assert len(codes) == len({c for c, _ in received})  # one code per path, not per step
+    again = KShotTrainer(cfg, digits_data, torch.device("cpu")).lam_for(path, warmup=False)
+    assert torch.equal(again, trainer.lam_for(path, warmup=False))
+    other = KShotTrainer(cfg.replace(seed=1), digits_data, torch.device("cpu"))
+    assert not torch.equal(other.lam_for(path, warmup=False), again)
+    assert not torch.allclose(again, torch.full((cfg.k,), 1 / cfg.k), atol=1e-3)
+    scorer = make_scorer(cfg, digits_data, trainer.supernet, trainer.simplex, torch.device("cpu"))
+    assert torch.equal(scorer.lam(path), again)  # scored with its own code, not 1/K
 
 
 def test_k1_trains_the_supernet_on_every_iteration_as_spos(tiny_cfg, digits_data):
@@ -340,3 +370,120 @@ def test_compiled_training_on_cuda_follows_eager_inside_cuda_graphs(
             assert runs[True].history[key] == pytest.approx(
                 runs[False].history[key], rel=0.05, nan_ok=True
             )
+
+
+def _theta_schedule(cfg, data):
+    """Run a whole training with stubbed steps; returns, per Θ update, (index of its batch and
+    path, lr), and the number of simplex-net steps."""
+    trainer = KShotTrainer(cfg, data, torch.device("cpu"))
+    theta, simplex = [], []
+
+    def supernet_step(x, y, choice, lam):
+        theta.append((choice, trainer.opt.param_groups[0]["lr"]))
+        return torch.zeros(()), torch.zeros(())
+
+    trainer.supernet_step = supernet_step
+    trainer.simplex_step = lambda x, y, choices: simplex.append(choices) or {}
+    trainer.fit(cfg.epochs, progress=False)
+    return trainer, theta, simplex
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_supernet_steps_budget_gives_learned_k_shot_the_theta_updates_of_k1(tiny_cfg, digits_data):
+    """budget supernet_steps: the learned K-shot run makes as many Θ updates as K = 1, on the same
+    paths, at the same learning rates (the cosine indexed by Θ updates), plus one simplex-net step
+    per Θ update after warmup; budget iterations is Algorithm 2 (half the Θ updates after warmup)."""
+    cfg = tiny_cfg.replace(budget="supernet_steps", epochs=3, lr_min=0.01)
+    one_shot, one_shot_theta, none = _theta_schedule(cfg.replace(k=1), digits_data)
+    learned, theta, simplex = _theta_schedule(cfg, digits_data)
+    assert not none and one_shot.total_steps == learned.total_steps
+    assert len(one_shot_theta) == one_shot.total_steps
+    assert theta == one_shot_theta  # same paths in the same order, same lr at every update
+    assert len(simplex) == learned.total_steps - learned.warmup_steps
+    assert simplex[0] == learned.paths_for_step(learned.total_steps, cfg.m)  # its own paths
+    assert learned.history["epoch"] == one_shot.history["epoch"] == [1, 2, 3]
+    assert one_shot_theta[-1][1] == pytest.approx(0.01, rel=0.05)  # cosine down to lr_min
+
+    paper, paper_theta, paper_simplex = _theta_schedule(
+        cfg.replace(budget="iterations"), digits_data
+    )
+    after = paper.total_steps - paper.warmup_steps
+    assert len(paper_theta) == paper.warmup_steps + after // 2 + after % 2
+    assert len(paper_simplex) == after // 2
+    assert paper.step == paper.total_steps == one_shot.step
+
+
+def test_fixed_one_over_k_is_one_shot_at_lr_over_k_and_weight_decay_times_k(tiny_cfg, digits_data):
+    """λ = 1/K with SGD (Nesterov momentum, weight decay) moves the merged weight θ̃ = mean_k θ_k
+    exactly as one-shot SGD at lr / K and weight decay × K: the experiment's lr-matched one-shot
+    arm. In float64 the two runs' losses agree to rounding."""
+    from kshot.eval.experiment import arm_config
+
+    base = tiny_cfg.replace(k=8, augment=False)
+    fixed_cfg, matched_cfg = arm_config(base, "B"), arm_config(base, "A-lr")
+    assert (matched_cfg.k, fixed_cfg.k, fixed_cfg.lambda_mode) == (1, 8, "fixed")
+    fixed = KShotTrainer(fixed_cfg, digits_data, torch.device("cpu"))
+    matched = KShotTrainer(matched_cfg, digits_data, torch.device("cpu"))
+    fixed.supernet.double()
+    matched.supernet.double()
+    with torch.no_grad():
+        for p1, p8 in zip(matched.supernet.parameters(), fixed.supernet.parameters(), strict=True):
+            p1.copy_(p8.mean(0, keepdim=True))
+    losses = {}
+    for name, trainer in (("fixed", fixed), ("matched", matched)):
+        trainer.batch_for_step = lambda step, t=trainer: (lambda xy: (xy[0].double(), xy[1]))(
+            KShotTrainer.batch_for_step(t, step)
+        )
+        losses[name] = [float(trainer.train_step()["supernet_loss"]) for _ in range(30)]
+    assert losses["fixed"] == pytest.approx(losses["matched"], rel=1e-9, abs=1e-12)
+    assert losses["fixed"][0] != pytest.approx(losses["fixed"][-1], rel=1e-3)  # it trained
+    for p1, p8 in zip(matched.supernet.parameters(), fixed.supernet.parameters(), strict=True):
+        torch.testing.assert_close(p1[0], p8.mean(0), rtol=1e-9, atol=1e-12)
+
+
+def test_curves_follow_the_codes_of_fixed_probe_paths(tiny_cfg, digits_data):
+    """Per epoch, the λ statistics of the same probe paths: uniform in warmup and under fixed 1/K,
+    moving away from it once the simplex-net learns."""
+    learned = KShotTrainer(tiny_cfg.replace(simplex_lr=0.05), digits_data, torch.device("cpu"))
+    learned.fit(tiny_cfg.epochs, progress=False)
+    fixed = KShotTrainer(tiny_cfg.replace(lambda_mode="fixed"), digits_data, torch.device("cpu"))
+    fixed.fit(tiny_cfg.epochs, progress=False)
+    k = tiny_cfg.k
+    for trainer in (learned, fixed):
+        assert len(trainer.history["lam_tv"]) == tiny_cfg.epochs
+        assert trainer.history["lam_tv"][0] == pytest.approx(0.0, abs=1e-7)  # warmup: 1/K
+        assert trainer.history["lam_max"][0] == pytest.approx(1 / k)
+        assert trainer.history["lam_cosine"][0] == pytest.approx(1.0)
+    assert fixed.history["lam_tv"][-1] == pytest.approx(0.0, abs=1e-7)
+    assert learned.history["lam_tv"][-1] > 1e-3
+    assert learned.history["lam_max"][-1] > 1 / k
+    assert learned.history["lam_entropy"][-1] < math.log(k)
+
+
+def test_code_statistics_of_uniform_one_hot_and_shared_codes():
+    k = 4
+    uniform = code_statistics(np.full((3, k), 1 / k))
+    assert uniform["mean"]["max"] == pytest.approx(1 / k)
+    assert uniform["mean"]["sq_norm"] == pytest.approx(1 / k)
+    assert uniform["mean"]["entropy"] == pytest.approx(math.log(k))
+    assert uniform["mean"]["tv"] == pytest.approx(0.0) and uniform["near_uniform"]
+    one_hot = code_statistics(np.eye(k))  # every path its own slot
+    assert one_hot["mean"]["tv"] == pytest.approx(1 - 1 / k) and not one_hot["near_uniform"]
+    assert one_hot["mean"]["cosine"] == pytest.approx(0.0)
+    assert one_hot["mean"]["entropy"] == pytest.approx(0.0)
+    shared = code_statistics(np.array([[0.7, 0.1, 0.1, 0.1]] * 2 + [[0.1, 0.7, 0.1, 0.1]]))
+    # pairs: (0,1) identical, (0,2) and (1,2) cos = (0.07 + 0.07 + 0.01 + 0.01) / 0.52
+    assert shared["mean"]["cosine"] == pytest.approx((1 + 2 * 0.16 / 0.52) / 3)
+    assert shared["per_path"]["max"].tolist() == pytest.approx([0.7, 0.7, 0.7])
+
+
+def test_a_shared_warmup_hands_on_its_state_but_not_its_simplex_lr(tiny_cfg, digits_data, tmp_path):
+    """Runs that differ in simplex_lr share one warmup checkpoint: resumed from it, each trains
+    the simplex-net at its own config's learning rate, not the one the warmup was made at."""
+    warm = KShotTrainer(tiny_cfg, digits_data, torch.device("cpu"))
+    warm.fit(tiny_cfg.warmup_epochs, str(tmp_path), progress=False)
+    trainer = KShotTrainer(tiny_cfg.replace(simplex_lr=0.05), digits_data, torch.device("cpu"))
+    assert trainer.resume(str(tmp_path)) is not None
+    assert trainer.step == warm.step == warm.warmup_steps
+    assert [g["lr"] for g in trainer.simplex_opt.param_groups] == [0.05]
+    assert warm.simplex_opt.param_groups[0]["lr"] == tiny_cfg.simplex_lr != 0.05

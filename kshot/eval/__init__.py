@@ -10,6 +10,7 @@ from kshot.eval.ground_truth import (
 )
 from kshot.eval.ranking import (
     kendall_tau,
+    kendall_tau_a,
     kendall_tau_top_group,
     pearson_r,
     ranking_metrics,
@@ -22,6 +23,7 @@ __all__ = [
     "load_ground_truth",
     "write_ground_truth_csv",
     "kendall_tau",
+    "kendall_tau_a",
     "kendall_tau_top_group",
     "pearson_r",
     "ranking_metrics",

@@ -1,8 +1,10 @@
 """How well supernet scores rank architectures against their stand-alone (ground-truth) accuracy.
 
-The global correlations are scipy's: Kendall's τ-b, Spearman's ρ and Pearson's r. The top-group
-Kendall τ is the one of the paper's Fig. 5 (Su et al., ICML 2021): it asks whether the supernet
-ranks each of the truly best ``n`` paths above every path that is truly worse than it.
+Kendall's τ-a is the paper's Eq. 18 (Su et al., ICML 2021): concordant minus discordant pairs over
+all N(N − 1)/2 pairs, a pair tied on either side counting as neither. τ-b (scipy's default) divides
+by the pairs untied on each side instead; the two differ only with ties, which supernet accuracies
+on a few thousand images have often. Spearman's ρ and Pearson's r are scipy's. The top-group τ is
+the paper's appendix C.1: the truly best ``n`` paths against the rest (:func:`kendall_tau_top_group`).
 
 All functions take two equally long 1-D sequences of finite numbers, ``truth[i]`` and ``scores[i]``
 belonging to the same path ``i``.
@@ -20,6 +22,7 @@ from scipy import stats
 
 __all__ = [
     "kendall_tau",
+    "kendall_tau_a",
     "spearman_rho",
     "pearson_r",
     "kendall_tau_top_group",
@@ -61,6 +64,31 @@ def _either_constant(truth_values: np.ndarray, score_values: np.ndarray) -> bool
     return bool(np.ptp(truth_values) == 0 or np.ptp(score_values) == 0)
 
 
+def _tied_pairs(values: np.ndarray) -> int:
+    """Pairs of equal values."""
+    _, counts = np.unique(values, return_counts=True)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def kendall_tau_a(truth: ArrayLike, scores: ArrayLike) -> float:
+    """Kendall's τ-a, the paper's Eq. 18: ``(concordant − discordant) / (N(N − 1)/2)``.
+
+    A pair tied in ground truth or in score is neither concordant nor discordant but stays in the
+    denominator. Computed from scipy's τ-b and the tie counts: ``C − D = τ_b · √((n₀ − n₁)(n₀ −
+    n₂))`` with n₀ = N(N − 1)/2 and n₁, n₂ the pairs tied in truth and in scores.
+
+    Returns:
+        τ-a in [-1, 1]; NaN when either side is constant (as τ-b).
+    """
+    truth_values, score_values = _paired(truth, scores)
+    if _either_constant(truth_values, score_values):
+        return math.nan
+    n0 = len(truth_values) * (len(truth_values) - 1) // 2
+    untied = (n0 - _tied_pairs(truth_values)) * (n0 - _tied_pairs(score_values))
+    tau_b = stats.kendalltau(truth_values, score_values).statistic
+    return float(tau_b * math.sqrt(untied) / n0)
+
+
 def kendall_tau(truth: ArrayLike, scores: ArrayLike) -> float:
     """Kendall's τ-b between ground truth and supernet scores (``scipy.stats.kendalltau``).
 
@@ -90,23 +118,23 @@ def pearson_r(truth: ArrayLike, scores: ArrayLike) -> float:
 
 
 def kendall_tau_top_group(truth: ArrayLike, scores: ArrayLike, n: int) -> float:
-    """The top-group Kendall τ of the paper's Fig. 5.
+    """The top-group Kendall τ of the paper's appendix C.1 (its Fig. 5).
 
-    The group is the ``n`` paths with the highest ground truth (ties at the group's boundary are
-    broken by position, the earlier path first). Every pair ``(a_high, a_low)`` with ``a_high`` in
-    the group and ``truth[a_high] > truth[a_low]`` counts, ``a_low`` being any path inside or
-    outside the group. A pair is concordant when ``scores[a_high] > scores[a_low]``, discordant when
-    ``scores[a_high] < scores[a_low]``, and neither when the scores tie.
+    The high group is the ``n`` paths with the highest ground truth, the low group the other
+    ``N − n`` (ties at the boundary are broken by position, the earlier path into the high group).
+    Exactly the ``n(N − n)`` pairs ``(a_high, a_low)`` with ``a_high`` high and ``a_low`` low count;
+    pairs inside either group do not. A pair is concordant when the supernet ranks ``a_high``
+    above ``a_low`` (``scores[a_high] > scores[a_low]``), discordant when below, and neither when
+    the scores tie (as in τ-a). A pair whose ground truth ties across the boundary still counts:
+    the groups are the ground truth's ranking, cut at ``n``.
 
     Args:
         truth: Ground-truth accuracy of every path.
         scores: Supernet score of every path, in the same order.
-        n: Size of the top group; larger than the number of paths means all paths (then the value
-            is Kendall's τ-a over the pairs that the ground truth orders).
+        n: Size of the high group.
 
     Returns:
-        ``(concordant - discordant) / pairs`` in [-1, 1]; NaN when no pair exists (the whole group
-        ties in ground truth with every other path).
+        ``(concordant − discordant) / (n(N − n))`` in [-1, 1]; NaN when ``n >= N`` (no low group).
 
     Raises:
         ValueError: ``n < 1``, or the sequences are unequal, shorter than 2 or non-finite.
@@ -114,20 +142,18 @@ def kendall_tau_top_group(truth: ArrayLike, scores: ArrayLike, n: int) -> float:
     if int(n) != n or n < 1:
         raise ValueError(f"top-group size n must be an integer >= 1, got {n!r}")
     truth_values, score_values = _paired(truth, scores)
-    group_size = min(int(n), len(truth_values))
-    group = np.argsort(-truth_values, kind="stable")[:group_size]
-    rows_per_block = max(1, _MAX_BLOCK_ELEMENTS // len(truth_values))
-    concordant = discordant = pairs = 0
-    for start in range(0, group_size, rows_per_block):
-        high = group[start : start + rows_per_block]
-        ordered = truth_values[high, None] > truth_values[None, :]
-        score_diff = score_values[high, None] - score_values[None, :]
-        pairs += int(ordered.sum())
-        concordant += int((ordered & (score_diff > 0)).sum())
-        discordant += int((ordered & (score_diff < 0)).sum())
-    if pairs == 0:
+    total = len(truth_values)
+    if n >= total:
         return math.nan
-    return (concordant - discordant) / pairs
+    order = np.argsort(-truth_values, kind="stable")
+    group, low_scores = order[: int(n)], score_values[order[int(n) :]]
+    rows_per_block = max(1, _MAX_BLOCK_ELEMENTS // len(low_scores))
+    concordant = discordant = 0
+    for start in range(0, len(group), rows_per_block):
+        score_diff = score_values[group[start : start + rows_per_block], None] - low_scores[None, :]
+        concordant += int((score_diff > 0).sum())
+        discordant += int((score_diff < 0).sum())
+    return (concordant - discordant) / (int(n) * (total - int(n)))
 
 
 def ranking_metrics(
@@ -141,8 +167,9 @@ def ranking_metrics(
         top_n: Group sizes for :func:`kendall_tau_top_group`.
 
     Returns:
-        ``{"n_paths", "kendall_tau", "spearman_rho", "pearson_r", "top_group_tau"}``, the last a
-        dict ``{str(n): τ}`` in the order of ``top_n``.
+        ``{"n_paths", "kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r",
+        "top_group_tau"}``, the last a dict ``{str(n): τ}`` (appendix C.1's) in the order of
+        ``top_n``.
 
     Raises:
         ValueError: unequal lengths, fewer than 2 paths, non-finite values or an ``n < 1``, all
@@ -154,7 +181,8 @@ def ranking_metrics(
             raise ValueError(f"top_n holds {n!r}: every top-group size must be an integer >= 1")
     return {
         "n_paths": len(truth_values),
-        "kendall_tau": kendall_tau(truth_values, score_values),
+        "kendall_tau_a": kendall_tau_a(truth_values, score_values),
+        "kendall_tau_b": kendall_tau(truth_values, score_values),
         "spearman_rho": spearman_rho(truth_values, score_values),
         "pearson_r": pearson_r(truth_values, score_values),
         "top_group_tau": {
@@ -171,7 +199,7 @@ def metrics_from_json(doc: dict[str, Any]) -> dict[str, Any]:
         return math.nan if value is None else value
 
     out = dict(doc)
-    for key in ("kendall_tau", "spearman_rho", "pearson_r"):
+    for key in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
         if key in out:
             out[key] = number(out[key])
     if isinstance(out.get("top_group_tau"), dict):

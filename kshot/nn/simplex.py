@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SimplexNet", "channel_regularizer", "width_positives"]
+__all__ = ["SimplexNet", "channel_regularizer", "code_statistics", "width_positives"]
+
+# Mean total-variation distance from 1/K below which a set of codes counts as near uniform: less
+# than a tenth of the probability mass moved off the uniform code, on average over the paths.
+NEAR_UNIFORM_TV = 0.1
 
 
 class SimplexNet(nn.Module):
@@ -86,3 +91,45 @@ def channel_regularizer(lams: torch.Tensor, positives: torch.Tensor, tau: float)
         return lams.sum() * 0.0  # keeps the graph (and DDP's gradient set) the same every step
     log_p = F.log_softmax(lams @ lams.T / tau, dim=1)
     return -log_p[positives.to(lams.device)].mean()
+
+
+def code_statistics(lams: np.ndarray | torch.Tensor) -> dict[str, object]:
+    """How far the codes λ of a set of paths are from uniform and from one another.
+
+    Per path (arrays of length P): ``max`` (1/K when uniform), ``sq_norm`` ‖λ‖² (1/K when
+    uniform, 1 when one-hot), ``entropy`` in nats (log K when uniform) and ``tv`` ½‖λ − 1/K‖₁ (0
+    when uniform). Over the set: each one's mean, and ``cosine``, the mean cosine similarity
+    between the codes of different paths (1 when every path has the same code, whatever it is:
+    then λ reweights the K slots alike for all paths, which no path-specific K-shot effect can
+    come from). ``near_uniform`` is true when the mean ``tv`` is below ``NEAR_UNIFORM_TV``.
+
+    Args:
+        lams: ``(P, K)`` codes, each on the simplex.
+
+    Returns:
+        ``{"per_path": {name: array}, "mean": {name: float, "cosine": float}, "near_uniform": bool,
+        "k": K}``.
+    """
+    codes = np.asarray(lams.detach().cpu() if isinstance(lams, torch.Tensor) else lams, float)
+    if codes.ndim != 2 or len(codes) == 0:
+        raise ValueError(f"codes must be a (paths, K) array with a path, got shape {codes.shape}")
+    k = codes.shape[1]
+    logs = np.log(np.where(codes > 0, codes, 1.0))
+    per_path = {
+        "max": codes.max(axis=1),
+        "sq_norm": (codes**2).sum(axis=1),
+        "entropy": -(codes * logs).sum(axis=1),
+        "tv": 0.5 * np.abs(codes - 1.0 / k).sum(axis=1),
+    }
+    unit = codes / np.linalg.norm(codes, axis=1, keepdims=True)
+    p = len(codes)
+    similarity = unit @ unit.T
+    cosine = (similarity.sum() - np.trace(similarity)) / (p * (p - 1)) if p > 1 else 1.0
+    mean = {name: float(values.mean()) for name, values in per_path.items()}
+    mean["cosine"] = float(cosine)
+    return {
+        "per_path": per_path,
+        "mean": mean,
+        "near_uniform": bool(mean["tv"] < NEAR_UNIFORM_TV),
+        "k": k,
+    }

@@ -30,6 +30,8 @@ class PathScorer:
         eval_batch_size: batch of the validation pass.
         prepare: turns a batch of ``valid_images`` into the network's input.
         autocast: the forward passes' precision context (default: none).
+        code: λ of a path, overriding ``simplex`` (e.g. :func:`kshot.train.trainer.code_of`,
+            which follows config key ``lambda_mode``).
     """
 
     def __init__(
@@ -44,15 +46,18 @@ class PathScorer:
         eval_batch_size: int,
         prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        code: Callable[[Sequence[int]], torch.Tensor] | None = None,
     ) -> None:
         self.space, self.supernet, self.simplex = space, supernet, simplex
         self.bn_images, self.valid_images, self.valid_labels = bn_images, valid_images, valid_labels
         self.bn_batch_size, self.eval_batch_size = bn_batch_size, eval_batch_size
-        self.prepare, self.autocast = prepare, autocast
+        self.prepare, self.autocast, self.code = prepare, autocast, code
         self.device = bn_images.device
 
     @torch.no_grad()
     def lam(self, arch: Sequence[int]) -> torch.Tensor:
+        if self.code is not None:
+            return self.code(arch)
         if self.simplex is None:
             return torch.full((self.supernet.k,), 1.0 / self.supernet.k, device=self.device)
         return self.simplex(*self.space.codes([arch], self.device))[0]

@@ -186,7 +186,12 @@ def headline(name: str, result: dict) -> str:
     if name == "rank":
         figures = ", ".join(
             f"{label} {result[key]:.3f}"
-            for key, label in (("kendall_tau", "τ"), ("spearman_rho", "ρ"), ("pearson_r", "r"))
+            for key, label in (
+                ("kendall_tau_a", "τ-a"),
+                ("kendall_tau_b", "τ-b"),
+                ("spearman_rho", "ρ"),
+                ("pearson_r", "r"),
+            )
             if isinstance(result.get(key), (int, float))
         )
         return f"{result.get('n_paths', '?')} paths: {figures}"

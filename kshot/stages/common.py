@@ -30,6 +30,7 @@ from kshot.train.trainer import (
     autocast,
     build_simplex,
     build_supernet,
+    code_of,
     identity_of,
     network_shape,
     space_of,
@@ -251,6 +252,7 @@ def make_scorer(
         eval_batch_size=cfg.eval_batch_size,
         prepare=lambda x: data.prepare(x, device),
         autocast=lambda: autocast(cfg, device),
+        code=None if simplex is None else code_of(cfg, space_of(cfg, data), simplex, device),
     )
 
 

@@ -1,22 +1,29 @@
 """Stage ``rank``: how faithfully the supernet ranks paths against stand-alone ground truth.
 
-Scores paths on the trained supernet (λ = π(a), BN recalibrated on ``bn_images`` images), joins them
-with a ground-truth table by arch string and reports Kendall τ, Spearman ρ, Pearson r and the paper's
-top-group Kendall τ (Fig. 5). The paths scored are all those of the table when it is a sample (the
-``standalone`` stage's), else ``rank_paths`` drawn from it with the run's seed (0: all 15,625).
+Scores paths on the trained supernet (λ by config key ``lambda_mode``, BN recalibrated on
+``bn_images`` images), joins them with a ground-truth table by arch string and reports Kendall's τ-a
+(the paper's Eq. 18) and τ-b, Spearman ρ, Pearson r, the paper's top-group τ (appendix C.1) and how
+far the paths' codes λ are from uniform (:func:`kshot.nn.simplex.code_statistics`). The paths scored
+are all those of the table when it is a sample (the ``standalone`` stage's), else ``rank_paths``
+drawn from it with the run's seed (0: all 15,625): the same set for every run of a seed, whose
+SHA-256 the metrics record.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from typing import Any
+
+import numpy as np
 
 from kshot import distributed as dist
 from kshot import seeds, storage
 from kshot.config import Config
 from kshot.eval.ground_truth import align_scores, load_ground_truth
 from kshot.eval.ranking import ranking_metrics
+from kshot.nn.simplex import code_statistics
 from kshot.stages import skipped
 from kshot.stages.common import (
     device_of,
@@ -28,7 +35,19 @@ from kshot.stages.common import (
     space_of,
 )
 
-__all__ = ["run", "paths_to_rank"]
+__all__ = ["run", "paths_to_rank", "path_set_hash", "SCORE_COLUMNS"]
+
+# The scores CSV's leading columns; then one lam_<k> column per slot.
+SCORE_COLUMNS = (
+    "path_index",
+    "arch",
+    "supernet_accuracy",
+    "ground_truth",
+    "lam_max",
+    "lam_sq_norm",
+    "lam_entropy",
+    "lam_tv",
+)
 
 
 def paths_to_rank(truth: dict[str, float], count: int, seed: int) -> list[str]:
@@ -40,8 +59,13 @@ def paths_to_rank(truth: dict[str, float], count: int, seed: int) -> list[str]:
     return archs
 
 
+def path_set_hash(archs: list[str]) -> str:
+    """SHA-256 of the ranked paths' arch strings, one a line in ranking order."""
+    return hashlib.sha256("\n".join(archs).encode()).hexdigest()
+
+
 def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
-    """Write ``outputs["scores"]`` (CSV arch, supernet accuracy, ground truth) and
+    """Write ``outputs["scores"]`` (CSV: :data:`SCORE_COLUMNS`, then the code λ) and
     ``outputs["metrics"]`` (JSON); ground truth from ``inputs["ground_truth"]`` or ``cfg.ground_truth``.
     """
     require(inputs, ("split", "checkpoint"), "rank", "input")
@@ -50,7 +74,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     if reason:
         metrics = {"k": cfg.k, "n_paths": 0, "skipped": reason}
         if dist.is_main():
-            storage.write_text(outputs["scores"], "arch,supernet_accuracy,ground_truth\n")
+            storage.write_text(outputs["scores"], ",".join(SCORE_COLUMNS) + "\n")
             storage.write_json(outputs["metrics"], metrics)
         return metrics
     truth_uri = inputs.get("ground_truth") or cfg.ground_truth
@@ -71,15 +95,26 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     scores = {r["arch"]: r["accuracy"] for r in records}
     names, truth_values, score_values = align_scores(truth, scores, truth_uri, space)
     metrics = ranking_metrics(truth_values, score_values, cfg.top_n)
-    metrics.update(k=cfg.k, ground_truth=truth_uri, ground_truth_column=column)
+    codes = code_statistics(np.array([r["lam"] for r in records]))
+    metrics.update(
+        k=cfg.k,
+        lambda_mode=cfg.lambda_mode,
+        budget=cfg.budget,
+        seed=cfg.seed,
+        path_set_sha256=path_set_hash(names),
+        lam=codes["mean"],
+        lam_near_uniform=codes["near_uniform"],
+        ground_truth=truth_uri,
+        ground_truth_column=column,
+    )
     if dist.is_main():
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerow(
-            ["arch", "supernet_accuracy", "ground_truth", *[f"lam_{i}" for i in range(cfg.k)]]
-        )
-        for rec, t in zip(records, truth_values, strict=True):
-            writer.writerow([rec["arch"], rec["accuracy"], t, *rec["lam"]])
+        writer.writerow([*SCORE_COLUMNS, *[f"lam_{i}" for i in range(cfg.k)]])
+        per_path = codes["per_path"]
+        for i, (rec, t) in enumerate(zip(records, truth_values, strict=True)):
+            stats = [float(per_path[name][i]) for name in ("max", "sq_norm", "entropy", "tv")]
+            writer.writerow([i, rec["arch"], rec["accuracy"], t, *stats, *rec["lam"]])
         storage.write_text(outputs["scores"], text.getvalue())
         storage.write_json(outputs["metrics"], metrics)
     return metrics

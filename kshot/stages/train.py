@@ -37,4 +37,4 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
         storage.write_json(
             outputs["curves"], {**curves(trainer.history), "warmup_epochs": cfg.warmup_epochs}
         )
-    return {"epoch": trainer.step // trainer.steps_per_epoch, "step": trainer.step}
+    return {"epoch": trainer.epochs_done(), "step": trainer.step}

@@ -24,4 +24,4 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     trainer.fit(cfg.warmup_epochs, outputs["checkpoint"])
     if not ckpt.list_checkpoints(outputs["checkpoint"]):  # T_w = 0: hand on the initial weights
         trainer.save(outputs["checkpoint"])
-    return {"epoch": trainer.step // trainer.steps_per_epoch, "step": trainer.step}
+    return {"epoch": trainer.epochs_done(), "step": trainer.step}

@@ -7,18 +7,26 @@
   sample ``m`` paths, split the batch into ``m`` groups of ``b/m`` images, run each group through its
   own path with its own λ_i = π(a_i), keep Θ frozen and update σ on the mean loss (Eq. 8).
 
+The budget (config key ``budget``) is counted in iterations, as Algorithm 2 does (Θ then gets half
+the updates a run without simplex-net steps gets), or in supernet steps: the learned run makes as
+many Θ updates as K = 1 (twice the iterations after warmup), the cosine schedule advancing on Θ
+updates only. In that mode the j-th Θ update takes the batch and path of iteration j of a run
+without simplex-net steps, so K = 1, fixed-1/K and learned runs of a seed train Θ on the same
+sequence; the simplex-net steps take batches and paths of their own, past the end of that sequence.
+
 Everything random derives from ``(seed, iteration)``: the path(s) of an iteration, its batch (the
 epoch's permutation comes from ``(seed, epoch)``) and its augmentation. So every DDP rank samples the
 same paths, and a run resumed from a checkpoint at iteration ``s`` continues exactly as the
 uninterrupted run would. The supernet optimiser is SGD with Nesterov momentum and a per-iteration
-cosine schedule spanning warmup and alternating training (the paper's recipe); the simplex-net's is Adam
-(see :class:`kshot.config.Config`).
+cosine schedule from ``lr`` to ``lr_min`` spanning warmup and alternating training (the paper's
+recipe); the simplex-net's is Adam (see :class:`kshot.config.Config`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +42,7 @@ from kshot import seeds
 from kshot.config import Config, result_keys
 from kshot.data.stream import StreamedPart
 from kshot.data.transforms import normalize, random_crop_flip
-from kshot.nn.simplex import SimplexNet, channel_regularizer, width_positives
+from kshot.nn.simplex import SimplexNet, channel_regularizer, code_statistics, width_positives
 from kshot.progress import progress_bar
 from kshot.spaces import Path, Space
 from kshot.train import checkpoint as ckpt
@@ -54,6 +62,8 @@ __all__ = [
     "autocast",
     "training_batch",
     "cosine_lambda",
+    "random_code",
+    "code_of",
     "simplex_groups",
     "grouped_loss",
     "compile_grouped_loss",
@@ -186,9 +196,39 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def cosine_lambda(total_steps: int) -> Callable[[int], float]:
-    """Per-iteration cosine annealing from 1 to 0 over ``total_steps`` (a LambdaLR factor)."""
-    return lambda it: 0.5 * (1.0 + math.cos(math.pi * min(it, total_steps) / total_steps))
+def cosine_lambda(total_steps: int, floor: float = 0.0) -> Callable[[int], float]:
+    """Per-step cosine annealing from 1 to ``floor`` over ``total_steps`` (a LambdaLR factor;
+    ``floor`` = lr_min / lr)."""
+    return lambda it: (
+        floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(it, total_steps) / total_steps))
+    )
+
+
+def random_code(space: Space, seed: int, path: Path, k: int) -> np.ndarray:
+    """The code of ``path`` under lambda_mode random (paper Table 6): drawn once from the uniform
+    distribution on the K-simplex (Dirichlet(1, …, 1)), keyed by the seed and the path's string,
+    so every step and the scoring see the same code."""
+    key = int.from_bytes(hashlib.sha256(space.format(path).encode()).digest()[:8], "big")
+    return seeds.rng(seed, seeds.RANDOM_LAMBDA, key).dirichlet(np.ones(k))
+
+
+def code_of(
+    cfg: Config, space: Space, simplex: SimplexNet, device: torch.device
+) -> Callable[[Path], torch.Tensor]:
+    """λ of a path after warmup, by config key ``lambda_mode``: π(a) of the simplex-net
+    (learned), 1/K (fixed, and K = 1 where λ = [1]), or the path's fixed random code."""
+    if cfg.k == 1 or cfg.lambda_mode == "fixed":
+        return lambda path: uniform_lambda(cfg.k, device)
+    if cfg.lambda_mode == "random":
+        return lambda path: torch.as_tensor(
+            random_code(space, cfg.seed, path, cfg.k), dtype=torch.float32, device=device
+        )
+
+    @torch.no_grad()
+    def learned(path: Path) -> torch.Tensor:
+        return simplex(*space.codes([path], device))[0]
+
+    return learned
 
 
 def training_batch(
@@ -325,8 +365,10 @@ class KShotTrainer:
                 f"of dataset {cfg.dataset!r}"
             )
         self.steps_per_epoch = n_train // cfg.batch_size
+        # Θ updates of a run without simplex-net steps (iterations: total_steps too)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = self.steps_per_epoch * cfg.warmup_epochs
+        self.equal_theta = cfg.budget == "supernet_steps" and self.simplex_steps
 
         self.space = space_of(cfg, data)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -344,8 +386,13 @@ class KShotTrainer:
         )
         self.simplex_opt = torch.optim.Adam(self.simplex.parameters(), lr=cfg.simplex_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, cosine_lambda(self.total_steps)
+            self.opt, cosine_lambda(self.total_steps, cfg.lr_min / cfg.lr)
         )
+        self.code = code_of(cfg, self.space, self.simplex, device)
+        # the paths whose codes the curves follow (λ statistics per epoch)
+        self.probe = [
+            self.space.sample(seeds.rng(cfg.seed, seeds.CODE_PROBE, i)) for i in range(_PROBE_PATHS)
+        ]
         self.step = 0
         self.input_folders: list[str] = []  # checkpoint folders this trainer only reads
         # This epoch's step values, for its curves: device scalars, read once at the epoch's end
@@ -358,6 +405,7 @@ class KShotTrainer:
             "supernet_acc": [],
             "simplex_loss": [],
             **({"channel_reg": []} if self.space.has_widths else {}),
+            **{f"lam_{name}": [] for name in _CODE_CURVES},
         }
 
     # ------------------------------------------------------------------ state
@@ -366,7 +414,7 @@ class KShotTrainer:
             "identity": identity_of(self.cfg, self.data),
             "run": run_keys(self.cfg, alternating=self.step > self.warmup_steps),
             "config": self.cfg.to_dict(),
-            "epoch": self.step // self.steps_per_epoch,
+            "epoch": self.epochs_done(),
             "step": self.step,
             "supernet": self.supernet.state_dict(),
             "simplex": self.simplex.state_dict(),
@@ -387,6 +435,10 @@ class KShotTrainer:
         self.simplex.load_state_dict(state["simplex"])
         self.opt.load_state_dict(state["optimizer"])
         self.simplex_opt.load_state_dict(state["simplex_optimizer"])
+        # the simplex-net's lr is constant: the config's, also when the checkpoint is a warmup
+        # shared by runs of different simplex_lr (its optimiser state carries the lr it was made at)
+        for group in self.simplex_opt.param_groups:
+            group["lr"] = self.cfg.simplex_lr
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
@@ -474,16 +526,37 @@ class KShotTrainer:
         self.simplex_opt.step()
         return out
 
-    def lam_for(self, choice: Path, warmup: bool, step: int = 0) -> torch.Tensor:
+    def lam_for(self, choice: Path, warmup: bool) -> torch.Tensor:
         """λ of the path of a supernet step: 1/K in warmup, else by ``cfg.lambda_mode``."""
-        mode = self.cfg.lambda_mode
-        if warmup or mode == "fixed":
+        if warmup:
             return uniform_lambda(self.cfg.k, self.device)
-        if mode == "random":  # Table 6's ablation: a uniformly random point of the simplex
-            lam = seeds.rng(self.cfg.seed, step, seeds.RANDOM_LAMBDA).dirichlet(np.ones(self.cfg.k))
-            return torch.as_tensor(lam, dtype=torch.float32, device=self.device)
-        with torch.no_grad():
-            return self.simplex(*self.space.codes([choice], self.device))[0]
+        return self.code(choice)
+
+    def kind_of(self, step: int) -> tuple[bool, int]:
+        """(whether iteration ``step`` updates Θ, the index of its batch and paths)."""
+        if step < self.warmup_steps or not self.simplex_steps:
+            return True, step
+        after = step - self.warmup_steps
+        if not self.equal_theta:
+            return after % 2 == 0, step
+        if after % 2 == 0:
+            return True, self.warmup_steps + after // 2
+        return False, self.total_steps + after // 2
+
+    def iterations_until(self, epoch: int) -> int:
+        """Iterations that complete ``epoch`` epochs (in supernet_steps budget, epochs of Θ
+        updates: each one after warmup takes twice the iterations)."""
+        theta = epoch * self.steps_per_epoch
+        if not self.equal_theta or theta <= self.warmup_steps:
+            return theta
+        return self.warmup_steps + 2 * (theta - self.warmup_steps)
+
+    def epochs_done(self) -> int:
+        """Epochs completed at the current iteration."""
+        epoch = 0
+        while self.iterations_until(epoch + 1) <= self.step:
+            epoch += 1
+        return epoch
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One iteration of Algorithm 1 (warmup) or 2 (alternating), chosen by the counter; returns
@@ -493,15 +566,17 @@ class KShotTrainer:
         always: SPOS) every iteration is a supernet step.
         """
         step = self.step
-        x, y = self.batch_for_step(step)
-        warmup = step < self.warmup_steps
-        if warmup or not self.simplex_steps or (step - self.warmup_steps) % 2 == 0:
-            (choice,) = self.paths_for_step(step, 1)
-            loss, acc = self.supernet_step(x, y, choice, self.lam_for(choice, warmup, step))
+        theta, index = self.kind_of(step)
+        x, y = self.batch_for_step(index)
+        if theta:
+            (choice,) = self.paths_for_step(index, 1)
+            lam = self.lam_for(choice, warmup=step < self.warmup_steps)
+            loss, acc = self.supernet_step(x, y, choice, lam)
             out = {"supernet_loss": loss, "supernet_acc": acc}
         else:
-            out = self.simplex_step(x, y, self.paths_for_step(step, self.cfg.m))
-        self.scheduler.step()
+            out = self.simplex_step(x, y, self.paths_for_step(index, self.cfg.m))
+        if theta or not self.equal_theta:
+            self.scheduler.step()
         self.step += 1
         for key, value in out.items():
             self.epoch_sums.setdefault(key, []).append(value)
@@ -516,10 +591,10 @@ class KShotTrainer:
         progress: bool = True,
     ) -> None:
         """Train until ``until_epoch`` epochs are complete, checkpointing on rank 0."""
-        end = until_epoch * self.steps_per_epoch
+        end = self.iterations_until(until_epoch)
         bar = progress_bar(
             total=until_epoch,
-            initial=self.step // self.steps_per_epoch,
+            initial=self.epochs_done(),
             unit="epoch",
             desc="supernet",
             disable=not (progress and dist.is_main()),
@@ -527,7 +602,7 @@ class KShotTrainer:
         while self.step < end:
             self.train_step()
             every = self.cfg.checkpoint_every_steps
-            epoch_done = self.step % self.steps_per_epoch == 0
+            epoch_done = self.step == self.iterations_until(self.epochs_done())
             if epoch_done:
                 self._log_epoch(self.epoch_sums)
                 self.epoch_sums = {}
@@ -544,9 +619,16 @@ class KShotTrainer:
         bar.close()
 
     def _log_epoch(self, sums: dict[str, list[torch.Tensor | float]]) -> None:
-        self.history["epoch"].append(self.step // self.steps_per_epoch)
+        self.history["epoch"].append(self.epochs_done())
         self.history["lr"].append(self.opt.param_groups[0]["lr"])
+        warmup = self.step <= self.warmup_steps
+        stats = code_statistics(torch.stack([self.lam_for(path, warmup) for path in self.probe]))[
+            "mean"
+        ]
         for key in self.history.keys() - {"epoch", "lr"}:
+            if key.startswith("lam_"):
+                self.history[key].append(stats[key.removeprefix("lam_")])
+                continue
             values = _floats(sums.get(key, []))
             self.history[key].append(float(np.mean(values)) if values else float("nan"))
 
@@ -569,6 +651,11 @@ class KShotTrainer:
                 self.load_state_dict(state, state["uri"], same_run=folder == output)
                 return state["uri"]
         return None
+
+
+# Paths whose codes the curves follow, and the statistics followed (kshot.nn.simplex.code_statistics)
+_PROBE_PATHS = 64
+_CODE_CURVES = ("max", "sq_norm", "entropy", "tv", "cosine")
 
 
 def _floats(values: list[torch.Tensor | float]) -> list[float]:
