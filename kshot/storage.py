@@ -35,10 +35,10 @@ Guarantees:
   :class:`StorageError` names the URI and the last cause.
 * **Conditional writes** for leases (:mod:`kshot.lease`): :func:`create_if_absent`,
   :func:`read_versioned`, :func:`replace_if_generation` and :func:`delete_if_generation` act on one
-  small object only when its generation is the one named, as GCS's ``ifGenerationMatch`` decides on
-  the server. They are the whole interface an object store needs for one writer per output; an
-  S3-compatible store can provide the same four with ``If-None-Match: *`` and ``If-Match: <ETag>``
-  (not yet: ``s3://`` outputs have no lease). Local paths use lock files instead.
+  small object only when its version is the one named, as the store decides on the server: GCS's
+  ``ifGenerationMatch`` on the generation, S3's ``If-None-Match: *`` and ``If-Match: <ETag>`` on
+  the ETag (:data:`Generation`, opaque to callers). They are the whole interface an object store
+  needs for one writer per output. Local paths use lock files instead.
 * **Clear errors.** A malformed URI raises :class:`ValueError`, a missing bucket or object
   :class:`FileNotFoundError`, a refused request or missing credentials :class:`PermissionError`,
   each naming the URI.
