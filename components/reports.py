@@ -55,8 +55,13 @@ def _log_finite(metrics: MetricsArtifact, values: Mapping[str, Any]) -> None:
 def training_report(curves: Artifact, page: Artifact) -> None:
     """Loss, accuracy and learning-rate curves of the supernet training, one panel each."""
     data = storage.read_json(artifact_uri(curves))
-    panels = {name: values for name, values in data.items() if name != "epoch"}
-    png = report.curves_plot(panels, "Supernet training (warmup, then alternating K-shot)")
+    warmup = int(data.get("warmup_epochs", 0))
+    panels = {
+        name: values for name, values in data.items() if name not in ("epoch", "warmup_epochs")
+    }
+    png = report.curves_plot(
+        panels, "Supernet training (warmup, then alternating K-shot)", warmup=warmup
+    )
     _write(page, report.html_page("Supernet training", [("Curves per epoch", png)]))
 
 
@@ -67,7 +72,7 @@ def search_report(results: Artifact, metrics: MetricsArtifact, page: Artifact) -
     _log_finite(
         metrics,
         {
-            "best_accuracy": best["accuracy"],
+            "best_supernet_accuracy": best["accuracy"],
             "best_flops": best["flops"],
             "evaluated_paths": len(data["evaluated"]),
             "front_size": len(data["front"]),
@@ -90,7 +95,7 @@ def search_report(results: Artifact, metrics: MetricsArtifact, page: Artifact) -
 def recalibrate_report(results: Artifact, metrics: MetricsArtifact) -> None:
     """The best path's accuracy and FLOPs after BatchNorm recalibration."""
     best = storage.read_json(artifact_uri(results))["best"]
-    _log_finite(metrics, {"best_accuracy": best["accuracy"], "best_flops": best["flops"]})
+    _log_finite(metrics, {"best_supernet_accuracy": best["accuracy"], "best_flops": best["flops"]})
 
 
 def retrain_report(retrained: Artifact, metrics: MetricsArtifact, page: Artifact) -> None:
@@ -184,7 +189,7 @@ def run_summary(
         "search_space": config["search_space"],
         "dataset": config["dataset"],
         "best_arch": best["arch"],
-        "best_accuracy": best["accuracy"],
+        "best_supernet_accuracy": best["accuracy"],
         "best_flops": best["flops"],
         "flops_budget": config["flops_budget"],
         "retrained_test_accuracy": retrain["test_accuracy"],
@@ -210,16 +215,37 @@ def run_summary(
     return result
 
 
-def tau_vs_k_report(rankings: Sequence[Artifact], metrics: MetricsArtifact, page: Artifact) -> None:
-    """Kendall τ against K over a sweep's rank outputs (the paper's Fig. 4)."""
+def tau_vs_k_report(
+    rankings: Sequence[Artifact], metrics: MetricsArtifact, page: Artifact, summary: Artifact
+) -> dict[str, Any]:
+    """Kendall τ against K over a sweep's rank outputs (the paper's Fig. 4).
+
+    Returns:
+        What ``summary`` holds: ``k_values``, ``per_k`` (k, n_paths, τ, ρ, r, top-group τ of each
+        K, in increasing K) and ``reports`` (``tau_vs_k``: the page's URI).
+    """
     rows = sorted(
         (metrics_from_json(storage.read_json(artifact_uri(ranking))) for ranking in rankings),
         key=lambda r: r["k"],
     )
+    result = {
+        "k_values": [row["k"] for row in rows],
+        "per_k": [
+            {
+                "k": row["k"],
+                "n_paths": row.get("n_paths"),
+                **{name: row.get(name) for name in _CORRELATIONS},
+                "top_group_tau": row.get("top_group_tau", {}),
+            }
+            for row in rows
+        ],
+        "reports": {"tau_vs_k": page.uri},
+    }
+    _write(summary, json.dumps(result, indent=2) + "\n")
     skipped = [row for row in rows if row.get("skipped")]
     if skipped:
         _write(page, report.html_page("K sweep", [("Skipped", skipped[0]["skipped"])]))
-        return
+        return result
     points = [(row["k"], row["kendall_tau"]) for row in rows]
     for row in rows:
         _log_finite(metrics, {f"{name}_k{row['k']}": row[name] for name in _CORRELATIONS})
@@ -232,3 +258,4 @@ def tau_vs_k_report(rankings: Sequence[Artifact], metrics: MetricsArtifact, page
         ("Correlations per K", table),
     ]
     _write(page, report.html_page("K sweep", sections))
+    return result

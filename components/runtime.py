@@ -19,7 +19,7 @@ from kshot import storage
 from kshot.config import Config, ConfigError, load_config
 from kshot.launch import BACKENDS, LaunchError, LaunchSpec, launch
 from kshot.launch.spec import is_image_reference
-from kshot.stages import HEAVY_STAGES, run_stage, skipped
+from kshot.stages import HEAVY_STAGES, headline, run_stage, skipped
 
 __all__ = [
     "Artifact",
@@ -40,6 +40,7 @@ __all__ = [
     "handoff_uri",
     "pod_namespace",
     "run_pipeline_stage",
+    "RESULT_PREFIX",
 ]
 
 # Read when the pipeline is compiled: the image of the KFP steps, the default image of the jobs,
@@ -69,6 +70,8 @@ PIPELINE_CONFIG_KEYS: tuple[str, ...] = (
     "workers",
     "gpus_per_worker",
 )
+RESULT_PREFIX = "kshot result:"
+"""Starts the one line a stage's step prints with its key figure (what ``kshot run --local`` shows)."""
 _DEFAULT_IMAGE: str = next(f.default for f in dataclasses.fields(LaunchSpec) if f.name == "image")
 
 
@@ -313,7 +316,7 @@ def run_pipeline_stage(
     input_uris = dict(inputs)
     output_uris = {name: artifact_uri(artifact) for name, artifact in outputs.items()}
     if stage not in HEAVY_STAGES or skipped(stage, cfg):
-        run_stage(stage, cfg, input_uris, output_uris)
+        _print_result(stage, run_stage(stage, cfg, input_uris, output_uris))
         return
     if launcher != "local":
         remote = {name: artifact.uri for name, artifact in outputs.items()}
@@ -330,4 +333,31 @@ def run_pipeline_stage(
         **placement,
         labels={RUN_ID_LABEL: run_id} if run_id else {},
     )
-    launch(spec, backend=launcher)
+    results: list[dict] = []
+
+    def log(line: str) -> None:
+        print(line, end="" if line.endswith("\n") else "\n", flush=True)
+        found = _worker_result(line, stage)
+        if found is not None:
+            results.append(found)
+
+    launch(spec, backend=launcher, log=log)
+    if results:
+        _print_result(stage, results[-1])
+
+
+def _worker_result(line: str, stage: str) -> dict | None:
+    """The result in a log line of :mod:`kshot.worker` (``{"stage": …, "result": …}``), or None."""
+    text = line[line.find("{") :].strip()  # pod logs may carry a pod-name prefix
+    if not (text.startswith("{") and f'"stage": "{stage}"' in text):
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    result = record.get("result") if isinstance(record, dict) else None
+    return result if isinstance(result, dict) else None
+
+
+def _print_result(stage: str, result: dict) -> None:
+    print(f"{RESULT_PREFIX} {stage}: {headline(stage, result)}", flush=True)

@@ -511,17 +511,23 @@ def summarize(
 
 
 @dsl.component(**_OPTIONS)
-def plot_tau_vs_k(rankings: Input[list[Dataset]], metrics: Output[Metrics], page: Output[HTML]):
+def plot_tau_vs_k(
+    rankings: Input[list[Dataset]],
+    metrics: Output[Metrics],
+    page: Output[HTML],
+    summary: Output[Dataset],
+):
     """Plot Kendall τ against K over the sweep (the paper's Fig. 4).
 
     Args:
         rankings: Rank correlations of every K.
         metrics: τ, ρ and r of every K.
         page: τ against K and a table of the correlations.
+        summary: JSON: the correlations of every K and the page's URI.
     """
     from kshot.components.reports import tau_vs_k_report
 
-    tau_vs_k_report(rankings, metrics, page)
+    tau_vs_k_report(rankings, metrics, page, summary)
 
 
 @dsl.component(**_OPTIONS)

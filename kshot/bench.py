@@ -406,7 +406,7 @@ HEADLINE = (
     "search_evals_per_s",
     "ddp2_efficiency",
 )
-"""The report's headline keys (the issue's, and the GPU goal's ratio); ``kshot bench`` prints them."""
+"""The report's headline keys (the goals of ``docs/benchmarks.md``); ``kshot bench`` prints them."""
 
 SECTIONS = ("training", "search", "ddp", "mbv2")
 """The parts of :func:`run_benchmarks`, in the order they run."""
@@ -420,8 +420,8 @@ def run_benchmarks(
 ) -> dict[str, Any]:
     """Run the benchmarks of ``sections``; ``quick`` sizes them for a CPU in a few minutes.
 
-    ``on_section`` gets the report so far after each section (a GPU session with a time limit keeps
-    what finished); the figures of sections not run are ``None``.
+    ``on_section`` gets the report so far after each section (a GPU allocation with a time limit
+    keeps what finished); the figures of sections not run are ``None``.
     """
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -509,7 +509,7 @@ def _report(header: dict[str, Any], parts: dict[str, dict[str, Any]]) -> dict[st
             "train_step_ratio_k8_vs_k1": fixed["k8"]["step_s"] / fixed["k1"]["step_s"],
             "supernet_vs_standalone_k8": fixed["k8"]["images_per_s"] / plain,
             "supernet_random_path_vs_standalone_k8": random_path["k8"]["images_per_s"] / plain,
-            # the issue's GPU goal: ≥ 0.9 (and the eager plain network's rate in any case)
+            # the GPU goal: ≥ 0.9 (and the eager plain network's rate in any case)
             "supernet_random_path_compiled_vs_graphed_standalone_k8": None
             if "standalone_cuda_graph" not in fixed
             else random_path["k8_masked_compiled"]["images_per_s"]

@@ -14,6 +14,8 @@ work starts, with the key and where it came from.
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -69,6 +71,16 @@ def _artifact_help(stage: str) -> str:
     return "\n".join(lines)
 
 
+def _module_doc(module: str) -> str:
+    """The docstring of ``module``, read from its source: importing a stage would load torch, which
+    takes seconds, for a ``--help``."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return ""
+    with open(spec.origin, encoding="utf-8") as f:
+        return ast.get_docstring(ast.parse(f.read())) or ""
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     value = int(text)
@@ -99,19 +111,25 @@ def _stage(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    from kshot.stages import run_stage
+    from kshot.stages import headline, run_stage
 
     result = run_stage(args.name, cfg, inputs, outputs, overwrite=args.overwrite)
-    print(json.dumps(result, indent=2, default=str))
+    if args.verbose:
+        print(json.dumps(result, indent=2, default=str))
+    print(f"{args.name}: {headline(args.name, result)}")
+    for name, uri in outputs.items():
+        print(f"  {name}: {uri}")
     return 0
 
 
 def _config(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
     if args.help_keys:
-        for key, text in FIELD_HELP.items():
-            print(f"{key:24s} {text}")
+        for key, value in cfg.to_dict().items():
+            shown = json.dumps(value, ensure_ascii=False)
+            print(f"{key} = {shown}\n    {FIELD_HELP[key]}")
         return 0
-    print(yaml.safe_dump(config_from_args(args).to_dict(), sort_keys=False), end="")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 
 
@@ -121,12 +139,22 @@ def _run(args: argparse.Namespace) -> int:
             "kshot run: only --local is supported here; on a cluster use "
             "`kshot pipeline run --host URL`"
         )
-    from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline
+    from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline, summary_lines
 
     cfg = config_from_args(args, base=[] if args.config else [DEFAULT_CONFIG])
-    summary = run_local_pipeline(cfg, args.output)
-    print(json.dumps(summary, indent=2))
+    summary = run_local_pipeline(cfg, args.output, verbose=args.verbose, k_values=args.sweep)
+    if args.verbose:
+        print(json.dumps(summary, indent=2))
+    print("\n".join(summary_lines(summary, args.output)))
     return 0
+
+
+def _sweep(text: str) -> list[int]:
+    """``k=1,2,4,8`` → ``[1, 2, 4, 8]`` (an argparse type)."""
+    key, sep, values = text.partition("=")
+    if key.strip().lower() != "k" or not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected k=VALUES, e.g. k=1,2,4,8")
+    return _int_list(values)
 
 
 def _int_list(text: str) -> list[int]:
@@ -175,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stage_sub = stage.add_subparsers(dest="name", required=True)
     for name in STAGES:
-        module_doc = __import__(f"kshot.stages.{name}", fromlist=["run"]).__doc__ or ""
+        module_doc = _module_doc(f"kshot.stages.{name}")
         p = stage_sub.add_parser(
             name,
             help=module_doc.splitlines()[0],
@@ -205,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="run as this many local torchrun processes (gloo); 1: in this process",
         )
         p.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also print the stage's whole result as JSON (e.g. retrain's curves)",
+        )
+        p.add_argument(
             "--overwrite",
             action="store_true",
             help="remove the outputs (and only them) first and start over, even when they hold "
@@ -226,7 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         default="runs/local",
         metavar="DIR",
-        help="where artifacts and summary.json go (a folder, gs:// or s3:// prefix)",
+        help="where artifacts, logs/ and summary.json go (a folder, gs:// or s3:// prefix)",
+    )
+    run.add_argument(
+        "--sweep",
+        type=_sweep,
+        metavar="k=K1,K2,…",
+        help="run the K-sweep pipeline instead, e.g. k=1,2,4,8: Kendall τ against K (Fig. 4)",
+    )
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="echo every step's log and kfp.local's own lines (default: one line per step start "
+        "and end; the logs go to OUTPUT/logs)",
     )
     run.set_defaults(func=_run)
 
@@ -256,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="measure K-shot training and search speed against a plain network",
-        description=__import__("kshot.bench", fromlist=["run_benchmarks"]).__doc__,
+        description=_module_doc("kshot.bench"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a CPU")
@@ -280,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--help-keys",
         action="store_true",
-        help="list every key with its meaning and the source of its default",
+        help="list every key with the value in force (the default, or what --config/--set "
+        "make it), its meaning and the source of its default",
     )
     config.set_defaults(func=_config)
 

@@ -19,6 +19,7 @@ digests, not through the keys that made them.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -129,7 +130,7 @@ class Config:
         result=_NETWORK,
     )
     k: int = _f(
-        8, "K, the number of supernets (paper: K = 8 in Tables 1, 7, 9)", ge=1, result=_SUPERNET
+        8, "K, the number of supernets (paper: K = 8 in Tables 7 and 9)", ge=1, result=_SUPERNET
     )
     channels: int = _f(
         16, "C, channels of the first stage (NAS-Bench-201: 16)", ge=1, result=_NETWORK
@@ -149,8 +150,8 @@ class Config:
     )
     channel_search: bool = _f(
         True,
-        "mbv2: search the width factor of every layer jointly with the operations (paper, Table 5 "
-        "ablation: off = every layer at width 1.0)",
+        "mbv2: search the width factor of every layer jointly with the operations (an ablation: "
+        "off = every layer at width 1.0)",
         result=_NETWORK,
     )
     simplex_hidden: int = _f(
@@ -279,7 +280,9 @@ class Config:
     )
     ground_truth: str = _f(
         "",
-        "ground-truth CSV URI (arch + accuracy columns); empty: use the standalone stage's table",
+        "ground truth of the ranking: 'nb201' (NAS-Bench-201's table, shipped with kshot: columns "
+        "cifar10_test, cifar100_test, imagenet16_test), a CSV URI (arch + accuracy columns, .csv or "
+        ".csv.gz) or the benchmark's own file; empty: use the standalone stage's table",
         result=("rank",),
     )
     ground_truth_column: str = _f(
@@ -553,6 +556,8 @@ def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] 
                 close = [
                     k for k in _FIELDS if k.replace("_", "") == str(key).lower().replace("_", "")
                 ]
+                close = close or difflib.get_close_matches(str(key).lower(), _FIELDS, 1, 0.75)
+                close = close or [k for k in _FIELDS if k.startswith(f"{str(key).lower()}_")]
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"unknown config key {key!r} from {name}{hint}")
             values[key] = _coerce(key, value, name)

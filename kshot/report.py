@@ -30,6 +30,7 @@ __all__ = [
     "tau_vs_k_plot",
     "ranking_summary_plot",
     "html_page",
+    "index_page",
     "markdown_summary",
 ]
 
@@ -160,6 +161,14 @@ def pareto_plot(
     return _png(figure)
 
 
+def _bins_around(values: np.ndarray, mark: float, count: int = 40) -> np.ndarray:
+    """``count`` equal bins from the smallest to the largest of ``values`` and ``mark``, within
+    [0, 1], never narrower than 0.01."""
+    low, high = min(float(values.min()), mark), max(float(values.max()), mark)
+    pad = max(0.005 - (high - low) / 2, 0.0)
+    return np.linspace(max(low - pad, 0.0), min(high + pad, 1.0), count + 1)
+
+
 def lambda_histogram(lams: ArrayLike) -> bytes:
     """Distributions of the simplex codes λ over paths (the paper's Figs. 6 and 8).
 
@@ -181,12 +190,15 @@ def lambda_histogram(lams: ArrayLike) -> bytes:
     rows = math.ceil(panels / columns)
     figure = _new_figure(3.0 * columns, 2.5 * rows)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    bins = np.linspace(0.0, 1.0, 41)
+    # bins over the codes' own range (with 1/K in it): codes near 1/K would be a sliver on 0..1
+    bins = _bins_around(codes, 1.0 / num_slots)
     for slot in range(num_slots):
         axes[slot].hist(codes[:, slot], bins=bins, color="tab:blue")
         axes[slot].axvline(1.0 / num_slots, color="tab:gray", linestyle=":")
         axes[slot].set_title(rf"$\lambda_{{{slot + 1}}}$")
-    axes[num_slots].hist(codes.max(axis=1), bins=bins, color="tab:orange")
+    axes[num_slots].hist(
+        codes.max(axis=1), bins=_bins_around(codes.max(axis=1), 1.0 / num_slots), color="tab:orange"
+    )
     axes[num_slots].set_title(r"$\max_k \lambda_k$")
     for unused in axes[panels:]:
         unused.set_visible(False)
@@ -194,13 +206,20 @@ def lambda_histogram(lams: ArrayLike) -> bytes:
     return _png(figure)
 
 
-def curves_plot(curves: Mapping[str, Sequence[float]], title: str, x_label: str = "epoch") -> bytes:
+def curves_plot(
+    curves: Mapping[str, Sequence[float]],
+    title: str,
+    x_label: str = "epoch",
+    warmup: int = 0,
+) -> bytes:
     """Training curves (loss, accuracy, …), one panel per named curve, against a 1-based index.
 
     Args:
-        curves: ``{name: values}``, e.g. ``{"train_loss": [...], "val_accuracy": [...]}``.
+        curves: ``{name: values}``, e.g. ``{"train_loss": [...], "val_accuracy": [...]}``;
+            accuracies in %.
         title: Figure title.
         x_label: What the index counts (epochs, steps).
+        warmup: the first ``warmup`` indices are warmup (λ = 1/K): shaded and labelled.
 
     Raises:
         ValueError: no curve, or an empty one (naming it).
@@ -217,8 +236,11 @@ def curves_plot(curves: Mapping[str, Sequence[float]], title: str, x_label: str 
     figure = _new_figure(5.0 * columns, 3.5 * rows)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for panel, (name, values) in zip(axes, curves.items(), strict=False):
+        if warmup > 0:
+            panel.axvspan(0.5, warmup + 0.5, color="tab:gray", alpha=0.15, label="warmup")
+            panel.legend(loc="best", fontsize="small")
         panel.plot(np.arange(1, len(values) + 1), np.asarray(values, dtype=np.float64))
-        panel.set_title(name)
+        panel.set_title(f"{name} (%)" if "acc" in name else name)
         panel.set_xlabel(x_label)
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         panel.grid(alpha=0.3)
@@ -320,6 +342,27 @@ def html_page(title: str, sections: Sequence[tuple[str, bytes | str]]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def index_page(title: str, links: Sequence[tuple[str, str]], text: str) -> str:
+    """An HTML page that links to others by relative path (so the folder can be moved or served as
+    it is) above a preformatted ``text`` (e.g. the run's summary table).
+
+    Args:
+        title: Page title.
+        links: ``(label, relative href)`` pairs.
+        text: shown HTML-escaped below the links.
+    """
+    items = "".join(
+        f'<li><a href="{html.escape(href)}">{html.escape(label)}</a></li>' for label, href in links
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head><body>\n"
+        f"<h1>{html.escape(title)}</h1>\n<ul>{items}</ul>\n"
+        f"<pre>{html.escape(text)}</pre>\n</body></html>\n"
+    )
+
+
 def _markdown_cell(value: Any) -> str:
     """A value as Markdown table-cell text: floats to 6 significant digits, pipes escaped."""
     text = f"{value:.6g}" if isinstance(value, (float, np.floating)) else str(value)
@@ -333,7 +376,7 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
     keep the order of ``summary``.
 
     Args:
-        summary: e.g. ``{"k": 8, "best_arch": ..., "best_accuracy": ..., "best_flops": ...,
+        summary: e.g. ``{"k": 8, "best_arch": ..., "best_supernet_accuracy": ..., "best_flops": ...,
             "kendall_tau": ..., "spearman_rho": ..., "pearson_r": ...}``.
     """
     lines = ["| metric | value |", "|---|---|"]

@@ -145,7 +145,7 @@ def _check_placement(direct: dict[str, Any]) -> None:
 
 
 def _auth_args(parser: argparse.ArgumentParser) -> None:
-    from kshot.pipeline.client import TOKEN_ENV
+    from kshot.pipeline import TOKEN_ENV
 
     parser.add_argument(
         "--host",

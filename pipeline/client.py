@@ -24,6 +24,8 @@ import kfp
 import kfp_server_api
 from urllib3.exceptions import HTTPError, MaxRetryError
 
+from kshot.pipeline import TOKEN_ENV
+
 __all__ = [
     "TOKEN_ENV",
     "INSECURE_TOKEN_ENV",
@@ -37,7 +39,6 @@ __all__ = [
     "submit_run",
 ]
 
-TOKEN_ENV = "KF_PIPELINES_TOKEN"
 INSECURE_TOKEN_ENV = "KSHOT_ALLOW_INSECURE_TOKEN"
 _BODY_CHARS = 300
 _HEALTHZ = "/apis/v2beta1/healthz"

@@ -4,7 +4,7 @@ One split and one ground truth (the standalone sample or the configured table, a
 :mod:`kshot.pipeline.pipeline`) serve every K; a ``dsl.ParallelFor`` over the ``sweep-items`` step's
 list (each K with the split's and the ground truth's URIs) validates the config with that K and
 runs warmup → train → rank; ``dsl.Collected`` gathers the rank correlations of all K for the last
-step, which plots Kendall τ against K. Steps are sized, retried and placed as in the pipeline
+step, which plots Kendall τ against K and returns a JSON summary of them. Steps are sized, retried and placed as in the pipeline
 (:mod:`kshot.pipeline.platform`).
 
 At most :data:`K_PARALLELISM` values of K train at once. Without gang scheduling, several
@@ -34,7 +34,7 @@ from kshot.pipeline.platform import Placement, heavy, light
 __all__ = ["kshot_k_sweep", "SWEEP_PIPELINE_NAME", "DEFAULT_K_VALUES", "K_PARALLELISM"]
 
 SWEEP_PIPELINE_NAME = "kshot-nas-k-sweep"
-# Powers of two up to the paper's K = 8, the K of its Tables 1, 7 and 9.
+# Powers of two up to the paper's K = 8, the K of its Tables 7 and 9.
 DEFAULT_K_VALUES: list[int] = [1, 2, 4, 8]
 # How many K train at once (dsl.ParallelFor's parallelism, a compile-time constant).
 K_PARALLELISM = 1
@@ -68,7 +68,7 @@ def kshot_k_sweep(
     step_memory: str = DEFAULT_STEP_MEMORY,
     step_tolerations: list = [],  # noqa: B006 (a KFP parameter default, never mutated)
     step_node_selector: dict = {},  # noqa: B006
-):
+) -> dsl.Dataset:
     """K sweep of K-shot NAS: supernet ranking correlation against K (Fig. 4).
 
     At most kshot.pipeline.sweep.K_PARALLELISM values of K train at a time, so that their
@@ -149,4 +149,6 @@ def kshot_k_sweep(
             **job,
         )
         heavy(rank_task, placement, config_k)
-    light(stages.plot_tau_vs_k(rankings=dsl.Collected(rank_task.outputs["ranking"])), placement)
+    plot_task = stages.plot_tau_vs_k(rankings=dsl.Collected(rank_task.outputs["ranking"]))
+    light(plot_task, placement)
+    return plot_task.outputs["summary"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,20 @@ torch.set_num_threads(1)
 
 pytest_plugins = ["tests.gcs", "tests.s3", "tests.object_stores"]
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_DATA_ENV = "KSHOT_TEST_DATA"
+SHARED_DATA = Path(
+    os.environ.get(TEST_DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+"""Real data for tests: ``$KSHOT_TEST_DATA``, by default ``../shared/data`` beside the project."""
 
 
 def shared_data(*parts: str) -> Path:
-    """A path under ``../shared/data``; skips the test when it is absent."""
+    """A path under :data:`SHARED_DATA`; skips the test when it is absent."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
         pytest.skip(
-            f"{path} is absent: real data for this test lives in ../shared/data beside the "
-            "project (CI has it)"
+            f"{path} is absent: set {TEST_DATA_ENV} to the folder that holds {'/'.join(parts)} "
+            "(the README's section 'Data' says how to get it)"
         )
     return path
 
@@ -75,7 +80,7 @@ def digits_split(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def cifar_folders(tmp_path_factory) -> Path:
     """A tiny class-folder tree (``train/<class>/*.jpg``, ``test/<class>/*.jpg``) written from the
-    CIFAR-10 JPEGs in ``../shared/data/cifar10``: 200 training and 100 test images."""
+    CIFAR-10 JPEGs in ``$KSHOT_TEST_DATA/cifar10``: 200 training and 100 test images."""
     import pyarrow.parquet as pq
 
     source = shared_data("cifar10")

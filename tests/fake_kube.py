@@ -25,13 +25,14 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import jsonschema
 import yaml
 from kubernetes import client
+
+from tests.conftest import SHARED_DATA
 
 __all__ = [
     "FakeKube",
@@ -46,7 +47,9 @@ __all__ = [
     "validate_against_crd",
 ]
 
-SHARED_KUBEFLOW = Path(__file__).resolve().parents[2] / "shared" / "kubeflow"
+SHARED_KUBEFLOW = SHARED_DATA.parent / "kubeflow"
+"""The Training Operator and Trainer CRDs: ``kubeflow/`` beside the test data folder
+(``$KSHOT_TEST_DATA/../kubeflow``, by default ``../shared/kubeflow``)."""
 PYTORCHJOB_CRD = "pytorchjobs.kubeflow.org.crd.yaml"
 # The released Trainer CRDs and torch-distributed runtimes, by the release they are rendered for.
 TRAINER_CRDS = {

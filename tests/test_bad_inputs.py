@@ -3,7 +3,7 @@
 Each row of the table runs one ``kshot stage`` command (``kshot.cli.main``, as a user would) with
 one bad input: the command must exit with code 2, print ``kshot stage: error: …`` naming the
 offending value (URI, config key, arch string, file), and leave the output folder exactly as it was:
-no new file, and an output that already existed keeps its old bytes (DESIGN.md §6).
+no new file, and an output that already existed keeps its old bytes.
 """
 
 from __future__ import annotations
@@ -379,7 +379,7 @@ CASES = [
     Case(
         "missing-checkpoint-folder",
         "search",
-        ("'{t}/no-ckpt' holds no checkpoint",),
+        ("input artifact checkpoint='{t}/no-ckpt': {t}/no-ckpt does not exist",),
         inputs={"checkpoint": "{t}/no-ckpt"},
     ),
     Case(

@@ -1,7 +1,7 @@
 """Tests of kshot.data: every dataset layout, bad input, splits and batch transforms.
 
 The layouts other than "digits" are written inside ``tmp_path`` from a few dozen rows of the real
-CIFAR-10 parquet in ``../shared/data`` and must load back to the same pixels and labels.
+CIFAR-10 parquet in ``$KSHOT_TEST_DATA`` (default ``../shared/data``) and must load back to the same pixels and labels.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from kshot.data import (
     split_from_dict,
     split_to_dict,
 )
+from tests.conftest import SHARED_DATA, shared_data
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CIFAR10_PARQUET = SHARED_DATA / "cifar10" / "train.parquet"
 NUM_ROWS = 40
 
@@ -50,8 +50,7 @@ class Rows:
 
 @pytest.fixture(scope="module")
 def rows() -> Rows:
-    if not CIFAR10_PARQUET.is_file():
-        pytest.skip(f"real data absent: {CIFAR10_PARQUET} (see DESIGN.md section 5)")
+    shared_data("cifar10", "train.parquet")
     return Rows(pq.ParquetFile(CIFAR10_PARQUET).read_row_group(0).slice(0, NUM_ROWS))
 
 
@@ -276,8 +275,7 @@ def test_image_dataset_validates() -> None:
 
 @pytest.mark.slow
 def test_real_cifar10_decodes_with_expected_channel_means() -> None:
-    if not CIFAR10_PARQUET.is_file():
-        pytest.skip(f"real data absent: {CIFAR10_PARQUET} (see DESIGN.md section 5)")
+    shared_data("cifar10", "train.parquet")
     train = load_dataset(str(CIFAR10_PARQUET.parent))
     assert tuple(train.images.shape) == (50000, 3, 32, 32) and train.num_classes == 10
     assert np.bincount(train.labels.numpy()).tolist() == [5000] * 10

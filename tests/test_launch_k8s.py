@@ -46,7 +46,8 @@ from tests.pod_security import assert_restricted
 
 pytestmark = pytest.mark.skipif(
     not SHARED_KUBEFLOW.is_dir(),
-    reason=f"the Kubeflow CRDs are not at {SHARED_KUBEFLOW} (the shared/ checkout is absent)",
+    reason=f"the Kubeflow CRDs are not at {SHARED_KUBEFLOW}: set KSHOT_TEST_DATA to a folder "
+    "whose sibling kubeflow/ holds pytorchjobs.kubeflow.org.crd.yaml and the Trainer CRDs",
 )
 
 RUN_LABEL = {"pipelines.kubeflow.org/run_id": "3f2a9c1e-run"}
@@ -827,7 +828,8 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
 
     spec = LaunchSpec(
         stage="train",
-        config=load_config({"k": 4}).to_dict(),
+        # the config the pods read says what the job is: 3 pods of 8 GPUs
+        config={**load_config({"k": 4}).to_dict(), "workers": 3, "gpus_per_worker": 8},
         inputs={"split": "gs://b/split.json", "checkpoint": "gs://b/warm"},
         outputs={"checkpoint": "gs://b/train"},
         workers=3,
@@ -840,6 +842,13 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
 
     assert main([*argv[:7], "0", *argv[8:]]) == 2
     assert "workers = 0" in capsys.readouterr().err
+    # nothing renders that its pods could not run: a missing artifact, a local path
+    assert main(argv[:-2]) == 2
+    assert "needs --output checkpoint=gs://BUCKET/" in capsys.readouterr().err
+    assert main([*argv[:-1], "checkpoint=runs/train"]) == 2
+    assert "--output checkpoint='runs/train': the job's pods cannot see a local path" in (
+        capsys.readouterr().err
+    )
 
 
 # The Trainer release, read from the cluster.
@@ -913,10 +922,16 @@ def test_launch_render_prints_the_trainjob_for_the_named_trainer(capsys, version
 
     argv = ["launch", "render", "--backend", "trainjob", "--trainer-version", version]
     argv += ["--stage", "train", "--image", "ghcr.io/acme/kshot:1.0", "--set", "k=4"]
+    argv += ["--input", "split=gs://b/split.json", "--input", "checkpoint=gs://b/warm"]
+    argv += ["--output", "checkpoint=gs://b/train"]
     assert main(argv) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     spec = LaunchSpec(
-        stage="train", config=load_config({"k": 4}).to_dict(), image="ghcr.io/acme/kshot:1.0"
+        stage="train",
+        config=load_config({"k": 4}).to_dict(),
+        inputs={"split": "gs://b/split.json", "checkpoint": "gs://b/warm"},
+        outputs={"checkpoint": "gs://b/train"},
+        image="ghcr.io/acme/kshot:1.0",
     )
     assert printed == render_job(spec, "trainjob", trainer_version=version)
     validate_against_crd(printed, version)

@@ -14,17 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kfp import local
 from scipy import stats
 
 from kshot import report, storage
 from kshot.cli import main
-from kshot.config import load_config, parse_overrides
+from kshot.config import load_config
 from kshot.data.datasets import load_dataset
 from kshot.data.transforms import normalize
 from kshot.export import load_model
-from kshot.pipeline.local_run import DEFAULT_CONFIG, pipeline_arguments, publish
-from kshot.pipeline.sweep import kshot_k_sweep
+from kshot.pipeline.local_run import DEFAULT_CONFIG, pipeline_arguments, publish, summary_lines
 from kshot.spaces import mbv2, nb201
 from tests.conftest import MBV2_TINY
 from tests.object_stores import Remote
@@ -122,9 +120,9 @@ def assert_best_path_in_budget(
         path["arch"] for path in [*searched["front"], searched["best"]]
     }
     in_budget = [path for path in rescored["evaluated"] if path["flops"] <= budget]
-    assert summary["best_accuracy"] == max(path["accuracy"] for path in in_budget)
+    assert summary["best_supernet_accuracy"] == max(path["accuracy"] for path in in_budget)
     assert summary["best_arch"] in {
-        path["arch"] for path in in_budget if path["accuracy"] == summary["best_accuracy"]
+        path["arch"] for path in in_budget if path["accuracy"] == summary["best_supernet_accuracy"]
     }
     assert summary["best_flops"] == pytest.approx(flops(summary["best_arch"]), rel=1e-9)
     assert summary["best_flops"] <= budget
@@ -152,12 +150,29 @@ def test_the_local_run_completes_and_reports(
     assert main(["run", "--local", *overrides, "--output", str(output)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((output / "summary.json").read_text())
-    assert json.loads(printed[printed.rindex("\n{\n") + 1 :]) == summary  # printed last
+    # a quiet console: one line per step start and end, then the summary a person wants
+    lines = printed.splitlines()
+    assert len(lines) < 60, printed
+    last = summary_lines(summary, str(output))
+    assert lines[-len(last) :] == last
+    for figure in (
+        summary["best_arch"],
+        f"retrained test accuracy {summary['retrained_test_accuracy']:.2f} %",
+        f"τ {summary['kendall_tau']:.3f}, ρ {summary['spearman_rho']:.3f}, r {summary['pearson_r']:.3f}",
+        str(output / "summary.json"),
+        "rank among the stand-alone sample: ",
+    ):
+        assert figure in printed, figure
+    assert "✓ retrain" in printed and "executor_input" not in printed
+    # the details are in the logs: kfp.local's in pipeline.log, each step's in its own
+    logs = output / "logs"
+    assert "Got executor_input" in (logs / "pipeline.log").read_text()
+    assert "kshot result: retrain: " in (logs / "retrain.log").read_text()
 
     assert summary["k"] == 2
     assert summary["best_arch"].startswith("|") and summary["best_arch"].count("~") == 6
     assert 0.0 < summary["best_flops"] <= FLOPS_BUDGET
-    assert 0.0 <= summary["best_accuracy"] <= 100.0
+    assert 0.0 <= summary["best_supernet_accuracy"] <= 100.0
     assert 0.0 <= summary["retrained_test_accuracy"] <= 100.0
     assert summary["n_paths"] == STANDALONE_PATHS
     for name in ("kendall_tau", "spearman_rho", "pearson_r"):
@@ -169,6 +184,13 @@ def test_the_local_run_completes_and_reports(
     for name in ("training", "search", "retrain", "rank"):
         page = Path(reports[name]).read_text()
         assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page, name
+    # the pages again as OUTPUT/report/NAME.html, linked by relative path from its index.html
+    index = Path(summary["report"])
+    assert index == (output / "report" / "index.html").resolve()
+    hrefs = re.findall(r'href="([^"]+)"', index.read_text())
+    assert sorted(hrefs) == ["rank.html", "retrain.html", "search.html", "training.html"]
+    for href in hrefs:
+        assert (index.parent / href).read_text() == Path(reports[href[: -len(".html")]]).read_text()
     markdown = Path(reports["summary_markdown"]).read_text()
     assert summary["best_arch"].replace("|", "\\|") in markdown
     assert "kendall_tau" in markdown
@@ -359,24 +381,29 @@ def test_a_local_run_to_s3_writes_the_summary_and_the_artifacts(
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning")
-def test_the_k_sweep_runs_locally_and_plots_tau_against_k(tmp_path: Path) -> None:
-    cfg = load_config(DEFAULT_CONFIG, parse_overrides(TINY))
-    arguments = pipeline_arguments(cfg)
-    del arguments["k"]
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
-    kshot_k_sweep(k_values=[1, 2], **arguments)
+def test_the_k_sweep_runs_locally_and_plots_tau_against_k(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "sweep"
+    overrides = [arg for pair in TINY for arg in ("--set", pair)]
+    assert main(["run", "--local", "--sweep", "k=1,2", *overrides, "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((output / "summary.json").read_text())
+    assert len(printed.splitlines()) < 60, printed
+    assert printed.endswith("\n".join(summary_lines(summary, str(output))) + "\n")
+    artifacts = output / "artifacts"
 
-    (plot,) = tmp_path.glob("kshot-nas-k-sweep-*/plot-tau-vs-k")
+    (plot,) = artifacts.glob("kshot-nas-k-sweep-*/plot-tau-vs-k")
     outputs = json.loads((plot / "executor_output.json").read_text())["artifacts"]
     metrics = outputs["metrics"]["artifacts"][0]["metadata"]
     page = (plot / "page").read_text()
     assert "Kendall τ against K" in page and "data:image/png;base64," in page
-    rankings = sorted(tmp_path.glob("kshot-nas-k-sweep-*/for-loop-*-iteration-*/rank/ranking"))
+    rankings = sorted(artifacts.glob("kshot-nas-k-sweep-*/for-loop-*-iteration-*/rank/ranking"))
     assert sorted(json.loads(p.read_text())["k"] for p in rankings) == [1, 2]
 
     # every K ranked the one shared ground truth with its own K slots, and the plot step reports
     # each K's correlations as recomputed from that K's scores table
-    (table,) = tmp_path.glob("kshot-nas-k-sweep-*/ground-truth/table")
+    (table,) = artifacts.glob("kshot-nas-k-sweep-*/ground-truth/table")
     truth = {row["arch"]: float(row["accuracy"]) for row in _csv_rows(table)}
     assert len(truth) == STANDALONE_PATHS
     points = []
@@ -389,4 +416,10 @@ def test_the_k_sweep_runs_locally_and_plots_tau_against_k(tmp_path: Path) -> Non
             assert metrics[f"{name}_k{k}"] == pytest.approx(ranking[name]), (name, k)
         points.append((k, ranking["kendall_tau"]))
     assert len(metrics) == 6
+    # the summary printed and written is that artifact's: τ, ρ, r of each K and the τ-against-K page
+    assert summary["k_values"] == [1, 2]
+    for row, (k, tau) in zip(summary["per_k"], points, strict=True):
+        assert (row["k"], row["kendall_tau"]) == (k, tau)
+        assert f"K = {k:>2}: τ {tau:.3f}" in printed
+    assert Path(summary["reports"]["tau_vs_k"]).read_text() == page
     assert_page_shows(page, [report.tau_vs_k_plot(points)])  # τ against K of these rankings

@@ -149,7 +149,7 @@ def test_narrow_widths_merge_their_own_weights_and_export_exactly():
     net.load_state_dict(supernet.export(path, lam))
     supernet.train(), net.train()
     assert torch.equal(supernet(x, path, lam), net(x))
-    # the merged weight of a cut layer is Σ_k λ_k Θ_k[:c_out, :c_in] (Fig. 3)
+    # the merged weight of a cut layer is Σ_k λ_k Θ_k[:c_out, :c_in] (channel search)
     name, layer, (c_in, c_out) = next(
         p for p in supernet.path_layers(path) if p.name == "layers.2.expand.0"
     )

@@ -23,8 +23,6 @@ from kshot.eval import (
 )
 from kshot.spaces import nb201
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHARED_CSV = SHARED_DATA / "nb201" / "nb201_accuracy.csv"
 ARCH_A = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
 ARCH_B = "|skip_connect~0|+|nor_conv_1x1~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"
 
@@ -124,16 +122,31 @@ def test_bad_inputs_raise() -> None:
         ranking_metrics([1.0, 2.0], [1.0, 2.0], top_n=[3, -5])
 
 
-@pytest.mark.skipif(
-    not SHARED_CSV.exists(), reason=f"shared NAS-Bench-201 table absent: {SHARED_CSV}"
-)
-def test_loads_shared_nb201_table() -> None:
-    truth = load_ground_truth(str(SHARED_CSV), "cifar10_test")
+def test_the_shipped_nb201_table_is_the_whole_benchmark() -> None:
+    truth = load_ground_truth("nb201", "cifar10_test")
     assert len(truth) == nb201.SIZE == 15_625
-    assert max(truth.values()) == pytest.approx(94.37333, abs=1e-5)
     assert {nb201.parse(arch) for arch in truth} == set(nb201.all_archs())
-    cifar100 = load_ground_truth(str(SHARED_CSV), "cifar100_test")
-    assert max(cifar100.values()) == pytest.approx(73.51333, abs=1e-5)
+    # the published maxima and their architectures (indices 6111, 9930, 857)
+    assert max(truth.values()) == pytest.approx(94.37333, abs=1e-5)
+    assert max(truth, key=truth.get) == (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+    )
+    assert max(load_ground_truth("nb201", "cifar100_test").values()) == pytest.approx(
+        73.51333, abs=1e-5
+    )
+    assert max(load_ground_truth("nb201", "imagenet16_test").values()) == pytest.approx(
+        47.31111, abs=1e-5
+    )
+    with pytest.raises(ValueError, match="no column 'cifar10_valid'.*'imagenet16_test'"):
+        load_ground_truth("nb201", "cifar10_valid")
+
+
+def test_the_shipped_nb201_table_equals_the_test_data_copy() -> None:
+    from tests.conftest import shared_data
+
+    copy = str(shared_data("nb201", "nb201_accuracy.csv"))
+    for column in ("cifar10_test", "cifar100_test", "imagenet16_test"):
+        assert load_ground_truth("nb201", column) == load_ground_truth(copy, column)
 
 
 def test_round_trip_and_normalised_archs(tmp_path: Path) -> None:

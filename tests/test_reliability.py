@@ -1,10 +1,10 @@
 """Reliability: runs on gs:// and s3:// equal runs on disk, killed workers resume, flaky storage is
 survived.
 
-These are the claims of DESIGN.md §6 ("nothing half-written … a restarted one resumes from the last
-complete one") and of object storage, checked against real servers (the GCS emulator of
-``tests/gcs.py``, the S3 server of ``tests/s3.py``, each test taking ``remote`` runs on both) and a
-real ``SIGKILL``.
+These are the project's claims ("nothing half-written … a restarted one resumes from the last
+complete one", object storage as good as a disk), checked against real servers (the GCS emulator
+of ``tests/gcs.py``, the S3 server of ``tests/s3.py``, each test taking ``remote`` runs on both)
+and a real ``SIGKILL``.
 """
 
 from __future__ import annotations

@@ -118,6 +118,24 @@ def test_lambda_histogram(num_slots: int) -> None:
         report.lambda_histogram(np.ones(5))
 
 
+def test_lambda_histogram_bins_span_the_codes_not_zero_to_one() -> None:
+    near_uniform = np.random.default_rng(3).dirichlet(np.full(8, 500.0), size=200)
+    bins = report._bins_around(near_uniform, 1 / 8)
+    assert bins[0] == pytest.approx(min(near_uniform.min(), 1 / 8))
+    assert bins[-1] == pytest.approx(max(near_uniform.max(), 1 / 8))
+    assert bins[-1] - bins[0] < 0.2  # on 0..1 these codes would fill a sliver of the axis
+    assert report._bins_around(np.full((3, 2), 0.5), 0.5)[[0, -1]].tolist() == [0.495, 0.505]
+
+
+def test_curves_plot_marks_the_warmup() -> None:
+    curves = {"supernet_loss": [2.3, 1.8, 1.2, 0.9], "supernet_acc": [20.0, 45.0, 60.0, 71.0]}
+    assert_draws_its_data(
+        report.curves_plot(curves, "supernet", warmup=2),
+        report.curves_plot(dict(curves), "supernet", warmup=2),
+        report.curves_plot(curves, "supernet", warmup=0),
+    )
+
+
 def test_curves_plot() -> None:
     curves = {
         "train_loss": [2.3, 1.8, 1.2, 0.9],
@@ -187,7 +205,7 @@ def test_markdown_summary_has_values() -> None:
     summary = {
         "k": 8,
         "best_arch": ARCH,
-        "best_accuracy": 93.7612345,
+        "best_supernet_accuracy": 93.7612345,
         "best_flops": np.float32(82.49),
         "kendall_tau": 0.626,
         "spearman_rho": 0.81,
@@ -198,7 +216,7 @@ def test_markdown_summary_has_values() -> None:
     lines = text.splitlines()
     assert lines[:2] == ["| metric | value |", "|---|---|"]
     assert "| k | 8 |" in lines
-    assert "| best_accuracy | 93.7612 |" in lines
+    assert "| best_supernet_accuracy | 93.7612 |" in lines
     assert "| best_flops | 82.49 |" in lines
     assert "| kendall_tau | 0.626 |" in lines
     assert "| top_group_tau.100 | 0.6 |" in lines

@@ -125,6 +125,9 @@ def test_warmup_then_train_checkpoints_carry_on_the_same_schedule(run_dir):
     curves = json.loads((run_dir / "curves.json").read_text())
     assert len(curves["supernet_loss"]) == TINY["epochs"]
     assert curves["simplex_loss"][0] is None and curves["simplex_loss"][1] > 0
+    # the plot marks the warmup; accuracies are in % as retraining's are (chance on digits: 10 %)
+    assert curves["warmup_epochs"] == TINY["warmup_epochs"]
+    assert all(1.0 < acc <= 100.0 for acc in curves["supernet_acc"])
 
 
 def test_search_output_is_complete_and_within_budget(run_dir):

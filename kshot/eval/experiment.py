@@ -98,8 +98,8 @@ def run_ranking_experiment(
         raise ValueError("the ranking experiment needs config key 'ranking' to be true")
     if not base.ground_truth:
         raise ValueError(
-            "the ranking experiment needs config key 'ground_truth' (e.g. "
-            "../shared/data/nb201/nb201_accuracy.csv)"
+            "the ranking experiment needs config key 'ground_truth' (e.g. 'nb201', the "
+            "NAS-Bench-201 table shipped with kshot)"
         )
     plan = []  # every run's config, checked before the first one trains
     for seed in seeds:

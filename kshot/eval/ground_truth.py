@@ -1,10 +1,11 @@
 """NAS-Bench-201 ground truth: stand-alone accuracy per cell, keyed by the benchmark's arch string.
 
-Two sources are read:
+Three sources are read:
 
-* a CSV table with an ``arch`` column and one accuracy column per dataset, such as the shared
-  ``nb201_accuracy.csv`` (``index,arch,cifar10_test,cifar100_test,imagenet16_test``) or the
-  table the standalone stage writes (``arch,accuracy``);
+* ``nb201``: the NAS-Bench-201 table that ships inside this package
+  (``index,arch,cifar10_test,cifar100_test,imagenet16_test``, see :data:`BUILTIN_TABLES`);
+* a CSV table (optionally gzipped, ``.csv.gz``) with an ``arch`` column and one accuracy column per
+  dataset, such as the table the standalone stage writes (``arch,accuracy``);
 * the benchmark's own file (``.pth`` / ``.pickle`` / ``.pkl`` / ``.pbz2``, or a folder) through
   its API package, ``nats_bench`` or ``nas_201_api``, when one of them is installed.
 
@@ -15,6 +16,8 @@ joins supernet scores by the same key.
 from __future__ import annotations
 
 import csv
+import gzip
+import importlib.resources
 import importlib.util
 import io
 import math
@@ -27,6 +30,7 @@ from kshot.spaces import Space, nb201
 
 __all__ = [
     "BENCHMARK_DATASETS",
+    "BUILTIN_TABLES",
     "load_ground_truth",
     "check_ground_truth",
     "write_ground_truth_csv",
@@ -41,11 +45,30 @@ BENCHMARK_DATASETS: dict[str, str] = {
 """Ground-truth column name → the benchmark API's dataset name (its ``test-accuracy`` is the
 CIFAR-10 test set, and the ``x-test`` half of the test set for CIFAR-100 and ImageNet16-120)."""
 
+BUILTIN_TABLES: dict[str, str] = {"nb201": "nb201_accuracy.csv.gz"}
+"""Ground-truth names → tables shipped in ``kshot.eval``. ``nb201``: NAS-Bench-201's 200-epoch test
+accuracies (%) of all 15,625 cells, mean over seeds, columns ``cifar10_test``, ``cifar100_test`` and
+``imagenet16_test`` (source and licence in ``kshot/eval/nb201_accuracy.SOURCE.txt``)."""
+
 _BENCHMARK_SUFFIXES = (".pth", ".pickle", ".pkl", ".pbz2")
+
+
+def _read_table(uri: str) -> str:
+    """The text of a CSV ground-truth table: a :data:`BUILTIN_TABLES` name, or a URI (gzipped when
+    it ends with ``.gz``)."""
+    if uri in BUILTIN_TABLES:
+        return gzip.decompress(
+            (importlib.resources.files("kshot.eval") / BUILTIN_TABLES[uri]).read_bytes()
+        ).decode()
+    if uri.endswith(".gz"):
+        return gzip.decompress(storage.read_bytes(uri)).decode()
+    return storage.read_text(uri)
 
 
 def _is_benchmark_file(uri: str) -> bool:
     """Whether ``uri`` names the benchmark's own file or folder rather than a CSV table."""
+    if uri in BUILTIN_TABLES:
+        return False
     if uri.lower().endswith(_BENCHMARK_SUFFIXES) or uri.endswith("/"):
         return True
     return not storage.is_remote(uri) and Path(uri).is_dir()
@@ -65,7 +88,8 @@ def load_ground_truth(uri: str, column: str, space: Space | None = None) -> dict
     """Stand-alone accuracy of every path in a ground-truth table or (nb201) benchmark file.
 
     Args:
-        uri: A CSV table with an ``arch`` column and ``column``, or the benchmark's own file or
+        uri: ``nb201`` (the table shipped with kshot, :data:`BUILTIN_TABLES`), a CSV table (or
+            ``.csv.gz``) with an ``arch`` column and ``column``, or the benchmark's own file or
             folder (read through ``nats_bench`` or ``nas_201_api``: 200-epoch results, averaged
             over seeds).
         column: The accuracy column; for a benchmark file one of :data:`BENCHMARK_DATASETS`.
@@ -82,7 +106,7 @@ def load_ground_truth(uri: str, column: str, space: Space | None = None) -> dict
     space = space or Space("nb201")
     if _is_benchmark_file(uri):
         return _load_benchmark(uri, column, space)
-    reader = csv.DictReader(io.StringIO(storage.read_text(uri), newline=""))
+    reader = csv.DictReader(io.StringIO(_read_table(uri), newline=""))
     available = reader.fieldnames or []
     for needed in ("arch", column):
         if needed not in available:

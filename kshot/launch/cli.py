@@ -15,7 +15,7 @@ import yaml
 from kshot.config import parse_overrides
 from kshot.launch.spec import LaunchError, LaunchSpec
 from kshot.launch.trainjob import DEFAULT_TRAINER_VERSION, TRAINER_VERSIONS
-from kshot.stages import HEAVY_STAGES, STAGES
+from kshot.stages import ARTIFACTS, HEAVY_STAGES, STAGES
 
 __all__ = ["add_parser"]
 
@@ -29,22 +29,24 @@ def _render(args: argparse.Namespace) -> int:
     if args.pod_overrides:
         with open(args.pod_overrides) as f:
             pod_overrides = yaml.safe_load(f) or {}
+    workers = cfg.workers if args.workers is None else args.workers
+    gpus = cfg.gpus_per_worker if args.gpus_per_worker is None else args.gpus_per_worker
     try:
         spec = LaunchSpec(
             stage=args.stage,
-            config=cfg.to_dict(),
+            # the config the pods read says what the job is
+            config={**cfg.to_dict(), "workers": workers, "gpus_per_worker": gpus},
             inputs=parse_overrides(args.input, "--input"),
             outputs=parse_overrides(args.output, "--output"),
-            workers=cfg.workers if args.workers is None else args.workers,
-            gpus_per_worker=(
-                cfg.gpus_per_worker if args.gpus_per_worker is None else args.gpus_per_worker
-            ),
+            workers=workers,
+            gpus_per_worker=gpus,
             image=args.image,
             namespace=args.namespace,
             name=args.name,
             labels=parse_overrides(args.label, "--label"),
             env=parse_overrides(args.env, "--env"),
         )
+        _check_pod_artifacts(spec)
         body = render_job(
             spec,
             args.backend,
@@ -58,6 +60,30 @@ def _render(args: argparse.Namespace) -> int:
         return 2
     yaml.safe_dump(body, sys.stdout, sort_keys=False)
     return 0
+
+
+def _check_pod_artifacts(spec: LaunchSpec) -> None:
+    """A job's pods read and write the artifacts themselves: every one the stage needs must be
+    given, as a gs:// or s3:// URI (a local path is on this machine, not in the pods)."""
+    from kshot import storage  # not at the top: it loads torch, which `kshot --help` need not
+
+    inputs, outputs = ARTIFACTS[spec.stage]
+    for flag, needed, given in (
+        ("--input", inputs, spec.inputs),
+        ("--output", outputs, spec.outputs),
+    ):
+        missing = [name for name in needed if not name.endswith("?") and name not in given]
+        if missing:
+            raise LaunchError(
+                f"stage {spec.stage!r} needs {flag} {missing[0]}=gs://BUCKET/… (or s3://) "
+                f"(missing: {', '.join(missing)}); its pods read and write the artifacts themselves"
+            )
+        for name, uri in given.items():
+            if not storage.is_remote(uri):
+                raise LaunchError(
+                    f"{flag} {name}={uri!r}: the job's pods cannot see a local path; "
+                    "give a gs:// or s3:// URI"
+                )
 
 
 def add_parser(sub: Any) -> None:

@@ -87,7 +87,7 @@ def merge_path(
 
     With ``dims`` (one ``(c_in, c_out)`` or ``None`` per layer) each layer's slots are first cut to
     its active channels (:meth:`KShotLayer.active_slots`), so a narrower width of a path gets its own
-    merged weights ``Σ_k λ_k Θ_k[:c_out, :c_in]`` (the paper's Fig. 3), not a slice of another
+    merged weights ``Σ_k λ_k Θ_k[:c_out, :c_in]`` (the paper's channel search), not a slice of another
     width's merge.
     """
     dims = dims if dims is not None else [None] * len(layers)

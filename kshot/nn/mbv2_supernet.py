@@ -5,7 +5,7 @@ projection for identity where the shapes differ; the stem, the first block, the 
 classifier are shared. Each layer is built at its widest (width factor 1.0). A path's layers run cut
 to its widths: every K-shot parameter is cut to the layer's active channels *before* the merge with
 the path's λ (:func:`kshot.nn.kshot.merge_path` with ``dims``), so each (operation, width) path gets
-its own merged weights (the paper's Fig. 3), and unsampled operations never enter autograd.
+its own merged weights (the paper's channel search), and unsampled operations never enter autograd.
 
 The module tree follows :func:`kshot.spaces.mbv2.plan`; :meth:`MBV2Supernet.export` gives the state
 dict of :func:`kshot.spaces.mbv2.build` of a path.

@@ -1,4 +1,4 @@
-"""The simplex-net π(a; σ) → λ: a code on the K-simplex for every path (paper §3.2).
+"""The simplex-net π(a; σ) → λ: a code on the K-simplex for every path (Su et al., ICML 2021).
 
 A two-layer MLP reads the one-hot architecture encoding (L × O) and outputs a softmax over the K
 supernets. With channel search a second branch reads the width encoding; its hidden features are

@@ -1,4 +1,4 @@
-"""NSGA-II search under a hard FLOPs budget (Deb et al., 2002; paper §3.3).
+"""NSGA-II search under a hard FLOPs budget (Deb et al., 2002; the paper's search).
 
 Objectives: maximise the supernet accuracy of a path (after BN recalibration) and minimise its FLOPs.
 The first population is sampled inside the budget. Each generation the ``parents`` most accurate
@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import numpy as np
 from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-from tqdm.auto import tqdm
 
 from kshot import seeds
+from kshot.progress import progress_bar
 
 __all__ = [
     "SearchSpace",
@@ -148,7 +148,7 @@ def nsga2_search(
             rec["generation"] = generation
         return records
 
-    bar = tqdm(total=generations, unit="gen", desc="NSGA-II", disable=not progress, leave=False)
+    bar = progress_bar(total=generations, unit="gen", desc="NSGA-II", disable=not progress)
     pop = scored(sample_new(population), 0)
     evaluated = list(pop)
     bar.update(1)

@@ -1,4 +1,4 @@
-"""BatchNorm recalibration: statistics recomputed for the path being scored (paper §3.3).
+"""BatchNorm recalibration: statistics recomputed for the path being scored, as the paper scores paths in its search.
 
 Running statistics accumulated while training many paths (and widths) belong to none of them. Before
 a path is scored, every BN layer's statistics are reset and recomputed from ``N`` training images

@@ -1,6 +1,6 @@
 """The MobileNetV2 (SPOS / GreedyNAS) search space with joint operation and width search.
 
-The paper's ImageNet search space (Su et al., ICML 2021, §4.1; the space of GreedyNAS, You et al.,
+The paper's ImageNet search space (Su et al., ICML 2021, Table 2; the space of GreedyNAS, You et al.,
 CVPR 2020) is a MobileNetV2-like chain of 24 layers:
 
 * 3 fixed layers: a 3x3 stride-2 stem convolution (32 channels), a first inverted residual block

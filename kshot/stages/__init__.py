@@ -17,6 +17,7 @@ __all__ = [
     "check_stage",
     "run_stage",
     "skipped",
+    "headline",
 ]
 
 # In the paper's order; the KFP pipeline and the CLI both read this list.
@@ -154,3 +155,39 @@ def run_stage(
         lambda: module.run(config, dict(inputs), dict(outputs)),
         overwrite=overwrite,
     )
+
+
+def _percent(value: object) -> str:
+    return f"{value:.2f} %" if isinstance(value, (int, float)) else "n/a"
+
+
+def headline(name: str, result: dict) -> str:
+    """The figure a person watches in stage ``name``'s ``result`` (what :func:`run_stage` returned),
+    as one short phrase: images per part, epochs done, the best path's score, τ / ρ / r."""
+    if result.get("skipped"):
+        return f"skipped: {result['skipped']}"
+    if name == "split":
+        test = f", {result['test']} test" if result.get("test") is not None else ""
+        return f"{result['train']} train, {result['valid']} valid{test} images"
+    if name in ("warmup", "train"):
+        return f"epoch {result['epoch']} (step {result['step']})"
+    if name in ("search", "recalibrate"):
+        best = result.get("best", result)
+        where = "after BN recalibration" if name == "recalibrate" else "on the supernet"
+        found = f"{len(result['evaluated'])} paths, " if "evaluated" in result else ""
+        return (
+            f"{found}best {best['arch']}: {_percent(best['accuracy'])} {where}, "
+            f"{best['flops']:.3g} MFLOPs"
+        )
+    if name == "retrain":
+        return f"{result['arch']}: test accuracy {_percent(result['test_accuracy'])}"
+    if name == "standalone":
+        return f"{result['paths']} paths trained, mean accuracy {_percent(result['accuracy_mean'])}"
+    if name == "rank":
+        figures = ", ".join(
+            f"{label} {result[key]:.3f}"
+            for key, label in (("kendall_tau", "τ"), ("spearman_rho", "ρ"), ("pearson_r", "r"))
+            if isinstance(result.get(key), (int, float))
+        )
+        return f"{result.get('n_paths', '?')} paths: {figures}"
+    return ""

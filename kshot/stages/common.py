@@ -71,6 +71,8 @@ def require(artifacts: Mapping[str, str], names: tuple[str, ...], stage: str, ki
                 storage.check_writable(uri, folder=name in FOLDER_ARTIFACTS)
             else:
                 storage.check_uri(uri)
+                if not storage.exists(uri):
+                    raise FileNotFoundError(f"{uri} does not exist")
                 _check_local_kind(uri, folder=name in FOLDER_ARTIFACTS)
         except storage.StorageError:
             raise  # the store did not answer: not a bad URI
@@ -259,13 +261,11 @@ def score_paths(
 
     Returns one ``{"arch", "accuracy", "lam"}`` record per path, ``arch`` as the space's string.
     """
-    from tqdm.auto import tqdm
+    from kshot.progress import progress_bar
 
     mine = list(range(dist.rank(), len(archs), dist.world_size()))
     records = []
-    for i in tqdm(
-        mine, desc=desc, unit="path", leave=False, disable=not (progress and dist.is_main())
-    ):
+    for i in progress_bar(mine, desc=desc, unit="path", disable=not (progress and dist.is_main())):
         accuracy, lam = scorer.score(archs[i])
         arch = scorer.space.format(archs[i])
         records.append((i, {"arch": arch, "accuracy": accuracy, "lam": lam}))

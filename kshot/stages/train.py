@@ -34,5 +34,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     if not ckpt.list_checkpoints(outputs["checkpoint"]):  # nothing left to train after warmup
         trainer.save(outputs["checkpoint"])
     if outputs.get("curves") and dist.is_main():
-        storage.write_json(outputs["curves"], curves(trainer.history))
+        storage.write_json(
+            outputs["curves"], {**curves(trainer.history), "warmup_epochs": cfg.warmup_epochs}
+        )
     return {"epoch": trainer.step // trainer.steps_per_epoch, "step": trainer.step}

@@ -4,7 +4,7 @@ Two recipes (config key ``retrain_recipe``):
 
 * ``nb201``, NAS-Bench-201's (Dong & Yang, ICLR 2020, §3): SGD with Nesterov momentum 0.9, learning
   rate cosine-annealed per iteration from ``retrain_lr`` (0.1), weight decay 5e-4, batch 256.
-* ``imagenet``, the paper's (§4.1, after MnasNet / EfficientNet): RMSProp with momentum 0.9 (decay
+* ``imagenet``, the paper's for ImageNet (after MnasNet / EfficientNet): RMSProp with momentum 0.9 (decay
   0.9; the reference's eps 1e-3 sits inside the square root, so PyTorch's RMSprop, which adds it
   outside, gets √1e-3, which approximates it while the squared-gradient average is ≪ 1e-3), batch
   1024, lr warmed up linearly from 0 to ``retrain_lr`` (0.128) over ``retrain_warmup_epochs`` (5),
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from tqdm.auto import tqdm
 
 from kshot import distributed as dist
 from kshot.config import Config
 from kshot.data.stream import StreamedPart
+from kshot.progress import progress_bar
 from kshot.train.trainer import TrainData, autocast, cosine_lambda, space_of, training_batch
 
 __all__ = [
@@ -194,12 +194,8 @@ def train_standalone(
         "lr": [],
     }
     show = progress and (dist.is_main() or not data_parallel)
-    for epoch in tqdm(
-        range(epochs),
-        desc=space.format(arch)[:40],
-        unit="epoch",
-        leave=False,
-        disable=not show,
+    for epoch in progress_bar(
+        range(epochs), desc=space.format(arch)[:40], unit="epoch", disable=not show
     ):
         model.train()
         losses, accs = [], []

@@ -11,7 +11,7 @@ Everything random derives from ``(seed, iteration)``: the path(s) of an iteratio
 epoch's permutation comes from ``(seed, epoch)``) and its augmentation. So every DDP rank samples the
 same paths, and a run resumed from a checkpoint at iteration ``s`` continues exactly as the
 uninterrupted run would. The supernet optimiser is SGD with Nesterov momentum and a per-iteration
-cosine schedule spanning warmup and alternating training (paper §4); the simplex-net's is Adam
+cosine schedule spanning warmup and alternating training (the paper's recipe); the simplex-net's is Adam
 (see :class:`kshot.config.Config`).
 """
 
@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from kshot import distributed as dist
 from kshot import seeds
@@ -36,6 +35,7 @@ from kshot.config import Config, result_keys
 from kshot.data.stream import StreamedPart
 from kshot.data.transforms import normalize, random_crop_flip
 from kshot.nn.simplex import SimplexNet, channel_regularizer, width_positives
+from kshot.progress import progress_bar
 from kshot.spaces import Path, Space
 from kshot.train import checkpoint as ckpt
 
@@ -443,7 +443,7 @@ class KShotTrainer:
         dist.all_reduce_kshot_gradients(self.supernet.parameters(), lam)
         self.opt.step()
         # copies: a CUDA-graphed step's outputs are overwritten by its next replay
-        return loss.detach().clone(), correct.double() / len(y)
+        return loss.detach().clone(), 100.0 * correct.double() / len(y)  # % as retraining's
 
     def simplex_step(
         self, x: torch.Tensor, y: torch.Tensor, choices: list[Path]
@@ -517,13 +517,12 @@ class KShotTrainer:
     ) -> None:
         """Train until ``until_epoch`` epochs are complete, checkpointing on rank 0."""
         end = until_epoch * self.steps_per_epoch
-        bar = tqdm(
+        bar = progress_bar(
             total=until_epoch,
             initial=self.step // self.steps_per_epoch,
             unit="epoch",
             desc="supernet",
             disable=not (progress and dist.is_main()),
-            leave=False,
         )
         while self.step < end:
             self.train_step()

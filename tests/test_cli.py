@@ -1,0 +1,104 @@
+"""The command line a person meets first: a fast --help, keys with their values, hints for typos."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from kshot.cli import build_parser, main
+from kshot.config import Config, ConfigError, load_config
+
+
+def test_help_loads_neither_torch_nor_kfp() -> None:
+    probe = (
+        "import sys\n"
+        "from kshot.cli import main\n"
+        "for argv in (['--help'], ['stage', 'train', '--help'], ['pipeline', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted({'torch', 'kfp', 'kubernetes', 'matplotlib'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    # the stage's help still shows its module's docstring and artifacts
+    assert "artifacts:" in result.stdout and "--output checkpoint=URI" in result.stdout
+
+
+def test_help_keys_shows_the_values_in_force(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--help-keys", "--set", "k=3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "k = 3" in lines
+    assert f"epochs = {Config().epochs}" in lines  # a default
+    assert 'ground_truth = ""' in lines
+    assert lines[lines.index("k = 3") + 1].startswith("    ")  # then the key's meaning
+
+
+@pytest.mark.parametrize(
+    "typo,meant",
+    [
+        ("epoch", "epochs"),
+        ("warmup", "warmup_epochs"),
+        ("batchsize", "batch_size"),
+        ("Seed", "seed"),
+    ],
+)
+def test_an_unknown_key_suggests_the_one_meant(typo: str, meant: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"unknown config key '{typo}' from --set \(did you mean '{meant}'\?\)"
+    ):
+        load_config({typo: 1}, sources=["--set"])
+
+
+def test_a_key_like_none_gets_no_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'colour' from x\.yaml$"):
+        load_config({"colour": 1}, sources=["x.yaml"])
+
+
+def test_the_sweep_option_takes_k_and_a_list(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["run", "--local", "--sweep", "k=1,2,4,8"]).sweep == [1, 2, 4, 8]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--local", "--sweep", "m=1,2"])
+    assert "expected k=VALUES" in capsys.readouterr().err
+
+
+def test_a_bad_k_of_the_sweep_stops_before_any_step(tmp_path, capsys) -> None:
+    out = tmp_path / "sweep"
+    assert main(["run", "--local", "--sweep", "k=1,0", "--output", str(out)]) == 2
+    assert "config key 'k' from --sweep k=0: 0 must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["run", "--local", "--sweep", "k=2,2", "--output", str(out)]) == 2
+    assert "--sweep k=2,2: repeats a K" in capsys.readouterr().err
+
+
+def test_a_stage_prints_its_key_figure_and_outputs_not_its_whole_result(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split = tmp_path / "split.json"
+    assert (
+        main(["stage", "split", "--set", "valid_fraction=0.5", "--output", f"split={split}"]) == 0
+    )
+    assert capsys.readouterr().out.splitlines() == [
+        "split: 899 train, 449 valid, 449 test images",  # digits: 1,797 images, a quarter to test
+        f"  split: {split}",
+    ]
+    assert main(["stage", "split", "--verbose", "--output", f"split={split}"]) == 0
+    assert '"train": 899' in capsys.readouterr().out
+
+
+def test_a_missing_input_is_named_before_any_work(tmp_path, capsys) -> None:
+    checkpoint = tmp_path / "warm"
+    checkpoint.mkdir()
+    (checkpoint / "ckpt.pt").write_bytes(b"")
+    argv = ["stage", "train", "--input", f"split={tmp_path / 'split.json'}"]
+    argv += ["--input", f"checkpoint={checkpoint}", "--output", f"checkpoint={tmp_path / 'out'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    split = str(tmp_path / "split.json")
+    assert f"stage 'train', input artifact split={split!r}: {split} does not exist" in err
+    assert not (tmp_path / "out").exists()
