@@ -4,19 +4,19 @@
   ``flock``. The kernel releases the lock when its process ends however it ends, so a crashed
   writer never blocks the next one. The file holds the holder's host, pid and start time for the
   message a second writer gets; it is removed on release.
-* **Object stores** (``gs://``) — a lease object ``gs://<bucket>/.kshot-leases/<sha256 of the
-  URI>`` created only if absent and renewed every third of its time to live, each write
-  conditional on the generation this holder wrote last (:func:`kshot.storage.create_if_absent`,
-  :func:`~kshot.storage.replace_if_generation`, :func:`~kshot.storage.delete_if_generation`). A
-  lease that stops being renewed has expired: a writer that finds one waits until it has seen it
+* **Object stores** (``gs://`` and ``s3://``) — a lease object ``<scheme>://<bucket>/.kshot-leases/
+  <sha256 of the URI>.json`` in the output's bucket, created only if absent and renewed every third
+  of its time to live, each write conditional on the version this holder wrote last (the
+  generation on GCS, the ETag on S3; :func:`kshot.storage.create_if_absent`,
+  :func:`~kshot.storage.replace_if_generation`, :func:`~kshot.storage.delete_if_generation`;
+  each write carries its time, so its ETag, a digest of the content, changes too). A lease that stops being renewed has expired: a writer that finds one waits until it has seen it
   unchanged for the time to live (so it judges expiry by its own clock, never by another
   machine's), then takes it over; one whose holder renews it is refused at once. The objects live
   apart from the outputs, so a folder's listing holds only what the stage wrote. A holder that
   loses its lease (it could not renew in time and another writer took over) stops: the stage's
   main thread gets ``KeyboardInterrupt``.
 
-The time to live is ``KSHOT_LEASE_TTL`` seconds (default 60). ``s3://`` outputs take no lease
-until the S3 store provides the four conditional-write primitives of :mod:`kshot.storage`.
+The time to live is ``KSHOT_LEASE_TTL`` seconds (default 60).
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ def _held_error(uri: str, holder: Any) -> LeaseHeld:
 
 def lease_uri(uri: str) -> str:
     """Where the lease of output ``uri`` lives (a lock file, or a lease object)."""
-    if storage.is_gcs(uri):
-        bucket, _ = storage.parse_gcs(uri)
+    if storage.is_remote(uri):
+        bucket, _ = storage.parse_remote(uri)
+        scheme = uri.partition("://")[0]
         digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()
-        return f"gs://{bucket}/{_LEASES_FOLDER}/{digest}.json"
+        return f"{scheme}://{bucket}/{_LEASES_FOLDER}/{digest}.json"
     path = Path(uri.rstrip("/") or uri).absolute()
     return str(path.parent / f".{path.name}.lock")
 
@@ -110,9 +111,7 @@ def hold(uris: Iterable[str], stage: str) -> Iterator[None]:
     """
     with contextlib.ExitStack() as stack:
         for uri in sorted(set(uris)):
-            if storage.is_s3(uri):  # no conditional-write primitives for s3:// yet
-                continue
-            lease = _ObjectLease if storage.is_gcs(uri) else _LocalLease
+            lease = _ObjectLease if storage.is_remote(uri) else _LocalLease
             stack.enter_context(lease(uri, _holder(stage, uri)))
         yield
 
@@ -168,7 +167,7 @@ class _ObjectLease:
     def __init__(self, uri: str, holder: dict[str, Any]) -> None:
         self.uri, self.holder, self.object = uri, holder, lease_uri(uri)
         self.ttl = _ttl()
-        self.generation = 0
+        self.generation: storage.Generation = 0
         self.stopped = threading.Event()
         self.lost = False  # another writer holds it now: never delete theirs
         self.thread: threading.Thread | None = None
@@ -177,7 +176,7 @@ class _ObjectLease:
         renewed = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
         return json.dumps({**self.holder, "renewed": renewed, "ttl_s": self.ttl}).encode()
 
-    def _mine(self, found: tuple[bytes, int] | None) -> bool:
+    def _mine(self, found: tuple[bytes, storage.Generation] | None) -> bool:
         """Whether ``found`` is our own write (a retried request whose first attempt landed)."""
         if found is None:
             return False
@@ -186,8 +185,8 @@ class _ObjectLease:
         except (ValueError, AttributeError):
             return False
 
-    def _acquire(self) -> int:
-        seen: tuple[int, float] | None = None  # (generation, when first seen unchanged)
+    def _acquire(self) -> storage.Generation:
+        seen: tuple[storage.Generation, float] | None = None  # (generation, when first seen)
         while True:
             generation = storage.create_if_absent(self.object, self._body())
             if generation is not None:

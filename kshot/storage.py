@@ -35,10 +35,10 @@ Guarantees:
   :class:`StorageError` names the URI and the last cause.
 * **Conditional writes** for leases (:mod:`kshot.lease`): :func:`create_if_absent`,
   :func:`read_versioned`, :func:`replace_if_generation` and :func:`delete_if_generation` act on one
-  small object only when its generation is the one named, as GCS's ``ifGenerationMatch`` decides on
-  the server. They are the whole interface an object store needs for one writer per output; an
-  S3-compatible store can provide the same four with ``If-None-Match: *`` and ``If-Match: <ETag>``
-  (not yet: ``s3://`` outputs have no lease). Local paths use lock files instead.
+  small object only when its version is the one named, as the store decides on the server: GCS's
+  ``ifGenerationMatch`` on the generation, S3's ``If-None-Match: *`` and ``If-Match: <ETag>`` on
+  the ETag (:data:`Generation`, opaque to callers). They are the whole interface an object store
+  needs for one writer per output. Local paths use lock files instead.
 * **Clear errors.** A malformed URI raises :class:`ValueError`, a missing bucket or object
   :class:`FileNotFoundError`, a refused request or missing credentials :class:`PermissionError`,
   each naming the URI.
@@ -117,6 +117,7 @@ __all__ = [
     "upload_dir",
     "download_dir",
     "digest",
+    "Generation",
     "create_if_absent",
     "read_versioned",
     "replace_if_generation",
@@ -748,6 +749,59 @@ class _S3(_ObjectStore):
     def _refused(err: botocore.exceptions.ClientError) -> bool:
         return _s3_status(err) == 412 or _s3_code(err) == "PreconditionFailed"
 
+    # Conditional writes of small objects (see the module functions of that name); the object's
+    # ETag stands for its generation.
+
+    def _put_if(self, uri: str, action: str, data: bytes, condition: dict[str, str]) -> str | None:
+        """``PutObject`` under ``condition``; the new ETag, or None when the store refused it (an
+        ``If-Match`` on an object deleted meanwhile is answered ``NoSuchKey``)."""
+        bucket, key = _object_ref(uri)
+
+        def put() -> str | None:
+            try:
+                answer = self.client().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+            except botocore.exceptions.ClientError as err:
+                if self._refused(err) or ("IfMatch" in condition and _s3_code(err) == "NoSuchKey"):
+                    return None
+                raise
+            return str(answer["ETag"])
+
+        return self.call(uri, action, put)
+
+    def create_if_absent(self, uri: str, data: bytes) -> str | None:
+        return self._put_if(uri, "creating", data, {"IfNoneMatch": "*"})
+
+    def read_versioned(self, uri: str) -> tuple[bytes, str] | None:
+        bucket, key = _object_ref(uri)
+
+        def read() -> tuple[bytes, str] | None:
+            try:
+                answer = self.client().get_object(Bucket=bucket, Key=key)
+            except botocore.exceptions.ClientError as err:
+                if _s3_missing(err):
+                    return None
+                raise
+            return answer["Body"].read(), str(answer["ETag"])
+
+        return self.call(uri, "reading", read)
+
+    def replace_if_generation(self, uri: str, data: bytes, etag: str) -> str | None:
+        return self._put_if(uri, "replacing", data, {"IfMatch": etag})
+
+    def delete_if_generation(self, uri: str, etag: str) -> bool:
+        bucket, key = _object_ref(uri)
+
+        def remove() -> bool:
+            try:
+                self.client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+            except botocore.exceptions.ClientError as err:
+                if self._refused(err) or _s3_missing(err):
+                    return False
+                raise
+            return True
+
+        return self.call(uri, "deleting", remove)
+
     def _put(self, local_file: Path, uri: str, md5: str, condition: dict[str, str]) -> None:
         bucket, key = _object_ref(uri)
 
@@ -1247,9 +1301,14 @@ def digest(uri: str) -> str:
 # ------------------------------------------------------------- conditional writes (object stores)
 
 
+Generation = int | str
+"""The version of an object that a conditional write names: the generation (an int) on GCS, the
+ETag (a str) on S3. Opaque to callers: they only pass back what they were given."""
+
+
 def _lease_blob(uri: str) -> gcs.Blob:
     if not is_gcs(uri):
-        raise ValueError(f"{uri!r}: conditional writes are implemented for gs:// objects only")
+        raise ValueError(f"{uri!r}: conditional writes are implemented for gs:// and s3:// objects")
     return _GCS._blob(uri)
 
 
@@ -1257,10 +1316,12 @@ def _conditional_retry(retry: Retry) -> ConditionalRetryPolicy:
     return ConditionalRetryPolicy(retry, is_generation_specified, ["query_params"])
 
 
-def create_if_absent(uri: str, data: bytes) -> int | None:
+def create_if_absent(uri: str, data: bytes) -> Generation | None:
     """Write the small object ``uri`` only if no object exists there; its generation, or None when
     one exists. (A retried request whose first attempt landed also answers None: callers that
     must know tell their own object by its content.)"""
+    if is_s3(uri):
+        return _S3_STORE.create_if_absent(uri, data)
     blob = _lease_blob(uri)
 
     def create(retry: Retry) -> int | None:
@@ -1273,8 +1334,10 @@ def create_if_absent(uri: str, data: bytes) -> int | None:
     return _GCS.call(uri, "creating", create)
 
 
-def read_versioned(uri: str) -> tuple[bytes, int] | None:
+def read_versioned(uri: str) -> tuple[bytes, Generation] | None:
     """The content of the object ``uri`` and the generation it was read at, or None if absent."""
+    if is_s3(uri):
+        return _S3_STORE.read_versioned(uri)
     ref = _lease_blob(uri)
 
     def read(retry: Retry) -> tuple[bytes, int] | None:
@@ -1290,9 +1353,11 @@ def read_versioned(uri: str) -> tuple[bytes, int] | None:
     return _GCS.call(uri, "reading", read)
 
 
-def replace_if_generation(uri: str, data: bytes, generation: int) -> int | None:
+def replace_if_generation(uri: str, data: bytes, generation: Generation) -> Generation | None:
     """Replace the object ``uri`` only if its generation is still ``generation``; the new
     generation, or None when another writer changed or deleted it meanwhile."""
+    if is_s3(uri):
+        return _S3_STORE.replace_if_generation(uri, data, str(generation))
     blob = _lease_blob(uri)
 
     def replace(retry: Retry) -> int | None:
@@ -1307,8 +1372,10 @@ def replace_if_generation(uri: str, data: bytes, generation: int) -> int | None:
     return _GCS.call(uri, "replacing", replace)
 
 
-def delete_if_generation(uri: str, generation: int) -> bool:
+def delete_if_generation(uri: str, generation: Generation) -> bool:
     """Delete the object ``uri`` only if its generation is still ``generation``; whether it did."""
+    if is_s3(uri):
+        return _S3_STORE.delete_if_generation(uri, str(generation))
     blob = _lease_blob(uri)
 
     def remove(retry: Retry) -> bool:

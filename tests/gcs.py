@@ -163,8 +163,9 @@ class FlakyProxy:
     :meth:`lose_next_answer`, :meth:`cut_next_answer` and :meth:`before_next` stage an event at a
     chosen request.
 
-    An upload that carries ``ifGenerationMatch`` is answered HTTP 412, as GCS does, when the
-    object's generation upstream (0: no object) differs; the emulator itself ignores preconditions.
+    An upload or a delete that carries ``ifGenerationMatch`` is answered HTTP 412, as GCS does,
+    when the object's generation upstream (0: no object) differs; the emulator itself ignores
+    preconditions.
     (S3 servers enforce their own ``If-Match`` / ``If-None-Match``.)
 
     Args:
@@ -292,7 +293,7 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             if expected is None:
                 status, headers, content = self._forward(body)
             else:
-                with proxy._upload_lock:  # no other conditional upload between check and upload
+                with proxy._upload_lock:  # no other conditional write between check and write
                     if self._generation(body) != expected:
                         proxy.refused_preconditions += 1
                         self._error(
@@ -336,12 +337,15 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
             return status, kept, content
 
         def _generation(self, upload_body: bytes) -> str:
-            """The upstream generation of the object this upload writes ("0": none)."""
-            bucket = urlsplit(self.path).path.split("/")[5]  # /upload/storage/v1/b/BUCKET/o
-            name = _object_name(self.headers.get("Content-Type", ""), upload_body)
-            status, _, content = self._upstream(
-                "GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}"
-            )
+            """The upstream generation of the object this upload writes or delete removes ("0":
+            none)."""
+            if self.command == "DELETE":  # /storage/v1/b/BUCKET/o/NAME
+                metadata = urlsplit(self.path).path
+            else:
+                bucket = urlsplit(self.path).path.split("/")[5]  # /upload/storage/v1/b/BUCKET/o
+                name = _object_name(self.headers.get("Content-Type", ""), upload_body)
+                metadata = f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}"
+            status, _, content = self._upstream("GET", metadata)
             return str(json.loads(content)["generation"]) if status == 200 else "0"
 
         def _drop(self) -> None:
@@ -379,9 +383,11 @@ def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
 
 
 def _expected_generation(method: str, url: str) -> str | None:
-    """The ``ifGenerationMatch`` of an upload request (starting one, or all of one), else None."""
+    """The ``ifGenerationMatch`` of an upload request (starting one, or all of one) or of a
+    delete, else None."""
     parts = urlsplit(url)
-    if method != "POST" or not parts.path.startswith("/upload/"):
+    upload = method == "POST" and parts.path.startswith("/upload/")
+    if not (upload or (method == "DELETE" and "/o/" in parts.path)):
         return None
     return parse_qs(parts.query).get("ifGenerationMatch", [None])[0]
 

@@ -1,8 +1,10 @@
 """One writer per output: a second writer is refused naming the holder; a killed writer's lease
-ends (local: with its process; gs://: when it stops being renewed) and a rerun resumes its work.
+ends (local: with its process; gs:// and s3://: when it stops being renewed) and a rerun resumes
+its work.
 
-The gs:// cases run against the GCS emulator behind ``tests.gcs.FlakyProxy`` with no faults,
-which answers ``ifGenerationMatch`` as GCS does (the emulator alone ignores it).
+The object-store cases run on each store of ``tests.object_stores.remote`` behind
+``tests.gcs.FlakyProxy`` with no faults: the GCS emulator's proxy answers ``ifGenerationMatch``
+as GCS does (the emulator alone ignores it); moto answers S3's ``If-None-Match`` and ``If-Match``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer
 from tests.conftest import TINY
 from tests.gcs import FlakyProxy
+from tests.object_stores import Remote
 
 # Long enough that the first writer is still training when the second one comes.
 LONG = {**TINY, "epochs": 8, "warmup_epochs": 8, "checkpoint_every_steps": 5}
@@ -108,33 +111,34 @@ def test_two_writers_on_one_local_output(
     assert not Path(lease.lease_uri(out)).exists()  # released when the stage ended
 
 
-def test_two_writers_on_one_gcs_output(
-    flaky_proxy: FlakyProxy,
-    gcs_bucket: str,
+def test_two_writers_on_one_remote_output(
+    flaky_remote: FlakyProxy,
+    remote: Remote,
     digits_split: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The same on gs://: the lease object's holder renews it, so the second writer is refused;
+    """The same on an object store: the lease object's holder renews it, so the second writer is refused;
     once SIGKILL stops the renewals the lease expires after its time to live and the rerun takes
     it over and resumes."""
     monkeypatch.setenv(lease.LEASE_TTL_ENV, str(TTL_S))
-    split = storage.join(gcs_bucket, "split.json")
+    split = storage.join(remote.bucket, "split.json")
     storage.write_bytes(split, Path(digits_split).read_bytes())
-    out = storage.join(gcs_bucket, "run", "warm")
+    out = storage.join(remote.bucket, "run", "warm")
     waited = _second_writer_refused_then_rerun_resumes(out, split, tmp_path, monkeypatch)
     assert waited >= TTL_S  # it waited for the dead writer's lease to expire
     assert storage.read_versioned(lease.lease_uri(out)) is None  # released when the stage ended
-    assert flaky_proxy.refused_preconditions >= 1  # the takeover and renewals were conditional
+    assert flaky_remote.refused_preconditions >= 1  # the takeover and renewals were conditional
 
 
-def test_a_live_gcs_lease_is_refused_and_a_stale_one_taken_over(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+def test_a_live_remote_lease_is_refused_and_a_stale_one_taken_over(
+    flaky_remote: FlakyProxy, remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In one process: while a holder renews, another is refused within a renewal period; a
     lease object nobody renews is taken over after one time to live, not before."""
     monkeypatch.setenv(lease.LEASE_TTL_ENV, str(TTL_S))
-    out = storage.join(gcs_bucket, "out.json")
+    out = storage.join(remote.bucket, "out.json")
+    assert lease.lease_uri(out).startswith(f"{remote.bucket}/.kshot-leases/")
     with lease.hold([out], "split"):
         started = time.monotonic()
         with pytest.raises(lease.LeaseHeld, match=f"pid {os.getpid()}"), lease.hold([out], "x"):
@@ -148,13 +152,13 @@ def test_a_live_gcs_lease_is_refused_and_a_stale_one_taken_over(
 
 
 def test_a_holder_that_loses_its_lease_stops(
-    flaky_proxy: FlakyProxy, gcs_bucket: str, monkeypatch: pytest.MonkeyPatch
+    flaky_remote: FlakyProxy, remote: Remote, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When another writer has taken the lease over (here: replaced the object, as a takeover
     after expiry does), the holder's next renewal fails its generation check and the holder's
     main thread is interrupted instead of writing on."""
     monkeypatch.setenv(lease.LEASE_TTL_ENV, str(TTL_S))
-    out = storage.join(gcs_bucket, "lost.json")
+    out = storage.join(remote.bucket, "lost.json")
     with pytest.raises(KeyboardInterrupt), lease.hold([out], "split"):
         found = storage.read_versioned(lease.lease_uri(out))
         assert found is not None

@@ -636,3 +636,28 @@ def test_an_output_of_the_wrong_kind_is_refused(tmp_path: Path, remote: Remote) 
         (storage.join(bucket, "new.json"), False),
     ]:
         storage.check_writable(uri, folder=folder)
+
+
+def test_conditional_writes_name_the_version_they_expect(
+    flaky_remote: FlakyProxy, remote: Remote
+) -> None:
+    """The lease primitives on each store: create only where nothing is, replace and delete only
+    the version last seen (a GCS generation, an S3 ETag); a stale version is refused and leaves
+    the object as it is."""
+    uri = storage.join(remote.bucket, ".kshot-leases", "x.json")
+    assert storage.read_versioned(uri) is None
+    first = storage.create_if_absent(uri, b"first")
+    assert first is not None
+    assert storage.create_if_absent(uri, b"other") is None
+    assert storage.read_versioned(uri) == (b"first", first)
+    second = storage.replace_if_generation(uri, b"second", first)
+    assert second is not None and second != first
+    assert storage.replace_if_generation(uri, b"stale", first) is None
+    assert storage.read_versioned(uri) == (b"second", second)
+    assert storage.delete_if_generation(uri, first) is False
+    assert storage.read_versioned(uri) == (b"second", second)
+    assert storage.delete_if_generation(uri, second) is True
+    assert storage.read_versioned(uri) is None
+    assert storage.delete_if_generation(uri, second) is False
+    assert storage.replace_if_generation(uri, b"gone", second) is None
+    assert storage.read_versioned(uri) is None
