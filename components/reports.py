@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from kshot import report, storage
 from kshot.components.runtime import Artifact, artifact_uri, config_from_json
+from kshot.eval.experiment import describe_codes
 from kshot.eval.ranking import metrics_from_json
 from kshot.eval.standalone_rank import best_standalone_rank
 from kshot.train.trainer import space_of
@@ -140,6 +141,9 @@ def rank_report(
     _log_finite(metrics, {name: data[name] for name in (*_CORRELATIONS, "n_paths")})
     top_group = data["top_group_tau"]
     _log_finite(metrics, {f"top_group_tau_{n}": tau for n, tau in top_group.items()})
+    # how far the ranked paths' codes are from 1/K and from one another (mean max λ, ‖λ‖², entropy,
+    # distance from uniform, cosine between paths' codes)
+    _log_finite(metrics, {f"lambda_{name}": value for name, value in data["lam"].items()})
     truth, supernet, lams = _read_scores(scores)
     title = ", ".join(
         f"{label} = {data[name]:.3f}" for name, label in zip(_CORRELATIONS, _LABELS, strict=True)
@@ -150,6 +154,7 @@ def rank_report(
     if top_group:
         sections.append(("Top-group Kendall τ (Fig. 5)", report.top_group_plot(top_group)))
     sections.append(("Simplex codes λ of the ranked paths", report.lambda_histogram(lams)))
+    sections.append(("Are the codes K-shot?", describe_codes([data])))
     _write(page, report.html_page(f"Ranking, K = {data['k']}", sections))
 
 

@@ -242,3 +242,54 @@ def test_import_does_not_load_matplotlib() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("codes", "words"),
+    [
+        ([[0.26, 0.24, 0.25, 0.25], [0.24, 0.26, 0.25, 0.25]], "stayed near uniform"),
+        ([[0.85, 0.05, 0.05, 0.05], [0.05, 0.05, 0.05, 0.85]], "moved off uniform"),
+    ],
+)
+def test_the_rank_report_shows_how_far_the_codes_are_from_uniform(tmp_path, codes, words):
+    """The ranking's UI: its Metrics carry the ranked paths' mean λ statistics and its page says
+    in words whether the codes stayed near 1/K."""
+    import json
+    from types import SimpleNamespace
+
+    from kshot.components.reports import rank_report
+    from kshot.nn.simplex import code_statistics
+    from kshot.stages.rank import SCORE_COLUMNS
+
+    stats = code_statistics(np.array(codes))
+    ranking = tmp_path / "ranking.json"
+    ranking.write_text(
+        json.dumps(
+            {
+                "k": 4,
+                "n_paths": 2,
+                "kendall_tau_a": 1.0,
+                "kendall_tau_b": 1.0,
+                "spearman_rho": 1.0,
+                "pearson_r": 1.0,
+                "top_group_tau": {},
+                "lam": stats["mean"],
+                "lam_near_uniform": stats["near_uniform"],
+            }
+        )
+    )
+    header = [*SCORE_COLUMNS, *(f"lam_{i}" for i in range(4))]
+    rows = [[i, f"arch{i}", 50.0 + i, 60.0 + i, *[0.0] * 4, *lam] for i, lam in enumerate(codes)]
+    scores = tmp_path / "scores.csv"
+    scores.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
+    logged: dict[str, float] = {}
+    metrics = SimpleNamespace(log_metric=logged.__setitem__)
+    page = tmp_path / "page.html"
+
+    def artifact(path):
+        return SimpleNamespace(uri=str(path), path=str(path))
+
+    rank_report(artifact(ranking), artifact(scores), metrics, artifact(page))
+    for name in ("max", "sq_norm", "entropy", "tv", "cosine"):
+        assert logged[f"lambda_{name}"] == pytest.approx(stats["mean"][name]), name
+    assert words in page.read_text()
