@@ -166,10 +166,32 @@ def _int_list(text: str) -> list[int]:
         ) from e
 
 
-def _arms() -> dict[str, Any]:
+class _LazyHelpParser(argparse.ArgumentParser):
+    """A parser whose description can be made only when its help is shown (``describe``), so
+    that building the command line imports nothing heavy (``kshot --help`` loads no torch)."""
+
+    def __init__(self, *args: Any, describe: Callable[[], str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._describe = describe
+
+    def format_help(self) -> str:
+        if self._describe is not None:
+            self.description = self._describe()
+        return super().format_help()
+
+
+def _ranking_description() -> str:
     from kshot.eval.experiment import ARMS
 
-    return ARMS
+    return (
+        "Train the supernet of every arm and seed (paired: the same split, ranked "
+        "paths and BN images per seed), score paths with BN recalibration and compare with the "
+        "ground truth (config key ground_truth): Kendall τ-a (Eq. 18) and τ-b, Spearman ρ, "
+        "Pearson r, top-group τ (appendix C.1), λ statistics; mean, std and 95 % intervals over "
+        "seeds, paired differences and the pre-registered verdict. Arms: "
+        + "; ".join(f"{name}: {arm.what}" for name, arm in ARMS.items())
+        + "."
+    )
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -299,17 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     experiment = sub.add_parser("experiment", help="experiments that reproduce the paper's tables")
-    exp_sub = experiment.add_subparsers(dest="experiment", required=True)
+    exp_sub = experiment.add_subparsers(
+        dest="experiment", required=True, parser_class=_LazyHelpParser
+    )
     ranking = exp_sub.add_parser(
         "ranking",
         help="K-shot against one-shot: ranking quality on NAS-Bench-201",
-        description="Train the supernet of every arm and seed (paired: the same split, ranked "
-        "paths and BN images per seed), score paths with BN recalibration and compare with the "
-        "ground truth (config key ground_truth): Kendall τ-a (Eq. 18) and τ-b, Spearman ρ, "
-        "Pearson r, top-group τ (appendix C.1), λ statistics; mean, std and 95 % intervals over "
-        "seeds, paired differences and the pre-registered verdict. Arms: "
-        + "; ".join(f"{name}: {arm.what}" for name, arm in _arms().items())
-        + ".",
+        describe=_ranking_description,
     )
     _add_config_args(ranking)
     ranking.add_argument(
