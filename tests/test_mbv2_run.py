@@ -205,9 +205,13 @@ def test_standalone_ground_truth_and_ranking_work_on_mbv2_paths_or_are_skipped(
     skipped_table = tmp_path / "none.csv"
     assert run_stage("standalone", off, split, {"table": str(skipped_table)})["paths"] == 0
     assert skipped_table.read_text() == "arch,accuracy\n"
-    metrics = run_stage("rank", off, {**inputs, "ground_truth": str(skipped_table)}, outputs)
+    off_outputs = {
+        "scores": str(tmp_path / "off-scores.csv"),
+        "metrics": str(tmp_path / "off-rank.json"),
+    }
+    metrics = run_stage("rank", off, {**inputs, "ground_truth": str(skipped_table)}, off_outputs)
     assert "config key 'ranking' is false" in metrics["skipped"]
-    assert json.loads((tmp_path / "rank.json").read_text()) == metrics
+    assert json.loads((tmp_path / "off-rank.json").read_text()) == metrics
 
 
 def test_a_streamed_split_refuses_a_tree_whose_files_changed(mbv2_cfg, cifar_folders, tmp_path):
