@@ -27,6 +27,7 @@ from typing import Any
 from kshot import storage
 from kshot.components.runtime import PIPELINE_CONFIG_KEYS, job_image
 from kshot.config import Config
+from kshot.stages import CORRELATION_LABELS
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -231,13 +232,7 @@ def _figure(value: Any, fmt: str = ".3f", suffix: str = "") -> str:
 def summary_lines(summary: dict[str, Any], output: str) -> list[str]:
     """The lines ``kshot run --local`` ends with: what a person wants from the run's summary."""
     correlations = ", ".join(
-        f"{label} {_figure(summary.get(key))}"
-        for key, label in (
-            ("kendall_tau_a", "τ-a"),
-            ("kendall_tau_b", "τ-b"),
-            ("spearman_rho", "ρ"),
-            ("pearson_r", "r"),
-        )
+        f"{label} {_figure(summary.get(key))}" for key, label in CORRELATION_LABELS
     )
     report = storage.join(output, "summary.json")
     if "per_k" in summary:

@@ -161,6 +161,15 @@ def _percent(value: object) -> str:
     return f"{value:.2f} %" if isinstance(value, (int, float)) else "n/a"
 
 
+CORRELATION_LABELS = (
+    ("kendall_tau_a", "τ-a"),
+    ("kendall_tau_b", "τ-b"),
+    ("spearman_rho", "ρ"),
+    ("pearson_r", "r"),
+)
+"""The rank stage's correlations as the console names them: result key → label."""
+
+
 def headline(name: str, result: dict) -> str:
     """The figure a person watches in stage ``name``'s ``result`` (what :func:`run_stage` returned),
     as one short phrase: images per part, epochs done, the best path's score, τ / ρ / r."""
@@ -186,12 +195,7 @@ def headline(name: str, result: dict) -> str:
     if name == "rank":
         figures = ", ".join(
             f"{label} {result[key]:.3f}"
-            for key, label in (
-                ("kendall_tau_a", "τ-a"),
-                ("kendall_tau_b", "τ-b"),
-                ("spearman_rho", "ρ"),
-                ("pearson_r", "r"),
-            )
+            for key, label in CORRELATION_LABELS
             if isinstance(result.get(key), (int, float))
         )
         return f"{result.get('n_paths', '?')} paths: {figures}"
