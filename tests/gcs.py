@@ -22,6 +22,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -93,16 +94,21 @@ def start_server(
     failures = []
     for _ in range(_STARTUP_ATTEMPTS):
         port = _free_port()
-        process = subprocess.Popen(command(port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            listening = _wait_until_listening(process, port, name)
-        except TimeoutError:
-            stop_server(process)
-            raise
-        if listening:
-            return process, f"http://{_LOOPBACK}:{port}"
-        output, _ = process.communicate()
-        failures.append(output.decode(errors="replace")[-2000:])
+        # The server logs every request. Its output goes to a file, never to a pipe: a pipe that
+        # nobody reads fills after some hundred requests and then blocks the server mid-answer.
+        # The child keeps its own handle, so the file lives as long as the server.
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen(command(port), stdout=log, stderr=subprocess.STDOUT)
+            try:
+                listening = _wait_until_listening(process, port, name)
+            except TimeoutError:
+                stop_server(process)
+                raise
+            if listening:
+                return process, f"http://{_LOOPBACK}:{port}"
+            process.wait()
+            log.seek(0)
+            failures.append(log.read().decode(errors="replace")[-2000:])
     raise RuntimeError(f"{name} failed to start:\n" + "\n---\n".join(failures))
 
 
@@ -125,8 +131,6 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 @pytest.fixture(scope="session")
