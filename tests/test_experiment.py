@@ -222,7 +222,10 @@ def test_ranking_experiment_runs_paired_arms_and_reports_them(tmp_path):
     summary = report["summary"]
     for arm in arms:
         values = [r["kendall_tau_a"] for r in runs if r["arm"] == arm]
-        assert summary["arms"][arm]["kendall_tau_a"] == pytest.approx(interval(values))
+        expected, row = interval(values), summary["arms"][arm]["kendall_tau_a"]
+        assert row.keys() == expected.keys()
+        for key, value in expected.items():  # approx compares no nested containers
+            assert row[key] == pytest.approx(value), (arm, key)
     (c_vs_a,) = [c for c in summary["comparisons"] if c["arms"] == ["C", "A"]]
     by = {(r["arm"], r["seed"]): r["kendall_tau_a"] for r in runs}
     assert c_vs_a["deltas"] == pytest.approx([by["C", s] - by["A", s] for s in (0, 1)])
