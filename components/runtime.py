@@ -200,8 +200,8 @@ def config_from_json(config_json: str) -> Config:
 def artifact_uri(artifact: Artifact) -> str:
     """Where a worker reads or writes ``artifact``.
 
-    Its ``gs://`` or ``s3://`` URI when the pipeline root is in an object store (workers in other
-    pods reach the bucket directly), else its local path (kfp.local, or a pod that runs the stage
+    Its ``gs://``, ``s3://`` or ``minio://`` URI when the pipeline root is in an object store
+    (workers in other pods reach the bucket directly), else its local path (kfp.local, or a pod that runs the stage
     itself).
     """
     return artifact.uri if storage.is_remote(artifact.uri) else artifact.path
@@ -210,15 +210,15 @@ def artifact_uri(artifact: Artifact) -> str:
 def _unreachable(where: str, uri: str) -> str:
     """Why ``uri`` (named by ``where``) is of no use in another pod, and the fix."""
     why = (
-        f"KFP copies the artifacts of a {uri.partition('://')[0]}:// pipeline root into and out "
-        "of each step's own pod only"
+        f"kshot reaches gs://, s3:// and minio:// stores, not {uri.partition('://')[0]}://"
         if "://" in uri
         else "a path on this machine"
     )
     return (
-        f"{where} is {uri}, which other pods cannot reach ({why}). Give the run a gs:// or s3:// "
-        "pipeline root (kshot pipeline run --pipeline-root gs://BUCKET/PREFIX or "
-        "s3://BUCKET/PREFIX, or pipeline_root= of kfp.Client's run methods)"
+        f"{where} is {uri}, which other pods cannot reach ({why}). Give the run a gs://, s3:// or "
+        "minio:// pipeline root (kshot pipeline run --pipeline-root gs://BUCKET/PREFIX, "
+        "s3://BUCKET/PREFIX or minio://BUCKET/PREFIX, or pipeline_root= of kfp.Client's run "
+        "methods; KFP's default minio://mlpipeline/v2/artifacts will do)"
     )
 
 
@@ -226,17 +226,16 @@ def handoff_uri(artifact: Artifact, name: str) -> str:
     """The URI of ``artifact`` for a later step that receives it as a string, not as an artifact.
 
     A string input is not downloaded into the later step's pod (an input artifact is, whole);
-    the stage or its job reads from the URI only what it needs. KFP mounts a ``minio://`` artifact
-    into the producing step's pod only, so its path means nothing in the next step's pod; called
-    before the stage's work, this fails at once.
+    the stage or its job reads from the URI only what it needs, so the URI must name a store that
+    kshot reaches from any pod; called before the stage's work, this fails at once otherwise.
 
     Args:
         artifact: the output artifact.
         name: its name, for the error.
 
     Raises:
-        ValueError: the pipeline root is neither in an object store (``gs://``, ``s3://``) nor a
-            local folder (kfp.local).
+        ValueError: the pipeline root is neither in an object store (``gs://``, ``s3://``,
+            ``minio://``) nor a local folder (kfp.local).
     """
     if "://" in artifact.uri and not storage.is_remote(artifact.uri):
         raise ValueError(_unreachable(f"output {name!r}", artifact.uri))

@@ -40,7 +40,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML config file (local path, gs:// or s3:// URI); repeat to layer several",
+        help="YAML config file (local path, gs://, s3:// or minio:// URI); repeat to layer several",
     )
     p.add_argument(
         "--set",
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage = sub.add_parser(
         "stage",
         help="run one stage of the pipeline",
-        description="Run one stage on artifact URIs (local paths, gs:// or s3://).",
+        description="Run one stage on artifact URIs (local paths, gs://, s3:// or minio://).",
     )
     stage_sub = stage.add_subparsers(dest="name", required=True)
     for name in STAGES:
@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         default="runs/local",
         metavar="DIR",
-        help="where artifacts, logs/ and summary.json go (a folder, gs:// or s3:// prefix)",
+        help="where artifacts, logs/ and summary.json go (a folder, gs://, s3:// or minio:// prefix)",
     )
     run.add_argument(
         "--sweep",

@@ -1,9 +1,12 @@
-"""Artifact URIs: local paths, ``gs://bucket/key`` and ``s3://bucket/key`` through one set of functions.
+"""Artifact URIs: local paths, ``gs://``, ``s3://`` and ``minio://`` objects through one set of
+functions.
 
 Every stage and worker reads and writes through this module, so a run can live on a laptop disk, in
 a Google Cloud Storage bucket or in an S3-compatible store (AWS S3, MinIO, SeaweedFS) without the
-callers knowing which. Each object store is one :class:`_ObjectStore` (``_Gcs``, ``_S3``); the
-public functions below are written once for all of them.
+callers knowing which. ``minio://`` is Kubeflow Pipelines' own artifact store (its default pipeline
+root, ``minio://mlpipeline/v2/artifacts``: MinIO, or SeaweedFS in newer releases), an S3-compatible
+server found as KFP's launcher finds it. Each object store is one :class:`_ObjectStore` (``_Gcs``,
+``_S3``); the public functions below are written once for all of them.
 
 Guarantees:
 
@@ -48,7 +51,11 @@ Credentials; when ``STORAGE_EMULATOR_HOST`` is set, the client talks to that end
 ``s3://``: boto3's chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a web identity such
 as EKS IRSA, a profile); ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) points it at MinIO,
 SeaweedFS or another S3-compatible server, which boto3 then addresses path-style
-(``http://host:9000/bucket/key``), as such servers expect.
+(``http://host:9000/bucket/key``), as such servers expect. ``minio://``: the endpoint
+:func:`minio_endpoint` (as KFP's launcher: the namespace's ``minio-service``, else
+``minio-service.kubeflow:9000``), the keys of KFP's Secret :data:`MINIO_SECRET` in the environment
+variables of :data:`MINIO_SECRET_KEYS` (the pipeline's steps and the jobs they launch get them
+from the Secret), else boto3's chain.
 """
 
 from __future__ import annotations
@@ -91,10 +98,15 @@ __all__ = [
     "RETRY_DEADLINE_ENV",
     "RETRY_INITIAL_DELAY_ENV",
     "S3_ENDPOINT_ENVS",
+    "MINIO_ENDPOINT_ENV",
+    "MINIO_SECRET",
+    "MINIO_SECRET_KEYS",
+    "minio_endpoint",
     "StorageError",
     "UnsafeFileError",
     "is_gcs",
     "is_s3",
+    "is_minio",
     "is_remote",
     "parse_gcs",
     "parse_remote",
@@ -128,6 +140,16 @@ RETRY_DEADLINE_ENV = "KSHOT_STORAGE_RETRY_DEADLINE"
 RETRY_INITIAL_DELAY_ENV = "KSHOT_STORAGE_RETRY_INITIAL_DELAY"
 S3_ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 """Where ``s3://`` requests go, first set wins (boto3's own settings); unset: AWS S3."""
+MINIO_ENDPOINT_ENV = "KSHOT_MINIO_ENDPOINT"
+"""Where ``minio://`` requests go, when set (else :func:`minio_endpoint` finds KFP's store)."""
+MINIO_SECRET = "mlpipeline-minio-artifact"
+"""KFP's Secret with its artifact store's keys, in every namespace that runs pipelines."""
+MINIO_SECRET_KEYS = {"accesskey": "KSHOT_MINIO_ACCESS_KEY", "secretkey": "KSHOT_MINIO_SECRET_KEY"}
+"""The data keys of :data:`MINIO_SECRET` → the environment variables that carry them into pods."""
+# KFP's launcher: the minio-service of the pod's own namespace (the variables Kubernetes sets for a
+# Service), else this one (multi-user mode: the store lives in the kubeflow namespace).
+_MINIO_SERVICE_ENVS = ("MINIO_SERVICE_SERVICE_HOST", "MINIO_SERVICE_SERVICE_PORT")
+_MINIO_DEFAULT_ENDPOINT = "http://minio-service.kubeflow:9000"
 _DEFAULT_RETRY_DEADLINE_S = 300.0
 _DEFAULT_RETRY_INITIAL_DELAY_S = 1.0
 _RETRY_MAX_DELAY_S = 30.0
@@ -138,7 +160,7 @@ _PARTIAL_SUFFIX = ".partial"
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 # The object stores by URI scheme, with the form their URIs take. A URI whose scheme is not here, or
 # one of these without "//" after the colon, is refused rather than taken for a local file name.
-_REMOTE_FORMS = {"gs": "gs://bucket/key", "s3": "s3://bucket/key"}
+_REMOTE_FORMS = {"gs": "gs://bucket/key", "s3": "s3://bucket/key", "minio": "minio://bucket/key"}
 _GCS_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
 _S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
 _S3_MD5_METADATA = "kshot-md5"
@@ -163,24 +185,43 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def is_minio(uri: str) -> bool:
+    """Whether ``uri`` names KFP's own artifact store (``minio://...``); no validation beyond the
+    prefix."""
+    return uri.startswith("minio://")
+
+
 def is_remote(uri: str) -> bool:
-    """Whether ``uri`` names an object store (``gs://`` or ``s3://``) rather than a local path."""
-    return is_gcs(uri) or is_s3(uri)
+    """Whether ``uri`` names an object store (``gs://``, ``s3://``, ``minio://``) rather than a
+    local path."""
+    return is_gcs(uri) or is_s3(uri) or is_minio(uri)
+
+
+def minio_endpoint() -> str:
+    """The URL of KFP's artifact store: ``$KSHOT_MINIO_ENDPOINT``; else, as KFP's launcher finds
+    it, the ``minio-service`` of this pod's namespace, else ``http://minio-service.kubeflow:9000``."""
+    if os.environ.get(MINIO_ENDPOINT_ENV):
+        return os.environ[MINIO_ENDPOINT_ENV]
+    host, port = (os.environ.get(name) for name in _MINIO_SERVICE_ENVS)
+    if host and port:
+        return f"http://{host}:{port}"
+    return _MINIO_DEFAULT_ENDPOINT
 
 
 def parse_remote(uri: str) -> tuple[str, str]:
-    """Split ``gs://bucket/key`` or ``s3://bucket/key`` into ``("bucket", "key")``; the key is
-    ``""`` for ``gs://bucket``.
+    """Split ``gs://bucket/key``, ``s3://bucket/key`` or ``minio://bucket/key`` into
+    ``("bucket", "key")``; the key is ``""`` for ``gs://bucket``.
 
     Raises:
         ValueError: ``uri`` is neither, has no bucket, or the bucket name breaks the store's rules.
     """
     if is_gcs(uri):
         store, pattern, max_length, allowed = "GCS", _GCS_BUCKET_RE, 222, "'-', '_' and '.'"
-    elif is_s3(uri):
-        store, pattern, max_length, allowed = "S3", _S3_BUCKET_RE, 63, "'-' and '.'"
+    elif is_s3(uri) or is_minio(uri):
+        store = "S3" if is_s3(uri) else "MinIO"
+        pattern, max_length, allowed = _S3_BUCKET_RE, 63, "'-' and '.'"
     else:
-        raise ValueError(f"not a gs:// or s3:// URI: {uri!r}")
+        raise ValueError(f"not a gs://, s3:// or minio:// URI: {uri!r}")
     scheme, _, rest = uri.partition("://")
     bucket, _, key = rest.partition("/")
     if not bucket:
@@ -215,15 +256,20 @@ def parse_gcs(uri: str) -> tuple[str, str]:
 
 
 def _store(uri: str) -> _ObjectStore | None:
-    """The object store of a ``gs://`` or ``s3://`` URI, None for local paths; refuses empty URIs,
-    other schemes and malformed ones (``gs:/bucket/x``, ``s3:bucket``), which would otherwise
-    become local files."""
+    """The object store of a ``gs://``, ``s3://`` or ``minio://`` URI, None for local paths;
+    refuses empty URIs, other schemes and malformed ones (``gs:/bucket/x``, ``s3:bucket``), which
+    would otherwise become local files."""
     if not uri:
-        raise ValueError("empty URI: expected a local path, gs://bucket/key or s3://bucket/key")
+        raise ValueError(
+            "empty URI: expected a local path, gs://bucket/key, s3://bucket/key or "
+            "minio://bucket/key"
+        )
     if is_gcs(uri):
         return _GCS
     if is_s3(uri):
         return _S3_STORE
+    if is_minio(uri):
+        return _MINIO_STORE
     scheme = _SCHEME_RE.match(uri)
     if scheme is None:
         return None
@@ -601,23 +647,30 @@ class _PreconditionFailed(Exception):
 
 
 class _S3(_ObjectStore):
-    """``s3://`` through boto3; botocore sends each request once and :meth:`call` retries."""
+    """An S3-compatible store through boto3; botocore sends each request once and :meth:`call`
+    retries.
 
-    def __init__(self) -> None:
+    Args:
+        connection: the client's arguments (``endpoint_url``, keys, region), read from the
+            environment at each request.
+        no_credentials: what to tell a caller without credentials (``{err}``: boto's words).
+    """
+
+    def __init__(self, connection: Callable[[], dict[str, str]], no_credentials: str) -> None:
+        self._connection = connection
+        self._no_credentials = no_credentials
         self._lock = threading.Lock()
-        self._cached: tuple[tuple[int, str | None], Any] | None = None
+        self._cached: tuple[tuple[Any, ...], Any] | None = None
 
     def client(self) -> Any:
-        """One client per process and endpoint (boto3 clients are thread-safe, sessions not)."""
-        endpoint = next(
-            (os.environ[name] for name in S3_ENDPOINT_ENVS if os.environ.get(name)), None
-        )
-        identity = (os.getpid(), endpoint)
+        """One client per process and connection (boto3 clients are thread-safe, sessions not)."""
+        connection = self._connection()
+        identity = (os.getpid(), *sorted(connection.items()))
         with self._lock:
             if self._cached is None or self._cached[0] != identity:
                 # retried by call(), under the deadline
                 config = botocore.config.Config(retries={"total_max_attempts": 1})
-                client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+                client = boto3.session.Session().client("s3", config=config, **connection)
                 self._cached = (identity, client)
             return self._cached[1]
 
@@ -638,7 +691,9 @@ class _S3(_ObjectStore):
             botocore.exceptions.NoCredentialsError,
             botocore.exceptions.PartialCredentialsError,
         ) as err:
-            raise PermissionError(f"{action} {uri}: " + _NO_S3_CREDENTIALS.format(err=err)) from err
+            raise PermissionError(
+                f"{action} {uri}: " + self._no_credentials.format(err=err)
+            ) from err
         except api_exceptions.RetryError as err:
             raise _gave_up(action, uri, err) from err
         except botocore.exceptions.BotoCoreError as err:
@@ -884,7 +939,38 @@ class _S3(_ObjectStore):
 
 
 _GCS = _Gcs()
-_S3_STORE = _S3()
+
+
+def _s3_connection() -> dict[str, str]:
+    """``s3://``: boto3's own settings, with the endpoint of :data:`S3_ENDPOINT_ENVS`."""
+    endpoint = next((os.environ[name] for name in S3_ENDPOINT_ENVS if os.environ.get(name)), None)
+    return {"endpoint_url": endpoint} if endpoint else {}
+
+
+def _minio_connection() -> dict[str, str]:
+    """``minio://``: KFP's store at :func:`minio_endpoint`, with the keys of its Secret when the
+    pod has them (:data:`MINIO_SECRET_KEYS`), else boto3's chain."""
+    connection = {
+        "endpoint_url": minio_endpoint(),
+        # MinIO and SeaweedFS take any region; boto3 needs one to sign.
+        "region_name": os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
+    }
+    access_key, secret_key = (os.environ.get(env) for env in MINIO_SECRET_KEYS.values())
+    if access_key and secret_key:
+        connection.update(aws_access_key_id=access_key, aws_secret_access_key=secret_key)
+    return connection
+
+
+_S3_STORE = _S3(_s3_connection, _NO_S3_CREDENTIALS)
+_MINIO_STORE = _S3(
+    _minio_connection,
+    "no usable credentials for KFP's artifact store ({err}). The pipeline's steps and jobs read "
+    f"them from the Secret {MINIO_SECRET!r} of their namespace (keys "
+    f"{', '.join(MINIO_SECRET_KEYS)}) into {', '.join(MINIO_SECRET_KEYS.values())}; elsewhere set "
+    "those variables, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+)
 
 
 # ---------------------------------------------------------------------------- reads & writes
@@ -1261,7 +1347,7 @@ def digest(uri: str) -> str:
     """A digest of the content at ``uri``, a file or every file of a folder (with their names).
 
     Local files are hashed (SHA-256); ``gs://`` objects give the MD5 that GCS keeps, so nothing is
-    downloaded; ``s3://`` objects are read. Equal content gives equal digests on one kind of store.
+    downloaded; ``s3://`` and ``minio://`` objects are read. Equal content gives equal digests on one kind of store.
 
     Raises:
         FileNotFoundError: nothing exists at ``uri``.
@@ -1308,7 +1394,9 @@ ETag (a str) on S3. Opaque to callers: they only pass back what they were given.
 
 def _lease_blob(uri: str) -> gcs.Blob:
     if not is_gcs(uri):
-        raise ValueError(f"{uri!r}: conditional writes are implemented for gs:// and s3:// objects")
+        raise ValueError(
+            f"{uri!r}: conditional writes are implemented for gs://, s3:// and minio:// objects"
+        )
     return _GCS._blob(uri)
 
 
@@ -1320,8 +1408,8 @@ def create_if_absent(uri: str, data: bytes) -> Generation | None:
     """Write the small object ``uri`` only if no object exists there; its generation, or None when
     one exists. (A retried request whose first attempt landed also answers None: callers that
     must know tell their own object by its content.)"""
-    if is_s3(uri):
-        return _S3_STORE.create_if_absent(uri, data)
+    if isinstance(s3 := _store(uri), _S3):
+        return s3.create_if_absent(uri, data)
     blob = _lease_blob(uri)
 
     def create(retry: Retry) -> int | None:
@@ -1336,8 +1424,8 @@ def create_if_absent(uri: str, data: bytes) -> Generation | None:
 
 def read_versioned(uri: str) -> tuple[bytes, Generation] | None:
     """The content of the object ``uri`` and the generation it was read at, or None if absent."""
-    if is_s3(uri):
-        return _S3_STORE.read_versioned(uri)
+    if isinstance(s3 := _store(uri), _S3):
+        return s3.read_versioned(uri)
     ref = _lease_blob(uri)
 
     def read(retry: Retry) -> tuple[bytes, int] | None:
@@ -1356,8 +1444,8 @@ def read_versioned(uri: str) -> tuple[bytes, Generation] | None:
 def replace_if_generation(uri: str, data: bytes, generation: Generation) -> Generation | None:
     """Replace the object ``uri`` only if its generation is still ``generation``; the new
     generation, or None when another writer changed or deleted it meanwhile."""
-    if is_s3(uri):
-        return _S3_STORE.replace_if_generation(uri, data, str(generation))
+    if isinstance(s3 := _store(uri), _S3):
+        return s3.replace_if_generation(uri, data, str(generation))
     blob = _lease_blob(uri)
 
     def replace(retry: Retry) -> int | None:
@@ -1374,8 +1462,8 @@ def replace_if_generation(uri: str, data: bytes, generation: Generation) -> Gene
 
 def delete_if_generation(uri: str, generation: Generation) -> bool:
     """Delete the object ``uri`` only if its generation is still ``generation``; whether it did."""
-    if is_s3(uri):
-        return _S3_STORE.delete_if_generation(uri, str(generation))
+    if isinstance(s3 := _store(uri), _S3):
+        return s3.delete_if_generation(uri, str(generation))
     blob = _lease_blob(uri)
 
     def remove(retry: Retry) -> bool:

@@ -208,8 +208,8 @@ def _run_package(args: argparse.Namespace, scratch: str) -> str:
 
 
 def _check_pipeline_root(uri: str) -> None:
-    """Refuse a ``--pipeline-root`` other than gs:// or s3://: only there do the job pods and the
-    ground truth's later step reach the artifacts (see
+    """Refuse a ``--pipeline-root`` outside the object stores kshot reaches (gs://, s3://,
+    minio://): only there do the job pods and later steps reach the artifacts (see
     :func:`kshot.components.runtime.handoff_uri`)."""
     from kshot import storage
 
@@ -219,8 +219,8 @@ def _check_pipeline_root(uri: str) -> None:
         storage.parse_remote(uri)
     except ValueError as error:
         raise ConfigError(
-            f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX or "
-            "s3://BUCKET/PREFIX"
+            f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX, "
+            "s3://BUCKET/PREFIX or minio://BUCKET/PREFIX"
         ) from error
 
 
@@ -325,7 +325,7 @@ def add_parser(subparsers: Any) -> None:
         "--pipeline-root",
         default="",
         metavar="gs://BUCKET/PREFIX",
-        help="where the run's artifacts go (default: the host's); job launchers need gs:// or s3://",
+        help="where the run's artifacts go (default: the host's); steps and jobs need gs://, s3:// or minio://",
     )
     caching = run.add_mutually_exclusive_group()
     caching.add_argument(
@@ -348,7 +348,7 @@ def add_parser(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML config file (local path, gs:// or s3:// URI); repeat to layer several",
+        help="YAML config file (local path, gs://, s3:// or minio:// URI); repeat to layer several",
     )
     run.add_argument(
         "--set",

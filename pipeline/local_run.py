@@ -99,7 +99,7 @@ def publish(summary: dict[str, Any], artifacts: Path, output: str) -> dict[str, 
     Args:
         summary: the run summary; paths in it under ``artifacts`` are rewritten to their URIs.
         artifacts: the local folder of the run's artifacts.
-        output: the run's output folder, gs:// or s3:// prefix.
+        output: the run's output folder, gs://, s3:// or minio:// prefix.
 
     Returns:
         The summary as written.

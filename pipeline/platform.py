@@ -14,7 +14,9 @@ instead of training again (:mod:`kshot.launch.kube`).
 
 Placement and identity go through ``kfp-kubernetes`` on every step: the pipeline parameters
 ``step_tolerations`` (a list of Kubernetes tolerations) and ``step_node_selector`` (label →
-value), and a security context that runs the step as the images' non-root user
+value), the keys of KFP's artifact store from its Secret ``mlpipeline-minio-artifact`` when the
+namespace has it (so a step reaches a ``minio://`` pipeline root itself; see
+:mod:`kshot.storage`), and a security context that runs the step as the images' non-root user
 (:data:`IMAGE_UID`). The service account of the step pods is the run's (``kshot pipeline run
 --service-account``): KFP sets it per run, not per step. The compiled pipeline cannot state the
 rest of the "restricted" Pod Security profile (``allowPrivilegeEscalation: false``, dropped
@@ -32,6 +34,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 from kfp.dsl import pipeline_channel
 
+from kshot import storage
 from kshot.components.runtime import StepSize
 
 __all__ = [
@@ -74,6 +77,10 @@ class Placement:
 
 
 def _common(task: dsl.PipelineTask, placement: Placement) -> dsl.PipelineTask:
+    # The keys of KFP's own store (a minio:// pipeline root), where the namespace has its Secret.
+    kubernetes.use_secret_as_env(
+        task, storage.MINIO_SECRET, dict(storage.MINIO_SECRET_KEYS), optional=True
+    )
     kubernetes.add_toleration_json(task, placement.tolerations)
     kubernetes.add_node_selector_json(task, placement.node_selector)
     kubernetes.set_security_context(

@@ -8,6 +8,9 @@ Fixtures:
   the process at the end of the session. Child processes (kfp.local steps, workers) inherit the
   settings and reach the same server.
 * ``s3_bucket``: a fresh, uniquely named bucket on that server, as ``"s3://<name>"``.
+* ``minio_bucket``: a fresh bucket on the same server as KFP's store, ``"minio://<name>"``: the
+  test's ``KSHOT_MINIO_ENDPOINT`` points at the server and the keys are only in the variables
+  that KFP's Secret fills (``storage.MINIO_SECRET_KEYS``), not in ``AWS_*``.
 * ``s3_flaky_proxy``: a :class:`tests.gcs.FlakyProxy` between the client and the server for one
   test; ``AWS_ENDPOINT_URL_S3`` points at the proxy while the test runs and retries start fast.
   moto enforces ``If-Match`` / ``If-None-Match`` itself.
@@ -28,7 +31,7 @@ import pytest
 from kshot import storage
 from tests.gcs import FlakyProxy, start_server, stop_server
 
-__all__ = ["direct_client", "s3_bucket", "s3_flaky_proxy", "s3_server"]
+__all__ = ["direct_client", "minio_bucket", "s3_bucket", "s3_flaky_proxy", "s3_server"]
 
 ENDPOINT_ENV = storage.S3_ENDPOINT_ENVS[0]
 _LOOPBACK = "127.0.0.1"
@@ -74,6 +77,22 @@ def s3_bucket(s3_server: str) -> str:
     name = f"kshot-test-{uuid.uuid4().hex[:12]}"
     direct_client(s3_server).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def minio_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new empty bucket on the server, as ``minio://<name>``, reached as a pod of a KFP run
+    reaches its store: the endpoint in ``KSHOT_MINIO_ENDPOINT``, the keys of the Secret in their
+    own variables and nowhere else."""
+    name = f"kshot-test-{uuid.uuid4().hex[:12]}"
+    direct_client(s3_server).create_bucket(Bucket=name)
+    for env in (ENDPOINT_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv(storage.MINIO_ENDPOINT_ENV, s3_server)
+    access, secret = storage.MINIO_SECRET_KEYS.values()
+    monkeypatch.setenv(access, _SETTINGS["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv(secret, _SETTINGS["AWS_SECRET_ACCESS_KEY"])
+    return f"minio://{name}"
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
+from kshot import storage
 from kshot.launch import kube
 from kshot.launch.kube import LAUNCH_HASH_ANNOTATION, JobCancelled, render_job, run_job
 from kshot.launch.pytorchjob import image_pull_policy, render_pytorchjob
@@ -309,6 +310,50 @@ def test_pytorchjob_is_one_master_and_the_rest_workers(workers: int, gpus: int) 
             assert container["resources"]["limits"] == {"nvidia.com/gpu": gpus}
         env = {item["name"]: item["value"] for item in container["env"]}
         assert env["KSHOT_STAGE"] == "train"
+
+
+def _training_envs(spec: LaunchSpec) -> list[list[dict[str, Any]]]:
+    """The training container's env of the PyTorchJob and of the TrainJob of every release, each
+    rendering checked against its CRD."""
+    pytorchjob = render_pytorchjob(spec)
+    validate_against_crd(pytorchjob)
+    envs = [
+        replica["template"]["spec"]["containers"][0]["env"]
+        for replica in pytorchjob["spec"]["pytorchReplicaSpecs"].values()
+    ]
+    for version in TRAINER_VERSIONS:
+        trainjob = render_trainjob(spec, trainer_version=version)
+        validate_against_crd(trainjob, version)
+        envs.append(trainjob["spec"]["trainer"]["env"])
+    return envs
+
+
+def test_a_job_on_kfps_minio_store_gets_its_endpoint_and_the_keys_of_its_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job whose URIs are minio:// (KFP's default root) reaches the store as the step did: the
+    endpoint the step found, the keys from KFP's Secret (optional, as on the steps); a gs:// job
+    gets neither."""
+    monkeypatch.setenv(storage.MINIO_ENDPOINT_ENV, "http://minio-service.kubeflow:9000")
+    root = "minio://mlpipeline/v2/artifacts/kshot-nas/run-1"
+    spec = make_spec(
+        inputs={"checkpoint": f"{root}/warmup/checkpoint"},
+        outputs={"checkpoint": f"{root}/train/checkpoint"},
+    )
+    for env in _training_envs(spec):
+        values = {item["name"]: item.get("value") for item in env}
+        assert values[storage.MINIO_ENDPOINT_ENV] == "http://minio-service.kubeflow:9000"
+        refs = {
+            item["name"]: item["valueFrom"]["secretKeyRef"] for item in env if "valueFrom" in item
+        }
+        assert refs == {
+            name: {"name": storage.MINIO_SECRET, "key": key, "optional": True}
+            for key, name in storage.MINIO_SECRET_KEYS.items()
+        }
+    for env in _training_envs(make_spec()):  # gs:// only
+        names = {item["name"] for item in env}
+        assert not names & {storage.MINIO_ENDPOINT_ENV, *storage.MINIO_SECRET_KEYS.values()}
+        assert all("valueFrom" not in item for item in env)
 
 
 @pytest.mark.parametrize(

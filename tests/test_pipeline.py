@@ -16,6 +16,7 @@ import yaml
 from kfp import dsl, local
 from kfp.dsl.types.type_utils import InconsistentTypeException
 
+from kshot import storage
 from kshot.cli import main
 from kshot.components import stages
 from kshot.components.runtime import (
@@ -340,7 +341,8 @@ def test_the_sweep_trains_a_bounded_number_of_k_at_once(compiled_sweep: dict[str
     assert loop["iteratorPolicy"]["parallelismLimit"] == K_PARALLELISM
 
 
-MINIO_RUN = "minio://mlpipeline/v2/artifacts/kshot-nas/run-1"
+# A root in a store kshot does not reach (KFP would take any scheme its launcher is built with).
+FOREIGN_RUN = "oss://mlpipeline/v2/artifacts/kshot-nas/run-1"
 
 
 @pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
@@ -350,23 +352,23 @@ def test_a_job_refuses_artifacts_its_pods_cannot_reach_before_it_starts(
     monkeypatch.setenv(NAMESPACE_ENV, "team-a")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))
     split = "gs://bucket/kshot-nas/run-1/split/split"
-    checkpoint = dsl.Model(uri=f"{MINIO_RUN}/warmup/checkpoint")
+    checkpoint = dsl.Model(uri=f"{FOREIGN_RUN}/warmup/checkpoint")
     config = json.dumps(Config().to_dict())
 
     with pytest.raises(LaunchError) as failure:
         run_pipeline_stage("warmup", config, {"split": split}, {"checkpoint": checkpoint}, launcher)
     message = str(failure.value)
     assert f"warmup: output 'checkpoint' of the {launcher} job is {checkpoint.uri}" in message
-    assert "minio:// pipeline root" in message and "--pipeline-root gs://" in message
-    assert "s3://BUCKET/PREFIX" in message
+    assert "not oss://" in message and "--pipeline-root gs://" in message
+    assert "s3://BUCKET/PREFIX" in message and "minio://BUCKET/PREFIX" in message
     assert not Path(checkpoint.path).exists()
 
 
 def test_a_uri_handed_to_a_later_step_must_reach_its_pod() -> None:
-    table = dsl.Dataset(uri=f"{MINIO_RUN}/standalone/table")
+    table = dsl.Dataset(uri=f"{FOREIGN_RUN}/standalone/table")
     with pytest.raises(ValueError, match=f"output 'table' is {table.uri}, which other pods"):
         handoff_uri(table, "table")
-    for bucket in ("gs://bucket", "s3://bucket"):
+    for bucket in ("gs://bucket", "s3://bucket", "minio://mlpipeline/v2/artifacts"):
         in_store = dsl.Dataset(uri=f"{bucket}/run-1/standalone/table")
         assert handoff_uri(in_store, "table") == in_store.uri
     on_this_machine = dsl.Dataset(uri="/tmp/kfp-local/standalone/table")  # kfp.local
@@ -535,6 +537,23 @@ def _stated_pod(spec: dict[str, Any], executor: str) -> dict[str, Any]:
             }
         ]
     }
+
+
+def test_every_step_reaches_a_minio_root_with_the_keys_of_kfps_secret(
+    both: dict[str, Any],
+) -> None:
+    """On KFP's default minio:// root each step reads and writes the store itself: every executor
+    takes the keys from KFP's Secret, optional so that a namespace without it (a gs:// or s3://
+    root) still runs."""
+    executors = both["platform"]["deploymentSpec"]["executors"]
+    assert set(executors) == set(_all_tasks(both))  # every step that runs a container
+    for name, executor in executors.items():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretNameParameter"]["runtimeValue"]["constant"] == storage.MINIO_SECRET
+        assert secret["optional"] is True, name
+        assert {
+            e["secretKey"]: e["envVar"] for e in secret["keyToEnv"]
+        } == storage.MINIO_SECRET_KEYS
 
 
 def test_step_pods_are_restricted_as_far_as_the_compiled_pipeline_can_state(

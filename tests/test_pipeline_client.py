@@ -190,7 +190,14 @@ def test_explicit_values_are_sent_even_at_the_local_defaults(tmp_path: Path) -> 
     }
 
 
-@pytest.mark.parametrize("root", ["gs://kshot-runs/pipeline-root", "s3://kshot-runs/pipeline-root"])
+@pytest.mark.parametrize(
+    "root",
+    [
+        "gs://kshot-runs/pipeline-root",
+        "s3://kshot-runs/pipeline-root",
+        "minio://mlpipeline/v2/artifacts",
+    ],
+)
 def test_run_sends_the_pipeline_root(
     kfp_server: RecordingKfpServer, package: str, root: str
 ) -> None:
@@ -200,13 +207,14 @@ def test_run_sends_the_pipeline_root(
     assert run["runtime_config"]["pipeline_root"] == root
 
 
-def test_a_pipeline_root_outside_cloud_storage_is_refused_before_any_request(
-    kfp_server: RecordingKfpServer, package: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("root", ["oss://kshot-runs/pipeline-root", "/mnt/kshot-runs"])
+def test_a_pipeline_root_outside_the_object_stores_is_refused_before_any_request(
+    kfp_server: RecordingKfpServer, package: str, root: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = "minio://mlpipeline/v2/artifacts"
     args = ["pipeline", "run", *_host(kfp_server), "--package", package, "--pipeline-root", root]
     assert main(args) == 2
-    assert f"--pipeline-root {root!r}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--pipeline-root {root!r}" in err and "minio://BUCKET/PREFIX" in err
     assert kfp_server.requests == []
 
 

@@ -28,12 +28,13 @@ from tests.object_stores import Remote
 from tests.s3 import direct_client
 
 
-@pytest.fixture(params=["local", "gcs", "s3"])
+@pytest.fixture(params=["local", "gcs", "s3", "minio"])
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A folder URI to work under: a local path, or a folder in a fresh GCS or S3 bucket."""
+    """A folder URI to work under: a local path, or a folder in a fresh GCS, S3 or KFP (minio://)
+    bucket."""
     if request.param == "local":
         return str(tmp_path / "root")
-    bucket = request.getfixturevalue({"gcs": "gcs_bucket", "s3": "s3_bucket"}[request.param])
+    bucket = request.getfixturevalue(f"{request.param}_bucket")
     return storage.join(bucket, "root")
 
 
@@ -351,6 +352,9 @@ def test_a_delete_whose_answer_was_lost_succeeds(flaky_remote: FlakyProxy, remot
         (storage.list_uris, "s3://under_score/key", "bucket name"),  # fine on GCS, not on S3
         (storage.exists, "s3://" + "b" * 64 + "/key", "3-63 characters"),
         (storage.delete, "s3://whole-bucket", "refusing to delete"),
+        (storage.read_bytes, "minio://", "no bucket name"),
+        (storage.list_uris, "minio://under_score/key", "bucket name"),
+        (storage.delete, "minio://mlpipeline", "refusing to delete"),
         (storage.read_bytes, "", "empty URI"),
     ],
 )
@@ -441,6 +445,67 @@ def test_s3_without_credentials_says_how_to_get_them(
     monkeypatch.setattr(storage._S3_STORE, "_cached", None)
     with pytest.raises(PermissionError, match="no usable S3 credentials .*AWS_ACCESS_KEY_ID"):
         storage.read_bytes("s3://some-bucket/split.json")
+
+
+def test_minio_uris_reach_kfps_store_with_the_keys_of_its_secret(
+    minio_bucket: str, s3_server: str
+) -> None:
+    """``minio://`` (KFP's default pipeline root) is the S3-compatible server at
+    ``KSHOT_MINIO_ENDPOINT``, signed with the keys from KFP's Secret: with no AWS_* keys and no
+    s3:// endpoint set, what is written there is the server's object at that bucket and key, and
+    the lease primitives hold there too."""
+    name = minio_bucket.removeprefix("minio://")
+    uri = storage.join(minio_bucket, "run", "split.json")
+    storage.write_json(uri, {"train": [1, 2]})
+    body = direct_client(s3_server).get_object(Bucket=name, Key="run/split.json")["Body"].read()
+    assert json.loads(body) == {"train": [1, 2]}
+    assert storage.list_uris(storage.join(minio_bucket, "run")) == [uri]
+    lease = storage.join(minio_bucket, ".kshot-leases", "x.json")
+    first = storage.create_if_absent(lease, b"first")
+    assert first is not None and storage.create_if_absent(lease, b"other") is None
+    assert storage.delete_if_generation(lease, first) is True
+
+
+def test_minio_without_the_secrets_keys_names_the_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in storage.MINIO_SECRET_KEYS.values():
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "absent"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(PermissionError) as failure:
+        storage.read_bytes("minio://mlpipeline/v2/artifacts/split.json")
+    message = str(failure.value)
+    assert "minio://mlpipeline/v2/artifacts/split.json" in message
+    assert storage.MINIO_SECRET in message and "KSHOT_MINIO_ACCESS_KEY" in message
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint"),
+    [
+        ({}, "http://minio-service.kubeflow:9000"),  # multi-user: the store in kubeflow
+        (  # the namespace's own minio-service (standalone KFP)
+            {"MINIO_SERVICE_SERVICE_HOST": "10.0.0.7", "MINIO_SERVICE_SERVICE_PORT": "9000"},
+            "http://10.0.0.7:9000",
+        ),
+        (
+            {"MINIO_SERVICE_SERVICE_HOST": "10.0.0.7", "MINIO_SERVICE_SERVICE_PORT": "9000"}
+            | {storage.MINIO_ENDPOINT_ENV: "https://store.example:443"},
+            "https://store.example:443",
+        ),
+    ],
+)
+def test_minio_endpoint_is_found_as_kfps_launcher_finds_it(
+    env: dict[str, str], endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (storage.MINIO_ENDPOINT_ENV, "MINIO_SERVICE_SERVICE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert storage.minio_endpoint() == endpoint
 
 
 def test_an_interrupted_s3_multipart_upload_leaves_no_parts(
@@ -595,6 +660,7 @@ def test_a_full_tmpfs_is_named_with_the_path(tmp_path: Path) -> None:
         ("gs:/bucket/split.json", "malformed URI 'gs:/bucket/split.json'"),
         ("gs:bucket/split.json", "malformed URI"),
         ("s3:/bucket/x", "malformed URI"),
+        ("minio:mlpipeline/x", "malformed URI"),
         ("gs://bucket-ok/a/./x", "'.' and '..' segments"),
         ("gs://bucket-ok/a/../x", "'.' and '..' segments"),
         ("gs://bucket-ok/a//x", "empty, '.' and '..' segments"),

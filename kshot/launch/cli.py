@@ -64,7 +64,7 @@ def _render(args: argparse.Namespace) -> int:
 
 def _check_pod_artifacts(spec: LaunchSpec) -> None:
     """A job's pods read and write the artifacts themselves: every one the stage needs must be
-    given, as a gs:// or s3:// URI (a local path is on this machine, not in the pods)."""
+    given, as a gs://, s3:// or minio:// URI (a local path is on this machine, not in the pods)."""
     from kshot import storage  # not at the top: it loads torch, which `kshot --help` need not
 
     inputs, outputs = ARTIFACTS[spec.stage]
@@ -82,7 +82,7 @@ def _check_pod_artifacts(spec: LaunchSpec) -> None:
             if not storage.is_remote(uri):
                 raise LaunchError(
                     f"{flag} {name}={uri!r}: the job's pods cannot see a local path; "
-                    "give a gs:// or s3:// URI"
+                    "give a gs://, s3:// or minio:// URI"
                 )
 
 

@@ -18,7 +18,12 @@ itself (a bad config, a crash) fails the job at once instead of rerunning it ``b
 
 This module also holds what the PyTorchJob and TrainJob renderings share: the job name, its labels,
 the pod overrides (tolerations, node selector, service account, image pull secrets, CPU/memory
-resources), the image pull policy, the security contexts, the scratch volumes and ``$`` escaping.
+resources), the container's environment, the image pull policy, the security contexts, the scratch
+volumes and ``$`` escaping.
+
+A job whose inputs or outputs lie in KFP's own store (``minio://``) gets what a pipeline step has
+to reach it: the keys of KFP's Secret (``kshot.storage.MINIO_SECRET``, optional, as on the steps)
+and the endpoint the launching pod found (``KSHOT_MINIO_ENDPOINT``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "container_resources",
     "image_pull_policy",
     "escape_dollars",
+    "container_env",
     "check_reserved_env",
     "pod_security_context",
     "container_security_context",
@@ -136,6 +142,41 @@ def job_labels(spec: LaunchSpec) -> dict[str, str]:
 def escape_dollars(text: str) -> str:
     """Escape ``$`` so that Kubernetes' ``$(VAR)`` expansion of args and env keeps ``text``."""
     return text.replace("$", "$$")
+
+
+def container_env(spec: LaunchSpec, own: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The training container's environment: ``spec.env`` and the launcher's ``own`` variables,
+    and for a job that reads or writes ``minio://`` URIs the endpoint of KFP's store and its keys
+    from KFP's Secret (unless ``spec.env`` sets them).
+
+    Args:
+        spec: the launch.
+        own: variables the launcher sets on every job (the stage, the job's name); they win.
+
+    Returns:
+        Kubernetes ``EnvVar`` objects, values ``$``-escaped.
+    """
+    from kshot import storage  # not at the top: it loads torch, which `kshot --help` need not
+
+    uris = [*spec.inputs.values(), *spec.outputs.values()]
+    to_minio = any(storage.is_minio(uri) for uri in uris)
+    store = {storage.MINIO_ENDPOINT_ENV: storage.minio_endpoint()} if to_minio else {}
+    values = {**store, **spec.env, **own}
+    env: list[dict[str, Any]] = [
+        {"name": name, "value": escape_dollars(value)} for name, value in values.items()
+    ]
+    if to_minio:
+        env += [
+            {
+                "name": name,
+                "valueFrom": {
+                    "secretKeyRef": {"name": storage.MINIO_SECRET, "key": key, "optional": True}
+                },
+            }
+            for key, name in storage.MINIO_SECRET_KEYS.items()
+            if name not in values
+        ]
+    return env
 
 
 def check_reserved_env(spec: LaunchSpec, reserved: frozenset[str], owner: str) -> None:
@@ -326,14 +367,7 @@ def render_pytorchjob(
             "kshot.worker",
             *(escape_dollars(arg) for arg in spec.worker_args()),
         ],
-        "env": [
-            {"name": key, "value": escape_dollars(value)}
-            for key, value in {
-                **spec.env,
-                "KSHOT_STAGE": spec.stage,
-                "KSHOT_JOB_NAME": name,
-            }.items()
-        ],
+        "env": container_env(spec, {"KSHOT_STAGE": spec.stage, "KSHOT_JOB_NAME": name}),
         "ports": [{"name": _PORT_NAME, "containerPort": _MASTER_PORT, "protocol": "TCP"}],
         "volumeMounts": scratch_mounts(),
         "securityContext": container_security_context(),

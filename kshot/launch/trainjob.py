@@ -33,6 +33,7 @@ from typing import Any, Literal
 from kshot.launch.pytorchjob import (
     ISTIO_INJECT_ANNOTATION,
     check_reserved_env,
+    container_env,
     container_resources,
     container_security_context,
     escape_dollars,
@@ -138,15 +139,9 @@ def render_trainjob(
         "image": spec.image,
         "command": ["torchrun"],
         "args": ["-m", "kshot.worker", *(escape_dollars(arg) for arg in spec.worker_args())],
-        "env": [
-            {"name": key, "value": escape_dollars(value)}
-            for key, value in {
-                **spec.env,
-                "KSHOT_STAGE": spec.stage,
-                "KSHOT_JOB_NAME": name,
-                "PYTHONUNBUFFERED": "1",
-            }.items()
-        ],
+        "env": container_env(
+            spec, {"KSHOT_STAGE": spec.stage, "KSHOT_JOB_NAME": name, "PYTHONUNBUFFERED": "1"}
+        ),
         "numNodes": spec.workers,
         "numProcPerNode": spec.nproc_per_worker,
     }
