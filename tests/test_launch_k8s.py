@@ -356,6 +356,22 @@ def test_a_job_on_kfps_minio_store_gets_its_endpoint_and_the_keys_of_its_secret(
         assert all("valueFrom" not in item for item in env)
 
 
+def test_a_job_on_s3_gets_the_s3_endpoint_of_its_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An s3:// job on MinIO or SeaweedFS reaches the server its launching step reaches; a gs://
+    job does not get the variable."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://seaweedfs.storage:8333")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    spec = make_spec(
+        inputs={"checkpoint": "s3://bucket/run/warmup"}, outputs={"checkpoint": "s3://bucket/run/t"}
+    )
+    for env in _training_envs(spec):
+        values = {item["name"]: item.get("value") for item in env}
+        assert values["AWS_ENDPOINT_URL_S3"] == "http://seaweedfs.storage:8333"
+        assert "AWS_ENDPOINT_URL" not in values
+    for env in _training_envs(make_spec()):
+        assert "AWS_ENDPOINT_URL_S3" not in {item["name"] for item in env}
+
+
 @pytest.mark.parametrize(
     ("version", "runtime", "kind"),
     [

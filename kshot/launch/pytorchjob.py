@@ -23,7 +23,8 @@ volumes and ``$`` escaping.
 
 A job whose inputs or outputs lie in KFP's own store (``minio://``) gets what a pipeline step has
 to reach it: the keys of KFP's Secret (``kshot.storage.MINIO_SECRET``, optional, as on the steps)
-and the endpoint the launching pod found (``KSHOT_MINIO_ENDPOINT``).
+and the endpoint the launching pod found (``KSHOT_MINIO_ENDPOINT``). A job on ``s3://`` gets the
+launching pod's S3 endpoint, if it has one; its credentials come from the pods' identity.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -145,9 +147,11 @@ def escape_dollars(text: str) -> str:
 
 
 def container_env(spec: LaunchSpec, own: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The training container's environment: ``spec.env`` and the launcher's ``own`` variables,
-    and for a job that reads or writes ``minio://`` URIs the endpoint of KFP's store and its keys
-    from KFP's Secret (unless ``spec.env`` sets them).
+    """The training container's environment: ``spec.env`` and the launcher's ``own`` variables;
+    for a job that reads or writes ``s3://`` URIs the S3 endpoint this process has
+    (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, for MinIO or SeaweedFS), and for ``minio://``
+    URIs the endpoint of KFP's store and its keys from KFP's Secret (unless ``spec.env`` sets
+    them).
 
     Args:
         spec: the launch.
@@ -161,6 +165,10 @@ def container_env(spec: LaunchSpec, own: Mapping[str, str]) -> list[dict[str, An
     uris = [*spec.inputs.values(), *spec.outputs.values()]
     to_minio = any(storage.is_minio(uri) for uri in uris)
     store = {storage.MINIO_ENDPOINT_ENV: storage.minio_endpoint()} if to_minio else {}
+    if any(storage.is_s3(uri) for uri in uris):
+        store.update(
+            {name: os.environ[name] for name in storage.S3_ENDPOINT_ENVS if os.environ.get(name)}
+        )
     values = {**store, **spec.env, **own}
     env: list[dict[str, Any]] = [
         {"name": name, "value": escape_dollars(value)} for name, value in values.items()
