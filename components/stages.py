@@ -368,7 +368,7 @@ def standalone(
         table: CSV arch,accuracy of the sampled paths.
 
     Returns:
-        The table's URI for the ground-truth step (on a cluster, gs:// only).
+        The table's URI for the ground-truth step (on a cluster, in an object store).
     """
     from kshot.components.runtime import handoff_uri, run_pipeline_stage
 
@@ -388,7 +388,7 @@ def benchmark_table(config: str, table: Output[Dataset]) -> str:
         table: CSV arch,accuracy of every path of the benchmark table.
 
     Returns:
-        The table's URI for the ground-truth step (on a cluster, gs:// only).
+        The table's URI for the ground-truth step (on a cluster, in an object store).
     """
     from kshot.components.runtime import config_from_json, handoff_uri
     from kshot.eval.ground_truth import load_ground_truth, write_ground_truth_csv

@@ -4,9 +4,10 @@
   ``flock``. The kernel releases the lock when its process ends however it ends, so a crashed
   writer never blocks the next one. The file holds the holder's host, pid and start time for the
   message a second writer gets; it is removed on release.
-* **Object stores** (``gs://`` and ``s3://``) — a lease object ``<scheme>://<bucket>/.kshot-leases/
-  <sha256 of the URI>.json`` in the output's bucket, created only if absent and renewed every third
-  of its time to live, each write conditional on the version this holder wrote last (the
+* **Object stores** (``gs://``, ``s3://``, ``minio://``) — a lease object
+  ``<scheme>://<bucket>/.kshot-leases/<sha256 of the URI>.json`` in the output's bucket, created
+  only if absent and renewed every third of its time to live, each write conditional on the
+  version this holder wrote last (the
   generation on GCS, the ETag on S3; :func:`kshot.storage.create_if_absent`,
   :func:`~kshot.storage.replace_if_generation`, :func:`~kshot.storage.delete_if_generation`;
   each write carries its time, so its ETag, a digest of the content, changes too). A lease that stops being renewed has expired: a writer that finds one waits until it has seen it
@@ -15,6 +16,11 @@
   apart from the outputs, so a folder's listing holds only what the stage wrote. A holder that
   loses its lease (it could not renew in time and another writer took over) stops: the stage's
   main thread gets ``KeyboardInterrupt``.
+
+An S3-compatible server that ignores the conditional headers (``If-None-Match``, ``If-Match``;
+older MinIO releases do) cannot keep a second writer out: the first lease each process takes in
+such a bucket finds out with a throw-away probe object, and the writer is warned, naming the
+output, that a second writer would go unnoticed there.
 
 The time to live is ``KSHOT_LEASE_TTL`` seconds (default 60).
 """
@@ -34,6 +40,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ __all__ = ["LEASE_TTL_ENV", "LeaseHeld", "hold", "lease_uri"]
 LEASE_TTL_ENV = "KSHOT_LEASE_TTL"
 _DEFAULT_TTL_S = 60.0
 _LEASES_FOLDER = ".kshot-leases"
+_CONDITIONS_HONOURED: dict[str, bool] = {}  # bucket URI → whether its store refuses a 2nd create
 
 
 class LeaseHeld(OSError):
@@ -161,6 +169,22 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _honours_conditions(object_uri: str) -> bool:
+    """Whether the S3-compatible store of ``object_uri`` refuses to create an object that exists
+    (``If-None-Match: *``), probed once per process and bucket with a throw-away object in the
+    bucket's lease folder. GCS always does."""
+    scheme, _, rest = object_uri.partition("://")
+    bucket = f"{scheme}://{rest.partition('/')[0]}"
+    if bucket not in _CONDITIONS_HONOURED:
+        probe = storage.join(bucket, _LEASES_FOLDER, f"probe-{uuid.uuid4().hex}.json")
+        storage.create_if_absent(probe, b"{}")
+        try:
+            _CONDITIONS_HONOURED[bucket] = storage.create_if_absent(probe, b"{}") is None
+        finally:
+            storage.delete(probe)
+    return _CONDITIONS_HONOURED[bucket]
+
+
 class _ObjectLease:
     """A lease object renewed by a background thread (see the module's notes)."""
 
@@ -213,6 +237,14 @@ class _ObjectLease:
             time.sleep(min(1.0, self.ttl / 10))
 
     def __enter__(self) -> _ObjectLease:
+        if not storage.is_gcs(self.uri) and not _honours_conditions(self.object):
+            warnings.warn(
+                f"{self.uri}: the store ignores conditional writes (If-None-Match / If-Match), "
+                "so its lease cannot keep a second writer out and one would go unnoticed; run "
+                "one writer per output there, or use a store that honours them (current MinIO, "
+                "SeaweedFS, AWS S3, GCS)",
+                stacklevel=2,
+            )
         self.generation = self._acquire()
         self.thread = threading.Thread(target=self._renew, name="kshot-lease", daemon=True)
         self.thread.start()

@@ -99,6 +99,7 @@ __all__ = [
     "RETRY_INITIAL_DELAY_ENV",
     "S3_ENDPOINT_ENVS",
     "MINIO_ENDPOINT_ENV",
+    "MINIO_REGION_ENV",
     "MINIO_SECRET",
     "MINIO_SECRET_KEYS",
     "minio_endpoint",
@@ -142,6 +143,9 @@ S3_ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 """Where ``s3://`` requests go, first set wins (boto3's own settings); unset: AWS S3."""
 MINIO_ENDPOINT_ENV = "KSHOT_MINIO_ENDPOINT"
 """Where ``minio://`` requests go, when set (else :func:`minio_endpoint` finds KFP's store)."""
+MINIO_REGION_ENV = "KSHOT_MINIO_REGION"
+"""The region ``minio://`` requests are signed for (default ``us-east-1``, MinIO's own); the
+``AWS_*`` region of the pod (EKS sets one) belongs to ``s3://``."""
 MINIO_SECRET = "mlpipeline-minio-artifact"
 """KFP's Secret with its artifact store's keys, in every namespace that runs pipelines."""
 MINIO_SECRET_KEYS = {"accesskey": "KSHOT_MINIO_ACCESS_KEY", "secretkey": "KSHOT_MINIO_SECRET_KEY"}
@@ -199,12 +203,14 @@ def is_remote(uri: str) -> bool:
 
 def minio_endpoint() -> str:
     """The URL of KFP's artifact store: ``$KSHOT_MINIO_ENDPOINT``; else, as KFP's launcher finds
-    it, the ``minio-service`` of this pod's namespace, else ``http://minio-service.kubeflow:9000``."""
+    it by default, the ``minio-service`` of this pod's namespace, else
+    ``http://minio-service.kubeflow:9000``. (A ``kfp-launcher`` ConfigMap that points KFP
+    elsewhere needs the same endpoint in ``KSHOT_MINIO_ENDPOINT``.)"""
     if os.environ.get(MINIO_ENDPOINT_ENV):
         return os.environ[MINIO_ENDPOINT_ENV]
     host, port = (os.environ.get(name) for name in _MINIO_SERVICE_ENVS)
     if host and port:
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     return _MINIO_DEFAULT_ENDPOINT
 
 
@@ -952,10 +958,7 @@ def _minio_connection() -> dict[str, str]:
     pod has them (:data:`MINIO_SECRET_KEYS`), else boto3's chain."""
     connection = {
         "endpoint_url": minio_endpoint(),
-        # MinIO and SeaweedFS take any region; boto3 needs one to sign.
-        "region_name": os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or "us-east-1",
+        "region_name": os.environ.get(MINIO_REGION_ENV) or "us-east-1",
     }
     access_key, secret_key = (os.environ.get(env) for env in MINIO_SECRET_KEYS.values())
     if access_key and secret_key:

@@ -5,7 +5,7 @@ local ``torchrun`` jobs, so the local run exercises the distributed code path. A
 ``OUTPUT/artifacts``, each step's log under ``OUTPUT/logs`` (the console shows one line per step
 start and end, see :mod:`kshot.pipeline.console`); the run summary goes to ``OUTPUT/summary.json``.
 With ``k_values`` the K sweep (:mod:`kshot.pipeline.sweep`) runs instead and the summary holds τ, ρ
-and r per K. A ``gs://`` or ``s3://`` output keeps kfp.local's scratch in a local temporary folder
+and r per K. An object-store output keeps kfp.local's scratch in a local temporary folder
 and uploads the artifacts, logs, report and summary after.
 """
 
@@ -122,7 +122,7 @@ def run_local_pipeline(
 
     Args:
         cfg: the run configuration (e.g. :data:`DEFAULT_CONFIG` with ``--set`` overrides).
-        output: a folder, ``gs://`` or ``s3://`` prefix for ``artifacts/``, ``logs/``,
+        output: a folder or object-store prefix for ``artifacts/``, ``logs/``,
             ``report/`` and ``summary.json``.
         verbose: echo every line of kfp.local and of the steps, not just one per step start / end.
         k_values: run the K sweep over these K (the config's ``k`` is then unused).

@@ -334,15 +334,17 @@ def test_a_job_on_kfps_minio_store_gets_its_endpoint_and_the_keys_of_its_secret(
     """A job whose URIs are minio:// (KFP's default root) reaches the store as the step did: the
     endpoint the step found, the keys from KFP's Secret (optional, as on the steps); a gs:// job
     gets neither."""
-    monkeypatch.setenv(storage.MINIO_ENDPOINT_ENV, "http://minio-service.kubeflow:9000")
+    monkeypatch.setenv(storage.MINIO_ENDPOINT_ENV, "http://seaweedfs.kubeflow:8333")
     root = "minio://mlpipeline/v2/artifacts/kshot-nas/run-1"
-    spec = make_spec(
+    on_minio = make_spec(
         inputs={"checkpoint": f"{root}/warmup/checkpoint"},
         outputs={"checkpoint": f"{root}/train/checkpoint"},
     )
-    for env in _training_envs(spec):
+    # artifacts on gs://, the dataset in KFP's store: the job reads it too
+    data_on_minio = make_spec(config={"k": 4, "dataset": "minio://datasets/cifar10"})
+    for env in _training_envs(on_minio) + _training_envs(data_on_minio):
         values = {item["name"]: item.get("value") for item in env}
-        assert values[storage.MINIO_ENDPOINT_ENV] == "http://minio-service.kubeflow:9000"
+        assert values[storage.MINIO_ENDPOINT_ENV] == "http://seaweedfs.kubeflow:8333"
         refs = {
             item["name"]: item["valueFrom"]["secretKeyRef"] for item in env if "valueFrom" in item
         }
@@ -370,6 +372,11 @@ def test_a_job_on_s3_gets_the_s3_endpoint_of_its_launcher(monkeypatch: pytest.Mo
         assert "AWS_ENDPOINT_URL" not in values
     for env in _training_envs(make_spec()):
         assert "AWS_ENDPOINT_URL_S3" not in {item["name"] for item in env}
+    # launched from a laptop through `kubectl port-forward`: the pods get no loopback endpoint
+    for local in ("http://localhost:9000", "http://127.0.0.1:9000", "http://[::1]:9000"):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", local)
+        for env in _training_envs(spec):
+            assert "AWS_ENDPOINT_URL_S3" not in {item["name"] for item in env}, local
 
 
 @pytest.mark.parametrize(

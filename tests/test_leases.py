@@ -10,10 +10,12 @@ as GCS does (the emulator alone ignores it); moto answers S3's ``If-None-Match``
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,29 @@ def test_a_holder_that_loses_its_lease_stops(
             time.sleep(0.01)
         pytest.fail("the holder kept its lease after losing it")
     assert storage.read_versioned(lease.lease_uri(out))[0] == b'{"host": "other"}'
+
+
+def test_a_store_that_ignores_conditional_writes_is_named_when_the_lease_is_taken(
+    minio_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that ignores If-None-Match / If-Match (older MinIO releases) cannot keep a second
+    writer out: the writer is warned, naming the output. One that honours them (the test server)
+    gets no warning; neither leaves its probe or lease behind."""
+    out = storage.join(minio_bucket, "run", "warm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with lease.hold([out], "warmup"):
+            pass
+    put_if = storage._MINIO_STORE._put_if
+    monkeypatch.setattr(
+        storage._MINIO_STORE,
+        "_put_if",
+        lambda uri, action, data, condition: put_if(uri, action, data, {}),  # headers ignored
+    )
+    monkeypatch.setattr(lease, "_CONDITIONS_HONOURED", {})
+    with (
+        pytest.warns(UserWarning, match=re.escape(out) + ": the store ignores conditional writes"),
+        lease.hold([out], "warmup"),
+    ):
+        pass
+    assert storage.list_uris(storage.join(minio_bucket, ".kshot-leases")) == []

@@ -491,6 +491,10 @@ def test_minio_without_the_secrets_keys_names_the_secret(
             {"MINIO_SERVICE_SERVICE_HOST": "10.0.0.7", "MINIO_SERVICE_SERVICE_PORT": "9000"},
             "http://10.0.0.7:9000",
         ),
+        (  # an IPv6 ClusterIP goes in brackets
+            {"MINIO_SERVICE_SERVICE_HOST": "fd00::7", "MINIO_SERVICE_SERVICE_PORT": "9000"},
+            "http://[fd00::7]:9000",
+        ),
         (
             {"MINIO_SERVICE_SERVICE_HOST": "10.0.0.7", "MINIO_SERVICE_SERVICE_PORT": "9000"}
             | {storage.MINIO_ENDPOINT_ENV: "https://store.example:443"},

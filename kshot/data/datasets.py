@@ -22,7 +22,7 @@ labels. The layout is detected from the URI and the folder content:
   ``root/test/<class>/...`` (or ``val/`` or ``validation/``, looked for in that order); classes are
   the train part's subfolders sorted by name.
 
-Every URI goes through :func:`kshot.storage.local_copy`, so ``gs://`` and ``s3://`` URIs work
+Every URI goes through :func:`kshot.storage.local_copy`, so object-store URIs work
 wherever storage supports them. Pickles are read with an unpickler that only builds numpy arrays, lists, dicts and
 strings, so a crafted file cannot run code. Decoded parts are cached in memory per
 ``(uri, part, resolution)``; callers must not modify the returned tensors in place.
@@ -130,7 +130,7 @@ def load_dataset(
     """Load one part of the dataset at ``uri`` (see the module docstring for the layouts).
 
     Args:
-        uri: ``"digits"``, a local path, or a ``gs://`` or ``s3://`` URI.
+        uri: ``"digits"``, a local path, or a ``gs://``, ``s3://`` or ``minio://`` URI.
         part: ``"train"`` or ``"test"``.
         resolution: If given, every image is resized to ``resolution x resolution`` (bilinear);
             needed for class-folder trees whose images differ in size.

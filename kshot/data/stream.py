@@ -6,7 +6,7 @@ workers instead.
 
 * :class:`ImageFolderIndex` lists a class-folder tree ``root/train/<class>/*.{jpg,jpeg,png}`` (and
   optionally ``root/test/<class>/...``, or ``val/`` or ``validation/``, looked for in that order),
-  local, ``gs://`` or ``s3://``, with the same rules as :mod:`kshot.data.datasets`: classes are the
+  local or in an object store, with the same rules as :mod:`kshot.data.datasets`: classes are the
   train part's subfolders sorted by name, and files are taken in name order within each class.
 * The train / local-validation split is the project's one split (:func:`kshot.data.split.make_split`,
   config key ``valid_size``: the ImageNet recipe holds 50,000 training images out).
@@ -88,7 +88,7 @@ class ImageFolderIndex:
     """The files of one part of a class-folder tree, with their labels.
 
     Attributes:
-        files: Local paths or ``gs://`` / ``s3://`` URIs of the images, grouped by class in class order and in
+        files: Local paths or store URIs of the images, grouped by class in class order and in
             name order within a class.
         labels: ``int64`` array of shape ``(len(files),)``: each file's position in ``classes``.
         classes: The train part's class folder names, sorted.
@@ -224,7 +224,7 @@ class _LocalTree:
 
 
 class _ObjectStoreTree:
-    """Listings of a ``gs://`` or ``s3://`` class-folder tree: one ``list_uris`` per part folder,
+    """Listings of an object store's class-folder tree: one ``list_uris`` per part folder,
     cached."""
 
     def __init__(self, uri: str) -> None:
@@ -296,7 +296,7 @@ def decode_image_bytes(data: bytes | bytearray, name: str) -> torch.Tensor:
 
 
 def read_image(uri: str) -> torch.Tensor:
-    """Read and decode the image at ``uri`` (local path, ``gs://`` or ``s3://``) to ``uint8`` RGB ``(3, H, W)``.
+    """Read and decode the image at ``uri`` (local path or store URI) to ``uint8`` RGB ``(3, H, W)``.
 
     Raises:
         FileNotFoundError: nothing exists at ``uri``.

@@ -75,7 +75,8 @@ def _check_pod_artifacts(spec: LaunchSpec) -> None:
         missing = [name for name in needed if not name.endswith("?") and name not in given]
         if missing:
             raise LaunchError(
-                f"stage {spec.stage!r} needs {flag} {missing[0]}=gs://BUCKET/… (or s3://) "
+                f"stage {spec.stage!r} needs {flag} {missing[0]}=gs://BUCKET/… "
+                "(or s3://, minio://) "
                 f"(missing: {', '.join(missing)}); its pods read and write the artifacts themselves"
             )
         for name, uri in given.items():

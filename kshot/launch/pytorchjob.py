@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import ipaddress
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,10 +150,11 @@ def escape_dollars(text: str) -> str:
 
 def container_env(spec: LaunchSpec, own: Mapping[str, str]) -> list[dict[str, Any]]:
     """The training container's environment: ``spec.env`` and the launcher's ``own`` variables;
-    for a job that reads or writes ``s3://`` URIs the S3 endpoint this process has
-    (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, for MinIO or SeaweedFS), and for ``minio://``
-    URIs the endpoint of KFP's store and its keys from KFP's Secret (unless ``spec.env`` sets
-    them).
+    for a job that reaches ``s3://`` URIs (artifacts, or a URI in its config such as the dataset)
+    the S3 endpoint this process has (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, for MinIO or
+    SeaweedFS), and for ``minio://`` URIs the endpoint of KFP's store and its keys from KFP's
+    Secret (unless ``spec.env`` sets them). An endpoint on this machine's loopback (a
+    ``kubectl port-forward``) means nothing in a pod and is not passed on.
 
     Args:
         spec: the launch.
@@ -163,12 +166,12 @@ def container_env(spec: LaunchSpec, own: Mapping[str, str]) -> list[dict[str, An
     from kshot import storage  # not at the top: it loads torch, which `kshot --help` need not
 
     uris = [*spec.inputs.values(), *spec.outputs.values()]
+    uris += [value for value in spec.config.values() if isinstance(value, str)]
     to_minio = any(storage.is_minio(uri) for uri in uris)
-    store = {storage.MINIO_ENDPOINT_ENV: storage.minio_endpoint()} if to_minio else {}
+    endpoints = {storage.MINIO_ENDPOINT_ENV: storage.minio_endpoint()} if to_minio else {}
     if any(storage.is_s3(uri) for uri in uris):
-        store.update(
-            {name: os.environ[name] for name in storage.S3_ENDPOINT_ENVS if os.environ.get(name)}
-        )
+        endpoints.update({name: os.environ.get(name, "") for name in storage.S3_ENDPOINT_ENVS})
+    store = {name: url for name, url in endpoints.items() if url and not _on_loopback(url)}
     values = {**store, **spec.env, **own}
     env: list[dict[str, Any]] = [
         {"name": name, "value": escape_dollars(value)} for name, value in values.items()
@@ -185,6 +188,17 @@ def container_env(spec: LaunchSpec, own: Mapping[str, str]) -> list[dict[str, An
             if name not in values
         ]
     return env
+
+
+def _on_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_reserved_env(spec: LaunchSpec, reserved: frozenset[str], owner: str) -> None:
