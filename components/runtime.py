@@ -201,8 +201,8 @@ def artifact_uri(artifact: Artifact) -> str:
     """Where a worker reads or writes ``artifact``.
 
     Its ``gs://``, ``s3://`` or ``minio://`` URI when the pipeline root is in an object store
-    (workers in other pods reach the bucket directly), else its local path (kfp.local, or a pod that runs the stage
-    itself).
+    (workers in other pods reach the bucket directly), else its local path (kfp.local, or a pod
+    that runs the stage itself).
     """
     return artifact.uri if storage.is_remote(artifact.uri) else artifact.path
 

@@ -7,12 +7,12 @@
 * **Object stores** (``gs://``, ``s3://``, ``minio://``) — a lease object
   ``<scheme>://<bucket>/.kshot-leases/<sha256 of the URI>.json`` in the output's bucket, created
   only if absent and renewed every third of its time to live, each write conditional on the
-  version this holder wrote last (the
-  generation on GCS, the ETag on S3; :func:`kshot.storage.create_if_absent`,
-  :func:`~kshot.storage.replace_if_generation`, :func:`~kshot.storage.delete_if_generation`;
-  each write carries its time, so its ETag, a digest of the content, changes too). A lease that stops being renewed has expired: a writer that finds one waits until it has seen it
-  unchanged for the time to live (so it judges expiry by its own clock, never by another
-  machine's), then takes it over; one whose holder renews it is refused at once. The objects live
+  version this holder wrote last (the generation on GCS, the ETag on S3;
+  :func:`kshot.storage.create_if_absent`, :func:`~kshot.storage.replace_if_generation`,
+  :func:`~kshot.storage.delete_if_generation`; each write carries its time, so its ETag, a digest
+  of the content, changes too). A lease that stops being renewed has expired: a writer that finds
+  one waits until it has seen it unchanged for the time to live (so it judges expiry by its own
+  clock, never by another machine's), then takes it over; one whose holder renews it is refused at once. The objects live
   apart from the outputs, so a folder's listing holds only what the stage wrote. A holder that
   loses its lease (it could not renew in time and another writer took over) stops: the stage's
   main thread gets ``KeyboardInterrupt``.
@@ -52,7 +52,7 @@ __all__ = ["LEASE_TTL_ENV", "LeaseHeld", "hold", "lease_uri"]
 LEASE_TTL_ENV = "KSHOT_LEASE_TTL"
 _DEFAULT_TTL_S = 60.0
 _LEASES_FOLDER = ".kshot-leases"
-_CONDITIONS_HONOURED: dict[str, bool] = {}  # bucket URI → whether its store refuses a 2nd create
+_CONDITIONS_HONOURED: dict[str, bool] = {}  # lease folder → whether its store refuses a 2nd create
 
 
 class LeaseHeld(OSError):
@@ -170,19 +170,20 @@ def _read_json(path: Path) -> Any:
 
 
 def _honours_conditions(object_uri: str) -> bool:
-    """Whether the S3-compatible store of ``object_uri`` refuses to create an object that exists
-    (``If-None-Match: *``), probed once per process and bucket with a throw-away object in the
-    bucket's lease folder. GCS always does."""
-    scheme, _, rest = object_uri.partition("://")
-    bucket = f"{scheme}://{rest.partition('/')[0]}"
-    if bucket not in _CONDITIONS_HONOURED:
-        probe = storage.join(bucket, _LEASES_FOLDER, f"probe-{uuid.uuid4().hex}.json")
+    """Whether the store of the lease object ``object_uri`` refuses to create an object that
+    exists (``If-None-Match: *``). GCS always does; an S3-compatible store is probed once per
+    process and bucket with a throw-away object in the bucket's lease folder."""
+    if storage.is_gcs(object_uri):
+        return True
+    folder = object_uri.rsplit("/", 1)[0]  # <scheme>://<bucket>/.kshot-leases
+    if folder not in _CONDITIONS_HONOURED:
+        probe = storage.join(folder, f"probe-{uuid.uuid4().hex}.json")
         storage.create_if_absent(probe, b"{}")
         try:
-            _CONDITIONS_HONOURED[bucket] = storage.create_if_absent(probe, b"{}") is None
+            _CONDITIONS_HONOURED[folder] = storage.create_if_absent(probe, b"{}") is None
         finally:
             storage.delete(probe)
-    return _CONDITIONS_HONOURED[bucket]
+    return _CONDITIONS_HONOURED[folder]
 
 
 class _ObjectLease:
@@ -237,7 +238,7 @@ class _ObjectLease:
             time.sleep(min(1.0, self.ttl / 10))
 
     def __enter__(self) -> _ObjectLease:
-        if not storage.is_gcs(self.uri) and not _honours_conditions(self.object):
+        if not _honours_conditions(self.object):
             warnings.warn(
                 f"{self.uri}: the store ignores conditional writes (If-None-Match / If-Match), "
                 "so its lease cannot keep a second writer out and one would go unnoticed; run "

@@ -1350,7 +1350,8 @@ def digest(uri: str) -> str:
     """A digest of the content at ``uri``, a file or every file of a folder (with their names).
 
     Local files are hashed (SHA-256); ``gs://`` objects give the MD5 that GCS keeps, so nothing is
-    downloaded; ``s3://`` and ``minio://`` objects are read. Equal content gives equal digests on one kind of store.
+    downloaded; ``s3://`` and ``minio://`` objects are read. Equal content gives equal digests on
+    one kind of store.
 
     Raises:
         FileNotFoundError: nothing exists at ``uri``.
