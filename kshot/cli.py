@@ -390,6 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=_bench)
 
+    data = sub.add_parser("data", help="prepare datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    shard = data_sub.add_parser(
+        "shard",
+        help="write a class-folder tree as a sharded dataset (tar shards plus an index)",
+        description=_module_doc("kshot.data.shards"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    shard.add_argument("source", help="class-folder tree: local folder or gs:// s3:// minio:// URI")
+    shard.add_argument("dest", help="where the shards and index go: local folder or bucket prefix")
+    shard.add_argument(
+        "--shard-mb", type=int, default=128, help="close a shard before it passes this size (MiB)"
+    )
+    shard.add_argument(
+        "--seed", type=int, default=0, help="seed of the order images are written in"
+    )
+    shard.set_defaults(func=_shard)
+
     config = sub.add_parser(
         "config",
         help="print the resolved configuration",
@@ -407,6 +425,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optional(sub, "kshot.pipeline.cli", "pipeline")
     _add_optional(sub, "kshot.launch.cli", "launch")
     return parser
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from kshot.data.shards import write_shards
+
+    if args.shard_mb < 1:
+        raise CommandError(f"--shard-mb must be >= 1, got {args.shard_mb}")
+
+    def progress(part: str, done: int, total: int) -> None:
+        print(f"{part}: {done}/{total} images", file=sys.stderr)
+
+    index = write_shards(
+        args.source,
+        args.dest,
+        shard_bytes=args.shard_mb * 1024 * 1024,
+        seed=args.seed,
+        progress=progress,
+    )
+    print(
+        json.dumps(
+            {
+                "dataset": args.dest,
+                "train_images": len(index),
+                "train_shards": len(index.shards),
+                "classes": index.num_classes,
+                "sha256": index.fingerprint(),
+            }
+        )
+    )
+    return 0
 
 
 def _add_optional(sub: Any, module: str, name: str) -> None:

@@ -116,6 +116,7 @@ __all__ = [
     "join",
     "exists",
     "read_bytes",
+    "read_range",
     "write_bytes",
     "read_text",
     "write_text",
@@ -452,6 +453,10 @@ class _ObjectStore:
     def read_bytes(self, uri: str) -> bytes:
         raise NotImplementedError
 
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """Bytes ``[start, start + length)`` of the object at ``uri`` (one ranged GET)."""
+        raise NotImplementedError
+
     def download(self, uri: str, f: IO[bytes]) -> None:
         """Stream the object at ``uri`` into the open file ``f`` (written from its start)."""
         raise NotImplementedError
@@ -554,6 +559,15 @@ class _Gcs(_ObjectStore):
     def read_bytes(self, uri: str) -> bytes:
         blob = self._blob(uri)
         return self.call(uri, "reading", lambda retry: blob.download_as_bytes(retry=retry))
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        blob = self._blob(uri)
+        end = start + length - 1  # inclusive
+        return self.call(
+            uri,
+            "reading",
+            lambda retry: blob.download_as_bytes(start=start, end=end, retry=retry, checksum=None),
+        )
 
     def download(self, uri: str, f: IO[bytes]) -> None:
         blob = self._blob(uri)
@@ -755,6 +769,15 @@ class _S3(_ObjectStore):
             uri,
             "reading",
             lambda: self.client().get_object(Bucket=bucket, Key=key)["Body"].read(),
+        )
+
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        bucket, key = _object_ref(uri)
+        span = f"bytes={start}-{start + length - 1}"
+        return self.call(
+            uri,
+            "reading",
+            lambda: self.client().get_object(Bucket=bucket, Key=key, Range=span)["Body"].read(),
         )
 
     def download(self, uri: str, f: IO[bytes]) -> None:
@@ -1107,6 +1130,33 @@ def read_bytes(uri: str) -> bytes:
         return Path(uri).read_bytes()
     _object_ref(uri)
     return store.read_bytes(uri)
+
+
+def read_range(uri: str, start: int, length: int) -> bytes:
+    """Bytes ``[start, start + length)`` of the file at ``uri``: one ranged request to a store.
+
+    Raises:
+        FileNotFoundError: the file, object or bucket does not exist.
+        StorageError: fewer bytes came back (the file is shorter than ``start + length``).
+    """
+    if start < 0 or length < 1:
+        raise ValueError(
+            f"read_range({uri!r}): start {start} must be >= 0 and length {length} >= 1"
+        )
+    store = _store(uri)
+    if not store:
+        with open(uri, "rb") as f:
+            f.seek(start)
+            data = f.read(length)
+    else:
+        _object_ref(uri)
+        data = store.read_range(uri, start, length)
+    if len(data) != length:
+        raise StorageError(
+            f"reading bytes {start}-{start + length - 1} of {uri}: got {len(data)} bytes, "
+            f"expected {length} (the file is shorter or changed)"
+        )
+    return data
 
 
 def write_bytes(uri: str, data: bytes) -> None:

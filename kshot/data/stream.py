@@ -21,6 +21,14 @@ workers instead.
   ``(seed, step, rank, world)``: not on the number of workers, nor on where a run was resumed.
 * :func:`eval_batches` streams a fixed list of images in order with the evaluation transform
   (resize the shorter side to ``round(resolution / 0.875)``, then center-crop ``resolution``).
+* A sharded dataset (:mod:`kshot.data.shards`, written once by ``kshot data shard``) streams
+  through the same functions: its index is one object (no listing), and a batch is fetched with a
+  few ranged reads in parallel (:class:`ShardedImages`) instead of one request per image. Its
+  epoch order keeps the contract above with one change of form: the permutation is of *runs* of
+  up to :data:`RUN_LENGTH` images that neighbour each other in a shard (the runs cut at a phase
+  drawn per epoch), so a rank's slice of a batch costs about ``b / (W · RUN_LENGTH)`` requests.
+  The shards were written in a shuffled order, so a run is a random sample of the part; a batch
+  still depends only on ``(seed, step, rank, world)``, and the global batch not on ``world``.
 
 Images are decoded with :func:`torchvision.io.decode_image` (PIL as the fallback for what it
 cannot read) to RGB and come out as ``uint8`` ``(3, resolution, resolution)``; normalisation happens
@@ -34,10 +42,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import math
 import os
 import warnings
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +64,7 @@ except ImportError:  # pragma: no cover - depends on the installed torchvision
 
 from kshot import seeds, storage
 from kshot.data.datasets import IMAGE_SUFFIXES, TEST_FOLDER_NAMES
+from kshot.data.shards import Read, ShardIndex, read_plan
 
 __all__ = [
     "PARTS",
@@ -61,6 +73,10 @@ __all__ = [
     "EVAL_CROP_FRACTION",
     "ImageFolderIndex",
     "StreamingImages",
+    "ShardedImages",
+    "BatchKeys",
+    "RUN_LENGTH",
+    "run_order",
     "StreamedPart",
     "train_batches",
     "eval_batches",
@@ -78,6 +94,8 @@ EVAL_CROP_FRACTION = 0.875  # resize the shorter side to resolution / 0.875, e.g
 _CROP_TRIES = 10
 _PREFETCH_FACTOR = 4
 _EVAL_STEP = -1  # the step of evaluation samples (unused: evaluation draws nothing)
+RUN_LENGTH = 16  # sharded data: images that neighbour each other in a shard and in an epoch
+_FETCH_THREADS = 16  # sharded data: ranged reads in flight per loader worker
 
 
 # ------------------------------------------------------------------------------------- index
@@ -425,6 +443,121 @@ class StreamingImages(Dataset):
         return image, int(self._labels[index])
 
 
+@dataclass(frozen=True)
+class BatchKeys:
+    """What a loader worker gets for one batch of sharded data: the batch's ``(index, step)`` keys
+    and, when known, the keys of the batch the same worker gets next (fetched ahead)."""
+
+    keys: list[tuple[int, int]]
+    upcoming: list[tuple[int, int]] | None = None
+
+
+class ShardedImages(Dataset):
+    """A dataset over a :class:`~kshot.data.shards.ShardIndex` whose items are whole batches.
+
+    ``dataset[BatchKeys(keys, upcoming)]``, ``keys`` being ``(index, step)`` pairs as
+    :class:`StreamingImages` takes one, fetches the images with the ranged reads of
+    :func:`~kshot.data.shards.read_plan`, all in flight at once, decodes each read as it arrives
+    and returns the collated ``(uint8 (len(keys), 3, R, R), int64 labels)``. Each image is
+    transformed exactly as :class:`StreamingImages` would, so the result depends only on ``keys``.
+    The reads of ``upcoming`` start before this batch is decoded, so a worker's next batch is
+    usually in memory when it is asked for: the store's latency hides behind decoding.
+    """
+
+    def __init__(self, index: ShardIndex, *, resolution: int, augment: bool, seed: int = 0) -> None:
+        _check_positive("resolution", resolution)
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.index = index
+        self.resolution, self.augment, self.seed = int(resolution), bool(augment), int(seed)
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[Read, Future[bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict:
+        # threads and reads in flight stay in the process that started them
+        return {**self.__dict__, "_pool": None, "_ahead": {}}
+
+    def _transform(self, data: bytes | bytearray, index: int, step: int) -> torch.Tensor:
+        image = decode_image_bytes(data, self.index.name(index))
+        if self.augment:
+            return train_transform(
+                image, self.resolution, seeds.rng(self.seed, step, seeds.AUGMENT, index)
+            )
+        return eval_transform(image, self.resolution)
+
+    def _fetch(self, read: Read) -> Future[bytes]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_FETCH_THREADS, thread_name_prefix="kshot-shards")
+        return self._pool.submit(storage.read_range, read.shard, read.start, read.length)
+
+    def __getitem__(self, batch: BatchKeys) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = batch.keys
+        positions = [index for index, _ in keys]
+        out = torch.empty(len(keys), 3, self.resolution, self.resolution, dtype=torch.uint8)
+        reads = read_plan(self.index, positions)
+        fetching = {self._ahead.pop(r, None) or self._fetch(r): r for r in reads}
+        for stale in self._ahead.values():  # fetched for a batch this worker did not get
+            stale.cancel()
+        self._ahead = {}
+        if batch.upcoming:
+            upcoming = read_plan(self.index, [index for index, _ in batch.upcoming])
+            self._ahead = {r: self._fetch(r) for r in upcoming}
+        for done in as_completed(fetching):
+            data = done.result()
+            for slot, offset, size in fetching[done].members:
+                index, step = keys[slot]
+                out[slot] = self._transform(bytearray(data[offset : offset + size]), index, step)
+        labels = torch.from_numpy(self.index.labels[np.asarray(positions, dtype=np.int64)])
+        return out, labels
+
+
+class _LookAhead(Sampler):
+    """Yields each batch of ``batches`` as :class:`BatchKeys` with the batch ``ahead`` places
+    later: the one a DataLoader with ``ahead`` workers hands to the same worker next (its workers
+    take batches in turn)."""
+
+    def __init__(self, batches: Sampler, ahead: int) -> None:
+        super().__init__()
+        self.batches, self.ahead = batches, max(1, ahead)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[BatchKeys]:
+        source = iter(self.batches)
+        window = deque(itertools.islice(source, self.ahead + 1))
+        while window:
+            keys = window.popleft()
+            window.extend(itertools.islice(source, 1))
+            upcoming = window[self.ahead - 1] if len(window) >= self.ahead else None
+            yield BatchKeys(keys, upcoming)
+
+
+def run_order(shard_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An epoch's order of positions ``0 .. len(shard_of) - 1`` in runs of neighbours.
+
+    Position ``p`` holds an image of shard ``shard_of[p]`` (positions in shard order). The
+    positions are cut into runs of up to :data:`RUN_LENGTH` consecutive positions of one shard,
+    the cuts shifted by a phase ``rng.integers(RUN_LENGTH)``; the runs are then permuted with
+    ``rng.permutation`` and laid end to end.
+    """
+    n = len(shard_of)
+    positions = np.arange(n)
+    phase = int(rng.integers(RUN_LENGTH))
+    new_shard = np.r_[True, shard_of[1:] != shard_of[:-1]] if n else np.zeros(0, dtype=bool)
+    shard_start = np.maximum.accumulate(np.where(new_shard, positions, 0))
+    within = positions - shard_start
+    starts = new_shard | ((within - phase) % RUN_LENGTH == 0)
+    run_of = np.cumsum(starts) - 1
+    runs = int(run_of[-1]) + 1 if n else 0
+    place = np.empty(runs, dtype=np.int64)
+    place[rng.permutation(runs)] = np.arange(runs)
+    return np.lexsort((positions, place[run_of]))
+
+
 class _TrainBatchSampler(Sampler):
     """Endless: per step from ``start_step``, this rank's ``(index, step)`` keys of the batch."""
 
@@ -438,11 +571,13 @@ class _TrainBatchSampler(Sampler):
         batch_size: int,
         rank: int,
         world: int,
+        shard_of: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.indices = indices
         self.seed, self.start_step, self.steps_per_epoch = seed, start_step, steps_per_epoch
         self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.shard_of = shard_of  # sharded data: each index's shard, for runs of neighbours
 
     def keys(self, step: int, order: np.ndarray) -> list[tuple[int, int]]:
         """This rank's keys of iteration ``step``, given its epoch's order."""
@@ -459,7 +594,10 @@ class _TrainBatchSampler(Sampler):
             if step // self.steps_per_epoch != epoch:
                 epoch = step // self.steps_per_epoch
                 rng = seeds.rng(self.seed, epoch, seeds.EPOCH_ORDER)
-                order = rng.permutation(len(self.indices))
+                if self.shard_of is None:
+                    order = rng.permutation(len(self.indices))
+                else:
+                    order = run_order(self.shard_of, rng)
             yield self.keys(step, order)
             step += 1
 
@@ -489,7 +627,7 @@ def _collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, tor
 
 
 def train_batches(
-    index: ImageFolderIndex,
+    index: ImageFolderIndex | ShardIndex,
     indices: np.ndarray,
     *,
     seed: int,
@@ -560,8 +698,9 @@ def train_batches(
         batch_size=int(batch_size),
         rank=int(rank),
         world=int(world),
+        shard_of=index.shard_of[indices] if isinstance(index, ShardIndex) else None,
     )
-    dataset = StreamingImages(index, resolution=resolution, augment=augment, seed=int(seed))
+    dataset = _dataset(index, resolution=resolution, augment=augment, seed=int(seed))
     loader = _loader(
         dataset, sampler, num_workers, pin_memory, multiprocessing_context, persistent=True
     )
@@ -569,7 +708,7 @@ def train_batches(
 
 
 def eval_batches(
-    index: ImageFolderIndex,
+    index: ImageFolderIndex | ShardIndex,
     indices: np.ndarray,
     *,
     batch_size: int,
@@ -604,15 +743,28 @@ def eval_batches(
     _check_positive("batch_size", batch_size)
     _check_rank(rank, world)
     sampler = _EvalBatchSampler(indices, batch_size=int(batch_size), rank=int(rank), world=world)
-    dataset = StreamingImages(index, resolution=resolution, augment=False)
+    dataset = _dataset(index, resolution=resolution, augment=False)
     loader = _loader(
         dataset, sampler, num_workers, pin_memory, multiprocessing_context, persistent=False
     )
     return _drain(loader)
 
 
+def _dataset(
+    index: ImageFolderIndex | ShardIndex, *, resolution: int, augment: bool, seed: int = 0
+) -> StreamingImages | ShardedImages:
+    """Per-image reads of a class-folder tree, or batch-wise ranged reads of shards."""
+    if isinstance(index, ShardIndex):
+        return ShardedImages(index, resolution=resolution, augment=augment, seed=seed)
+    return StreamingImages(index, resolution=resolution, augment=augment, seed=seed)
+
+
+def _whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch
+
+
 def _loader(
-    dataset: StreamingImages,
+    dataset: StreamingImages | ShardedImages,
     sampler: Sampler,
     num_workers: int,
     pin_memory: bool | None,
@@ -623,11 +775,14 @@ def _loader(
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
     workers = num_workers > 0
+    batched = isinstance(dataset, ShardedImages)  # its items are whole batches
     return DataLoader(
         dataset,
-        batch_sampler=sampler,
+        batch_size=None if batched else 1,
+        sampler=_LookAhead(sampler, num_workers) if batched else None,
+        batch_sampler=None if batched else sampler,
         num_workers=num_workers,
-        collate_fn=_collate,
+        collate_fn=_whole_batch if batched else _collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=persistent and workers,
         prefetch_factor=_PREFETCH_FACTOR if workers else None,
@@ -657,7 +812,7 @@ def _check_rank(rank: int, world: int) -> None:
         raise ValueError(f"rank {rank} must be in [0, world) = [0, {world})")
 
 
-def _check_indices(index: ImageFolderIndex, indices: np.ndarray) -> np.ndarray:
+def _check_indices(index: ImageFolderIndex | ShardIndex, indices: np.ndarray) -> np.ndarray:
     indices = np.asarray(indices)
     if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
         raise ValueError(
@@ -689,7 +844,11 @@ class StreamedPart:
     """
 
     def __init__(
-        self, index: ImageFolderIndex, indices: np.ndarray, resolution: int, num_workers: int
+        self,
+        index: ImageFolderIndex | ShardIndex,
+        indices: np.ndarray,
+        resolution: int,
+        num_workers: int,
     ) -> None:
         self.index, self.indices = index, _check_indices(index, np.asarray(indices))
         self.resolution, self.num_workers = resolution, num_workers

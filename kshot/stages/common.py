@@ -16,6 +16,7 @@ from kshot import distributed as dist
 from kshot import seeds, storage
 from kshot.config import Config
 from kshot.data.datasets import channel_stats, load_dataset
+from kshot.data.shards import ShardIndex, is_sharded
 from kshot.data.split import split_from_dict
 from kshot.data.stream import ImageFolderIndex, StreamedPart
 from kshot.eval.ground_truth import check_ground_truth
@@ -146,20 +147,25 @@ _STATS_IMAGES = 2000  # a seeded sample of streamed training images gives the ch
 
 def stream_index(
     cfg: Config, part: str = "train", classes: list[str] | None = None
-) -> ImageFolderIndex:
-    """The scanned class-folder tree of a streamed dataset (config key ``data_loading: stream``)."""
+) -> ImageFolderIndex | ShardIndex:
+    """The index of a streamed dataset (config key ``data_loading: stream``): a sharded dataset's
+    (one object read, see :mod:`kshot.data.shards`) or a class-folder tree's (listed)."""
     try:
+        if is_sharded(cfg.dataset):
+            return ShardIndex.load(cfg.dataset, part)
         return ImageFolderIndex.scan(cfg.dataset, part, classes=classes)
     except FileNotFoundError:
         if part != "train":
             raise
         raise ValueError(
             f"config key 'data_loading' = 'stream' reads a class-folder tree "
-            f"(train/<class>/*.jpg), but dataset {cfg.dataset!r} is not a folder"
+            f"(train/<class>/*.jpg) or a sharded dataset (`kshot data shard`), but dataset "
+            f"{cfg.dataset!r} is not a folder"
         ) from None
     except ValueError as e:
         raise ValueError(
-            f"config key 'data_loading' = 'stream' reads a class-folder tree: {e}"
+            f"config key 'data_loading' = 'stream' reads a class-folder tree or a sharded "
+            f"dataset: {e}"
         ) from None
 
 
@@ -173,7 +179,7 @@ def _streamed_train_data(cfg: Config, split_doc: Any, split_uri: str) -> TrainDa
         )
     split = split_from_dict(split_doc, split_uri, num_images=len(index))
 
-    def part(source: ImageFolderIndex, indices: np.ndarray) -> StreamedPart:
+    def part(source: ImageFolderIndex | ShardIndex, indices: np.ndarray) -> StreamedPart:
         return StreamedPart(source, indices, cfg.resolution, cfg.loader_workers)
 
     train = part(index, split.train)

@@ -1,0 +1,273 @@
+"""Images/s of ``data_loading: stream``: class folders against shards, from GCS and S3 with latency.
+
+Writes a few thousand synthetic JPEGs of ImageNet's size (about 500 × 375, ~110 KB) as a
+class-folder tree, puts the tree and its shards (``kshot data shard``) on the GCS emulator and on
+moto's S3 server (both on 127.0.0.1, the test suite's servers of ``tests/gcs.py`` and
+``tests/s3.py``), and reads them through a proxy that holds every request for a fixed time before
+forwarding it, as a remote store's latency would. For each store, latency, format and number of
+loader workers it measures, with the training batches of the ImageNet recipe's rank (128 images,
+RandomResizedCrop to 224 and flip):
+
+* images/s after the first batch, over at least two batches and about ``--seconds``;
+* requests per 1,000 images (counted by the proxy) in that window;
+* time to the first batch of a fresh process: the index (listing the tree, or reading the
+  shards' index) plus the first batch.
+
+The decode-bound rate is the same JPEGs read from local disk. Prints a Markdown table and writes
+JSON to ``--out``. Run from the repository root::
+
+    OMP_NUM_THREADS=1 python scripts/bench_loading.py --images 2000 --out runs/bench-loading.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kshot import storage  # noqa: E402
+from kshot.data.shards import ShardIndex, write_shards  # noqa: E402
+from kshot.data.stream import ImageFolderIndex, train_batches  # noqa: E402
+from tests.gcs import FlakyProxy, start_emulator, start_server, stop_server  # noqa: E402
+from tests.s3 import direct_client  # noqa: E402
+
+BATCH = 128  # a rank's share of the ImageNet recipe's 1,024 on 8 GPUs
+RESOLUTION = 224
+CLASSES = 10
+
+
+class LatencyProxy(FlakyProxy):
+    """Forwards every request after holding it ``latency_s`` seconds; counts the requests."""
+
+    def __init__(self, upstream: str, latency_s: float) -> None:
+        super().__init__(upstream)
+        self.latency_s = latency_s
+
+    def next_fault(self) -> str | None:
+        time.sleep(self.latency_s)
+        return super().next_fault()
+
+
+def write_tree(root: Path, count: int) -> int:
+    """``count`` JPEGs of ImageNet's size in ``CLASSES`` class folders; returns their bytes."""
+    rng = np.random.default_rng(0)
+    total = 0
+    for i in range(count):
+        w, h = int(rng.integers(400, 600)), int(rng.integers(300, 450))
+        coarse = rng.integers(0, 256, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
+        pixels = np.clip(smooth + rng.integers(-24, 25, size=(h, w, 3)), 0, 255).astype(np.uint8)
+        folder = root / "train" / f"n{i % CLASSES:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"img_{i:06d}.JPEG"
+        Image.fromarray(pixels).save(path, quality=90)
+        total += path.stat().st_size
+    return total
+
+
+def measure(index: ImageFolderIndex | ShardIndex, workers: int, seconds: float) -> dict:
+    """Images/s after the first batch of a training stream over the whole index."""
+    indices = np.arange(len(index))
+    started = time.perf_counter()
+    batches = train_batches(
+        index,
+        indices,
+        seed=0,
+        start_step=0,
+        steps_per_epoch=len(indices) // BATCH,
+        batch_size=BATCH,
+        resolution=RESOLUTION,
+        augment=True,
+        num_workers=workers,
+        pin_memory=False,
+    )
+    try:
+        next(batches)
+        first = time.perf_counter() - started
+        t0, images = time.perf_counter(), 0
+        for count in itertools.count(1):
+            images += len(next(batches)[1])
+            if count >= 2 and time.perf_counter() - t0 >= seconds:
+                break
+        elapsed = time.perf_counter() - t0
+    finally:
+        batches.close()
+    return {"first_batch_s": first, "images": images, "seconds": elapsed, "rate": images / elapsed}
+
+
+def requests_per_thousand(proxy: LatencyProxy, index: ImageFolderIndex | ShardIndex) -> float:
+    """Requests per 1,000 images over 4 training batches read in this process (no prefetch)."""
+    before = proxy.forwarded
+    batches = train_batches(
+        index,
+        np.arange(len(index)),
+        seed=0,
+        start_step=0,
+        steps_per_epoch=len(index) // BATCH,
+        batch_size=BATCH,
+        resolution=RESOLUTION,
+        augment=True,
+        num_workers=0,
+        pin_memory=False,
+    )
+    images = sum(len(labels) for _, labels in itertools.islice(batches, 4))
+    batches.close()
+    return 1000 * (proxy.forwarded - before) / images
+
+
+def run_remote(
+    local: ImageFolderIndex,
+    kind: str,
+    tree: Path,
+    shards_local: Path,
+    latencies: list[float],
+    workers: list[int],
+    seconds: float,
+) -> list[dict]:
+    """Every latency × format × workers on one store."""
+    rows = []
+    per_thousand: dict[tuple[str, str], float] = {}
+    if kind == "gcs":
+        process, endpoint = start_emulator()
+        env_name = "STORAGE_EMULATOR_HOST"
+    else:
+        process, endpoint = start_server(
+            "moto S3 server",
+            lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        )
+        env_name = storage.S3_ENDPOINT_ENVS[0]
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+        )
+    try:
+        os.environ[env_name] = endpoint
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        if kind == "gcs":
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage as gcs
+
+            gcs.Client(
+                project="bench",
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": endpoint},
+            ).create_bucket(bucket)
+            root = f"gs://{bucket}"
+        else:
+            direct_client(endpoint).create_bucket(Bucket=bucket)
+            root = f"s3://{bucket}"
+        storage.upload_dir(tree, f"{root}/folders")
+        storage.upload_dir(shards_local, f"{root}/shards")
+        for latency in latencies:
+            proxy = LatencyProxy(endpoint, latency)
+            proxy.start()
+            os.environ[env_name] = proxy.url
+            try:
+                for fmt in ("folders", "shards"):
+                    for n in workers:
+                        before = proxy.forwarded
+                        started = time.perf_counter()
+                        if fmt == "folders":
+                            index = ImageFolderIndex.scan(f"{root}/folders")
+                        else:
+                            index = ShardIndex.load(f"{root}/shards")
+                        index_s = time.perf_counter() - started
+                        index_requests = proxy.forwarded - before
+                        result = measure(index, n, seconds)
+                        # decode-bound: the same JPEGs from local disk, measured next to the row
+                        reference = measure(local, n, seconds)["rate"]
+                        if (fmt, kind) not in per_thousand:
+                            per_thousand[fmt, kind] = requests_per_thousand(proxy, index)
+                        row = {
+                            "store": kind,
+                            "latency_ms": round(latency * 1000),
+                            "format": fmt,
+                            "workers": n,
+                            "index_s": index_s,
+                            "index_requests": index_requests,
+                            "requests_per_1000": per_thousand[fmt, kind],
+                            "decode_bound_rate": reference,
+                            **result,
+                        }
+                        print(json.dumps(row), file=sys.stderr, flush=True)
+                        rows.append(row)
+            finally:
+                proxy.stop()
+                os.environ[env_name] = endpoint
+    finally:
+        stop_server(process)
+        os.environ.pop(env_name, None)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--latencies-ms", default="20,100")
+    parser.add_argument("--workers", default="1,8")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per row")
+    parser.add_argument("--stores", default="gcs,s3")
+    parser.add_argument("--out", default="runs/bench-loading.json")
+    args = parser.parse_args()
+    latencies = [float(v) / 1000 for v in args.latencies_ms.split(",")]
+    workers = [int(v) for v in args.workers.split(",")]
+    with tempfile.TemporaryDirectory(prefix="kshot-bench-") as work:
+        tree, shards = Path(work) / "tree", Path(work) / "shards"
+        size = write_tree(tree, args.images)
+        index = write_shards(str(tree), str(shards))
+        rows = []
+        for n in workers:  # the decode-bound rate: the same JPEGs and shards on local disk
+            for fmt, local in (("folders", ImageFolderIndex.scan(str(tree))), ("shards", index)):
+                row = {"store": "local", "latency_ms": 0, "format": fmt, "workers": n}
+                row |= {"index_s": 0.0, "index_requests": 0, "requests_per_1000": 0.0}
+                row |= measure(local, n, args.seconds)
+                row["decode_bound_rate"] = row["rate"] if fmt == "folders" else rows[-1]["rate"]
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
+        for kind in args.stores.split(","):
+            rows += run_remote(
+                ImageFolderIndex.scan(str(tree)),
+                kind,
+                tree,
+                shards,
+                latencies,
+                workers,
+                args.seconds,
+            )
+    meta = {
+        "images": args.images,
+        "mean_jpeg_bytes": size / args.images,
+        "shards": len(index.shards),
+        "batch": BATCH,
+        "resolution": RESOLUTION,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(json.dumps(meta))
+    print(
+        "| store | latency | format | workers | images/s | of decode-bound (measured beside it) | requests / 1000 images "
+        "| first batch (index + batch) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        per_k = r["requests_per_1000"]
+        print(
+            f"| {r['store']} | {r['latency_ms']} ms | {r['format']} | {r['workers']} "
+            f"| {r['rate']:.0f} | {100 * r['rate'] / r['decode_bound_rate']:.0f} % | {per_k:.0f} "
+            f"| {r['index_s'] + r['first_batch_s']:.1f} s ({r['index_s']:.2f} s, "
+            f"{r['index_requests']} requests) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
