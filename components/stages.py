@@ -273,6 +273,9 @@ def search(
 @dsl.component(**_OPTIONS)
 def recalibrate(
     config: str,
+    launcher: str,
+    image: str,
+    run_id: str,
     split: str,
     checkpoint: str,
     search_results: str,
@@ -283,6 +286,9 @@ def recalibrate(
 
     Args:
         config: The run configuration (the config step's JSON).
+        launcher: Launch backend of the job: local, pytorchjob or trainjob.
+        image: Worker image of the job.
+        run_id: KFP run id, put on the job as a label.
         split: URI of the split's indices.
         checkpoint: URI of the trained supernet's checkpoint folder.
         search_results: URI of the search's results.
@@ -301,6 +307,9 @@ def recalibrate(
         config,
         {"split": split, "checkpoint": checkpoint, "results": search_results},
         {"results": results},
+        launcher,
+        image,
+        run_id,
     )
     recalibrate_report(results, metrics)
     return results_uri

@@ -33,7 +33,7 @@ from kshot.components import stages
 from kshot.components.runtime import job_image
 from kshot.config import Config
 from kshot.launch import BACKENDS
-from kshot.pipeline.platform import Placement, heavy, in_pod, light
+from kshot.pipeline.platform import Placement, heavy, light
 
 __all__ = [
     "kshot_nas",
@@ -192,8 +192,9 @@ def kshot_nas(
         split=split_uri,
         checkpoint=checkpoint_uri,
         search_results=search_task.outputs["Output"],
+        **job,
     )
-    in_pod(recalibrate_task, placement, step_cpu, step_memory)
+    heavy(recalibrate_task, placement, config_step)
     retrain_task = stages.retrain(
         config=config, split=split_uri, results=recalibrate_task.outputs["Output"], **job
     )

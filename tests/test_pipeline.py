@@ -194,6 +194,28 @@ def test_no_step_downloads_a_checkpoint_or_the_split(both: dict[str, Any]) -> No
     }
 
 
+def test_recalibrate_runs_as_a_job_when_the_launcher_is_one(both: dict[str, Any]) -> None:
+    """Re-scoring the front on the whole validation part is a heavy stage: its step hands the
+    pipeline's launcher, image and run id to the launcher (a PyTorchJob or TrainJob with GPUs, or
+    torchrun in the step's own pod with ``launcher=local``), asks for the GPUs and retries the
+    config step gives heavy steps, and so adopts its job on a retry as they do."""
+    assert "recalibrate" in HEAVY_STAGES
+    for executor, task in _all_tasks(both).items():
+        if task["taskInfo"]["name"] != "recalibrate":
+            continue
+        parameters = task["inputs"]["parameters"]
+        launcher = parameters["launcher"]
+        assert launcher.get("componentInputParameter", "").endswith("launcher"), launcher
+        assert parameters["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+        assert parameters["image"]["componentInputParameter"].endswith("image")
+        resources = _resources(both, executor)
+        assert resources["accelerator"]["resourceCount"] == _sized_by_config_step(task, "step_gpus")
+        assert resources["resourceCpuRequest"] == _sized_by_config_step(task, "step_cpu")
+        assert "retryPolicy" in task
+        component = both["components"][task["componentRef"]["name"]]
+        assert {"launcher", "image", "run_id"} <= set(component["inputDefinitions"]["parameters"])
+
+
 def _resources(spec: dict[str, Any], executor: str) -> dict[str, Any]:
     return spec["deploymentSpec"]["executors"][executor]["container"]["resources"]
 
@@ -234,10 +256,6 @@ def test_every_step_requests_cpu_and_memory_and_heavy_ones_gpus_and_retries(
                 "resourceCount": _sized_by_config_step(task, "step_gpus"),
             }
             assert task["retryPolicy"] == retry, executor
-        elif name == "recalibrate":  # scores paths in its own pod, whatever the launcher
-            cpu = task["inputs"]["parameters"]["pipelinechannel--step_cpu"]
-            assert cpu == {"componentInputParameter": "step_cpu"}
-            assert "accelerator" not in resources and "retryPolicy" not in task
         else:
             assert resources["resourceCpuRequest"] == LIGHT_STEP.cpu, executor
             assert resources["resourceMemoryRequest"] == LIGHT_STEP.memory, executor

@@ -33,7 +33,7 @@ STAGES: tuple[str, ...] = (
 )
 # Stages that train or score networks: they run as distributed jobs (torchrun / PyTorchJob).
 HEAVY_STAGES: frozenset[str] = frozenset(
-    {"warmup", "train", "search", "rank", "retrain", "standalone"}
+    {"warmup", "train", "search", "recalibrate", "rank", "retrain", "standalone"}
 )
 
 # Artifacts of each stage: (inputs, outputs), name → what it holds. Optional inputs end with "?".
