@@ -72,8 +72,9 @@ class Config:
     )
     data_loading: str = _f(
         "memory",
-        "memory: decode the dataset once into RAM (CIFAR-size data); stream: read class-folder "
-        "images in DataLoader workers every step, with RandomResizedCrop and flip (ImageNet); the "
+        "memory: decode the dataset once into RAM (CIFAR-size data); stream: read a sharded "
+        "dataset (kshot data shard) or class-folder images in DataLoader workers every step, with "
+        "RandomResizedCrop and flip (ImageNet); the "
         "validation and test images are still held in RAM as uint8",
         choices=("memory", "stream"),
         result=_ALL,
