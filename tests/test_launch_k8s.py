@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import copy
 import itertools
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -551,6 +552,67 @@ def test_env_set_by_the_operator_is_refused(variable: str) -> None:
     if variable.startswith("PET_"):
         with pytest.raises(LaunchError, match=variable):
             render_trainjob(spec)
+
+
+DATASET_VOLUMES = {
+    "volumes": [
+        {"name": "imagenet", "persistentVolumeClaim": {"claimName": "imagenet", "readOnly": True}},
+        {
+            "name": "bucket",
+            "csi": {
+                "driver": "gcsfuse.csi.storage.gke.io",
+                "readOnly": True,
+                "volumeAttributes": {"bucketName": "BUCKET", "mountOptions": "implicit-dirs"},
+            },
+        },
+    ],
+    "volumeMounts": [
+        {"name": "imagenet", "mountPath": "/data/imagenet", "readOnly": True},
+        {"name": "bucket", "mountPath": "/data/bucket", "readOnly": True},
+    ],
+}
+
+
+def test_a_dataset_volume_reaches_every_pod_beside_the_scratch_volumes() -> None:
+    """A PVC or CSI bucket mount given as pod overrides is mounted in every job pod's training
+    container, for both backends, and the jobs still fit their CRDs."""
+    overrides = {**GPU_OVERRIDES, **DATASET_VOLUMES}
+    job = render_pytorchjob(make_spec(workers=2), pod_overrides=overrides)
+    validate_against_crd(job)
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        assert pod["volumes"][-2:] == DATASET_VOLUMES["volumes"]
+        assert {v["name"] for v in pod["volumes"]} >= {"tmp", "dshm", "home"}
+        assert pod["containers"][0]["volumeMounts"][-2:] == DATASET_VOLUMES["volumeMounts"]
+        assert "volumeMounts" not in pod
+    for version in TRAINER_VERSIONS:
+        trainjob = render_trainjob(make_spec(), trainer_version=version, pod_overrides=overrides)
+        validate_against_crd(trainjob, version)
+        text = json.dumps(trainjob)
+        assert '"claimName": "imagenet"' in text and '"mountPath": "/data/bucket"' in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"volumes": [{"name": "tmp", "emptyDir": {}}]}, "volumes tmp: names taken"),
+        ({"volumes": {"name": "x"}}, "volumes must be a list of objects with a name"),
+        (
+            {"volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+            "volumeMounts 'data' names no volume of volumes []",
+        ),
+        (
+            {
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "volumeMounts": [{"name": "data", "mountPath": "data"}],
+            },
+            "mountPath 'data' must be an absolute path",
+        ),
+    ],
+)
+def test_bad_dataset_volumes_are_refused(overrides: dict, message: str) -> None:
+    with pytest.raises(LaunchError, match=re.escape(message)):
+        render_pytorchjob(make_spec(), pod_overrides=overrides)
 
 
 def test_unknown_or_malformed_pod_overrides_are_refused() -> None:

@@ -234,7 +234,7 @@ def load_launch_defaults(
     """Pod overrides from the ConfigMap ``name`` in ``namespace``.
 
     Each data key (``tolerations``, ``nodeSelector``, ``serviceAccountName``, ``resources``,
-    ``imagePullSecrets``) holds YAML.
+    ``imagePullSecrets``, ``volumes``, ``volumeMounts``) holds YAML.
 
     Args:
         api_client: the cluster.

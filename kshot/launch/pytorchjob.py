@@ -54,6 +54,9 @@ __all__ = [
     "pod_security_context",
     "container_security_context",
     "scratch_volumes",
+    "pod_volumes",
+    "container_mounts",
+    "pod_settings",
     "scratch_mounts",
     "APP_LABEL",
     "STAGE_LABEL",
@@ -72,10 +75,21 @@ APP_LABEL = "app.kubernetes.io/name"
 STAGE_LABEL = "kshot/stage"
 GPU_RESOURCE = "nvidia.com/gpu"
 # What a launch-defaults ConfigMap (or a caller) may set on the job's pods; ``resources`` holds the
-# CPU/memory requests and limits of the training container.
+# CPU/memory requests and limits of the training container, ``volumes`` and ``volumeMounts`` extra
+# pod volumes and where the training container mounts them (e.g. a dataset's PVC or CSI mount).
 POD_OVERRIDE_KEYS = frozenset(
-    {"tolerations", "nodeSelector", "serviceAccountName", "imagePullSecrets", "resources"}
+    {
+        "tolerations",
+        "nodeSelector",
+        "serviceAccountName",
+        "imagePullSecrets",
+        "resources",
+        "volumes",
+        "volumeMounts",
+    }
 )
+# Overrides that go into the training container or beside the scratch volumes, not on the pod.
+_CONTAINER_KEYS = frozenset({"resources", "volumes", "volumeMounts"})
 CLEAN_POD_POLICIES = ("None", "Running", "All")
 ISTIO_INJECT_ANNOTATION = "sidecar.istio.io/inject"
 # The uid/gid and home directory of the user the images create (images/Dockerfile*).
@@ -254,7 +268,49 @@ def validate_pod_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any
     ):
         raise LaunchError(f"imagePullSecrets must be a list of {{name: ...}}, got {pull_secrets!r}")
     _check_resources(overrides.get("resources", {}))
+    _check_volumes(overrides.get("volumes", []), overrides.get("volumeMounts", []))
     return {key: value for key, value in overrides.items() if value}
+
+
+def _check_volumes(volumes: Any, mounts: Any) -> None:
+    """Refuse extra volumes or mounts that are not named objects, clash with the scratch volumes,
+    or mount a volume the pod does not have."""
+    for key, items in (("volumes", volumes), ("volumeMounts", mounts)):
+        if not isinstance(items, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("name"), str) for item in items
+        ):
+            raise LaunchError(f"{key} must be a list of objects with a name, got {items!r}")
+    names = [volume["name"] for volume in volumes]
+    taken = sorted(set(names) & set(_SCRATCH)) or sorted({n for n in names if names.count(n) > 1})
+    if taken:
+        raise LaunchError(
+            f"volumes {', '.join(taken)}: names taken (the job's own volumes are "
+            f"{', '.join(_SCRATCH)})"
+        )
+    for mount in mounts:
+        if mount["name"] not in names:
+            raise LaunchError(f"volumeMounts {mount['name']!r} names no volume of volumes {names}")
+        path = mount.get("mountPath")
+        if not isinstance(path, str) or not path.startswith("/") or path in _SCRATCH.values():
+            raise LaunchError(
+                f"volumeMounts {mount['name']!r}: mountPath {path!r} must be an absolute path "
+                f"other than {', '.join(_SCRATCH.values())}"
+            )
+
+
+def pod_volumes(overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The scratch volumes, then the ``volumes`` override."""
+    return scratch_volumes() + copy.deepcopy(list(overrides.get("volumes", [])))
+
+
+def container_mounts(overrides: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The scratch mounts, then the ``volumeMounts`` override."""
+    return scratch_mounts() + copy.deepcopy(list(overrides.get("volumeMounts", [])))
+
+
+def pod_settings(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides that are pod spec fields as they are (tolerations, node selector, ...)."""
+    return {key: value for key, value in overrides.items() if key not in _CONTAINER_KEYS}
 
 
 def _check_resources(resources: Any) -> None:
@@ -391,7 +447,7 @@ def render_pytorchjob(
         ],
         "env": container_env(spec, {"KSHOT_STAGE": spec.stage, "KSHOT_JOB_NAME": name}),
         "ports": [{"name": _PORT_NAME, "containerPort": _MASTER_PORT, "protocol": "TCP"}],
-        "volumeMounts": scratch_mounts(),
+        "volumeMounts": container_mounts(overrides),
         "securityContext": container_security_context(),
     }
     resources = container_resources(spec, overrides)
@@ -399,9 +455,9 @@ def render_pytorchjob(
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "containers": [container],
-        "volumes": scratch_volumes(),
+        "volumes": pod_volumes(overrides),
         "securityContext": pod_security_context(),
-        **{key: value for key, value in overrides.items() if key != "resources"},
+        **pod_settings(overrides),
     }
     metadata = {"labels": labels, "annotations": {ISTIO_INJECT_ANNOTATION: "false"}}
 

@@ -34,14 +34,15 @@ from kshot.launch.pytorchjob import (
     ISTIO_INJECT_ANNOTATION,
     check_reserved_env,
     container_env,
+    container_mounts,
     container_resources,
     container_security_context,
     escape_dollars,
     job_labels,
     job_name,
     pod_security_context,
-    scratch_mounts,
-    scratch_volumes,
+    pod_settings,
+    pod_volumes,
     validate_pod_overrides,
 )
 from kshot.launch.spec import LaunchError, LaunchSpec
@@ -112,7 +113,8 @@ def render_trainjob(
         trainer_version: the cluster's Trainer release (:data:`TRAINER_VERSIONS`).
         service_account: the trainer pods' service account (overrides ``pod_overrides``).
         pod_overrides: ``tolerations``, ``nodeSelector``, ``serviceAccountName``,
-            ``imagePullSecrets`` for the pods, ``resources`` for the trainer container.
+            ``imagePullSecrets``, ``volumes`` for the pods, ``resources`` and ``volumeMounts``
+            for the trainer container.
         active_deadline_s: the launcher's timeout, the job's ``activeDeadlineSeconds`` (v2.2+;
             v2.1 has no deadline); None: no deadline.
 
@@ -149,11 +151,11 @@ def render_trainjob(
     if resources:
         trainer["resourcesPerNode"] = resources
     pod_metadata = {"labels": dict(labels), "annotations": {ISTIO_INJECT_ANNOTATION: "false"}}
-    pod_spec: dict[str, Any] = {
-        **{key: value for key, value in overrides.items() if key != "resources"},
-        "volumes": scratch_volumes(),
+    pod_spec: dict[str, Any] = {**pod_settings(overrides), "volumes": pod_volumes(overrides)}
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "volumeMounts": container_mounts(overrides),
     }
-    container: dict[str, Any] = {"name": TRAINER_CONTAINER, "volumeMounts": scratch_mounts()}
     job_spec: dict[str, Any] = {"trainer": trainer}
     if api == "podTemplateOverrides":
         runtime_ref = {"name": HARDENED_RUNTIME, "kind": "TrainingRuntime"}
