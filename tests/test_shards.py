@@ -39,6 +39,7 @@ from kshot.data.stream import (
 from kshot.launch.spec import LaunchSpec
 from kshot.stages import run_stage
 from kshot.train import checkpoint as ckpt
+from kshot.train.trainer import KShotTrainer
 from tests.conftest import MBV2_TINY
 from tests.object_stores import Remote
 from tests.test_stream import _write_tree
@@ -246,7 +247,17 @@ def test_a_batch_costs_a_few_ranged_reads(
 
     monkeypatch.setattr(storage, "read_range", counted)
     batches = _train(sharded, split, count=3)
-    assert len(reads) <= 3 * 3  # 4 images from runs of up to 4 (a shard): at most 3 per batch
+    # each batch's plan: 4 images from runs of up to 4 (a shard's images), at most 3 reads
+    planned = []
+    for step in range(4):  # the 4th batch (epoch 1) is fetched ahead while the 3rd is decoded
+        order = run_order(sharded.shard_of[split], seeds.rng(5, step // 3, seeds.EPOCH_ORDER))
+        positions = split[order[(step % 3) * 4 : (step % 3 + 1) * 4]]
+        planned.append([(r.shard, r.start, r.length) for r in read_plan(sharded, positions)])
+    assert all(len(plan) <= 3 for plan in planned)
+    # every read is one of a planned batch's, and none is made twice: a read fetched ahead is
+    # used, not made again (epoch 1 may read the ranges epoch 0 read, so equal ranges can recur)
+    assert Counter(reads) <= Counter(itertools.chain(*planned))
+    assert Counter(itertools.chain(*planned[:3])) <= Counter(reads)
     assert sum(len(y) for _, y in batches) == 12 and all(uri.endswith(".tar") for uri, *_ in reads)
 
 
@@ -373,14 +384,14 @@ def _kill_after(command: list[str], out: Path, step: int, timeout_s: float = 240
 
 @pytest.mark.slow
 def test_a_killed_worker_on_shards_in_a_bucket_resumes_bitwise(
-    imagenet_like: Path, remote: Remote, tmp_path: Path
+    imagenet_like: Path, remote: Remote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Train on the shards in gs:// or s3:// (DataLoader workers reading ranged requests), SIGKILL
     the worker mid-epoch, run the stage again: it resumes from the newest checkpoint and ends with
     bitwise the weights, optimiser and curves of an uninterrupted run."""
     dataset = f"{remote.bucket}/imagenet-shards"
     storage.upload_dir(imagenet_like, dataset)
-    cfg = _mbv2_imagenet(dataset, epochs=4, checkpoint_every_steps=1, m=2)
+    cfg = _mbv2_imagenet(dataset, epochs=3, checkpoint_every_steps=1, m=2)
     steps_per_epoch = 160 // cfg.batch_size
     split = {"split": str(tmp_path / "split.json")}
     run_stage("split", cfg, {}, {"split": split["split"]})
@@ -393,12 +404,21 @@ def test_a_killed_worker_on_shards_in_a_bucket_resumes_bitwise(
     spec = LaunchSpec(
         stage="train", config=cfg.to_dict(), inputs=inputs, outputs={"checkpoint": str(out)}
     )
-    mid_epoch = 2 * steps_per_epoch + 2
+    mid_epoch = steps_per_epoch + 2  # warmup is epoch 0: half-way through training's first
     killed_at = _kill_after(
         [sys.executable, "-m", "kshot.worker", *spec.worker_args()], out, mid_epoch
     )
     assert int(killed_at.rsplit("-s", 1)[1].removesuffix(".pt")) < cfg.epochs * steps_per_epoch
+    resumed_from: list[str | None] = []
+    original_resume = KShotTrainer.resume
+
+    def spy(self: KShotTrainer, *folders: str) -> str | None:
+        resumed_from.append(original_resume(self, *folders))
+        return resumed_from[-1]
+
+    monkeypatch.setattr(KShotTrainer, "resume", spy)
     run_stage("train", cfg, inputs, {"checkpoint": str(out)})
+    assert resumed_from == [killed_at]
 
     final, reference = ckpt.load_latest(str(out)), ckpt.load_latest(str(straight))
     assert final["step"] == reference["step"] == cfg.epochs * steps_per_epoch
