@@ -40,7 +40,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML config file (local path, gs://, s3:// or minio:// URI); repeat to layer several",
+        help="YAML config file (local path, gs://, s3:// or minio:// URI) or a shipped config's "
+        "name (digits-tiny, ranking-cpu-proxy, …); repeat to layer several",
     )
     p.add_argument(
         "--set",

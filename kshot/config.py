@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
+import os
 import types
 import typing
 import warnings
@@ -35,6 +37,8 @@ __all__ = [
     "ConfigError",
     "load_config",
     "read_config_file",
+    "resolve_config_file",
+    "shipped_configs",
     "parse_overrides",
     "FIELD_HELP",
     "result_keys",
@@ -531,14 +535,48 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_config_file(uri: str) -> dict[str, Any]:
-    """The mapping of a YAML config file (local or gs://), its keys not yet checked.
+def shipped_configs() -> list[str]:
+    """The names of the configs packaged in ``kshot/configs`` (``digits-tiny``, …), sorted."""
+    files = importlib.resources.files("kshot.configs").iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def resolve_config_file(value: str, source: str = "--config") -> str:
+    """The path or URI of the config file that ``value`` names.
+
+    A URI (``gs://``, ``s3://``, ``minio://``) or an existing local file is itself; otherwise a
+    shipped config's name (``digits-tiny``, or ``digits-tiny.yaml``) is its packaged file, so that
+    one command reads the same file in a clone, an installed package and the images.
+
+    Raises:
+        ConfigError: ``value`` is neither, naming it, ``source`` and the shipped names.
+    """
+    if "://" in value or os.path.exists(value):
+        return value
+    shipped = shipped_configs()
+    name = value.removesuffix(".yaml")
+    if name in shipped:
+        return str(importlib.resources.files("kshot.configs") / f"{name}.yaml")
+    stem = os.path.basename(name)
+    hint = f" (did you mean {stem!r}?)" if stem in shipped else ""
+    raise ConfigError(
+        f"config file {value!r} from {source} not found, and it is not the name of a shipped "
+        f"config{hint}; shipped: {', '.join(shipped)}"
+    )
+
+
+def read_config_file(uri: str, source: str = "--config") -> dict[str, Any]:
+    """The mapping of a YAML config file, its keys not yet checked.
+
+    ``uri`` is a local path, a ``gs://`` / ``s3://`` / ``minio://`` URI or a shipped config's name
+    (:func:`resolve_config_file`); ``source`` says where it came from, for error messages.
 
     Raises:
         ConfigError: the file is missing, not UTF-8, not YAML or not a mapping, naming it.
     """
     from kshot import storage
 
+    uri = resolve_config_file(uri, source)
     try:
         data = yaml.load(storage.read_text(uri), Loader=_UniqueKeyLoader)
     except FileNotFoundError as e:
