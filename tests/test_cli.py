@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 import kshot
-
 from kshot.cli import build_parser, main
 from kshot.config import Config, ConfigError, load_config
 
