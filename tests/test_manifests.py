@@ -20,6 +20,7 @@ from kshot.launch.kube import JOB_KINDS, LAUNCH_DEFAULTS_CONFIGMAP
 from kshot.launch.pytorchjob import STAGE_LABEL, render_pytorchjob, validate_pod_overrides
 from kshot.launch.spec import LaunchSpec
 from kshot.launch.trainjob import render_trainjob
+from tests.test_images import LOCK, instructions, pins
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -216,17 +217,6 @@ def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
-        for line in lines
-        if line and not line.startswith("#")
-    ]
-
-
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_the_image_installs_this_project_as_a_non_root_user(dockerfile: Path) -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -265,60 +255,22 @@ def test_the_kfp_artifact_mount_points_belong_to_the_image_user(dockerfile: Path
     assert re.search(rf"chown {re.escape(user)} /gcs /minio /s3\b", runs)
 
 
-def test_the_gpu_image_is_an_official_pytorch_cuda_runtime() -> None:
-    (base,) = [
-        args
-        for instruction, args in instructions(ROOT / "images" / "Dockerfile")
-        if instruction == "FROM"
-    ]
-    assert re.fullmatch(r"pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\d+-runtime", base)
-
-
-LOCK = ROOT / "images" / "constraints.txt"
-
-
-def _pins(path: Path) -> dict[str, str]:
-    """Package (canonical name) → pinned version of a requirements / constraints file."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            requirement = Requirement(line)
-            (specifier,) = requirement.specifier
-            assert specifier.operator == "==", line
-            pins[canonicalize_name(requirement.name)] = specifier.version
-    return pins
-
-
 def test_the_lock_pins_every_dependency_within_the_pyproject_ranges() -> None:
     """images/constraints.txt is `uv pip compile`'s output (the command is its header); a
     dependency added or narrowed in pyproject.toml without compiling it again fails here."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    pins = _pins(LOCK)
+    locked = pins(LOCK)
     assert "uv pip compile pyproject.toml images/requirements.in" in LOCK.read_text()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for line in pyproject["project"]["dependencies"]:
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} is not in {LOCK.name}"
-        assert requirement.specifier.contains(pins[name]), (line, pins[name])
-    for name, version in _pins(ROOT / "images" / "requirements.in").items():
-        assert pins[name] == version, name
-
-
-def test_the_lock_holds_the_gpu_base_images_torch() -> None:
-    (base,) = [
-        args
-        for instruction, args in instructions(ROOT / "images" / "Dockerfile")
-        if instruction == "FROM"
-    ]
-    torch_release = re.match(r"pytorch/pytorch:([\d.]+)-", base).group(1)
-    assert _pins(LOCK)["torch"] == torch_release
+        assert name in locked, f"{name} is not in {LOCK.name}"
+        assert requirement.specifier.contains(locked[name]), (line, locked[name])
+    for name, version in pins(ROOT / "images" / "requirements.in").items():
+        assert locked[name] == version, name
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

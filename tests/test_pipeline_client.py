@@ -523,7 +523,7 @@ def test_reruns_authenticate_through_workload_identity_federation_with_the_secre
     assert submit["env"]["KFP_HOST"] == "${{ vars.KFP_HOST || secrets.KFP_HOST }}"
 
 
-def test_the_images_workflow_builds_and_pushes_both_images() -> None:
+def test_the_images_workflow_builds_smoke_tests_then_pushes_both_images() -> None:
     workflow = yaml.safe_load((WORKFLOWS / "images.yml").read_text())
     job = workflow["jobs"]["build"]
     built = {entry["dockerfile"] for entry in job["strategy"]["matrix"]["include"]}
@@ -535,7 +535,17 @@ def test_the_images_workflow_builds_and_pushes_both_images() -> None:
     ]
     assert build["with"]["file"] == "${{ matrix.dockerfile }}"
     assert build["with"]["context"] == "."
-    assert build["with"]["push"] == "${{ env.PUSH == 'true' }}"
+    assert build["with"]["push"] is False and build["with"]["load"] is True
+    assert "${{ steps.meta.outputs.tags }}" in build["with"]["tags"]
+    assert "REVISION=${{ github.sha }}" in build["with"]["build-args"]
+    # the smoke test runs on the built image (its tag named, so it cannot skip), then the push
+    (smoke,) = [s for s in job["steps"] if "tests/test_images.py" in s.get("run", "")]
+    assert "-m image" in smoke["run"]
+    assert smoke["env"]["KSHOT_TEST_IMAGES"] in build["with"]["tags"].splitlines()
+    (push,) = [s for s in job["steps"] if "docker push" in s.get("run", "")]
+    assert push["if"] == "${{ env.PUSH == 'true' }}"
+    assert push["env"]["TAGS"] == "${{ steps.meta.outputs.tags }}"
+    assert job["steps"].index(build) < job["steps"].index(smoke) < job["steps"].index(push)
     assert "vars.IMAGE_REGISTRY" in job["env"]["PUSH"]
     assert "pull_request" in job["env"]["PUSH"]  # pull requests build without pushing
     (meta,) = [s for s in job["steps"] if s.get("id") == "meta"]
