@@ -53,10 +53,11 @@ def shutdown(*, completed: bool = True) -> None:
 
     A rank that ``completed`` its work first waits in a barrier, so that no rank destroys the group
     while a peer is still in a collective, and keeps that barrier's work object until the group is
-    destroyed. The object holds every collective still in flight at the barrier: torch before 2.8
-    destroys a gloo group holding the GIL and joins its worker threads, and a worker thread that
-    drops the last reference to a collective's tensors needs the GIL to release them, so the rank
-    hangs (pytorch/pytorch#154976). Held here, they are released by this thread after the join.
+    destroyed. Gloo's barrier work holds the collectives still in flight when it starts: torch
+    before 2.8 destroys a gloo group holding the GIL and joins its worker threads, and a worker
+    thread that drops the last reference to a collective's tensors needs the GIL to release them,
+    so the rank hangs (pytorch/pytorch#154976). Held here, they are released by this thread after
+    the join.
     A rank that failed (``completed=False``) skips the barrier: its peers may never reach it.
     """
     if not dist.is_initialized():
