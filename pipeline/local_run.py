@@ -260,6 +260,12 @@ def summary_lines(summary: dict[str, Any], output: str) -> list[str]:
         lines.append(f"  rank among the stand-alone sample: {shown}")
     lines.append(f"ranking of {summary['n_paths']} paths against {summary['ground_truth']}:")
     lines.append(f"  {correlations}")
+    if summary.get("against_baselines"):
+        sizes = ", ".join(
+            f"{label} {_figure(summary.get(f'params_{key}'))}" for key, label in CORRELATION_LABELS
+        )
+        lines.append(f"  counting parameters on the same paths: {sizes}")
+        lines.append(f"  {summary['against_baselines']}")
     lines.append(f"report: {summary['report']}")
     lines.append(f"summary: {report} ({summary['wall_time_s']:.0f} s, logs in {summary['logs']})")
     return lines

@@ -77,10 +77,16 @@ def _tau_a(truth: list[float], scores: list[float]) -> float:
 
 
 def assert_ranking_recomputes(
-    ranking: Mapping[str, Any], scores_csv: Path, truth: Mapping[str, float], k: int
+    ranking: Mapping[str, Any],
+    scores_csv: Path,
+    truth: Mapping[str, float],
+    k: int,
+    sizes: Callable[[str], tuple[float, float]] | None = None,
 ) -> list[dict[str, str]]:
     """``ranking``'s τ, ρ, r and top-group τ are those of the scores table it came with, whose
-    ground truth is ``truth``'s for every path and whose λ of every path is a point of K's simplex.
+    ground truth is ``truth``'s for every path and whose λ of every path is a point of K's simplex;
+    so are the zero-cost baselines' (ranking by the table's parameter count and FLOPs), whose counts
+    are ``sizes(arch)`` = (millions of parameters, MFLOPs) where given.
 
     Returns:
         The table's rows.
@@ -101,6 +107,19 @@ def assert_ranking_recomputes(
     assert ranking["pearson_r"] == pytest.approx(stats.pearsonr(true, score).statistic)
     for n, tau in ranking["top_group_tau"].items():
         assert tau == pytest.approx(_top_group_tau(true, score, int(n)), nan_ok=True), n
+    for name in ("params", "flops"):
+        count = [float(row[f"{name}_m"]) for row in rows]
+        baseline = ranking["baselines"][name]
+        assert baseline["kendall_tau_a"] == pytest.approx(_tau_a(true, count)), name
+        assert baseline["kendall_tau_b"] == pytest.approx(stats.kendalltau(true, count).statistic)
+        assert baseline["spearman_rho"] == pytest.approx(stats.spearmanr(true, count).statistic)
+        assert baseline["pearson_r"] == pytest.approx(stats.pearsonr(true, count).statistic)
+        for n, tau in baseline["top_group_tau"].items():
+            assert tau == pytest.approx(_top_group_tau(true, count, int(n)), nan_ok=True), n
+    if sizes is not None:
+        for row in rows:
+            counted = (float(row["params_m"]), float(row["flops_m"]))
+            assert counted == pytest.approx(sizes(row["arch"]), rel=1e-12), row["arch"]
     stats_of = code_statistics(lams)["per_path"]
     for name in ("max", "sq_norm", "entropy", "tv"):
         recorded = [float(row[f"lam_{name}"]) for row in rows]
@@ -242,8 +261,18 @@ def test_the_local_run_completes_and_reports(
         name: ranking[name] for name in correlations
     }
     assert summary["top_group_tau"] == ranking["top_group_tau"]
-    rows = assert_ranking_recomputes(ranking, run / "rank" / "scores", truth, k=2)
+
+    def sizes(arch: str) -> tuple[float, float]:
+        return nb201.params(arch, **digits_shape), nb201.flops(arch, **digits_shape)
+
+    rows = assert_ranking_recomputes(ranking, run / "rank" / "scores", truth, 2, sizes)
     assert {row["arch"] for row in rows} == set(truth)
+    # beside them, the same paths ranked by counting parameters, and in words whether it is beaten
+    for name in correlations:
+        assert summary[f"params_{name}"] == ranking["baselines"]["params"][name]
+        assert summary[f"flops_{name}"] == ranking["baselines"]["flops"][name]
+    assert summary["against_baselines"].startswith("the supernet ranks ")
+    assert summary["against_baselines"] in printed
     # the retrained path (as many epochs as the sample: TINY) ranked among the sample's other
     # paths: 1 + those more accurate, out of them and it
     retrained = json.loads((run / "retrain" / "retrained").read_text())
@@ -260,10 +289,20 @@ def test_the_local_run_completes_and_reports(
     }
     title = ", ".join(f"{label} = {ranking[name]:.3f}" for name, label in labels.items())
     columns = {name: [float(row[name]) for row in rows] for name in rows[0] if name != "arch"}
+    rankers = {
+        "supernet": ranking,
+        "counting parameters": ranking["baselines"]["params"],
+        "counting FLOPs": ranking["baselines"]["flops"],
+    }
+    bars = {
+        ranker: {label: metrics[name] for name, label in labels.items()}
+        for ranker, metrics in rankers.items()
+    }
     assert_page_shows(
         Path(reports["rank"]).read_text(),
         [
             report.scatter_plot(columns["ground_truth"], columns["supernet_accuracy"], title),
+            report.baseline_bars(bars),
             report.top_group_plot(ranking["top_group_tau"]),
             report.lambda_histogram(np.array([columns["lam_0"], columns["lam_1"]]).T),
         ],
@@ -435,11 +474,19 @@ def test_the_k_sweep_runs_locally_and_plots_tau_against_k(
         for name in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
             assert metrics[f"{name}_k{k}"] == pytest.approx(ranking[name]), (name, k)
         points.append((k, ranking["kendall_tau_a"]))
-    assert len(metrics) == 8
+        for name in ("kendall_tau_a", "spearman_rho"):
+            sized = ranking["baselines"]["params"][name]
+            assert metrics[f"params_{name}_k{k}"] == pytest.approx(sized), (name, k)
+    assert len(metrics) == 2 * 12  # per K: 4 correlations, and 4 of each of the 2 baselines
     # the summary printed and written is that artifact's: τ-a, ρ, r of each K and the τ-against-K page
     assert summary["k_values"] == [1, 2]
     for row, (k, tau) in zip(summary["per_k"], points, strict=True):
         assert (row["k"], row["kendall_tau_a"]) == (k, tau)
         assert f"K = {k:>2}: τ-a {tau:.3f}" in printed
     assert Path(summary["reports"]["tau_vs_k"]).read_text() == page
-    assert_page_shows(page, [report.tau_vs_k_plot(points)])  # τ against K of these rankings
+    # τ against K of these rankings, beside ranking the same paths by parameters and by FLOPs
+    baselines = {
+        "counting parameters": ranking["baselines"]["params"]["kendall_tau_a"],
+        "counting FLOPs": ranking["baselines"]["flops"]["kendall_tau_a"],
+    }
+    assert_page_shows(page, [report.tau_vs_k_plot(points, baselines)])

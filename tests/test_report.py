@@ -252,8 +252,9 @@ def test_import_does_not_load_matplotlib() -> None:
     ],
 )
 def test_the_rank_report_shows_how_far_the_codes_are_from_uniform(tmp_path, codes, words):
-    """The ranking's UI: its Metrics carry the ranked paths' mean λ statistics and its page says
-    in words whether the codes stayed near 1/K."""
+    """The ranking's UI: its Metrics carry the ranked paths' mean λ statistics and the zero-cost
+    baselines' correlations, and its page says in words whether the codes stayed near 1/K and
+    whether the supernet beats counting parameters."""
     import json
     from types import SimpleNamespace
 
@@ -275,11 +276,22 @@ def test_the_rank_report_shows_how_far_the_codes_are_from_uniform(tmp_path, code
                 "top_group_tau": {},
                 "lam": stats["mean"],
                 "lam_near_uniform": stats["near_uniform"],
+                "baselines": {
+                    name: {
+                        "kendall_tau_a": tau,
+                        "kendall_tau_b": tau,
+                        "spearman_rho": tau,
+                        "pearson_r": tau,
+                        "top_group_tau": {},
+                    }
+                    for name, tau in (("params", 1.0), ("flops", -1.0))
+                },
             }
         )
     )
     header = [*SCORE_COLUMNS, *(f"lam_{i}" for i in range(4))]
-    rows = [[i, f"arch{i}", 50.0 + i, 60.0 + i, *[0.0] * 4, *lam] for i, lam in enumerate(codes)]
+    middle = [0.0] * (len(SCORE_COLUMNS) - 4)
+    rows = [[i, f"arch{i}", 50.0 + i, 60.0 + i, *middle, *lam] for i, lam in enumerate(codes)]
     scores = tmp_path / "scores.csv"
     scores.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
     logged: dict[str, float] = {}
@@ -292,4 +304,9 @@ def test_the_rank_report_shows_how_far_the_codes_are_from_uniform(tmp_path, code
     rank_report(artifact(ranking), artifact(scores), metrics, artifact(page))
     for name in ("max", "sq_norm", "entropy", "tv", "cosine"):
         assert logged[f"lambda_{name}"] == pytest.approx(stats["mean"][name]), name
-    assert words in page.read_text()
+    for key in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
+        assert (logged[f"params_{key}"], logged[f"flops_{key}"]) == (1.0, -1.0), key
+    text = page.read_text()
+    assert words in text
+    assert "as well as counting parameters (τ-a 1.000 against 1.000)" in text
+    assert "better than counting FLOPs (1.000 against -1.000)" in text

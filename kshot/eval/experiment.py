@@ -17,7 +17,9 @@ record is read back, an interrupted one resumes from its checkpoints) and each f
 (JSON) and per-path scores (CSV) are copied to the results folder at once. The report holds every
 run, each arm's mean, standard deviation (ddof 1) and 95 % t interval over seeds, and the paired
 differences of τ-a between arms with one-sided paired t and Wilcoxon signed-rank tests, and the
-verdict of :func:`verdict`.
+verdict of :func:`verdict`. Beside the arms stand the zero-cost baselines of each seed's paths
+(:mod:`kshot.eval.baselines`: ranking by parameter count and by FLOPs), scored alike and compared
+paired with the arms.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from scipy import stats
 
 from kshot import storage
 from kshot.config import Config, ConfigError
+from kshot.eval.baselines import BASELINES
 from kshot.eval.ranking import metrics_from_json
 from kshot.stages import run_stage
 from kshot.train.checkpoint import load_latest
@@ -48,6 +51,7 @@ __all__ = [
     "interval",
     "paired_comparison",
     "verdict",
+    "baseline_runs",
     "summarise_runs",
     "run_ranking_experiment",
     "choose_simplex_lr",
@@ -59,7 +63,15 @@ __all__ = [
 MIN_GAIN = 0.03  # Δτ-a that counts as reproducing (the paper's K = 8 − K = 1 gap: +0.076)
 MIN_SEEDS = 6  # fewer paired seeds: inconclusive whatever the figures
 PRIMARY = (("C", "A"), ("C", "B"))  # the primary endpoint: paired Δτ-a of C against A and B
-_SECONDARY = (("B", "A"), ("A-lr", "A"), ("B", "A-lr"), ("C", "C-iter"), ("C", "D"))
+_SECONDARY = (
+    ("B", "A"),
+    ("A-lr", "A"),
+    ("B", "A-lr"),
+    ("C", "C-iter"),
+    ("C", "D"),
+    ("C", "params"),
+    ("A", "params"),
+)
 _METRICS = ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r")
 
 
@@ -215,10 +227,34 @@ def describe_codes(runs: Sequence[dict[str, Any]]) -> str:
     return words
 
 
+def baseline_runs(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One pseudo-run per seed and baseline (``arm`` the baseline's key, e.g. ``params``) from the
+    runs' recorded baselines: each seed's arms rank the same paths, so its first run's serve."""
+    out: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for run in runs:
+        if run["seed"] in seen or not run.get("baselines"):
+            continue
+        seen.add(run["seed"])
+        for name in BASELINES:
+            out.append({"arm": name, "seed": run["seed"], **run["baselines"][name]})
+    return out
+
+
+def _intervals(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every metric's :func:`interval` over the seeds of one arm (or baseline)."""
+    row: dict[str, Any] = {key: interval([r[key] for r in group]) for key in _METRICS}
+    row["top_group_tau"] = {
+        n: interval([r["top_group_tau"][n] for r in group]) for n in group[0]["top_group_tau"]
+    }
+    return row
+
+
 def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per arm: every metric's :func:`interval` over seeds and the codes' mean statistics; the
-    paired comparisons; the verdict per primary comparison and overall ("reproduces" when both
-    reproduce, "refuted on this proxy" when either is refuted, else "inconclusive, add seeds")."""
+    """Per arm: every metric's :func:`interval` over seeds and the codes' mean statistics; the same
+    for the zero-cost baselines (:func:`baseline_runs`); the paired comparisons; the verdict per
+    primary comparison and overall ("reproduces" when both reproduce, "refuted on this proxy" when
+    either is refuted, else "inconclusive, add seeds")."""
     arms: dict[str, Any] = {}
     for name in ARMS:
         group = [r for r in runs if r["arm"] == name]
@@ -228,18 +264,27 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "label": ARMS[name].label,
             "seeds": [r["seed"] for r in group],
             "k": group[0]["k"],
-        }
-        for key in _METRICS:
-            row[key] = interval([r[key] for r in group])
-        row["top_group_tau"] = {
-            n: interval([r["top_group_tau"][n] for r in group]) for n in group[0]["top_group_tau"]
+            **_intervals(group),
         }
         row["lam"] = {s: interval([r["lam"][s] for r in group]) for s in group[0]["lam"]}
         row["lam_near_uniform"] = [r["lam_near_uniform"] for r in group]
         row["lam_in_words"] = describe_codes(group)
         arms[name] = row
+    sizes = baseline_runs(runs)
+    baselines = {
+        name: {
+            "label": f"{title} (zero-cost)",
+            "seeds": [r["seed"] for r in group],
+            **_intervals(group),
+        }
+        for name, title in BASELINES.items()
+        if (group := [r for r in sizes if r["arm"] == name])
+    }
+    compared = [*runs, *sizes]
     comparisons = [
-        paired_comparison(runs, a, b) for a, b in (*PRIMARY, *_SECONDARY) if a in arms and b in arms
+        paired_comparison(compared, a, b)
+        for a, b in (*PRIMARY, *_SECONDARY)
+        if a in arms and (b in arms or b in baselines)
     ]
     learned = [r for r in runs if r["arm"] == "C"]
     non_uniform = bool(learned) and not any(r["lam_near_uniform"] for r in learned)
@@ -254,8 +299,11 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         overall = "refuted on this proxy"
     else:
         overall = "inconclusive, add seeds"
+    summary: dict[str, Any] = {"arms": arms}
+    if baselines:
+        summary["baselines"] = baselines
     return {
-        "arms": arms,
+        **summary,
         "comparisons": comparisons,
         "learned_codes_non_uniform": non_uniform,
         "verdicts": verdicts,
@@ -343,6 +391,7 @@ def _run_one(cfg: Config, arm: str, k: int, workdir: str, results: str) -> dict[
         "top_group_tau": metrics["top_group_tau"],
         "lam": metrics["lam"],
         "lam_near_uniform": metrics["lam_near_uniform"],
+        "baselines": metrics["baselines"],
         "curves": history,
         "wall_s": round(time.monotonic() - started, 1),
     }

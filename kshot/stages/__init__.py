@@ -198,5 +198,7 @@ def headline(name: str, result: dict) -> str:
             for key, label in CORRELATION_LABELS
             if isinstance(result.get(key), (int, float))
         )
-        return f"{result.get('n_paths', '?')} paths: {figures}"
+        sizes = result.get("baselines", {}).get("params", {}).get("kendall_tau_a")
+        anchor = f"; counting parameters τ-a {sizes:.3f}" if isinstance(sizes, float) else ""
+        return f"{result.get('n_paths', '?')} paths: {figures}{anchor}"
     return ""
