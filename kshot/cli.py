@@ -211,13 +211,23 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vary(text: str) -> tuple[str, list[str]]:
+    """``KEY=V1,V2,…`` of ``simplex-pilot --vary``: the key and its values (checked against the
+    config before any work, by :func:`kshot.eval.experiment.pilot_variants`)."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=V1,V2,…")
+    return key.strip(), [v.strip() for v in values.split(",") if v.strip()]
+
+
 def _pilot(args: argparse.Namespace) -> int:
     from kshot.eval.experiment import run_simplex_pilot
 
+    vary = args.vary or [("simplex_lr", [1e-3, 1e-2, 1e-1])]
     report = run_simplex_pilot(
-        config_from_args(args), args.seed, args.simplex_lrs, args.k, args.workdir, args.out
+        config_from_args(args), args.seed, vary, args.k, args.workdir, args.out
     )
-    print(json.dumps({"chosen_simplex_lr": report["chosen_simplex_lr"]}, indent=2))
+    print(json.dumps({"chosen": report["chosen"]}, indent=2))
     return 0
 
 
@@ -355,17 +365,20 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.set_defaults(func=_experiment)
     pilot = exp_sub.add_parser(
         "simplex-pilot",
-        help="choose the simplex-net's learning rate on a pilot seed (never by the ground truth)",
-        description="Train arm C once per simplex-net learning rate on a seed kept out of the "
-        "reported ones and choose by the simplex-net's loss and the spread of λ.",
+        help="choose the simplex-net's settings on a pilot seed (never by the ground truth)",
+        description="Train arm C on a seed kept out of the reported ones, with the config and "
+        "with one key changed at a time (--vary), and choose by the simplex-net's loss and how "
+        "far its codes λ are from uniform and from one another.",
     )
     _add_config_args(pilot)
     pilot.add_argument("--seed", type=int, default=100, help="the pilot seed")
     pilot.add_argument(
-        "--simplex-lrs",
-        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
-        default=[1e-3, 1e-2, 1e-1],
-        help="learning rates to try, e.g. 0.001,0.01,0.1",
+        "--vary",
+        action="append",
+        type=_vary,
+        metavar="KEY=V1,V2,…",
+        help="a config key and the values to try, one key changed at a time (repeatable; "
+        "default simplex_lr=0.001,0.01,0.1)",
     )
     pilot.add_argument("--k", type=int, default=8, help="K")
     pilot.add_argument("--workdir", default="runs/ranking", help="the runs' artifacts")

@@ -14,13 +14,15 @@ from scipy import stats
 
 from kshot import report as plots
 from kshot.cli import main
+from kshot.config import ConfigError
 from kshot.eval.baselines import BASELINES, baseline_counts, baseline_metrics
 from kshot.eval.experiment import (
     MIN_SEEDS,
-    choose_simplex_lr,
+    choose_simplex_setting,
     describe_codes,
     interval,
     paired_comparison,
+    pilot_variants,
     summarise_runs,
     verdict,
 )
@@ -90,9 +92,33 @@ def test_pilot_rule_reads_only_the_simplex_loss_and_the_spread_of_codes():
         "0.01": {"simplex_loss": 1.95, "lam_tv": 0.15},
         "0.1": {"simplex_loss": 2.10, "lam_tv": 0.40},
     }
-    assert choose_simplex_lr(pilot) == "0.01"
+    assert choose_simplex_setting(pilot) == "0.01"
     uniform = {lr: {**row, "lam_tv": 0.01 * i} for i, (lr, row) in enumerate(pilot.items())}
-    assert choose_simplex_lr(uniform) == "0.1"  # none spreads: the largest spread
+    assert choose_simplex_setting(uniform) == "0.1"  # none spreads: the largest spread
+    # codes that tell paths apart come first, even at a higher loss
+    specific = {
+        "base": {"simplex_loss": 1.95, "lam_tv": 0.5, "lam_pairwise_tv": 0.02},
+        "m=2": {"simplex_loss": 2.00, "lam_tv": 0.3, "lam_pairwise_tv": 0.25},
+        "simplex_hidden=256": {"simplex_loss": 2.05, "lam_tv": 0.3, "lam_pairwise_tv": 0.3},
+        "simplex_lr=0.001": {"simplex_loss": 1.80, "lam_tv": 0.05, "lam_pairwise_tv": 0.2},
+    }
+    assert choose_simplex_setting(specific) == "m=2"
+    specific["m=2"]["lam_pairwise_tv"] = 0.05
+    assert choose_simplex_setting(specific) == "simplex_hidden=256"
+    specific["simplex_hidden=256"]["lam_pairwise_tv"] = 0.05
+    assert choose_simplex_setting(specific) == "base"  # none path-specific: the old rule
+
+
+def test_pilot_variants_change_one_key_at_a_time_and_check_it(tiny_cfg):
+    variants = pilot_variants(tiny_cfg, [("simplex_hidden", ["16", 64, 256]), ("m", ["2"])])
+    assert tiny_cfg.simplex_hidden == 64  # so 64 is the base, tried once
+    assert list(variants) == ["base", "simplex_hidden=16", "simplex_hidden=256", "m=2"]
+    assert variants["simplex_hidden=16"] == tiny_cfg.replace(simplex_hidden=16)
+    assert variants["m=2"] == tiny_cfg.replace(m=2)
+    with pytest.raises(ConfigError, match="--vary simplex_hidden=0: .*simplex_hidden"):
+        pilot_variants(tiny_cfg, [("simplex_hidden", ["0"])])
+    with pytest.raises(ConfigError, match="--vary hidden=8: unknown config key 'hidden'"):
+        pilot_variants(tiny_cfg, [("hidden", ["8"])])
 
 
 def test_the_report_says_in_words_when_codes_stayed_near_uniform():
