@@ -17,6 +17,7 @@ from kshot.eval.standalone_rank import (
     TEST_IMAGES_COLUMN,
     best_standalone_rank,
     binomial_sd,
+    describe_rank,
     noise_range,
     rank_in_sample,
     sample_noise,
@@ -110,6 +111,7 @@ def test_a_digits_like_sample_cannot_separate_its_paths_a_far_worse_pick_is_last
     assert worst_of_13["within_noise"] and worst_of_13["rank_bounds"] == [1, 13]
     far_worse = sample_noise(90.0, sample, 449)
     assert not far_worse["within_noise"] and far_worse["rank_bounds"] == [13, 13]
+    assert describe_rank({"rank": 13, "of": 13, **far_worse}).endswith("rank stands beyond noise")
     # a pick in the middle of a wide sample: beyond noise from the far paths, not from the near
     wide = sample_noise(50.0, [30.0, 48.0, 52.0, 70.0], 400)
     assert not wide["within_noise"] and wide["rank_bounds"] == [2, 4]

@@ -101,12 +101,12 @@ def sample_noise(accuracy: float, others: Sequence[float], test_images: int) -> 
     the paths that differ from it by more than ``q · σ`` pin it, which ``rank_bounds`` gives.
 
     Why the range and not a multiple of σ per pair: with m paths the widest of their m(m − 1)/2
-    differences is the one read, and pure noise makes it 3.3 σ wide on average for 13 paths, beyond a
-    pairwise 2-σ rule. What the rule leaves out, both ways: the paths share their test images, so
-    a paired test (McNemar's, on per-image predictions, which the table does not keep) would
-    separate closer paths; and each path is trained once, so the noise of the training seed,
-    often larger than the test set's, is not in σ at all. The rule flags only what the test set's
-    noise alone explains.
+    differences is the one read, and pure noise makes it 3.3 σ wide on average for 13 paths,
+    beyond a pairwise 2-σ rule. What the rule leaves out, both ways: the paths share their test
+    images, so a paired test (McNemar's, on per-image predictions, which the table does not keep)
+    would separate closer paths; and each path is trained once, so the noise of the training
+    seed, often larger than the test set's, is not in σ at all. The rule flags only what the test
+    set's noise alone explains.
 
     Args:
         accuracy: the picked path's stand-alone accuracy (%).
