@@ -145,7 +145,7 @@ def describe_rank(rank: Mapping[str, Any]) -> str:
     measured = (
         f"the {rank['of']} accuracies span {spread:.2f} pp on {rank['test_images']} test images; "
         f"test-set noise alone (binomial s.d. {sd:.2f} pp each) spreads {rank['of']} equally "
-        f"accurate paths by up to {rank['noise_range_pp']:.2f} pp ({CONFIDENCE:.0%})"
+        f"accurate paths by up to {rank['noise_range_pp']:.2f} pp ({CONFIDENCE * 100:.0f} %)"
     )
     if rank["within_noise"]:
         return (
