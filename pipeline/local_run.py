@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from collections.abc import Iterator
@@ -258,6 +259,15 @@ def summary_lines(summary: dict[str, Any], output: str) -> list[str]:
         rank = summary["best_standalone_rank"]
         shown = f"{rank['rank']} of {rank['of']}" if rank else "n/a (not trained alike)"
         lines.append(f"  rank among the stand-alone sample: {shown}")
+        if rank and rank.get("reading"):  # what the rank means against the sample's noise
+            lines += textwrap.wrap(
+                rank["reading"],
+                width=100,
+                initial_indent="    ",
+                subsequent_indent="    ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
     lines.append(f"ranking of {summary['n_paths']} paths against {summary['ground_truth']}:")
     lines.append(f"  {correlations}")
     if summary.get("against_baselines"):

@@ -21,10 +21,12 @@ from kshot.cli import main
 from kshot.config import load_config
 from kshot.data.datasets import load_dataset
 from kshot.data.transforms import normalize
+from kshot.eval.ground_truth import write_ground_truth_csv
+from kshot.eval.standalone_rank import TEST_IMAGES_COLUMN, best_standalone_rank
 from kshot.export import load_model
 from kshot.nn.simplex import code_statistics
 from kshot.pipeline.local_run import DEFAULT_CONFIG, pipeline_arguments, publish, summary_lines
-from kshot.spaces import mbv2, nb201
+from kshot.spaces import Space, mbv2, nb201
 from kshot.stages.rank import SCORE_COLUMNS
 from tests.conftest import MBV2_TINY
 from tests.object_stores import Remote
@@ -279,7 +281,19 @@ def test_the_local_run_completes_and_reports(
     assert retrained["arch"] == summary["best_arch"]
     others = [acc for arch, acc in truth.items() if arch != summary["best_arch"]]
     better = sum(acc > retrained["test_accuracy"] for acc in others)
-    assert summary["best_standalone_rank"] == {"rank": 1 + better, "of": len(others) + 1}
+    rank = summary["best_standalone_rank"]
+    assert (rank["rank"], rank["of"]) == (1 + better, len(others) + 1)
+    # with what it means: the spread of those accuracies against the binomial noise of one
+    # measured on the split's test images (one epoch spreads the sample far beyond it)
+    split = json.loads((run / "split" / "split").read_text())
+    ranked = [retrained["test_accuracy"], *others]
+    assert rank["test_images"] == len(split["test"])
+    assert rank["spread_pp"] == pytest.approx(max(ranked) - min(ranked))
+    mean = np.mean(ranked) / 100
+    sd = 100 * math.sqrt(mean * (1 - mean) / len(split["test"]))
+    assert rank["binomial_sd_pp"] == pytest.approx(sd)
+    assert rank["within_noise"] is (rank["spread_pp"] <= rank["noise_range_pp"])
+    assert " ".join(rank["reading"].split()) in " ".join(printed.split())
     # the rank page draws that table: the scatter, Fig. 5's curve and the λ histograms
     labels = {
         "kendall_tau_a": "Kendall τ-a",
@@ -310,7 +324,6 @@ def test_the_local_run_completes_and_reports(
     # retraining: one epoch on digits takes the best path well above chance (10 %; measured 40 %),
     # and the exported network is that one
     assert summary["retrained_test_accuracy"] > 25.0
-    split = json.loads((run / "split" / "split").read_text())
     digits = load_dataset("digits", "train")
     test = torch.as_tensor(split["test"])
     assert_exported_model_scores(
@@ -374,6 +387,38 @@ def test_the_local_run_searches_the_mbv2_space_on_class_folders(
     assert_best_path_in_budget(
         run, summary, lambda a: mbv2.flops(a, resolution=16, **shape), population=4
     )
+
+
+def test_the_console_says_when_the_stand_alone_sample_cannot_separate_its_paths(
+    tmp_path: Path,
+) -> None:
+    """The digits default's case: 12 paths spanning 0.89 pp on 449 test images and a pick 0.67 pp
+    below them (13 of 13), all within test-set noise; the rank is printed with that meaning."""
+    space = Space("nb201")
+    archs = [space.format(path) for path in space.distinct_sample(13, 0)]
+    sample = {arch: 97.33 + 0.0809 * i for i, arch in enumerate(archs[:12])}
+    table = str(tmp_path / "table.csv")
+    write_ground_truth_csv(table, sample, space=space, constants={TEST_IMAGES_COLUMN: 449})
+    cfg = load_config(DEFAULT_CONFIG)
+    rank = best_standalone_rank(cfg, archs[12], 96.66, table, space)
+    summary = {
+        "k": 8,
+        "best_arch": archs[12],
+        "best_supernet_accuracy": 96.66,
+        "best_flops": 0.45,
+        "retrained_test_accuracy": 96.66,
+        "best_standalone_rank": rank,
+        "n_paths": 12,
+        "ground_truth": "standalone stage (paths trained from scratch)",
+        "report": "runs/local/report/index.html",
+        "logs": "runs/local/logs",
+        "wall_time_s": 200.0,
+    }
+    printed = " ".join(" ".join(summary_lines(summary, "runs/local")).split())
+    assert "rank among the stand-alone sample: 13 of 13 the 13 accuracies span 1.56 pp" in printed
+    assert "this sample cannot separate its paths, so the rank is noise" in printed
+    assert "`kshot experiment ranking`" in printed and "docs/results/" in printed
+    assert " ".join(rank["reading"].split()) in printed
 
 
 def test_pipeline_arguments_put_other_keys_in_extra_config() -> None:

@@ -60,7 +60,10 @@ ARTIFACTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
         {"split": "split JSON", "results": "search or recalibrate results JSON"},
         {"model": "stand-alone model (torch file)", "metrics": "JSON: accuracy and curves"},
     ),
-    "standalone": ({"split": "split JSON"}, {"table": "CSV arch,accuracy of sampled paths"}),
+    "standalone": (
+        {"split": "split JSON"},
+        {"table": "CSV arch,accuracy,test_images of sampled paths"},
+    ),
     "rank": (
         {
             "split": "split JSON",
