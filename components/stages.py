@@ -365,7 +365,7 @@ def standalone(
         image: Worker image of the job.
         run_id: KFP run id, put on the job as a label.
         split: URI of the split's indices.
-        table: CSV arch,accuracy of the sampled paths.
+        table: CSV arch,accuracy,test_images of the sampled paths.
 
     Returns:
         The table's URI for the ground-truth step (on a cluster, in an object store).
