@@ -30,7 +30,7 @@ from kshot.eval.ranking import ranking_metrics
 from kshot.nn.simplex import code_statistics
 from kshot.spaces import Space
 from kshot.train.checkpoint import load_latest
-from tests.conftest import shared_data
+from tests.conftest import fake_run, shared_data
 from tests.test_local_run import assert_ranking_recomputes
 from tests.test_report import pixels
 
@@ -208,19 +208,9 @@ def test_the_summary_sets_the_arms_beside_the_baselines_of_their_paths():
     def run(arm: str, seed: int, tau: float, params_tau: float) -> dict:
         sizes = {"kendall_tau_a": params_tau, "kendall_tau_b": params_tau, "spearman_rho": 0.7}
         base = {**sizes, "pearson_r": 0.3, "top_group_tau": {"5": 0.4}}
-        return {
-            "arm": arm,
-            "seed": seed,
-            "k": 8,
-            "kendall_tau_a": tau,
-            "kendall_tau_b": tau,
-            "spearman_rho": tau,
-            "pearson_r": tau,
-            "top_group_tau": {"5": tau},
-            "lam": {"tv": 0.3, "max": 0.4, "cosine": 0.5},
-            "lam_near_uniform": False,
-            "baselines": {"params": base, "flops": {**base, "kendall_tau_a": params_tau - 0.1}},
-        }
+        lam = {"tv": 0.3, "max": 0.4, "cosine": 0.5}
+        flops = {**base, "kendall_tau_a": params_tau - 0.1}
+        return fake_run(arm, seed, tau, lam=lam, baselines={"params": base, "flops": flops})
 
     runs = [
         run(arm, s, tau + s / 100, 0.5 + s / 50)

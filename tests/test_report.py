@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from kshot import report
+from tests.conftest import fake_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARCH = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
@@ -165,20 +166,11 @@ def test_tau_vs_k_plot() -> None:
 def test_ranking_summary_plot() -> None:
     from kshot.eval.experiment import summarise_runs
 
-    def runs(taus: dict[str, list[float]]) -> dict:
+    def runs(taus: dict[str, list[float]], params_tau: float | None = None) -> dict:
+        sizes = {"params": fake_run("params", 0, params_tau), "flops": fake_run("flops", 0, 0.1)}
+        extra = {"baselines": sizes} if params_tau is not None else {}
         rows = [
-            {
-                "arm": arm,
-                "seed": seed,
-                "k": 1 if arm == "A" else 8,
-                "kendall_tau_a": tau,
-                "kendall_tau_b": tau,
-                "spearman_rho": tau,
-                "pearson_r": tau,
-                "top_group_tau": {"10": tau},
-                "lam": {"tv": 0.2, "max": 0.2, "cosine": 0.9},
-                "lam_near_uniform": False,
-            }
+            fake_run(arm, seed, tau, 1 if arm == "A" else 8, **extra)
             for arm, values in taus.items()
             for seed, tau in enumerate(values)
         ]
@@ -196,6 +188,11 @@ def test_ranking_summary_plot() -> None:
     assert not np.array_equal(pixels(plot), pixels(report.ranking_summary_plot(wider)))
     fewer = runs({"A": base["A"], "C": base["C"]})
     assert not np.array_equal(pixels(plot), pixels(report.ranking_summary_plot(fewer)))
+    # the zero-cost baselines stand beside the arms, at their own value
+    sized = report.ranking_summary_plot(runs(base, params_tau=0.55))
+    assert not np.array_equal(pixels(plot), pixels(sized))
+    other = report.ranking_summary_plot(runs(base, params_tau=0.45))
+    assert not np.array_equal(pixels(sized), pixels(other))
     with pytest.raises(ValueError, match="at least one run"):
         report.ranking_summary_plot({"runs": [], "summary": {"arms": {}, "comparisons": []}})
 
