@@ -889,6 +889,7 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
         "checkpoint=gs://b/warm",
         "--output",
         "checkpoint=gs://b/train",
+        "--no-launch-defaults",
     ]
     assert main(argv) == 0
     printed = _yaml.safe_load(capsys.readouterr().out)
@@ -911,12 +912,110 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
     assert main([*argv[:7], "0", *argv[8:]]) == 2
     assert "workers = 0" in capsys.readouterr().err
     # nothing renders that its pods could not run: a missing artifact, a local path
-    assert main(argv[:-2]) == 2
+    assert main([*argv[:-3], argv[-1]]) == 2
     assert "needs --output checkpoint=gs://BUCKET/" in capsys.readouterr().err
-    assert main([*argv[:-1], "checkpoint=runs/train"]) == 2
+    assert main([*argv[:-2], "checkpoint=runs/train", argv[-1]]) == 2
     assert "--output checkpoint='runs/train': the job's pods cannot see a local path" in (
         capsys.readouterr().err
     )
+
+
+def _render_args(namespace: str) -> list[str]:
+    return [
+        *("launch", "render", "--stage", "train", "--image", "ghcr.io/acme/kshot:1.0"),
+        *("--namespace", namespace, "--input", "split=gs://b/split.json"),
+        *("--input", "checkpoint=gs://b/warm", "--output", "checkpoint=gs://b/train"),
+    ]
+
+
+def _kubeconfig(tmp_path: Path, server: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    cluster = {"name": "fake", "cluster": {"server": server}}
+    context = {"name": "fake", "context": {"cluster": "fake", "user": "me"}}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "contexts": [context],
+                "current-context": "fake",
+                "users": [{"name": "me", "user": {"token": "t"}}],
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_launch_render_applies_the_launch_defaults_it_can_read(
+    start_fake, tmp_path, monkeypatch, capsys, backend
+) -> None:
+    from kshot.cli import main
+
+    defaults = {**GPU_OVERRIDES, "resources": RESOURCES, "imagePullSecrets": PULL_SECRETS}
+    fake = start_fake(
+        config_maps={
+            ("team-a", "kshot-launch-defaults"): {k: yaml.safe_dump(v) for k, v in defaults.items()}
+        }
+    )
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path, fake.host)))
+    argv = [*_render_args("team-a"), "--backend", backend]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    printed = yaml.safe_load(captured.out)
+    assert "applied the launch defaults of ConfigMap team-a/kshot-launch-defaults" in captured.err
+    assert main([*argv, "--no-launch-defaults"]) == 0
+    bare = yaml.safe_load(capsys.readouterr().out)
+    assert printed != bare
+    pod = (
+        printed["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        if backend == "pytorchjob"
+        else printed["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+            "replicatedJobs"
+        ][0]["template"]["spec"]["template"]["spec"]
+    )
+    assert pod["tolerations"] == GPU_OVERRIDES["tolerations"]
+    assert pod["serviceAccountName"] == "kshot-worker"
+    assert pod["imagePullSecrets"] == PULL_SECRETS
+    validate_against_crd(printed)
+
+    # a namespace without the ConfigMap: rendered without it, and said so
+    assert main([*_render_args("team-b"), "--backend", backend]) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["metadata"]["namespace"] == "team-b"
+    assert "rendered without the launch defaults of ConfigMap team-b/kshot-launch-defaults" in (
+        captured.err
+    )
+    assert "is missing" in captured.err
+
+
+def test_launch_render_refuses_launch_defaults_a_launch_would_refuse(
+    start_fake, tmp_path, monkeypatch, capsys
+) -> None:
+    from kshot.cli import main
+
+    fake = start_fake(
+        config_maps={("team-a", "kshot-launch-defaults"): {"affinity": "nodeAffinity: {}"}}
+    )
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path, fake.host)))
+    assert main(_render_args("team-a")) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "ConfigMap team-a/kshot-launch-defaults: pod overrides affinity unknown" in captured.err
+
+
+def test_launch_render_without_a_cluster_says_it_rendered_without_the_defaults(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from kshot.cli import main
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    assert main(_render_args("team-a")) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["kind"] == "PyTorchJob"
+    assert "rendered without the launch defaults" in captured.err
+    assert "no cluster credentials" in captured.err
 
 
 # The Trainer release, read from the cluster.
@@ -991,7 +1090,7 @@ def test_launch_render_prints_the_trainjob_for_the_named_trainer(capsys, version
     argv = ["launch", "render", "--backend", "trainjob", "--trainer-version", version]
     argv += ["--stage", "train", "--image", "ghcr.io/acme/kshot:1.0", "--set", "k=4"]
     argv += ["--input", "split=gs://b/split.json", "--input", "checkpoint=gs://b/warm"]
-    argv += ["--output", "checkpoint=gs://b/train"]
+    argv += ["--output", "checkpoint=gs://b/train", "--no-launch-defaults"]
     assert main(argv) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     spec = LaunchSpec(

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -60,12 +61,14 @@ __all__ = [
     "run_job",
     "render_job",
     "load_launch_defaults",
+    "default_api_client",
     "detect_trainer_version",
     "JobKind",
     "JOB_KINDS",
     "Backend",
     "DeletePolicy",
     "JobCancelled",
+    "LaunchDefaultsUnavailable",
     "LAUNCH_DEFAULTS_CONFIGMAP",
     "LAUNCH_HASH_ANNOTATION",
     "TRAINJOB_CRD",
@@ -101,6 +104,10 @@ _T = TypeVar("_T")
 
 class JobCancelled(LaunchError):
     """The wait was cancelled (SIGTERM); the job has been deleted."""
+
+
+class LaunchDefaultsUnavailable(LaunchError):
+    """The launch-defaults ConfigMap could not be read: missing, forbidden, or no cluster."""
 
 
 @dataclass(frozen=True)
@@ -245,8 +252,9 @@ def load_launch_defaults(
         The validated overrides.
 
     Raises:
-        LaunchError: when the ConfigMap is missing (with how to install it), reading it is
-            forbidden or its content is malformed.
+        LaunchDefaultsUnavailable: the ConfigMap is missing (with how to install it), reading it
+            is forbidden or the API server cannot be reached.
+        LaunchError: its content is malformed.
     """
     try:
         config_map = client.CoreV1Api(api_client).read_namespaced_config_map(
@@ -254,14 +262,21 @@ def load_launch_defaults(
         )
     except ApiException as error:
         if error.status == 404:
-            raise LaunchError(
+            raise LaunchDefaultsUnavailable(
                 f"ConfigMap {namespace}/{name} is missing: without it the job's pods would run "
                 "as the namespace's default service account, without GPU tolerations. Install "
                 f"it with `kubectl apply -k manifests/overlays/gpu` (or manifests/base) with "
                 f"namespace {namespace!r}, or launch without defaults on purpose "
                 "(launch_defaults=None)"
             ) from error
-        raise LaunchError(_api_failure(error, f"read ConfigMap {name}", namespace)) from error
+        raise LaunchDefaultsUnavailable(
+            _api_failure(error, f"read ConfigMap {name}", namespace)
+        ) from error
+    except (HTTPError, OSError) as error:
+        raise LaunchDefaultsUnavailable(
+            f"could not read ConfigMap {namespace}/{name}: the Kubernetes API server is "
+            f"unreachable ({error})"
+        ) from error
     try:
         overrides = {key: yaml.safe_load(text) for key, text in (config_map.data or {}).items()}
     except yaml.YAMLError as error:
@@ -419,7 +434,7 @@ def run_job(
     }
     body = render_job(spec, backend, pod_overrides=pod_overrides, **render_options)
 
-    api_client = api_client or _default_api_client()
+    api_client = api_client or default_api_client()
     if backend == "trainjob" and trainer_version is None:
         render_options["trainer_version"] = detect_trainer_version(api_client)
         body = render_job(spec, backend, pod_overrides=pod_overrides, **render_options)
@@ -457,12 +472,18 @@ def run_job(
             log(f"kept {title} (delete_policy={delete_policy})")
 
 
-def _default_api_client() -> client.ApiClient:
+def default_api_client() -> client.ApiClient:
+    """The cluster's client: in-cluster config, else the kubeconfig.
+
+    Raises:
+        LaunchError: neither is there.
+    """
     try:
         config.load_incluster_config()
     except ConfigException:
         try:
-            config.load_kube_config()
+            # $KUBECONFIG as it is now (the client reads it once, when imported)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         except (ConfigException, OSError) as error:
             raise LaunchError(
                 f"no cluster credentials: neither in-cluster config nor a kubeconfig ({error})"
