@@ -94,6 +94,8 @@ from google.cloud.storage.retry import (
     is_generation_specified,
 )
 
+from kshot.uris import is_gcs, is_minio, is_remote, is_s3, parse_remote
+
 __all__ = [
     "RETRY_DEADLINE_ENV",
     "RETRY_INITIAL_DELAY_ENV",
@@ -165,8 +167,6 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 # The object stores by URI scheme, with the form their URIs take. A URI whose scheme is not here, or
 # one of these without "//" after the colon, is refused rather than taken for a local file name.
 _REMOTE_FORMS = {"gs": "gs://bucket/key", "s3": "s3://bucket/key", "minio": "minio://bucket/key"}
-_GCS_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
-_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
 _S3_MD5_METADATA = "kshot-md5"
 
 _T = TypeVar("_T")
@@ -177,28 +177,6 @@ class StorageError(OSError):
 
 
 # --------------------------------------------------------------------------------------- URIs
-
-
-def is_gcs(uri: str) -> bool:
-    """Whether ``uri`` names Google Cloud Storage (``gs://...``); no validation beyond the prefix."""
-    return uri.startswith("gs://")
-
-
-def is_s3(uri: str) -> bool:
-    """Whether ``uri`` names an S3-compatible store (``s3://...``); no validation beyond the prefix."""
-    return uri.startswith("s3://")
-
-
-def is_minio(uri: str) -> bool:
-    """Whether ``uri`` names KFP's own artifact store (``minio://...``); no validation beyond the
-    prefix."""
-    return uri.startswith("minio://")
-
-
-def is_remote(uri: str) -> bool:
-    """Whether ``uri`` names an object store (``gs://``, ``s3://``, ``minio://``) rather than a
-    local path."""
-    return is_gcs(uri) or is_s3(uri) or is_minio(uri)
 
 
 def minio_endpoint() -> str:
@@ -212,42 +190,6 @@ def minio_endpoint() -> str:
     if host and port:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     return _MINIO_DEFAULT_ENDPOINT
-
-
-def parse_remote(uri: str) -> tuple[str, str]:
-    """Split ``gs://bucket/key``, ``s3://bucket/key`` or ``minio://bucket/key`` into
-    ``("bucket", "key")``; the key is ``""`` for ``gs://bucket``.
-
-    Raises:
-        ValueError: ``uri`` is neither, has no bucket, or the bucket name breaks the store's rules.
-    """
-    if is_gcs(uri):
-        store, pattern, max_length, allowed = "GCS", _GCS_BUCKET_RE, 222, "'-', '_' and '.'"
-    elif is_s3(uri) or is_minio(uri):
-        store = "S3" if is_s3(uri) else "MinIO"
-        pattern, max_length, allowed = _S3_BUCKET_RE, 63, "'-' and '.'"
-    else:
-        raise ValueError(f"not a gs://, s3:// or minio:// URI: {uri!r}")
-    scheme, _, rest = uri.partition("://")
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"malformed {store} URI {uri!r}: no bucket name after {scheme}://")
-    if not (3 <= len(bucket) <= max_length and pattern.match(bucket)):
-        raise ValueError(
-            f"malformed {store} URI {uri!r}: bucket name {bucket!r} must be 3-{max_length} "
-            f"characters of lowercase letters, digits, {allowed}, starting and ending with a "
-            "letter or digit"
-        )
-    if "\n" in key or "\r" in key:
-        raise ValueError(f"malformed {store} URI {uri!r}: object names cannot contain line breaks")
-    # Object stores keep "a/./x" and "a//x" literally, as other objects than "a/x": refuse them.
-    segments = key.split("/")
-    if any(part in (".", "..") for part in segments) or "" in segments[:-1]:
-        raise ValueError(
-            f"malformed {store} URI {uri!r}: empty, '.' and '..' segments are not resolved by "
-            f"{store} (they would be stored literally); write the path without them"
-        )
-    return bucket, key
 
 
 def parse_gcs(uri: str) -> tuple[str, str]:

@@ -33,6 +33,7 @@ from kshot.components import stages
 from kshot.components.runtime import job_image
 from kshot.config import Config
 from kshot.launch import BACKENDS
+from kshot.pipeline import PIPELINE_NAME
 from kshot.pipeline.platform import Placement, heavy, in_pod, light
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "DEFAULT_STEP_MEMORY",
 ]
 
-PIPELINE_NAME = "kshot-nas"
 _DEFAULTS = Config()
 _LAUNCHER = BACKENDS[0]  # local: torchrun in the step's own pod
 _IMAGE = job_image()

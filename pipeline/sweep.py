@@ -23,6 +23,7 @@ from kshot.components import stages
 from kshot.components.runtime import job_image
 from kshot.config import Config
 from kshot.launch import BACKENDS
+from kshot.pipeline import SWEEP_PIPELINE_NAME
 from kshot.pipeline.pipeline import (
     DEFAULT_STEP_CPU,
     DEFAULT_STEP_MEMORY,
@@ -33,7 +34,6 @@ from kshot.pipeline.platform import Placement, heavy, light
 
 __all__ = ["kshot_k_sweep", "SWEEP_PIPELINE_NAME", "DEFAULT_K_VALUES", "K_PARALLELISM"]
 
-SWEEP_PIPELINE_NAME = "kshot-nas-k-sweep"
 # Powers of two up to the paper's K = 8, the K of its Tables 7 and 9.
 DEFAULT_K_VALUES: list[int] = [1, 2, 4, 8]
 # How many K train at once (dsl.ParallelFor's parallelism, a compile-time constant).

@@ -41,12 +41,14 @@ from kshot.stages import HEAVY_STAGES, STAGES
 from tests.pod_security import read_only_root_violations, restricted_violations
 
 CONFIG_OUTPUT = {"producerTask": "configure", "outputParameterKey": "config"}
+STEP_IMAGE = "registry.example/kshot-cpu:1"
+JOB_IMAGE = "registry.example/kshot:1"
 
 
 def _compile(path: Path, sweep: bool) -> dict[str, Any]:
     """The pipeline spec, with the kubernetes platform spec (the second document) under
     ``"platform"``."""
-    compile_pipeline(str(path), sweep)
+    compile_pipeline(str(path), sweep, STEP_IMAGE, JOB_IMAGE)
     spec, platform = yaml.safe_load_all(path.read_text())
     return {**spec, "platform": platform["platforms"]["kubernetes"]}
 
@@ -460,10 +462,54 @@ def test_kshot_pipeline_compile_writes_the_yaml(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "out" / "sweep.yaml"
-    assert main(["pipeline", "compile", "--sweep", "--output", str(output)]) == 0
+    images = ["--step-image", STEP_IMAGE, "--job-image", JOB_IMAGE]
+    assert main(["pipeline", "compile", "--sweep", "--output", str(output), *images]) == 0
     spec = next(yaml.safe_load_all(output.read_text()))
     assert spec["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
-    assert str(output) in capsys.readouterr().out
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {
+        STEP_IMAGE
+    }
+    assert spec["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"] == JOB_IMAGE
+    assert capsys.readouterr().out == f"compiled pipeline 'kshot-nas-k-sweep' to {output}\n"
+
+
+@pytest.mark.parametrize(
+    ("environment", "flags", "named"),
+    [
+        ({}, [], ["--step-image or $KSHOT_STEP_IMAGE", "--job-image or $KSHOT_JOB_IMAGE"]),
+        ({"KSHOT_STEP_IMAGE": STEP_IMAGE}, [], ["--job-image or $KSHOT_JOB_IMAGE"]),
+        ({"KSHOT_JOB_IMAGE": ""}, ["--job-image", JOB_IMAGE], ["--step-image or $KSHOT_STEP"]),
+    ],
+)
+def test_compiling_without_the_images_fails_naming_them(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    environment: dict[str, str],
+    flags: list[str],
+    named: list[str],
+) -> None:
+    for variable in ("KSHOT_STEP_IMAGE", "KSHOT_JOB_IMAGE", "KSHOT_IMAGE"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    output = tmp_path / "pipeline.yaml"
+    assert main(["pipeline", "compile", "--output", str(output), *flags]) == 2
+    error = capsys.readouterr().err
+    assert all(name in error for name in named) and "$KSHOT_IMAGE" in error, error
+    assert not output.exists()
+
+
+def test_a_malformed_image_is_refused_naming_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KSHOT_JOB_IMAGE", "Registry/KSHOT:1")
+    output = tmp_path / "pipeline.yaml"
+    assert main(["pipeline", "compile", "--output", str(output), "--step-image", STEP_IMAGE]) == 2
+    assert "$KSHOT_JOB_IMAGE 'Registry/KSHOT:1' is not a valid image reference" in (
+        capsys.readouterr().err
+    )
+    assert not output.exists()
 
 
 def test_a_step_that_runs_its_stage_gets_the_workers_gpus_a_job_watcher_none() -> None:

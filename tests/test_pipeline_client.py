@@ -22,6 +22,9 @@ from tests.recording_kfp_server import RecordingKfpServer, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token"
+STEP_IMAGE = "registry.example/kshot-cpu:1"
+JOB_IMAGE = "registry.example/kshot:1"
+IMAGES = ["--step-image", STEP_IMAGE, "--job-image", JOB_IMAGE]
 WORKFLOWS = ROOT / ".github" / "workflows"
 
 
@@ -35,7 +38,7 @@ def kfp_server() -> Iterator[RecordingKfpServer]:
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("package") / "pipeline.yaml"
-    compile_pipeline(str(path))
+    compile_pipeline(str(path), step_image=STEP_IMAGE, job_image=JOB_IMAGE)
     return str(path)
 
 
@@ -177,6 +180,117 @@ def test_a_namespace_uploads_and_runs_its_own_pipeline(
     assert created["pipeline_version_reference"]["pipeline_id"] == owned["team-a"]
 
 
+def _ids(printed: str) -> dict[str, str]:
+    """``pipeline_id`` and ``version_id`` from what ``kshot pipeline upload`` printed."""
+    return dict(word.split("=", 1) for word in printed.split() if "_id=" in word)
+
+
+def test_compile_once_upload_that_file_and_run_that_version(
+    kfp_server: RecordingKfpServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's path: the file compiled is the file uploaded is the version run."""
+    package = tmp_path / "kshot-nas.yaml"
+    assert main(["pipeline", "compile", "--output", str(package), *IMAGES]) == 0
+    capsys.readouterr()
+    upload = ["pipeline", "upload", *_host(kfp_server), "--package", str(package)]
+    assert main([*upload, "--version", "v1"]) == 0
+    first = _ids(capsys.readouterr().out)
+    assert main([*upload, "--version", "v2"]) == 0  # a newer version: runs must not drift to it
+    capsys.readouterr()
+    (uploaded, *_) = [r.body for r in kfp_server.requests if r.path.endswith("/pipelines/upload")]
+    assert package.read_bytes() in uploaded
+
+    run = ["pipeline", "run", *_host(kfp_server), "--set", "k=2"]
+    assert (
+        main([*run, "--pipeline-id", first["pipeline_id"], "--version-id", first["version_id"]])
+        == 0
+    )
+    assert main([*run, "--name", "kshot-nas", "--version", "v1"]) == 0
+    references = [r["pipeline_version_reference"] for r in kfp_server.runs.values()]
+    assert (
+        references
+        == [{"pipeline_id": first["pipeline_id"], "pipeline_version_id": first["version_id"]}] * 2
+    )
+    names = [v["display_name"] for v in kfp_server.versions[first["pipeline_id"]]]
+    assert names == ["kshot-nas", "v1", "v2"]  # KFP names a first version after its pipeline
+    assert main([*run, "--name", "kshot-nas", "--version", "v9"]) == 2
+    assert "has no version named 'v9'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["upload", "run"])
+def test_upload_and_run_without_a_package_compile_with_the_images_or_refuse(
+    kfp_server: RecordingKfpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    action: str,
+) -> None:
+    for variable in ("KSHOT_STEP_IMAGE", "KSHOT_JOB_IMAGE", "KSHOT_IMAGE"):
+        monkeypatch.delenv(variable, raising=False)
+    args = ["pipeline", action, *_host(kfp_server)]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "$KSHOT_STEP_IMAGE" in error and "$KSHOT_JOB_IMAGE" in error
+    assert kfp_server.requests == []
+
+    monkeypatch.setenv("KSHOT_STEP_IMAGE", STEP_IMAGE)
+    monkeypatch.setenv("KSHOT_JOB_IMAGE", JOB_IMAGE)
+    assert main(args) == 0
+    sent = [r.body for r in kfp_server.requests if r.method == "POST"]
+    spec = (
+        next(yaml.safe_load_all(sent[0].split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]))
+        if action == "upload"
+        else _spec(next(iter(kfp_server.runs.values())))
+    )
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {STEP_IMAGE}
+    assert spec["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"] == JOB_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--package", "p.yaml", "--name", "kshot-nas"], "--package and --name: give one"),
+        (["--pipeline-id", "p-1", "--name", "kshot-nas"], "--pipeline-id and --name: give one"),
+        (["--version", "v1"], "--version names a version of an uploaded pipeline"),
+        (["--name", "n", "--version", "v", "--version-id", "i"], "--version-id and --version"),
+    ],
+)
+def test_a_run_that_names_its_pipeline_ambiguously_is_refused_before_any_request(
+    kfp_server: RecordingKfpServer,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    assert main(["pipeline", "run", *_host(kfp_server), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert kfp_server.requests == []
+
+
+def test_host_and_token_come_from_kfps_environment_variables(
+    kfp_server: RecordingKfpServer,
+    package: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    monkeypatch.setenv("KF_PIPELINES_ENDPOINT", kfp_server.url)
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token_file))
+    args = ["pipeline", "upload", "--allow-insecure-token", "--package", package]
+    assert main(args) == 0
+    assert kfp_server.pipelines
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in kfp_server.requests)
+
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "absent"))
+    assert main(args) == 2
+    assert "$KF_PIPELINES_SA_TOKEN_PATH names" in capsys.readouterr().err
+    monkeypatch.delenv("KF_PIPELINES_ENDPOINT")
+    assert main(args) == 2
+    assert "give --host URL or set $KF_PIPELINES_ENDPOINT" in capsys.readouterr().err
+
+
 def test_explicit_values_are_sent_even_at_the_local_defaults(tmp_path: Path) -> None:
     defaults = Config()
     assert run_arguments([], [f"k={defaults.k}"]) == {"k": defaults.k}
@@ -220,7 +334,7 @@ def test_a_pipeline_root_outside_the_object_stores_is_refused_before_any_request
 
 def test_a_sweep_run_takes_k_values(kfp_server: RecordingKfpServer) -> None:
     args = ["pipeline", "run", *_host(kfp_server), "--sweep", "--set", "k_values=[1, 2, 4]"]
-    assert main(args) == 0
+    assert main([*args, *IMAGES]) == 0
     (run,) = kfp_server.runs.values()
     assert run["runtime_config"]["parameters"] == {"k_values": [1, 2, 4]}
     assert _spec(run)["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
