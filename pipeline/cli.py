@@ -310,12 +310,12 @@ def _check_pipeline_root(uri: str) -> None:
     """Refuse a ``--pipeline-root`` outside the object stores kshot reaches (gs://, s3://,
     minio://): only there do the job pods and later steps reach the artifacts (see
     :func:`kshot.components.runtime.handoff_uri`)."""
-    from kshot import storage
+    from kshot.uris import parse_remote
 
     if not uri:
         return
     try:
-        storage.parse_remote(uri)
+        parse_remote(uri)
     except ValueError as error:
         raise ConfigError(
             f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX, "

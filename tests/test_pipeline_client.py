@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -490,18 +492,68 @@ def test_an_unreachable_host_fails_in_one_line(
     assert "refused" in error.lower()
 
 
-def _rerun(server_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
+# What submitting must not load: torch, the storage clients, the plotting and numeric stack, and
+# kfp-kubernetes (the rerun workflow installs kshot without its dependencies, plus kfp).
+_NOT_INSTALLED_FOR_SUBMITTING = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "sklearn",
+    "pymoo",
+    "pyarrow",
+    "PIL",
+    "matplotlib",
+    "tqdm",
+    "boto3",
+    "botocore",
+    "kfp.kubernetes",
+)
+
+
+def _submitting_python(folder: Path) -> str:
+    """A ``python`` for the rerun script in which the packages that submitting needs not are
+    missing: importing any of them fails, as where the workflow installed only kfp."""
+    blocker = folder / "without_heavy_packages.py"
+    blocker.write_text(
+        "import runpy, sys\n"
+        f"for name in {_NOT_INSTALLED_FOR_SUBMITTING!r}:\n"
+        "    sys.modules[name] = None\n"
+        "assert sys.argv[1] == '-m', sys.argv\n"
+        "module, sys.argv = sys.argv[2], [sys.argv[2], *sys.argv[3:]]\n"
+        "runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
+    )
+    python = folder / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{blocker}" "$@"\n')
+    python.chmod(0o755)
+    return str(python)
+
+
+def _upload_version(server: RecordingKfpServer, package: str, version: str) -> dict[str, str]:
+    """Upload ``package`` as ``version`` of kshot-nas; its ids."""
+    args = ["pipeline", "upload", *_host(server), "--package", package, "--version", version]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(args) == 0
+    return _ids(stdout.getvalue())
+
+
+def _rerun(
+    server_url: str, *args: str, python: str = sys.executable, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environment = {
         **os.environ,
         "KFP_HOST": server_url,
         "KFP_TOKEN": TOKEN,
         "KSHOT_ALLOW_INSECURE_TOKEN": "1",  # the recording server is http://127.0.0.1
-        "PYTHON": sys.executable,
+        "PYTHON": python,
         "GITHUB_SHA": "0123456789abcdef",
+        "PIPELINE": "kshot-nas",
+        **env,
     }
     return subprocess.run(
         ["bash", str(ROOT / "scripts" / "submit_reruns.sh"), *args],
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=300,
@@ -509,15 +561,43 @@ def _rerun(server_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_rerun_script_submits_one_run_per_k(kfp_server: RecordingKfpServer) -> None:
-    done = _rerun(kfp_server.url, "1, 2,4", "--experiment", "reruns")
+def test_the_rerun_script_runs_an_uploaded_version_once_per_k(
+    kfp_server: RecordingKfpServer, package: str, tmp_path: Path
+) -> None:
+    v1 = _upload_version(kfp_server, package, "v1")
+    _upload_version(kfp_server, package, "v2")
+    done = _rerun(
+        kfp_server.url,
+        *("1, 2,4", "--experiment", "reruns"),
+        python=_submitting_python(tmp_path),
+        PIPELINE_VERSION="v1",
+    )
     assert done.returncode == 0, done.stderr
     runs = list(kfp_server.runs.values())
-    assert [r["runtime_config"]["parameters"]["k"] for r in runs] == [1, 2, 4]
+    assert [r["runtime_config"]["parameters"] for r in runs] == [{"k": k} for k in (1, 2, 4)]
     assert [r["display_name"] for r in runs] == [f"kshot-nas-k{k}-0123456" for k in (1, 2, 4)]
-    assert all(_spec(r)["pipelineInfo"]["name"] == "kshot-nas" for r in runs)
+    reference = {"pipeline_id": v1["pipeline_id"], "pipeline_version_id": v1["version_id"]}
+    assert all(r["pipeline_version_reference"] == reference for r in runs)
+    assert not any(r.get("pipeline_spec") for r in runs)  # nothing compiled, nothing sent
     assert {e["display_name"] for e in kfp_server.experiments.values()} == {"reruns"}
     assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in kfp_server.requests)
+
+
+def test_the_rerun_script_takes_the_pipeline_and_version_by_id(
+    kfp_server: RecordingKfpServer, package: str
+) -> None:
+    v1 = _upload_version(kfp_server, package, "v1")
+    _upload_version(kfp_server, package, "v2")
+    uploads = len(kfp_server.requests)
+    done = _rerun(
+        kfp_server.url, "3", PIPELINE=v1["pipeline_id"], PIPELINE_VERSION=v1["version_id"]
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = kfp_server.runs.values()
+    assert run["pipeline_version_reference"]["pipeline_version_id"] == v1["version_id"]
+    assert not any(
+        r.method == "GET" and "/pipelines" in r.path for r in kfp_server.requests[uploads:]
+    )
 
 
 def test_the_rerun_script_refuses_a_bad_k_before_submitting(
@@ -543,57 +623,76 @@ def test_the_workflows_are_valid_github_workflows() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_rerun_workflow_submits_through_the_script() -> None:
+def _rerun_workflow() -> tuple[dict, dict]:
+    """The rerun workflow's inputs and its submit step."""
     workflow = yaml.safe_load((WORKFLOWS / "rerun.yml").read_text())
-    dispatch = workflow[True]["workflow_dispatch"]  # YAML 1.1 reads the key `on` as True
-    assert dispatch["inputs"]["k"]["required"] is True
+    inputs = workflow[True]["workflow_dispatch"]["inputs"]  # YAML 1.1 reads `on` as True
     (submit,) = [
         s for s in workflow["jobs"]["submit"]["steps"] if "submit_reruns.sh" in s.get("run", "")
     ]
-    assert submit["env"]["K_VALUES"] == "${{ inputs.k }}"
-    assert dispatch["inputs"]["launcher"]["default"] == "pytorchjob"
-    assert set(dispatch["inputs"]["launcher"]["options"]) == set(BACKENDS)
-    for name in ("launcher", "namespace", "pipeline_root"):
-        assert submit["env"][name.upper()] == f"${{{{ inputs.{name} }}}}"
+    return inputs, submit
+
+
+def test_the_rerun_workflow_takes_an_uploaded_version_k_and_a_config_overlay() -> None:
+    inputs, submit = _rerun_workflow()
+    assert len(inputs) <= 10  # GitHub's limit for workflow_dispatch
+    assert inputs["pipeline"]["required"] is True and inputs["k"]["required"] is True
+    overlay = ("dataset", "workers", "gpus_per_worker", "epochs")
+    assert all(inputs[name]["default"] == "" for name in ("version", *overlay))
+    assert inputs["launcher"]["default"] == "pytorchjob"
+    assert set(inputs["launcher"]["options"]) == set(BACKENDS)
+    renamed = {"k": "K_VALUES", "version": "PIPELINE_VERSION"}
+    for name in inputs:
+        assert submit["env"][renamed.get(name, name.upper())] == f"${{{{ inputs.{name} }}}}"
     ci = yaml.safe_load((WORKFLOWS / "ci.yml").read_text())
     steps = ci["jobs"]["test"]["steps"]
     assert any(step.get("run") == "bash .ci/run" for step in steps)
     assert any(step.get("with", {}).get("python-version") == "3.11" for step in steps)
 
 
-def test_the_rerun_workflow_passes_the_launcher_namespace_and_root(
-    kfp_server: RecordingKfpServer,
+def test_the_rerun_workflow_installs_kshot_without_its_dependencies_and_kfp_as_pinned() -> None:
+    import tomllib
+
+    (install,) = [s for s in _steps("rerun.yml", "submit") if "pip install" in s.get("run", "")]
+    assert "pip install --no-deps -e ." in install["run"]
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (kfp,) = [d for d in pinned if d.startswith("kfp>")]
+    assert f'pip install "{kfp}"' in install["run"]
+    assert "torch" not in install["run"] and "[" not in install["run"]
+
+
+def test_the_rerun_workflow_reruns_an_uploaded_version_with_another_k_and_an_overlay(
+    kfp_server: RecordingKfpServer, package: str, tmp_path: Path
 ) -> None:
-    workflow = yaml.safe_load((WORKFLOWS / "rerun.yml").read_text())
-    (submit,) = [
-        s for s in workflow["jobs"]["submit"]["steps"] if "submit_reruns.sh" in s.get("run", "")
-    ]
-    inputs = {
-        "K_VALUES": "2",
-        "EXPERIMENT": "reruns",
+    """Its submit step as GitHub runs it, where only kshot (no dependencies) and kfp are
+    installed."""
+    v1 = _upload_version(kfp_server, package, "v1")
+    _upload_version(kfp_server, package, "v2")
+    _, submit = _rerun_workflow()
+    dispatched = {
+        "PIPELINE": "kshot-nas",
+        "PIPELINE_VERSION": "v1",
+        "K_VALUES": "2,4",
+        "DATASET": "gs://kshot-data/cifar10",
+        "WORKERS": "2",
+        "GPUS_PER_WORKER": "8",
+        "EPOCHS": "50",
         "LAUNCHER": "trainjob",
         "NAMESPACE": "team-a",
         "PIPELINE_ROOT": "gs://kshot-runs/root",
+        "EXPERIMENT": "reruns",
     }
+    assert set(submit["env"]) == {*dispatched, "KFP_HOST", "KFP_TOKEN"}
     env = {
         **os.environ,
-        **inputs,
+        **dispatched,
         "KFP_HOST": kfp_server.url,
         "KFP_TOKEN": TOKEN,
-        "KSHOT_STEP_IMAGE": "",  # unset repository variables
-        "KSHOT_JOB_IMAGE": "",
         "KSHOT_ALLOW_INSECURE_TOKEN": "1",  # the recording server is http://127.0.0.1
-        "PYTHON": sys.executable,
-    }
-    assert set(submit["env"]) == {
-        *inputs,
-        "KFP_HOST",
-        "KFP_TOKEN",
-        "KSHOT_STEP_IMAGE",
-        "KSHOT_JOB_IMAGE",
+        "PYTHON": _submitting_python(tmp_path),
     }
     done = subprocess.run(
-        ["bash", "-c", submit["run"]],
+        ["bash", "-eo", "pipefail", "-c", submit["run"]],
         env=env,
         capture_output=True,
         text=True,
@@ -601,11 +700,31 @@ def test_the_rerun_workflow_passes_the_launcher_namespace_and_root(
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
-    (run,) = kfp_server.runs.values()
-    assert run["runtime_config"]["parameters"]["launcher"] == "trainjob"
-    assert run["runtime_config"]["pipeline_root"] == "gs://kshot-runs/root"
+    runs = list(kfp_server.runs.values())
+    overlay = {"dataset": "gs://kshot-data/cifar10", "workers": 2, "gpus_per_worker": 8}
+    assert [r["runtime_config"]["parameters"] for r in runs] == [
+        {"k": k, "launcher": "trainjob", "epochs": 50, **overlay} for k in (2, 4)
+    ]
+    reference = {"pipeline_id": v1["pipeline_id"], "pipeline_version_id": v1["version_id"]}
+    assert all(r["pipeline_version_reference"] == reference for r in runs)
+    assert {r["runtime_config"]["pipeline_root"] for r in runs} == {"gs://kshot-runs/root"}
     (experiment,) = kfp_server.experiments.values()
-    assert experiment["namespace"] == "team-a"
+    assert experiment["namespace"] == "team-a" and experiment["display_name"] == "reruns"
+
+    # an empty overlay keeps the version's defaults: only K and the launcher are sent
+    kfp_server.runs.clear()
+    empty = {**env, "K_VALUES": "8", "DATASET": "", "WORKERS": "", "GPUS_PER_WORKER": ""}
+    done = subprocess.run(
+        ["bash", "-eo", "pipefail", "-c", submit["run"]],
+        env={**empty, "EPOCHS": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = kfp_server.runs.values()
+    assert run["runtime_config"]["parameters"] == {"k": 8, "launcher": "trainjob"}
 
 
 def _steps(workflow: str, job: str) -> list[dict]:
