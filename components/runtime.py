@@ -70,6 +70,8 @@ PIPELINE_CONFIG_KEYS: tuple[str, ...] = (
     "ground_truth",
     "workers",
     "gpus_per_worker",
+    "queue_name",
+    "priority_class",
 )
 RESULT_PREFIX = "kshot result:"
 """Starts the one line a stage's step prints with its key figure (what ``kshot run --local`` shows)."""
@@ -358,6 +360,10 @@ def run_pipeline_stage(
         image=image or job_image(),
         **placement,
         labels={RUN_ID_LABEL: run_id} if run_id else {},
+        cpu=cfg.job_cpu,
+        memory=cfg.job_memory,
+        queue_name=cfg.queue_name,
+        priority_class=cfg.priority_class,
     )
     results: list[dict] = []
 

@@ -18,7 +18,7 @@ from kfp.dsl.types.type_utils import InconsistentTypeException
 
 from kshot import storage
 from kshot.cli import main
-from kshot.components import stages
+from kshot.components import runtime, stages
 from kshot.components.runtime import (
     LAUNCHER_STEP_SIZE,
     NAMESPACE_ENV,
@@ -31,7 +31,7 @@ from kshot.components.runtime import (
     run_pipeline_stage,
     step_image,
 )
-from kshot.config import Config, ConfigError
+from kshot.config import Config, ConfigError, load_config
 from kshot.launch import LaunchError
 from kshot.pipeline.cli import compile_pipeline
 from kshot.pipeline.pipeline import DEFAULT_STEP_CPU, DEFAULT_STEP_MEMORY
@@ -112,7 +112,7 @@ def test_every_stage_is_a_component_of_the_pipeline(compiled: dict[str, Any]) ->
     for executor in executors:
         container = executor["container"]
         assert "pip install" not in " ".join(container["command"])  # the image has kfp and kshot
-        assert container["image"] == step_image()
+        assert container["image"] == STEP_IMAGE  # chosen when compiling, not when importing
 
 
 def test_parameters_default_to_the_config_defaults(compiled: dict[str, Any]) -> None:
@@ -125,7 +125,7 @@ def test_parameters_default_to_the_config_defaults(compiled: dict[str, Any]) -> 
     assert parameters["alpha"]["parameterType"] == "NUMBER_DOUBLE"
     assert parameters["launcher"]["defaultValue"] == "local"
     assert parameters["extra_config"]["defaultValue"] == ""
-    assert parameters["image"]["defaultValue"] == job_image()
+    assert parameters["image"]["defaultValue"] == JOB_IMAGE
     assert parameters["step_cpu"]["defaultValue"] == DEFAULT_STEP_CPU
     assert parameters["step_memory"]["defaultValue"] == DEFAULT_STEP_MEMORY
     assert parameters["step_tolerations"]["defaultValue"] == []
@@ -364,6 +364,29 @@ def test_a_job_refuses_artifacts_its_pods_cannot_reach_before_it_starts(
     assert "not oss://" in message and "--pipeline-root gs://" in message
     assert "s3://BUCKET/PREFIX" in message and "minio://BUCKET/PREFIX" in message
     assert not Path(checkpoint.path).exists()
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_a_heavy_step_gives_its_job_the_configs_requests_queue_and_priority(
+    launcher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(NAMESPACE_ENV, "team-a")
+    launched: list[Any] = []
+    monkeypatch.setattr(runtime, "launch", lambda spec, backend, log: launched.append(spec))
+    scheduling = {
+        "job_cpu": "6",
+        "job_memory": "24Gi",
+        "queue_name": "team-a-gpus",
+        "priority_class": "high-priority",
+    }
+    config = json.dumps(load_config(scheduling).to_dict())
+    checkpoint = dsl.Model(uri="gs://bucket/kshot-nas/run-1/warmup/checkpoint")
+    split = "gs://bucket/kshot-nas/run-1/split/split"
+    run_pipeline_stage("warmup", config, {"split": split}, {"checkpoint": checkpoint}, launcher)
+    (spec,) = launched
+    assert (spec.cpu, spec.memory, spec.queue_name, spec.priority_class) == tuple(
+        scheduling.values()
+    )
 
 
 def test_a_uri_handed_to_a_later_step_must_reach_its_pod() -> None:

@@ -50,6 +50,10 @@ def _render(args: argparse.Namespace) -> int:
             name=args.name,
             labels=parse_overrides(args.label, "--label"),
             env=parse_overrides(args.env, "--env"),
+            cpu=cfg.job_cpu,
+            memory=cfg.job_memory,
+            queue_name=cfg.queue_name,
+            priority_class=cfg.priority_class,
         )
         _check_pod_artifacts(spec)
         if pod_overrides is None and not args.no_launch_defaults:

@@ -124,6 +124,8 @@ class JobKind:
         container: the container that runs torchrun.
         master_labels: labels that mark the pod of node rank 0.
         master_annotations: annotations that mark it too.
+        suspend: where the job's ``suspend`` flag lies in its spec (Kueue sets it while the job
+            waits in its queue).
     """
 
     group: str
@@ -135,10 +137,18 @@ class JobKind:
     container: str
     master_labels: Mapping[str, str]
     master_annotations: Mapping[str, str]
+    suspend: tuple[str, ...]
 
     def pod_selector(self, name: str) -> str:
         """Label selector of all pods of job ``name``."""
         return f"{self.pod_label}={name}"
+
+    def is_suspended(self, job: Mapping[str, Any]) -> bool:
+        """Whether ``job`` is suspended: held, without pods, e.g. until Kueue admits it."""
+        value: Any = job.get("spec") or {}
+        for key in self.suspend:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return value is True
 
     def is_master(self, pod: Any) -> bool:
         """Whether ``pod`` runs node rank 0, whose log the launcher streams."""
@@ -161,6 +171,7 @@ JOB_KINDS: dict[str, JobKind] = {
         container="pytorch",
         master_labels={"training.kubeflow.org/replica-type": "master"},
         master_annotations={},
+        suspend=("runPolicy", "suspend"),
     ),
     # Trainer v2 runs a JobSet named after the TrainJob; JobSet labels its pods with that name,
     # their replicated job's name and the index of their Job within it.
@@ -178,6 +189,7 @@ JOB_KINDS: dict[str, JobKind] = {
             "jobset.sigs.k8s.io/job-index": "0",
         },
         master_annotations={"batch.kubernetes.io/job-completion-index": "0"},
+        suspend=("suspend",),
     ),
 }
 
@@ -782,10 +794,15 @@ class _JobWatcher:
         return f"{self._kind.plural} {self._namespace}/{self._name}"
 
     def wait(self, timeout_s: float, schedule_timeout_s: float) -> dict[str, Any]:
-        """Poll until the job succeeds; raise :class:`LaunchError` on every other end."""
+        """Poll until the job succeeds; raise :class:`LaunchError` on every other end.
+
+        A suspended job (queued by Kueue) is waited for within ``timeout_s`` only: the time its
+        pods have to start (``schedule_timeout_s``) runs from its admission.
+        """
         start = time.monotonic()
         self._deadline = start + timeout_s
-        started = False
+        started = queued = False
+        admitted = start
         self._follower.start()
         while True:
             job = self._read_job()
@@ -797,10 +814,17 @@ class _JobWatcher:
             failed = _condition(job, self._kind.failed)
             if failed:
                 raise LaunchError(self._failure_report(failed, pods))
+            if self._kind.is_suspended(job):
+                if not queued:
+                    self._log(f"{self._title} is suspended: waiting for its queue to admit it")
+                queued, admitted = True, time.monotonic()
+            elif queued:
+                self._log(f"{self._title} was admitted")
+                queued = False
             started = started or any(_has_started(pod) for pod in pods)
             waited = time.monotonic() - start
-            if not started:
-                self._check_not_stuck(pods, waited, schedule_timeout_s)
+            if not started and not queued:
+                self._check_not_stuck(pods, time.monotonic() - admitted, schedule_timeout_s)
             if waited > timeout_s:
                 raise LaunchError(
                     f"{self._title} timed out: not finished after {timeout_s:g} s\n"
