@@ -137,7 +137,9 @@ def test_the_role_is_bound_to_the_launcher_and_the_kfp_default_editor_not_the_wo
         "name": role["metadata"]["name"],
     }
     subjects = {(s["kind"], s["name"]) for s in binding["subjects"]}
-    assert subjects == {("ServiceAccount", "kshot-launcher"), ("ServiceAccount", "default-editor")}
+    # the step pods' accounts: kshot's own, a profile's runner, standalone KFP's runner
+    runners = ("kshot-launcher", "default-editor", "pipeline-runner")
+    assert subjects == {("ServiceAccount", name) for name in runners}
     assert len(by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding")) == 1
 
 

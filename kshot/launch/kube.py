@@ -508,8 +508,9 @@ def _api_failure(error: ApiException, action: str, namespace: str) -> str:
         return (
             f"forbidden to {action} in namespace {namespace!r}: {error.reason}. The pipeline's "
             "service account needs the kshot-launcher Role there: apply manifests/base (or its "
-            f"gpu overlay) with namespace {namespace!r}; it binds the Role to kshot-launcher and "
-            "to default-editor, the Kubeflow profile's pipeline runner."
+            f"gpu overlay) with namespace {namespace!r}; it binds the Role to kshot-launcher, "
+            "to default-editor (a Kubeflow profile's pipeline runner) and to pipeline-runner "
+            "(standalone Kubeflow Pipelines')."
         )
     return f"could not {action} in namespace {namespace!r}: {error.status} {error.reason}"
 
