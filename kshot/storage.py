@@ -52,8 +52,8 @@ Credentials; when ``STORAGE_EMULATOR_HOST`` is set, the client talks to that end
 as EKS IRSA, a profile); ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) points it at MinIO,
 SeaweedFS or another S3-compatible server, which boto3 then addresses path-style
 (``http://host:9000/bucket/key``), as such servers expect. ``minio://``: the endpoint
-:func:`minio_endpoint` (as KFP's launcher: the namespace's ``minio-service``, else
-``minio-service.kubeflow:9000``), the keys of KFP's Secret :data:`MINIO_SECRET` in the environment
+:func:`minio_endpoint` (a ``minio-service`` of the pod's namespace, else KFP's store as its 2.17
+launcher finds it by default, ``seaweedfs.kubeflow:9000``), the keys of KFP's Secret :data:`MINIO_SECRET` in the environment
 variables of :data:`MINIO_SECRET_KEYS` (the pipeline's steps and the jobs they launch get them
 from the Secret), else boto3's chain.
 """
@@ -152,10 +152,11 @@ MINIO_SECRET = "mlpipeline-minio-artifact"
 """KFP's Secret with its artifact store's keys, in every namespace that runs pipelines."""
 MINIO_SECRET_KEYS = {"accesskey": "KSHOT_MINIO_ACCESS_KEY", "secretkey": "KSHOT_MINIO_SECRET_KEY"}
 """The data keys of :data:`MINIO_SECRET` → the environment variables that carry them into pods."""
-# KFP's launcher: the minio-service of the pod's own namespace (the variables Kubernetes sets for a
-# Service), else this one (multi-user mode: the store lives in the kubeflow namespace).
+# A minio-service of the pod's own namespace (the variables Kubernetes sets for a Service; older
+# installs ran MinIO there), else the default endpoint of KFP 2.17's launcher: its SeaweedFS in the
+# kubeflow namespace, on the S3 port it keeps for MinIO's clients.
 _MINIO_SERVICE_ENVS = ("MINIO_SERVICE_SERVICE_HOST", "MINIO_SERVICE_SERVICE_PORT")
-_MINIO_DEFAULT_ENDPOINT = "http://minio-service.kubeflow:9000"
+_MINIO_DEFAULT_ENDPOINT = "http://seaweedfs.kubeflow:9000"
 _DEFAULT_RETRY_DEADLINE_S = 300.0
 _DEFAULT_RETRY_INITIAL_DELAY_S = 1.0
 _RETRY_MAX_DELAY_S = 30.0
@@ -180,10 +181,10 @@ class StorageError(OSError):
 
 
 def minio_endpoint() -> str:
-    """The URL of KFP's artifact store: ``$KSHOT_MINIO_ENDPOINT``; else, as KFP's launcher finds
-    it by default, the ``minio-service`` of this pod's namespace, else
-    ``http://minio-service.kubeflow:9000``. (A ``kfp-launcher`` ConfigMap that points KFP
-    elsewhere needs the same endpoint in ``KSHOT_MINIO_ENDPOINT``.)"""
+    """The URL of KFP's artifact store: ``$KSHOT_MINIO_ENDPOINT``; else the ``minio-service`` of
+    this pod's namespace; else ``http://seaweedfs.kubeflow:9000``, where KFP 2.17's launcher finds
+    its store by default. (A ``kfp-launcher`` ConfigMap that points KFP elsewhere needs the same
+    endpoint in ``KSHOT_MINIO_ENDPOINT``.)"""
     if os.environ.get(MINIO_ENDPOINT_ENV):
         return os.environ[MINIO_ENDPOINT_ENV]
     host, port = (os.environ.get(name) for name in _MINIO_SERVICE_ENVS)
