@@ -53,9 +53,9 @@ as EKS IRSA, a profile); ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) point
 SeaweedFS or another S3-compatible server, which boto3 then addresses path-style
 (``http://host:9000/bucket/key``), as such servers expect. ``minio://``: the endpoint
 :func:`minio_endpoint` (a ``minio-service`` of the pod's namespace, else KFP's store as its 2.17
-launcher finds it by default, ``seaweedfs.kubeflow:9000``), the keys of KFP's Secret :data:`MINIO_SECRET` in the environment
-variables of :data:`MINIO_SECRET_KEYS` (the pipeline's steps and the jobs they launch get them
-from the Secret), else boto3's chain.
+launcher finds it by default, ``seaweedfs.kubeflow:9000``), the keys of KFP's Secret
+:data:`MINIO_SECRET` in the environment variables of :data:`MINIO_SECRET_KEYS` (the pipeline's
+steps and the jobs they launch get them from the Secret), else boto3's chain.
 """
 
 from __future__ import annotations
