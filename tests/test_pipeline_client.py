@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -774,3 +776,53 @@ def test_the_images_workflow_builds_and_pushes_both_images() -> None:
     (meta,) = [s for s in job["steps"] if s.get("id") == "meta"]
     assert meta["with"]["images"].startswith("${{ vars.IMAGE_REGISTRY")
     assert workflow["permissions"]["id-token"] == "write"
+
+
+def _readme_commands(prefix: str) -> list[list[str]]:
+    """The README's shell commands that start with ``prefix``, as argument lists: continued lines
+    joined, comments and ``[optional …]`` parts dropped, ``$HOST`` given a host."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\[[^\]]*\]", "", line)
+            words = shlex.split(line, comments=True)
+            if " ".join(words).startswith(prefix):
+                commands.append(
+                    [
+                        w
+                        for word in words
+                        for w in (["--host", "https://h"] if word == "$HOST" else [word])
+                    ]
+                )
+    return commands
+
+
+def test_the_readmes_pipeline_commands_are_what_kshot_takes() -> None:
+    """Every `kshot pipeline …` and `kshot launch render …` the README shows parses as written
+    (flags and their values; the hosts and images are the reader's)."""
+    from kshot.cli import build_parser
+
+    commands = _readme_commands("kshot pipeline") + _readme_commands("kshot launch render")
+    actions = {command[2] for command in commands if command[1] == "pipeline"}
+    assert actions == {"compile", "upload", "run"}
+    for command in commands:
+        build_parser().parse_args(command[1:])  # exits (a failure here) on an unknown flag
+
+    def value(command: list[str], flag: str) -> str | None:
+        return command[command.index(flag) + 1] if flag in command else None
+
+    def of(action: str) -> list[list[str]]:
+        return [c for c in commands if c[1:3] == ["pipeline", action]]
+
+    # compiled for a cluster with its images; the file compiled is the file uploaded, and a run
+    # runs a compiled file or an uploaded version
+    assert all("--step-image" in c and "--job-image" in c for c in of("compile"))
+    compiled = {value(c, "--output") for c in of("compile")}
+    assert all(value(c, "--package") in compiled for c in of("upload"))
+    uploaded = {value(c, "--version") for c in of("upload")}
+    for run in of("run"):
+        assert value(run, "--package") in compiled or (
+            value(run, "--name") and value(run, "--version") in uploaded
+        ), run
