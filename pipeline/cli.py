@@ -104,9 +104,9 @@ def cluster_images(step_image: str = "", job_image: str = "") -> tuple[str, str]
         chosen.append(image.strip())
     if missing:
         raise ConfigError(
-            f"no image for {' nor '.join(missing)}, and no ${IMAGE_ENV} for both: a pipeline for "
-            "a cluster runs the images it names; build and push them as images/README.md says "
-            "and name them (e.g. --step-image REGISTRY/kshot-cpu:TAG --job-image REGISTRY/kshot:TAG)"
+            f"missing {' and '.join(missing)}, or ${IMAGE_ENV} for both: a pipeline for a "
+            "cluster runs the images it names; build and push them as images/README.md says and "
+            "name them (e.g. --step-image REGISTRY/kshot-cpu:TAG --job-image REGISTRY/kshot:TAG)"
         )
     return chosen[0], chosen[1]
 
