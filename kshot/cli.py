@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.metadata
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +29,13 @@ from kshot.config import FIELD_HELP, Config, ConfigError, load_config, parse_ove
 from kshot.launch.spec import LaunchError
 from kshot.stages import ARTIFACTS, STAGES
 
-__all__ = ["main", "build_parser", "config_from_args"]
+__all__ = ["main", "build_parser", "config_from_args", "DISTRIBUTION", "CLOSED_PIPE_EXIT"]
+
+DISTRIBUTION = "kshot-nas"
+"""The installed distribution (``pyproject.toml``'s name), whose version ``kshot --version`` shows."""
+CLOSED_PIPE_EXIT = 128 + 13
+"""The exit status when the reader of the output went away (``kshot … | head``): as a shell tool
+killed by SIGPIPE."""
 
 
 class CommandError(Exception):
@@ -249,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--version", action="version", version=f"kshot {importlib.metadata.version(DISTRIBUTION)}"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     stage = sub.add_parser(
@@ -434,14 +445,41 @@ def _add_optional(sub: Any, module: str, name: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        status = _dispatch(build_parser().parse_args(argv))
+        sys.stdout.flush()  # here, so that a closed pipe is met while it can still be handled
+        return status
+    except BrokenPipeError:
+        return _closed_pipe()
+    except SystemExit:  # --help and --version print, then exit through argparse
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _closed_pipe()
+        raise
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except BrokenPipeError:
+        raise
     except (ConfigError, CommandError, ValueError, OSError, LaunchError) as e:
         print(f"kshot {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _closed_pipe() -> int:
+    """End quietly once the reader of stdout has gone (``kshot config --help-keys | head``).
+
+    What is still buffered would fail again when the interpreter flushes stdout at exit, so
+    stdout is pointed at the null device first (Python's documented recipe for SIGPIPE).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return CLOSED_PIPE_EXIT
 
 
 if __name__ == "__main__":

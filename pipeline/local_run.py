@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot import storage
-from kshot.components.runtime import PIPELINE_CONFIG_KEYS, job_image
+from kshot.components.runtime import pipeline_arguments
 from kshot.config import Config
 from kshot.stages import CORRELATION_LABELS
 
@@ -45,32 +45,6 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 class LocalRunError(ValueError):
     """A step of the local pipeline run failed; its log above says why."""
-
-
-def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") -> dict[str, Any]:
-    """The pipeline's arguments for ``cfg``: its own parameters, other changed keys in extra_config.
-
-    Args:
-        cfg: the run configuration.
-        launcher: the launch backend of the heavy stages.
-        image: their worker image (default: the jobs' image, :func:`job_image`).
-
-    Returns:
-        Keyword arguments of :func:`kshot.pipeline.pipeline.kshot_nas`.
-    """
-    values = cfg.to_dict()
-    defaults = Config().to_dict()
-    extra = {
-        key: value
-        for key, value in values.items()
-        if key not in PIPELINE_CONFIG_KEYS and value != defaults[key]
-    }
-    return {
-        **{key: values[key] for key in PIPELINE_CONFIG_KEYS},
-        "image": image or job_image(),
-        "launcher": launcher,
-        "extra_config": json.dumps(extra, sort_keys=True) if extra else "",
-    }
 
 
 @contextlib.contextmanager
