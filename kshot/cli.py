@@ -239,6 +239,16 @@ def _pilot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _code_gradients(args: argparse.Namespace) -> int:
+    from kshot.eval.experiment import run_code_gradients
+
+    report = run_code_gradients(
+        config_from_args(args), args.split, args.checkpoint, args.out, args.images
+    )
+    print(json.dumps(report["runs"], indent=2))
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from kshot import storage
     from kshot.bench import HEADLINE, run_benchmarks
@@ -395,6 +405,21 @@ def build_parser() -> argparse.ArgumentParser:
     pilot.add_argument("--workdir", default="runs/ranking", help="the runs' artifacts")
     pilot.add_argument("--out", default="runs/ranking/pilot.json", help="the JSON report")
     pilot.set_defaults(func=_pilot)
+    gradients = exp_sub.add_parser(
+        "code-gradients",
+        help="where the simplex-net's signal comes from: each path's ∂L/∂λ by layers",
+        description="On trained K-shot supernets (nb201), each of 64 probe paths' gradient of its "
+        "loss with respect to its code, through the layers every path shares and through its own "
+        "operations, and how much of each is common to all paths.",
+    )
+    _add_config_args(gradients)
+    gradients.add_argument("--split", required=True, help="the runs' split JSON")
+    gradients.add_argument(
+        "--checkpoint", action="append", required=True, help="a trained checkpoint folder"
+    )
+    gradients.add_argument("--images", type=int, default=256, help="validation images")
+    gradients.add_argument("--out", required=True, help="the JSON report")
+    gradients.set_defaults(func=_code_gradients)
 
     bench = sub.add_parser(
         "bench",
