@@ -23,6 +23,7 @@ import difflib
 import importlib.resources
 import math
 import os
+import re
 import types
 import typing
 import warnings
@@ -42,7 +43,35 @@ __all__ = [
     "parse_overrides",
     "FIELD_HELP",
     "result_keys",
+    "is_quantity",
+    "is_positive_quantity",
+    "QUEUE_LABEL",
+    "PRIORITY_LABEL",
 ]
+
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""The label by which Kueue queues a job (config key ``queue_name``)."""
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+"""The label naming a job's Kueue WorkloadPriorityClass (config key ``priority_class``)."""
+# A Kubernetes resource quantity, as the API server's (and the Kubeflow CRDs') schemas spell it.
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# What a label value (and so a LocalQueue or WorkloadPriorityClass name given as one) may be.
+_LABEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_LABEL_VALUE_MAX = 63
+
+
+def is_quantity(text: str) -> bool:
+    """Whether ``text`` is a Kubernetes resource quantity."""
+    return bool(_QUANTITY.match(text))
+
+
+def is_positive_quantity(text: str) -> bool:
+    """Whether ``text`` is a Kubernetes quantity above zero (``"2"``, ``"500m"``, ``"8Gi"``)."""
+    match = _QUANTITY.match(text)
+    return bool(match) and match.group(1) != "-" and float(match.group(2)) > 0
 
 
 class ConfigError(ValueError):
@@ -388,6 +417,33 @@ class Config:
         "torch.compile (on CUDA with CUDA graphs); the same updates as the eager step. nb201 only",
     )
     num_threads: int = _f(0, "torch CPU threads per process (0: torch's default)", ge=0)
+    job_cpu: str = _f(
+        "2",
+        "CPU request of each PyTorchJob / TrainJob pod, a Kubernetes quantity (its GPUs are "
+        "gpus_per_worker's); a documented choice that keeps the pods out of the BestEffort class, "
+        "first to be evicted: raise it for data_loading stream (loader_workers per GPU)",
+        quantity=True,
+    )
+    job_memory: str = _f(
+        "8Gi",
+        "memory request of each PyTorchJob / TrainJob pod, a Kubernetes quantity (a documented "
+        "choice, as job_cpu; /dev/shm counts against it)",
+        quantity=True,
+    )
+    queue_name: str = _f(
+        "",
+        f"Kueue LocalQueue of the jobs (label {QUEUE_LABEL} on each PyTorchJob / TrainJob): Kueue "
+        "admits all of a job's pods at once, when the queue's quota holds them (gang admission), "
+        "and the launcher waits while the job is queued; empty: not queued",
+        label=True,
+    )
+    priority_class: str = _f(
+        "",
+        f"Kueue WorkloadPriorityClass of the jobs (label {PRIORITY_LABEL}): their order in the "
+        "queue and which admitted workloads they may preempt; needs queue_name; empty: the "
+        "queue's default",
+        label=True,
+    )
 
     def __post_init__(self) -> None:
         _validate(self, {})
@@ -477,6 +533,14 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
             fail(name, f"must be <= {md['le']}")
         if "lt" in md and v >= md["lt"]:
             fail(name, f"must be < {md['lt']}")
+        if md.get("quantity") and not is_positive_quantity(v):
+            fail(name, "is not a positive Kubernetes quantity (e.g. '4', '500m', '16Gi')")
+        if md.get("label") and v and not (len(v) <= _LABEL_VALUE_MAX and _LABEL_NAME.match(v)):
+            fail(
+                name,
+                f"is not a name a label can hold ({_LABEL_VALUE_MAX} characters at most: lower "
+                "case letters, digits, '-' and '.', starting and ending with a letter or digit)",
+            )
     if cfg.lr_min > cfg.lr:
         fail("lr_min", f"exceeds lr = {cfg.lr}: the cosine schedule anneals from lr down to it")
     if cfg.warmup_epochs > cfg.epochs:
@@ -504,6 +568,8 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
         fail("parents", f"exceeds population = {cfg.population}")
     if any(n < 1 for n in cfg.top_n):
         fail("top_n", "must hold positive group sizes")
+    if cfg.priority_class and not cfg.queue_name:
+        fail("priority_class", "orders jobs in a Kueue queue: set queue_name too")
 
 
 def parse_overrides(pairs: Iterable[str], source: str = "--set") -> dict[str, str]:

@@ -144,3 +144,37 @@ def test_an_unknown_config_name_is_refused_naming_the_shipped_ones(
         f"config{hint}; shipped: digits-tiny, mbv2-imagenet, " in err
     )
     assert not (tmp_path / "s.json").exists()
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"kshot {importlib.metadata.version('kshot-nas')}\n"
+
+
+_RENDER = [
+    *("launch", "render", "--stage", "train", "--image", "ghcr.io/acme/kshot:1"),
+    *("--input", "split=gs://b/split.json", "--input", "checkpoint=gs://b/warm"),
+    *("--output", "checkpoint=gs://b/train", "--no-launch-defaults"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv", [["config", "--help-keys"], ["config"], ["--help"], _RENDER], ids=" ".join
+)
+def test_a_closed_pipe_ends_the_command_quietly(argv: list[str]) -> None:
+    """`kshot config --help-keys | head`: the reader went away before kshot wrote a byte."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "kshot.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    command.stdout.close()  # before the interpreter has even started: every write meets it
+    error = command.stderr.read().decode()
+    status = command.wait(timeout=120)
+    command.stderr.close()
+    assert error == ""
+    assert status in (0, 128 + 13)  # --help exits through argparse; a command as SIGPIPE would

@@ -15,6 +15,7 @@ import pytest
 import tomllib
 import yaml
 
+from kshot.config import Config
 from kshot.launch import kube
 from kshot.launch.kube import JOB_KINDS, LAUNCH_DEFAULTS_CONFIGMAP
 from kshot.launch.pytorchjob import STAGE_LABEL, render_pytorchjob, validate_pod_overrides
@@ -137,7 +138,9 @@ def test_the_role_is_bound_to_the_launcher_and_the_kfp_default_editor_not_the_wo
         "name": role["metadata"]["name"],
     }
     subjects = {(s["kind"], s["name"]) for s in binding["subjects"]}
-    assert subjects == {("ServiceAccount", "kshot-launcher"), ("ServiceAccount", "default-editor")}
+    # the step pods' accounts: kshot's own, a profile's runner, standalone KFP's runner
+    runners = ("kshot-launcher", "default-editor", "pipeline-runner")
+    assert subjects == {("ServiceAccount", name) for name in runners}
     assert len(by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding")) == 1
 
 
@@ -154,11 +157,13 @@ def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods(
     base = launch_defaults(MANIFESTS / "base")
     gpu = launch_defaults(MANIFESTS / "overlays" / "gpu")
     assert base["serviceAccountName"] == gpu["serviceAccountName"] == "kshot-worker"
-    assert set(base) == {"serviceAccountName", "resources"}
-    assert gpu["resources"] == base["resources"]
+    assert set(base) == {"serviceAccountName"}  # the config sets the CPU and memory requests
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     assert gpu["nodeSelector"]
-    spec = LaunchSpec("train", {}, workers=2, gpus_per_worker=8)
+    cfg = Config()
+    spec = LaunchSpec(
+        "train", {}, workers=2, gpus_per_worker=8, cpu=cfg.job_cpu, memory=cfg.job_memory
+    )
     job = render_pytorchjob(spec, pod_overrides=gpu)
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         pod = replica["template"]["spec"]
@@ -167,14 +172,15 @@ def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods(
         assert pod["serviceAccountName"] == "kshot-worker"
         (container,) = pod["containers"]
         # CPU/memory requests keep the pods out of the BestEffort class, first to be evicted.
-        assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+        assert container["resources"]["requests"] == {"cpu": cfg.job_cpu, "memory": cfg.job_memory}
         assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
     trainjob = render_trainjob(spec, trainer_version="v2.1", pod_overrides=gpu)
     (override,) = trainjob["spec"]["podTemplateOverrides"]
     assert override["spec"]["tolerations"] == gpu["tolerations"]
-    assert (
-        trainjob["spec"]["trainer"]["resourcesPerNode"]["requests"] == gpu["resources"]["requests"]
-    )
+    assert trainjob["spec"]["trainer"]["resourcesPerNode"]["requests"] == {
+        "cpu": cfg.job_cpu,
+        "memory": cfg.job_memory,
+    }
 
 
 def test_job_pods_accept_connections_only_from_job_pods() -> None:

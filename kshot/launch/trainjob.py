@@ -40,6 +40,7 @@ from kshot.launch.pytorchjob import (
     job_labels,
     job_name,
     pod_security_context,
+    scheduling_labels,
     scratch_mounts,
     scratch_volumes,
     validate_pod_overrides,
@@ -192,6 +193,10 @@ def render_trainjob(
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": spec.namespace, "labels": labels},
+        "metadata": {
+            "name": name,
+            "namespace": spec.namespace,
+            "labels": {**labels, **scheduling_labels(spec)},
+        },
         "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", **runtime_ref}, **job_spec},
     }
