@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from kshot import report, storage
 from kshot.components.runtime import Artifact, artifact_uri, config_from_json
+from kshot.eval.baselines import BASELINES, compare_with_baselines
 from kshot.eval.experiment import describe_codes
 from kshot.eval.ranking import metrics_from_json
 from kshot.eval.standalone_rank import best_standalone_rank
@@ -33,6 +34,17 @@ __all__ = [
 
 _CORRELATIONS = ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r")
 _LABELS = ("Kendall τ-a", "Kendall τ-b", "Spearman ρ", "Pearson r")
+
+
+def _baseline_figures(rank: Mapping[str, Any]) -> dict[str, Any]:
+    """The zero-cost baselines' correlations of a rank result, flat for Metrics and summaries:
+    ``params_kendall_tau_a``, ``flops_spearman_rho``, …"""
+    return {
+        f"{name}_{key}": rank["baselines"][name].get(key)
+        for name in BASELINES
+        if name in rank.get("baselines", {})
+        for key in _CORRELATIONS
+    }
 
 
 class MetricsArtifact(Protocol):
@@ -139,6 +151,7 @@ def rank_report(
         _write(page, report.html_page(f"Ranking, K = {data['k']}", [("Skipped", data["skipped"])]))
         return
     _log_finite(metrics, {name: data[name] for name in (*_CORRELATIONS, "n_paths")})
+    _log_finite(metrics, _baseline_figures(data))
     top_group = data["top_group_tau"]
     _log_finite(metrics, {f"top_group_tau_{n}": tau for n, tau in top_group.items()})
     # how far the ranked paths' codes are from 1/K and from one another (mean max λ, ‖λ‖², entropy,
@@ -151,6 +164,14 @@ def rank_report(
     sections: list[tuple[str, bytes | str]] = [
         ("Supernet score against ground truth", report.scatter_plot(truth, supernet, title)),
     ]
+    if data.get("baselines"):
+        rows = {"supernet": data, **{BASELINES[n]: m for n, m in data["baselines"].items()}}
+        bars = {
+            name: {label: row[key] for key, label in zip(_CORRELATIONS, _LABELS, strict=True)}
+            for name, row in rows.items()
+        }
+        sections.append(("Against counting parameters and FLOPs", report.baseline_bars(bars)))
+        sections.append(("Does the supernet beat them?", compare_with_baselines(data) + "."))
     if top_group:
         sections.append(("Top-group Kendall τ (Fig. 5)", report.top_group_plot(top_group)))
     sections.append(("Simplex codes λ of the ranked paths", report.lambda_histogram(lams)))
@@ -204,8 +225,10 @@ def run_summary(
             cfg, retrain["arch"], retrain["test_accuracy"], artifact_uri(truth), space_of(cfg)
         ),
         **{name: rank.get(name) for name in _CORRELATIONS},
+        **_baseline_figures(rank),
         "n_paths": rank["n_paths"],
         "top_group_tau": rank.get("top_group_tau", {}),
+        "against_baselines": compare_with_baselines(metrics_from_json(rank)),
         "ground_truth": rank.get("skipped")
         or config["ground_truth"]
         or "standalone stage (paths trained from scratch)",
@@ -241,6 +264,7 @@ def tau_vs_k_report(
                 "k": row["k"],
                 "n_paths": row.get("n_paths"),
                 **{name: row.get(name) for name in _CORRELATIONS},
+                **_baseline_figures(row),
                 "top_group_tau": row.get("top_group_tau", {}),
             }
             for row in rows
@@ -254,13 +278,21 @@ def tau_vs_k_report(
         return result
     points = [(row["k"], row["kendall_tau_a"]) for row in rows]
     for row in rows:
-        _log_finite(metrics, {f"{name}_k{row['k']}": row[name] for name in _CORRELATIONS})
+        figures = {**{name: row[name] for name in _CORRELATIONS}, **_baseline_figures(row)}
+        _log_finite(metrics, {f"{name}_k{row['k']}": value for name, value in figures.items()})
     table = "\n".join(
         f"K = {row['k']:>3}: " + ", ".join(f"{name} = {row[name]:.4f}" for name in _CORRELATIONS)
         for row in rows
     )
+    # every K ranks the same seeded paths, so the baselines are those of the first
+    baselines = {
+        BASELINES[name]: m["kendall_tau_a"] for name, m in rows[0].get("baselines", {}).items()
+    }
+    table += "".join(
+        f"\n{name}: Kendall τ-a = {tau:.4f} (same paths)" for name, tau in baselines.items()
+    )
     sections: list[tuple[str, bytes | str]] = [
-        ("Kendall τ-a against K (Fig. 4)", report.tau_vs_k_plot(points)),
+        ("Kendall τ-a against K (Fig. 4)", report.tau_vs_k_plot(points, baselines)),
         ("Correlations per K", table),
     ]
     _write(page, report.html_page("K sweep", sections))

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 import yaml
 
-from kshot import storage
 from kshot.config import Config, ConfigError, load_config
 from kshot.launch import BACKENDS, LaunchError, LaunchSpec, launch
 from kshot.launch.spec import is_image_reference
 from kshot.stages import HEAVY_STAGES, headline, run_stage, skipped
+from kshot.uris import is_remote
 
 __all__ = [
     "Artifact",
@@ -35,6 +35,7 @@ __all__ = [
     "LAUNCHER_STEP_SIZE",
     "heavy_step_size",
     "build_config",
+    "pipeline_arguments",
     "config_from_json",
     "artifact_uri",
     "handoff_uri",
@@ -69,6 +70,8 @@ PIPELINE_CONFIG_KEYS: tuple[str, ...] = (
     "ground_truth",
     "workers",
     "gpus_per_worker",
+    "queue_name",
+    "priority_class",
 )
 RESULT_PREFIX = "kshot result:"
 """Starts the one line a stage's step prints with its key figure (what ``kshot run --local`` shows)."""
@@ -192,6 +195,32 @@ def build_config(arguments: Mapping[str, Any]) -> Config:
     )
 
 
+def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") -> dict[str, Any]:
+    """The pipeline's arguments for ``cfg``: its own parameters, other changed keys in extra_config.
+
+    Args:
+        cfg: the run configuration.
+        launcher: the launch backend of the heavy stages.
+        image: their worker image (default: :func:`job_image`).
+
+    Returns:
+        Keyword arguments of :func:`kshot.pipeline.pipeline.kshot_nas`.
+    """
+    values = cfg.to_dict()
+    defaults = Config().to_dict()
+    extra = {
+        key: value
+        for key, value in values.items()
+        if key not in PIPELINE_CONFIG_KEYS and value != defaults[key]
+    }
+    return {
+        **{key: values[key] for key in PIPELINE_CONFIG_KEYS},
+        "image": image or job_image(),
+        "launcher": launcher,
+        "extra_config": json.dumps(extra, sort_keys=True) if extra else "",
+    }
+
+
 def config_from_json(config_json: str) -> Config:
     """The :class:`Config` that the config step emitted as JSON."""
     return load_config(json.loads(config_json), sources=["the config step's output"])
@@ -204,7 +233,7 @@ def artifact_uri(artifact: Artifact) -> str:
     (workers in other pods reach the bucket directly), else its local path (kfp.local, or a pod
     that runs the stage itself).
     """
-    return artifact.uri if storage.is_remote(artifact.uri) else artifact.path
+    return artifact.uri if is_remote(artifact.uri) else artifact.path
 
 
 def _unreachable(where: str, uri: str) -> str:
@@ -237,7 +266,7 @@ def handoff_uri(artifact: Artifact, name: str) -> str:
         ValueError: the pipeline root is neither in an object store (``gs://``, ``s3://``,
             ``minio://``) nor a local folder (kfp.local).
     """
-    if "://" in artifact.uri and not storage.is_remote(artifact.uri):
+    if "://" in artifact.uri and not is_remote(artifact.uri):
         raise ValueError(_unreachable(f"output {name!r}", artifact.uri))
     return artifact_uri(artifact)
 
@@ -257,7 +286,7 @@ def _check_reachable_by_jobs(
     """
     for role, named in uris.items():
         for name, uri in named.items():
-            if not storage.is_remote(uri):
+            if not is_remote(uri):
                 where = f"{stage}: {role} {name!r} of the {launcher} job"
                 raise LaunchError(f"{_unreachable(where, uri)}, or set launcher=local")
 
@@ -331,6 +360,10 @@ def run_pipeline_stage(
         image=image or job_image(),
         **placement,
         labels={RUN_ID_LABEL: run_id} if run_id else {},
+        cpu=cfg.job_cpu,
+        memory=cfg.job_memory,
+        queue_name=cfg.queue_name,
+        priority_class=cfg.priority_class,
     )
     results: list[dict] = []
 

@@ -62,6 +62,8 @@ def configure(
     ground_truth: str,
     workers: int,
     gpus_per_worker: int,
+    queue_name: str,
+    priority_class: str,
     image: str,
     launcher: str,
     extra_config: str,
@@ -98,6 +100,8 @@ def configure(
         ground_truth: Ground-truth CSV URI for the ranking; empty: the standalone stage's sample.
         workers: Processes or pods of each distributed stage.
         gpus_per_worker: GPUs per worker pod (0: CPU).
+        queue_name: Kueue LocalQueue of the jobs (empty: not queued).
+        priority_class: Kueue WorkloadPriorityClass of the jobs (needs queue_name).
         image: Worker image of the distributed stages' jobs.
         launcher: How heavy stages run: local (torchrun in the step's pod), pytorchjob, trainjob.
         extra_config: JSON or YAML mapping of any other kshot config keys.
@@ -374,7 +378,7 @@ def standalone(
         image: Worker image of the job.
         run_id: KFP run id, put on the job as a label.
         split: URI of the split's indices.
-        table: CSV arch,accuracy of the sampled paths.
+        table: CSV arch,accuracy,test_images of the sampled paths.
 
     Returns:
         The table's URI for the ground-truth step (on a cluster, in an object store).

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.metadata
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +29,13 @@ from kshot.config import FIELD_HELP, Config, ConfigError, load_config, parse_ove
 from kshot.launch.spec import LaunchError
 from kshot.stages import ARTIFACTS, STAGES
 
-__all__ = ["main", "build_parser", "config_from_args"]
+__all__ = ["main", "build_parser", "config_from_args", "DISTRIBUTION", "CLOSED_PIPE_EXIT"]
+
+DISTRIBUTION = "kshot-nas"
+"""The installed distribution (``pyproject.toml``'s name), whose version ``kshot --version`` shows."""
+CLOSED_PIPE_EXIT = 128 + 13
+"""The exit status when the reader of the output went away (``kshot … | head``): as a shell tool
+killed by SIGPIPE."""
 
 
 class CommandError(Exception):
@@ -40,7 +48,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="YAML config file (local path, gs://, s3:// or minio:// URI); repeat to layer several",
+        help="YAML config file (local path, gs://, s3:// or minio:// URI) or a shipped config's "
+        "name (digits-tiny, ranking-cpu-proxy, …); repeat to layer several",
     )
     p.add_argument(
         "--set",
@@ -211,13 +220,33 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vary(text: str) -> tuple[str, list[str]]:
+    """``KEY=V1,V2,…`` of ``simplex-pilot --vary``: the key and its values (checked against the
+    config before any work, by :func:`kshot.eval.experiment.pilot_variants`)."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip() or not values.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=V1,V2,…")
+    return key.strip(), [v.strip() for v in values.split(",") if v.strip()]
+
+
 def _pilot(args: argparse.Namespace) -> int:
     from kshot.eval.experiment import run_simplex_pilot
 
+    vary = args.vary or [("simplex_lr", [1e-3, 1e-2, 1e-1])]
     report = run_simplex_pilot(
-        config_from_args(args), args.seed, args.simplex_lrs, args.k, args.workdir, args.out
+        config_from_args(args), args.seed, vary, args.k, args.workdir, args.out
     )
-    print(json.dumps({"chosen_simplex_lr": report["chosen_simplex_lr"]}, indent=2))
+    print(json.dumps({"chosen": report["chosen"]}, indent=2))
+    return 0
+
+
+def _code_gradients(args: argparse.Namespace) -> int:
+    from kshot.eval.experiment import run_code_gradients
+
+    report = run_code_gradients(
+        config_from_args(args), args.split, args.checkpoint, args.out, args.images
+    )
+    print(json.dumps(report["runs"], indent=2))
     return 0
 
 
@@ -238,6 +267,9 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"kshot {importlib.metadata.version(DISTRIBUTION)}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -355,22 +387,40 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.set_defaults(func=_experiment)
     pilot = exp_sub.add_parser(
         "simplex-pilot",
-        help="choose the simplex-net's learning rate on a pilot seed (never by the ground truth)",
-        description="Train arm C once per simplex-net learning rate on a seed kept out of the "
-        "reported ones and choose by the simplex-net's loss and the spread of λ.",
+        help="choose the simplex-net's settings on a pilot seed (never by the ground truth)",
+        description="Train arm C on a seed kept out of the reported ones, with the config and "
+        "with one key changed at a time (--vary), and choose by the simplex-net's loss and how "
+        "far its codes λ are from uniform and from one another.",
     )
     _add_config_args(pilot)
     pilot.add_argument("--seed", type=int, default=100, help="the pilot seed")
     pilot.add_argument(
-        "--simplex-lrs",
-        type=lambda text: [float(v) for v in text.split(",") if v.strip()],
-        default=[1e-3, 1e-2, 1e-1],
-        help="learning rates to try, e.g. 0.001,0.01,0.1",
+        "--vary",
+        action="append",
+        type=_vary,
+        metavar="KEY=V1,V2,…",
+        help="a config key and the values to try, one key changed at a time (repeatable; "
+        "default simplex_lr=0.001,0.01,0.1)",
     )
     pilot.add_argument("--k", type=int, default=8, help="K")
     pilot.add_argument("--workdir", default="runs/ranking", help="the runs' artifacts")
     pilot.add_argument("--out", default="runs/ranking/pilot.json", help="the JSON report")
     pilot.set_defaults(func=_pilot)
+    gradients = exp_sub.add_parser(
+        "code-gradients",
+        help="where the simplex-net's signal comes from: each path's ∂L/∂λ by layers",
+        description="On trained K-shot supernets (nb201), each of 64 probe paths' gradient of its "
+        "loss with respect to its code, through the layers every path shares and through its own "
+        "operations, and how much of each is common to all paths.",
+    )
+    _add_config_args(gradients)
+    gradients.add_argument("--split", required=True, help="the runs' split JSON")
+    gradients.add_argument(
+        "--checkpoint", action="append", required=True, help="a trained checkpoint folder"
+    )
+    gradients.add_argument("--images", type=int, default=256, help="validation images")
+    gradients.add_argument("--out", required=True, help="the JSON report")
+    gradients.set_defaults(func=_code_gradients)
 
     bench = sub.add_parser(
         "bench",
@@ -469,14 +519,41 @@ def _add_optional(sub: Any, module: str, name: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        status = _dispatch(build_parser().parse_args(argv))
+        sys.stdout.flush()  # here, so that a closed pipe is met while it can still be handled
+        return status
+    except BrokenPipeError:
+        return _closed_pipe()
+    except SystemExit:  # --help and --version print, then exit through argparse
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _closed_pipe()
+        raise
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except BrokenPipeError:
+        raise
     except (ConfigError, CommandError, ValueError, OSError, LaunchError) as e:
         print(f"kshot {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _closed_pipe() -> int:
+    """End quietly once the reader of stdout has gone (``kshot config --help-keys | head``).
+
+    What is still buffered would fail again when the interpreter flushes stdout at exit, so
+    stdout is pointed at the null device first (Python's documented recipe for SIGPIPE).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return CLOSED_PIPE_EXIT
 
 
 if __name__ == "__main__":

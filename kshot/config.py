@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
+import os
+import re
 import types
 import typing
 import warnings
@@ -35,10 +38,40 @@ __all__ = [
     "ConfigError",
     "load_config",
     "read_config_file",
+    "resolve_config_file",
+    "shipped_configs",
     "parse_overrides",
     "FIELD_HELP",
     "result_keys",
+    "is_quantity",
+    "is_positive_quantity",
+    "QUEUE_LABEL",
+    "PRIORITY_LABEL",
 ]
+
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""The label by which Kueue queues a job (config key ``queue_name``)."""
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+"""The label naming a job's Kueue WorkloadPriorityClass (config key ``priority_class``)."""
+# A Kubernetes resource quantity, as the API server's (and the Kubeflow CRDs') schemas spell it.
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# What a label value (and so a LocalQueue or WorkloadPriorityClass name given as one) may be.
+_LABEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_LABEL_VALUE_MAX = 63
+
+
+def is_quantity(text: str) -> bool:
+    """Whether ``text`` is a Kubernetes resource quantity."""
+    return bool(_QUANTITY.match(text))
+
+
+def is_positive_quantity(text: str) -> bool:
+    """Whether ``text`` is a Kubernetes quantity above zero (``"2"``, ``"500m"``, ``"8Gi"``)."""
+    match = _QUANTITY.match(text)
+    return bool(match) and match.group(1) != "-" and float(match.group(2)) > 0
 
 
 class ConfigError(ValueError):
@@ -385,6 +418,33 @@ class Config:
         "torch.compile (on CUDA with CUDA graphs); the same updates as the eager step. nb201 only",
     )
     num_threads: int = _f(0, "torch CPU threads per process (0: torch's default)", ge=0)
+    job_cpu: str = _f(
+        "2",
+        "CPU request of each PyTorchJob / TrainJob pod, a Kubernetes quantity (its GPUs are "
+        "gpus_per_worker's); a documented choice that keeps the pods out of the BestEffort class, "
+        "first to be evicted: raise it for data_loading stream (loader_workers per GPU)",
+        quantity=True,
+    )
+    job_memory: str = _f(
+        "8Gi",
+        "memory request of each PyTorchJob / TrainJob pod, a Kubernetes quantity (a documented "
+        "choice, as job_cpu; /dev/shm counts against it)",
+        quantity=True,
+    )
+    queue_name: str = _f(
+        "",
+        f"Kueue LocalQueue of the jobs (label {QUEUE_LABEL} on each PyTorchJob / TrainJob): Kueue "
+        "admits all of a job's pods at once, when the queue's quota holds them (gang admission), "
+        "and the launcher waits while the job is queued; empty: not queued",
+        label=True,
+    )
+    priority_class: str = _f(
+        "",
+        f"Kueue WorkloadPriorityClass of the jobs (label {PRIORITY_LABEL}): their order in the "
+        "queue and which admitted workloads they may preempt; needs queue_name; empty: the "
+        "queue's default",
+        label=True,
+    )
 
     def __post_init__(self) -> None:
         _validate(self, {})
@@ -474,6 +534,14 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
             fail(name, f"must be <= {md['le']}")
         if "lt" in md and v >= md["lt"]:
             fail(name, f"must be < {md['lt']}")
+        if md.get("quantity") and not is_positive_quantity(v):
+            fail(name, "is not a positive Kubernetes quantity (e.g. '4', '500m', '16Gi')")
+        if md.get("label") and v and not (len(v) <= _LABEL_VALUE_MAX and _LABEL_NAME.match(v)):
+            fail(
+                name,
+                f"is not a name a label can hold ({_LABEL_VALUE_MAX} characters at most: lower "
+                "case letters, digits, '-' and '.', starting and ending with a letter or digit)",
+            )
     if cfg.lr_min > cfg.lr:
         fail("lr_min", f"exceeds lr = {cfg.lr}: the cosine schedule anneals from lr down to it")
     if cfg.warmup_epochs > cfg.epochs:
@@ -501,6 +569,8 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
         fail("parents", f"exceeds population = {cfg.population}")
     if any(n < 1 for n in cfg.top_n):
         fail("top_n", "must hold positive group sizes")
+    if cfg.priority_class and not cfg.queue_name:
+        fail("priority_class", "orders jobs in a Kueue queue: set queue_name too")
 
 
 def parse_overrides(pairs: Iterable[str], source: str = "--set") -> dict[str, str]:
@@ -532,14 +602,48 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def read_config_file(uri: str) -> dict[str, Any]:
-    """The mapping of a YAML config file (local or gs://), its keys not yet checked.
+def shipped_configs() -> list[str]:
+    """The names of the configs packaged in ``kshot/configs`` (``digits-tiny``, …), sorted."""
+    files = importlib.resources.files("kshot.configs").iterdir()
+    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
+
+
+def resolve_config_file(value: str, source: str = "--config") -> str:
+    """The path or URI of the config file that ``value`` names.
+
+    A URI (``gs://``, ``s3://``, ``minio://``) or an existing local file is itself; otherwise a
+    shipped config's name (``digits-tiny``, or ``digits-tiny.yaml``) is its packaged file, so that
+    one command reads the same file in a clone, an installed package and the images.
+
+    Raises:
+        ConfigError: ``value`` is neither, naming it, ``source`` and the shipped names.
+    """
+    if "://" in value or os.path.exists(value):
+        return value
+    shipped = shipped_configs()
+    name = value.removesuffix(".yaml")
+    if name in shipped:
+        return str(importlib.resources.files("kshot.configs") / f"{name}.yaml")
+    stem = os.path.basename(name)
+    hint = f" (did you mean {stem!r}?)" if stem in shipped else ""
+    raise ConfigError(
+        f"config file {value!r} from {source} not found, and it is not the name of a shipped "
+        f"config{hint}; shipped: {', '.join(shipped)}"
+    )
+
+
+def read_config_file(uri: str, source: str = "--config") -> dict[str, Any]:
+    """The mapping of a YAML config file, its keys not yet checked.
+
+    ``uri`` is a local path, a ``gs://`` / ``s3://`` / ``minio://`` URI or a shipped config's name
+    (:func:`resolve_config_file`); ``source`` says where it came from, for error messages.
 
     Raises:
         ConfigError: the file is missing, not UTF-8, not YAML or not a mapping, naming it.
     """
     from kshot import storage
 
+    uri = resolve_config_file(uri, source)
     try:
         data = yaml.load(storage.read_text(uri), Loader=_UniqueKeyLoader)
     except FileNotFoundError as e:

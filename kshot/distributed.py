@@ -48,9 +48,27 @@ def init_from_env(device: str = "auto") -> torch.device:
     return dev
 
 
-def shutdown() -> None:
-    if dist.is_initialized():
+def shutdown(*, completed: bool = True) -> None:
+    """Leave the process group; every rank calls it once, when it needs no more collectives.
+
+    A rank that ``completed`` its work first waits in a barrier, so that no rank destroys the group
+    while a peer is still in a collective, and keeps that barrier's work object until the group is
+    destroyed. Gloo's barrier work holds the collectives still in flight when it starts: torch
+    before 2.8 destroys a gloo group holding the GIL and joins its worker threads, and a worker
+    thread that drops the last reference to a collective's tensors needs the GIL to release them,
+    so the rank hangs (pytorch/pytorch#154976). Held here, they are released by this thread after
+    the join.
+    A rank that failed (``completed=False``) skips the barrier: its peers may never reach it.
+    """
+    if not dist.is_initialized():
+        return
+    if not completed:
         dist.destroy_process_group()
+        return
+    in_flight = dist.barrier(async_op=True)
+    in_flight.wait()
+    dist.destroy_process_group()
+    del in_flight  # the collectives' tensors are released here, by this thread, holding the GIL
 
 
 def rank() -> int:

@@ -250,11 +250,15 @@ def curves_plot(
     return _png(figure)
 
 
-def tau_vs_k_plot(points: Sequence[tuple[int, float]]) -> bytes:
+def tau_vs_k_plot(
+    points: Sequence[tuple[int, float]], baselines: Mapping[str, float] | None = None
+) -> bytes:
     """Kendall τ-a of the supernet ranking against the number of slots K (the paper's Fig. 4).
 
     Args:
         points: ``(K, τ)`` pairs, any order; several runs with the same K are all drawn.
+        baselines: zero-cost baselines' τ-a on the same paths (e.g. ``{"counting parameters":
+            0.55}``), drawn as horizontal lines.
 
     Raises:
         ValueError: no point.
@@ -265,7 +269,8 @@ def tau_vs_k_plot(points: Sequence[tuple[int, float]]) -> bytes:
     slots, taus = zip(*ordered, strict=True)
     figure = _new_figure()
     axes = figure.subplots()
-    axes.plot(slots, taus, marker="o")
+    axes.plot(slots, taus, marker="o", label="supernet")
+    _baseline_lines(axes, baselines or {})
     axes.set_xticks(sorted(set(slots)))
     axes.set_xlabel("K (weight slots)")
     axes.set_ylabel("Kendall τ-a")
@@ -274,10 +279,48 @@ def tau_vs_k_plot(points: Sequence[tuple[int, float]]) -> bytes:
     return _png(figure)
 
 
+def _baseline_lines(axes: Any, baselines: Mapping[str, float]) -> None:
+    """Dashed horizontal lines at the zero-cost baselines' values, labelled, with a legend."""
+    for (name, value), color in zip(baselines.items(), ("tab:orange", "tab:green"), strict=False):
+        if value is not None and math.isfinite(value):
+            axes.axhline(value, color=color, linestyle="--", linewidth=1, label=name)
+    if baselines:
+        axes.legend()
+
+
+def baseline_bars(rows: Mapping[str, Mapping[str, float]]) -> bytes:
+    """The supernet's correlations beside the zero-cost baselines' on the same paths.
+
+    Args:
+        rows: ranker name → ``{metric label: value}``, e.g. ``{"supernet": {"τ-a": 0.3, ...},
+            "counting parameters": {"τ-a": 0.5, ...}}``; every row with the same labels.
+
+    Raises:
+        ValueError: no row.
+    """
+    if not rows:
+        raise ValueError("baseline plot needs at least one ranker, got none")
+    labels = list(next(iter(rows.values())))
+    figure = _new_figure(7.0, 4.0)
+    axes = figure.subplots()
+    width = 0.8 / len(rows)
+    for i, (name, values) in enumerate(rows.items()):
+        heights = [values[label] for label in labels]
+        x = np.arange(len(labels)) + (i - (len(rows) - 1) / 2) * width
+        axes.bar(x, np.nan_to_num(heights), width, label=name)
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_ylabel("correlation with ground truth")
+    axes.set_title("The supernet against counting parameters and FLOPs (same paths)")
+    axes.grid(alpha=0.3, axis="y")
+    axes.legend()
+    return _png(figure)
+
+
 def ranking_summary_plot(report: Mapping[str, Any]) -> bytes:
-    """The ranking experiment: each arm's Kendall τ-a per seed with its mean and 95 % t interval
-    (left), and the paired differences Δτ-a between arms with theirs, against the decision
-    rule's +0.03 (right).
+    """The ranking experiment: each arm's Kendall τ-a per seed with its mean and 95 % t interval,
+    and the zero-cost baselines' in orange (left), and the paired differences Δτ-a between arms
+    (and against the baselines) with theirs, against the decision rule's +0.03 (right).
 
     Args:
         report: :func:`kshot.eval.experiment.run_ranking_experiment`'s report: ``runs`` (``arm``,
@@ -292,13 +335,15 @@ def ranking_summary_plot(report: Mapping[str, Any]) -> bytes:
         raise ValueError("ranking summary plot needs at least one run, got none")
     figure = _new_figure(11.0, 4.5)
     left, right = figure.subplots(1, 2)
-    names = list(summary["arms"])
-    for x, name in enumerate(names):
-        row = summary["arms"][name]
-        values = [r["kendall_tau_a"] for r in report["runs"] if r["arm"] == name]
-        left.scatter([x] * len(values), values, color="0.6", s=14, zorder=2)
-        _interval_bar(left, x, row["kendall_tau_a"])
-    left.set_xticks(range(len(names)), [summary["arms"][n]["label"] for n in names], rotation=20)
+    columns = {**summary["arms"], **summary.get("baselines", {})}
+    for x, (name, row) in enumerate(columns.items()):
+        if name in summary["arms"]:
+            values = [r["kendall_tau_a"] for r in report["runs"] if r["arm"] == name]
+            left.scatter([x] * len(values), values, color="0.6", s=14, zorder=2)
+        _interval_bar(
+            left, x, row["kendall_tau_a"], "tab:blue" if name in summary["arms"] else "tab:orange"
+        )
+    left.set_xticks(range(len(columns)), [row["label"] for row in columns.values()], rotation=20)
     left.set_ylabel("Kendall τ-a (seeds; mean, 95 % t interval)")
     left.set_title("Ranking correlation per arm")
     left.grid(alpha=0.3)
@@ -318,12 +363,12 @@ def ranking_summary_plot(report: Mapping[str, Any]) -> bytes:
     return _png(figure)
 
 
-def _interval_bar(axes: Any, x: float, row: Mapping[str, Any]) -> None:
+def _interval_bar(axes: Any, x: float, row: Mapping[str, Any], color: str = "tab:blue") -> None:
     """A mean marker with its 95 % interval (none with a single seed)."""
     if row["mean"] is None:
         return
     if row["ci95"] is None:
-        axes.plot([x], [row["mean"]], "o", color="tab:blue", zorder=3)
+        axes.plot([x], [row["mean"]], "o", color=color, zorder=3)
         return
     low, high = row["ci95"]
     axes.errorbar(
@@ -331,7 +376,7 @@ def _interval_bar(axes: Any, x: float, row: Mapping[str, Any]) -> None:
         [row["mean"]],
         yerr=[[row["mean"] - low], [high - row["mean"]]],
         fmt="o",
-        color="tab:blue",
+        color=color,
         capsize=5,
         zorder=3,
     )

@@ -52,10 +52,10 @@ Credentials; when ``STORAGE_EMULATOR_HOST`` is set, the client talks to that end
 as EKS IRSA, a profile); ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) points it at MinIO,
 SeaweedFS or another S3-compatible server, which boto3 then addresses path-style
 (``http://host:9000/bucket/key``), as such servers expect. ``minio://``: the endpoint
-:func:`minio_endpoint` (as KFP's launcher: the namespace's ``minio-service``, else
-``minio-service.kubeflow:9000``), the keys of KFP's Secret :data:`MINIO_SECRET` in the environment
-variables of :data:`MINIO_SECRET_KEYS` (the pipeline's steps and the jobs they launch get them
-from the Secret), else boto3's chain.
+:func:`minio_endpoint` (a ``minio-service`` of the pod's namespace, else KFP's store as its 2.17
+launcher finds it by default, ``seaweedfs.kubeflow:9000``), the keys of KFP's Secret
+:data:`MINIO_SECRET` in the environment variables of :data:`MINIO_SECRET_KEYS` (the pipeline's
+steps and the jobs they launch get them from the Secret), else boto3's chain.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ from google.cloud.storage.retry import (
     ConditionalRetryPolicy,
     is_generation_specified,
 )
+
+from kshot.uris import is_gcs, is_minio, is_remote, is_s3, parse_remote
 
 __all__ = [
     "RETRY_DEADLINE_ENV",
@@ -151,10 +153,11 @@ MINIO_SECRET = "mlpipeline-minio-artifact"
 """KFP's Secret with its artifact store's keys, in every namespace that runs pipelines."""
 MINIO_SECRET_KEYS = {"accesskey": "KSHOT_MINIO_ACCESS_KEY", "secretkey": "KSHOT_MINIO_SECRET_KEY"}
 """The data keys of :data:`MINIO_SECRET` → the environment variables that carry them into pods."""
-# KFP's launcher: the minio-service of the pod's own namespace (the variables Kubernetes sets for a
-# Service), else this one (multi-user mode: the store lives in the kubeflow namespace).
+# A minio-service of the pod's own namespace (the variables Kubernetes sets for a Service; older
+# installs ran MinIO there), else the default endpoint of KFP 2.17's launcher: its SeaweedFS in the
+# kubeflow namespace, on the S3 port it keeps for MinIO's clients.
 _MINIO_SERVICE_ENVS = ("MINIO_SERVICE_SERVICE_HOST", "MINIO_SERVICE_SERVICE_PORT")
-_MINIO_DEFAULT_ENDPOINT = "http://minio-service.kubeflow:9000"
+_MINIO_DEFAULT_ENDPOINT = "http://seaweedfs.kubeflow:9000"
 _DEFAULT_RETRY_DEADLINE_S = 300.0
 _DEFAULT_RETRY_INITIAL_DELAY_S = 1.0
 _RETRY_MAX_DELAY_S = 30.0
@@ -166,8 +169,6 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 # The object stores by URI scheme, with the form their URIs take. A URI whose scheme is not here, or
 # one of these without "//" after the colon, is refused rather than taken for a local file name.
 _REMOTE_FORMS = {"gs": "gs://bucket/key", "s3": "s3://bucket/key", "minio": "minio://bucket/key"}
-_GCS_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
-_S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
 _S3_MD5_METADATA = "kshot-md5"
 
 _T = TypeVar("_T")
@@ -180,75 +181,17 @@ class StorageError(OSError):
 # --------------------------------------------------------------------------------------- URIs
 
 
-def is_gcs(uri: str) -> bool:
-    """Whether ``uri`` names Google Cloud Storage (``gs://...``); no validation beyond the prefix."""
-    return uri.startswith("gs://")
-
-
-def is_s3(uri: str) -> bool:
-    """Whether ``uri`` names an S3-compatible store (``s3://...``); no validation beyond the prefix."""
-    return uri.startswith("s3://")
-
-
-def is_minio(uri: str) -> bool:
-    """Whether ``uri`` names KFP's own artifact store (``minio://...``); no validation beyond the
-    prefix."""
-    return uri.startswith("minio://")
-
-
-def is_remote(uri: str) -> bool:
-    """Whether ``uri`` names an object store (``gs://``, ``s3://``, ``minio://``) rather than a
-    local path."""
-    return is_gcs(uri) or is_s3(uri) or is_minio(uri)
-
-
 def minio_endpoint() -> str:
-    """The URL of KFP's artifact store: ``$KSHOT_MINIO_ENDPOINT``; else, as KFP's launcher finds
-    it by default, the ``minio-service`` of this pod's namespace, else
-    ``http://minio-service.kubeflow:9000``. (A ``kfp-launcher`` ConfigMap that points KFP
-    elsewhere needs the same endpoint in ``KSHOT_MINIO_ENDPOINT``.)"""
+    """The URL of KFP's artifact store: ``$KSHOT_MINIO_ENDPOINT``; else the ``minio-service`` of
+    this pod's namespace; else ``http://seaweedfs.kubeflow:9000``, where KFP 2.17's launcher finds
+    its store by default. (A ``kfp-launcher`` ConfigMap that points KFP elsewhere needs the same
+    endpoint in ``KSHOT_MINIO_ENDPOINT``.)"""
     if os.environ.get(MINIO_ENDPOINT_ENV):
         return os.environ[MINIO_ENDPOINT_ENV]
     host, port = (os.environ.get(name) for name in _MINIO_SERVICE_ENVS)
     if host and port:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     return _MINIO_DEFAULT_ENDPOINT
-
-
-def parse_remote(uri: str) -> tuple[str, str]:
-    """Split ``gs://bucket/key``, ``s3://bucket/key`` or ``minio://bucket/key`` into
-    ``("bucket", "key")``; the key is ``""`` for ``gs://bucket``.
-
-    Raises:
-        ValueError: ``uri`` is neither, has no bucket, or the bucket name breaks the store's rules.
-    """
-    if is_gcs(uri):
-        store, pattern, max_length, allowed = "GCS", _GCS_BUCKET_RE, 222, "'-', '_' and '.'"
-    elif is_s3(uri) or is_minio(uri):
-        store = "S3" if is_s3(uri) else "MinIO"
-        pattern, max_length, allowed = _S3_BUCKET_RE, 63, "'-' and '.'"
-    else:
-        raise ValueError(f"not a gs://, s3:// or minio:// URI: {uri!r}")
-    scheme, _, rest = uri.partition("://")
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"malformed {store} URI {uri!r}: no bucket name after {scheme}://")
-    if not (3 <= len(bucket) <= max_length and pattern.match(bucket)):
-        raise ValueError(
-            f"malformed {store} URI {uri!r}: bucket name {bucket!r} must be 3-{max_length} "
-            f"characters of lowercase letters, digits, {allowed}, starting and ending with a "
-            "letter or digit"
-        )
-    if "\n" in key or "\r" in key:
-        raise ValueError(f"malformed {store} URI {uri!r}: object names cannot contain line breaks")
-    # Object stores keep "a/./x" and "a//x" literally, as other objects than "a/x": refuse them.
-    segments = key.split("/")
-    if any(part in (".", "..") for part in segments) or "" in segments[:-1]:
-        raise ValueError(
-            f"malformed {store} URI {uri!r}: empty, '.' and '..' segments are not resolved by "
-            f"{store} (they would be stored literally); write the path without them"
-        )
-    return bucket, key
 
 
 def parse_gcs(uri: str) -> tuple[str, str]:

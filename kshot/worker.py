@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     main_rank = dist.is_main()  # after shutdown every process reads as rank 0
     try:
         result = run_stage(args.stage, cfg, inputs, outputs, overwrite=args.overwrite)
-    finally:
-        dist.shutdown()
+    except BaseException:
+        dist.shutdown(completed=False)
+        raise
+    dist.shutdown()
     if main_rank:
         print(json.dumps({"stage": args.stage, "result": result}, default=str))
     return 0

@@ -1,20 +1,35 @@
 """``kshot pipeline compile|upload|run``: the pipelines as YAML, and on a Kubeflow Pipelines host.
 
-    kshot pipeline compile --output pipeline.yaml [--sweep]
-    kshot pipeline upload --host URL [--name N] [--version V] [--package F] [--sweep]
-    kshot pipeline run --host URL [--experiment E] [--pipeline-id ID | --name N] [--package F]
+    kshot pipeline compile [--output FILE] [--sweep] [--step-image REF] [--job-image REF]
+    kshot pipeline upload [--host URL] [--package FILE] [--name N] [--version V] [--sweep]
+    kshot pipeline run [--host URL] [--experiment E]
+                       [--package FILE | --pipeline-id ID | --name N] [--version-id ID | --version V]
                        [--sweep] [--pipeline-root gs://B/P] [--enable-caching | --no-caching]
                        [--config F] [--set key=value …]
 
-Read when compiling: ``$KSHOT_STEP_IMAGE``, the image the steps run in, and ``$KSHOT_JOB_IMAGE``,
-the default of the ``image`` parameter (the jobs' workers); ``$KSHOT_IMAGE`` stands for either
-where it is unset. ``--set`` takes config keys (`kshot config --help-keys`) and the pipeline's own
-parameters ``launcher``, ``image``, ``step_cpu``, ``step_memory``, ``step_tolerations``,
-``step_node_selector`` and, with ``--sweep``, ``k_values``; config keys that are not pipeline parameters travel in ``extra_config``. Exactly
-the keys that ``--config`` and ``--set`` name are sent (even when equal to this kshot's defaults,
-since an uploaded pipeline's may differ); the rest keep the pipeline's defaults. ``--pipeline-root
-gs://BUCKET/PREFIX`` (or ``s3://BUCKET/PREFIX``) puts the run's artifacts in an object store
-that every pod reaches, which job launchers need.
+Compile once, upload that file, run that version: ``compile`` writes the YAML (and says where),
+``upload --package FILE`` puts it on the host and prints its ``pipeline_id`` and ``version_id``,
+``run --pipeline-id ID --version-id ID`` (or ``--name N --version V``) runs exactly it.
+
+A pipeline for a cluster names two images: the steps' (``--step-image``, else
+``$KSHOT_STEP_IMAGE``) and the jobs' workers' (``--job-image``, else ``$KSHOT_JOB_IMAGE``: the
+default of the ``image`` parameter); ``$KSHOT_IMAGE`` stands for either. Compiling without them
+fails, naming them, and so do ``upload`` and ``run`` without ``--package``, which compile the same
+way.
+
+The host is ``--host``, else kfp's ``$KF_PIPELINES_ENDPOINT``; the bearer token
+``--existing-token``, else ``$KF_PIPELINES_TOKEN``, else the file kfp reads in a pod
+(``$KF_PIPELINES_SA_TOKEN_PATH``, default ``/var/run/secrets/kubeflow/pipelines/token``).
+``--set`` takes config keys (`kshot config --help-keys`) and the pipeline's own parameters
+``launcher``, ``image``, ``step_cpu``, ``step_memory``, ``step_tolerations``,
+``step_node_selector`` and, with ``--sweep``, ``k_values``; config keys that are not pipeline
+parameters travel in ``extra_config``. Exactly the keys that ``--config`` and ``--set`` name are
+sent (even when equal to this kshot's defaults, since an uploaded pipeline's may differ); the rest
+keep the pipeline's defaults. ``--pipeline-root gs://BUCKET/PREFIX`` (or ``s3://``, ``minio://``)
+puts the run's artifacts in an object store that every pod reaches, which job launchers need.
+
+Running an uploaded pipeline imports neither torch nor the pipeline's components: a CI job submits
+with kshot installed without its dependencies, plus kfp (``.github/workflows/rerun.yml``).
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +47,7 @@ import yaml
 
 from kshot.config import ConfigError, parse_overrides
 
-__all__ = ["add_parser", "compile_pipeline", "run_arguments", "set_caching"]
+__all__ = ["add_parser", "cluster_images", "compile_pipeline", "run_arguments", "set_caching"]
 
 _PIPELINE_ONLY = (
     "launcher",
@@ -55,18 +71,83 @@ def _pipeline(sweep: bool) -> tuple[Callable[..., Any], str]:
     return kshot_nas, PIPELINE_NAME
 
 
-def compile_pipeline(output: str, sweep: bool = False) -> str:
-    """Compile the K-shot NAS pipeline (or the K sweep) to the YAML file ``output``.
+def cluster_images(step_image: str = "", job_image: str = "") -> tuple[str, str]:
+    """The images a pipeline for a cluster runs: (the steps', the jobs' workers').
+
+    Args:
+        step_image: ``--step-image``; '' for ``$KSHOT_STEP_IMAGE``, else ``$KSHOT_IMAGE``.
+        job_image: ``--job-image``; '' for ``$KSHOT_JOB_IMAGE``, else ``$KSHOT_IMAGE``.
+
+    Raises:
+        ConfigError: an image is not given anywhere (naming the flag and the variables), or is
+            not an image reference (naming where it came from).
+    """
+    from kshot.components.runtime import IMAGE_ENV, JOB_IMAGE_ENV, STEP_IMAGE_ENV
+    from kshot.launch.spec import is_image_reference
+
+    chosen: list[str] = []
+    missing: list[str] = []
+    for role, flag, given, env in (
+        ("steps", "--step-image", step_image, STEP_IMAGE_ENV),
+        ("jobs", "--job-image", job_image, JOB_IMAGE_ENV),
+    ):
+        sources = [(flag, given), (f"${env}", os.environ.get(env, ""))]
+        sources.append((f"${IMAGE_ENV}", os.environ.get(IMAGE_ENV, "")))
+        source, image = next(((s, i) for s, i in sources if i.strip()), ("", ""))
+        if not image:
+            missing.append(f"the {role}' image ({flag} or ${env})")
+        elif not is_image_reference(image.strip()):
+            raise ConfigError(
+                f"{source} {image!r} is not a valid image reference "
+                "([registry[:port]/]name[:tag][@digest], name in lower case)"
+            )
+        chosen.append(image.strip())
+    if missing:
+        raise ConfigError(
+            f"missing {' and '.join(missing)}, or ${IMAGE_ENV} for both: a pipeline for a "
+            "cluster runs the images it names; build and push them as images/README.md says and "
+            "name them (e.g. --step-image REGISTRY/kshot-cpu:TAG --job-image REGISTRY/kshot:TAG)"
+        )
+    return chosen[0], chosen[1]
+
+
+def compile_pipeline(
+    output: str, sweep: bool = False, step_image: str = "", job_image: str = ""
+) -> str:
+    """Compile the K-shot NAS pipeline (or the K sweep) for a cluster to the YAML file ``output``.
+
+    Args:
+        output: where the YAML goes.
+        sweep: the K sweep instead.
+        step_image: the image every step runs in (see :func:`cluster_images`).
+        job_image: the default of the ``image`` parameter, the jobs' workers' image.
 
     Returns:
         The pipeline's name.
+
+    Raises:
+        ConfigError: an image is missing or malformed (before anything is written).
     """
     from kfp import compiler
 
+    step, job = cluster_images(step_image, job_image)
     func, name = _pipeline(sweep)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(func, output)
+    compiler.Compiler().compile(func, output, pipeline_parameters={"image": job})
+    _set_step_image(output, step)
     return name
+
+
+def _set_step_image(package: str, image: str) -> None:
+    """Make ``image`` the container image of every step of the compiled ``package``.
+
+    (The components name the image they were defined with, which the import reads from the
+    environment; the compiled pipeline must name the one chosen now.)
+    """
+    documents = list(yaml.safe_load_all(Path(package).read_text()))
+    for executor in documents[0]["deploymentSpec"]["executors"].values():
+        executor["container"]["image"] = image
+    Path(package).write_text(yaml.safe_dump_all(documents, sort_keys=False))
 
 
 def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -> dict[str, Any]:
@@ -84,9 +165,8 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
     Raises:
         ConfigError: a bad key or value, named with its source.
     """
-    from kshot.components.runtime import PIPELINE_CONFIG_KEYS, build_config
+    from kshot.components.runtime import PIPELINE_CONFIG_KEYS, build_config, pipeline_arguments
     from kshot.config import load_config, read_config_file
-    from kshot.pipeline.local_run import pipeline_arguments
 
     pairs = parse_overrides(overrides)
     own = _PIPELINE_ONLY + (_SWEEP_ONLY if sweep else ())
@@ -145,18 +225,19 @@ def _check_placement(direct: dict[str, Any]) -> None:
 
 
 def _auth_args(parser: argparse.ArgumentParser) -> None:
-    from kshot.pipeline import TOKEN_ENV
+    from kshot.pipeline import ENDPOINT_ENV, SA_TOKEN_PATH_ENV, TOKEN_ENV
 
     parser.add_argument(
         "--host",
-        required=True,
+        default="",
         metavar="URL",
-        help="Kubeflow Pipelines API endpoint, e.g. https://HOST/pipeline",
+        help=f"Kubeflow Pipelines API endpoint, e.g. https://HOST/pipeline (default: ${ENDPOINT_ENV})",
     )
     parser.add_argument(
         "--existing-token",
         metavar="TOKEN",
-        help=f"bearer token for the host (default: ${TOKEN_ENV})",
+        help=f"bearer token for the host (default: ${TOKEN_ENV}, else the file ${SA_TOKEN_PATH_ENV} "
+        "names, as kfp reads it in a pod)",
     )
     parser.add_argument(
         "--namespace", default="", help="your profile namespace on a multi-user Kubeflow"
@@ -170,14 +251,32 @@ def _auth_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", action="store_true", help="the K-sweep pipeline")
 
 
+def _image_args(parser: argparse.ArgumentParser, when: str = "") -> None:
+    from kshot.components.runtime import IMAGE_ENV, JOB_IMAGE_ENV, STEP_IMAGE_ENV
+
+    parser.add_argument(
+        "--step-image",
+        default="",
+        metavar="REF",
+        help=f"the image every step runs in{when} (default: ${STEP_IMAGE_ENV}, else ${IMAGE_ENV})",
+    )
+    parser.add_argument(
+        "--job-image",
+        default="",
+        metavar="REF",
+        help=f"the jobs' workers' image, the default of the image parameter{when} (default: "
+        f"${JOB_IMAGE_ENV}, else ${IMAGE_ENV})",
+    )
+
+
 def _package(args: argparse.Namespace, scratch: str) -> str:
-    """``--package``, else the pipeline compiled into ``scratch``."""
+    """``--package``, else the pipeline compiled into ``scratch`` (with the images it needs)."""
     if args.package:
         if not Path(args.package).is_file():
             raise FileNotFoundError(f"--package {args.package}: no such file")
         return args.package
     path = str(Path(scratch) / "pipeline.yaml")
-    compile_pipeline(path, args.sweep)
+    compile_pipeline(path, args.sweep, args.step_image, args.job_image)
     return path
 
 
@@ -211,12 +310,12 @@ def _check_pipeline_root(uri: str) -> None:
     """Refuse a ``--pipeline-root`` outside the object stores kshot reaches (gs://, s3://,
     minio://): only there do the job pods and later steps reach the artifacts (see
     :func:`kshot.components.runtime.handoff_uri`)."""
-    from kshot import storage
+    from kshot.uris import parse_remote
 
     if not uri:
         return
     try:
-        storage.parse_remote(uri)
+        parse_remote(uri)
     except ValueError as error:
         raise ConfigError(
             f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX, "
@@ -228,28 +327,73 @@ def _timestamp() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
+def _default_name(sweep: bool) -> str:
+    from kshot.pipeline import PIPELINE_NAME, SWEEP_PIPELINE_NAME
+
+    return SWEEP_PIPELINE_NAME if sweep else PIPELINE_NAME
+
+
 def _compile(args: argparse.Namespace) -> int:
-    name = compile_pipeline(args.output, args.sweep)
-    print(f"compiled pipeline {name!r} to {args.output}")
+    name = compile_pipeline(args.output, args.sweep, args.step_image, args.job_image)
+    print(f"compiled pipeline {name!r} to {Path(args.output).resolve()}")
     return 0
 
 
 def _upload(args: argparse.Namespace) -> int:
     from kshot.pipeline.client import connect, upload
 
-    host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
     with tempfile.TemporaryDirectory(prefix="kshot-pipeline-") as scratch:
-        package = _package(args, scratch)
-        name = args.name or _pipeline(args.sweep)[1]
-        uploaded = upload(host, package, name, args.version or _timestamp(), args.description)
+        package = _package(args, scratch)  # compiles (or fails on the images) before any request
+        host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
+        name = args.name or _default_name(args.sweep)
+        uploaded = upload(host, package, name, args.version, args.description)
     what = "pipeline" if uploaded.new_pipeline else "version"
-    print(f"uploaded {what}: pipeline_id={uploaded.pipeline_id} version_id={uploaded.version_id}")
+    print(
+        f"uploaded {what}: {name!r} version {uploaded.version_name!r} "
+        f"pipeline_id={uploaded.pipeline_id} version_id={uploaded.version_id}"
+    )
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from kshot.pipeline.client import PipelineHostError, connect, find_pipeline, submit_run
+def _check_source(args: argparse.Namespace) -> None:
+    """Refuse a run that names its pipeline twice, or a version of no uploaded pipeline."""
+    named = [
+        flag
+        for flag, value in (
+            ("--package", args.package),
+            ("--pipeline-id", args.pipeline_id),
+            ("--name", args.name),
+        )
+        if value
+    ]
+    if len(named) > 1:
+        raise ConfigError(
+            f"{' and '.join(named)}: give one (--package runs that file; --pipeline-id and --name "
+            "run an uploaded pipeline)"
+        )
+    versions = [
+        flag
+        for flag, value in (("--version-id", args.version_id), ("--version", args.version))
+        if value
+    ]
+    if len(versions) > 1:
+        raise ConfigError("--version-id and --version: give one")
+    if versions and not (args.pipeline_id or args.name):
+        raise ConfigError(
+            f"{versions[0]} names a version of an uploaded pipeline: give --pipeline-id or --name"
+        )
 
+
+def _run(args: argparse.Namespace) -> int:
+    from kshot.pipeline.client import (
+        PipelineHostError,
+        connect,
+        find_pipeline,
+        find_version,
+        submit_run,
+    )
+
+    _check_source(args)
     arguments = run_arguments(args.config, args.overrides, args.sweep)
     _check_pipeline_root(args.pipeline_root)
     if args.enable_caching is not None and (args.pipeline_id or args.name):
@@ -258,22 +402,29 @@ def _run(args: argparse.Namespace) -> int:
             f"{flag} applies to a pipeline compiled now or given with --package (KFP writes it "
             "into the pipeline spec): an uploaded pipeline keeps the caching it was compiled with"
         )
-    host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
-    pipeline_id = args.pipeline_id
-    if args.name and not pipeline_id:
-        pipeline_id = find_pipeline(host, args.name, shared_too=True)
-        if pipeline_id is None:
-            raise PipelineHostError(f"Kubeflow Pipelines at {args.host}: no pipeline {args.name!r}")
-    run_name = args.run_name or f"{_pipeline(args.sweep)[1]}-{_timestamp()}"
     with tempfile.TemporaryDirectory(prefix="kshot-pipeline-") as scratch:
+        uploaded = args.pipeline_id or args.name
+        package = None if uploaded else _run_package(args, scratch)  # before any request
+        host = connect(args.host, args.existing_token, args.namespace, args.allow_insecure_token)
+        pipeline_id = args.pipeline_id
+        if args.name:
+            pipeline_id = find_pipeline(host, args.name, shared_too=True)
+            if pipeline_id is None:
+                raise PipelineHostError(
+                    f"Kubeflow Pipelines at {host.url}: no pipeline {args.name!r}"
+                )
+        version_id = args.version_id
+        if args.version:
+            version_id = find_version(host, pipeline_id, args.version)
+        run_name = args.run_name or f"{args.name or _default_name(args.sweep)}-{_timestamp()}"
         run_id = submit_run(
             host,
             args.experiment,
             run_name,
             arguments,
-            package_path=None if pipeline_id else _run_package(args, scratch),
+            package_path=package,
             pipeline_id=pipeline_id,
-            version_id=args.version_id,
+            version_id=version_id,
             service_account=args.service_account,
             pipeline_root=args.pipeline_root,
         )
@@ -295,6 +446,7 @@ def add_parser(subparsers: Any) -> None:
     compile_ = sub.add_parser("compile", help="compile a pipeline to YAML")
     compile_.add_argument("--output", default="pipeline.yaml", metavar="FILE")
     compile_.add_argument("--sweep", action="store_true", help="the K-sweep pipeline")
+    _image_args(compile_)
     compile_.set_defaults(func=_compile)
 
     upload_ = sub.add_parser("upload", help="upload a pipeline (a new version when it exists)")
@@ -305,6 +457,7 @@ def add_parser(subparsers: Any) -> None:
     upload_.add_argument(
         "--package", default="", metavar="FILE", help="compiled YAML (default: compile now)"
     )
+    _image_args(upload_, " when compiling now")
     upload_.set_defaults(func=_upload)
 
     run = sub.add_parser("run", help="start a run; parameters from --config/--set")
@@ -314,12 +467,14 @@ def add_parser(subparsers: Any) -> None:
     run.add_argument("--pipeline-id", default="", help="run an uploaded pipeline")
     run.add_argument("--name", default="", help="run the uploaded pipeline of this name")
     run.add_argument("--version-id", default="", help="its version (default: the newest)")
+    run.add_argument("--version", default="", help="its version of this name")
     run.add_argument(
         "--package",
         default="",
         metavar="FILE",
-        help="run this compiled YAML (default: compile now)",
+        help="run this compiled YAML (default, without --pipeline-id / --name: compile now)",
     )
+    _image_args(run, " when compiling now")
     run.add_argument("--service-account", default="", help="Kubernetes service account of the run")
     run.add_argument(
         "--pipeline-root",

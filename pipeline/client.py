@@ -1,8 +1,10 @@
 """Upload and run the pipelines on a Kubeflow Pipelines host through ``kfp.Client``.
 
-Authentication is what a Kubeflow user has at hand: a bearer token (``--existing-token`` or
-``$KF_PIPELINES_TOKEN``, e.g. from ``gcloud auth print-access-token`` or a service-account token),
-and the profile namespace of a multi-user deployment. The token goes only to an ``https://`` host:
+The host is ``--host``, else kfp's ``$KF_PIPELINES_ENDPOINT``. Authentication is what a Kubeflow
+user has at hand: a bearer token (``--existing-token``, else ``$KF_PIPELINES_TOKEN``, e.g. from
+``gcloud auth print-access-token`` or ``kubectl create token``, else the token file kfp reads in a
+pod: ``$KF_PIPELINES_SA_TOKEN_PATH``, by default ``/var/run/secrets/kubeflow/pipelines/token``
+where it exists), and the profile namespace of a multi-user deployment. The token goes only to an ``https://`` host:
 sending it in clear text to ``http://`` needs ``allow_insecure_token`` (``--allow-insecure-token``
 or ``$KSHOT_ALLOW_INSECURE_TOKEN=1``, e.g. for ``kubectl port-forward`` to localhost). A host that cannot be reached or that refuses
 a request gives one :class:`PipelineHostError` line with the URL and the cause.
@@ -11,6 +13,7 @@ a request gives one :class:`PipelineHostError` line with the URL and the cause.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import urllib.error
@@ -24,7 +27,7 @@ import kfp
 import kfp_server_api
 from urllib3.exceptions import HTTPError, MaxRetryError
 
-from kshot.pipeline import TOKEN_ENV
+from kshot.pipeline import ENDPOINT_ENV, SA_TOKEN_PATH, SA_TOKEN_PATH_ENV, TOKEN_ENV
 
 __all__ = [
     "TOKEN_ENV",
@@ -34,6 +37,7 @@ __all__ = [
     "PipelineHost",
     "connect",
     "find_pipeline",
+    "find_version",
     "upload",
     "latest_version_id",
     "submit_run",
@@ -56,11 +60,13 @@ class Uploaded:
     Attributes:
         pipeline_id: the pipeline's id.
         version_id: the id of the version just uploaded.
+        version_name: its name.
         new_pipeline: whether the pipeline was created (else a version was added).
     """
 
     pipeline_id: str
     version_id: str
+    version_name: str
     new_pipeline: bool
 
 
@@ -110,21 +116,26 @@ def connect(
 
     Args:
         host: the API endpoint, e.g. ``https://kubeflow.example.com/pipeline`` (https when
-            no scheme is given).
-        existing_token: bearer token; default ``$KF_PIPELINES_TOKEN`` (none when unset).
+            no scheme is given); '' for ``$KF_PIPELINES_ENDPOINT``.
+        existing_token: bearer token; default ``$KF_PIPELINES_TOKEN``, else the file named by
+            ``$KF_PIPELINES_SA_TOKEN_PATH`` or at kfp's default path (none when neither exists).
         namespace: the user's profile namespace (multi-user Kubeflow); '' for single-user.
         allow_insecure_token: send the token to an ``http://`` host too (also when
             ``$KSHOT_ALLOW_INSECURE_TOKEN`` is ``1``).
 
     Raises:
-        PipelineHostError: the host cannot be reached or refuses the health check; a token
-            would go to an ``http://`` host without ``allow_insecure_token`` (before any request).
+        PipelineHostError: no host; the host cannot be reached or refuses the health check; a
+            token would go to an ``http://`` host without ``allow_insecure_token``, or the token
+            file cannot be read (before any request).
     """
+    host = host or os.environ.get(ENDPOINT_ENV, "").strip()
     if not host:
-        raise PipelineHostError("no Kubeflow Pipelines host: give --host URL")
+        raise PipelineHostError(
+            f"no Kubeflow Pipelines host: give --host URL or set ${ENDPOINT_ENV}"
+        )
     if "://" not in host:
         host = f"https://{host}"  # as kfp.Client assumes
-    token = existing_token or os.environ.get(TOKEN_ENV) or None
+    token = existing_token or os.environ.get(TOKEN_ENV) or _token_file()
     allow_insecure_token = allow_insecure_token or os.environ.get(INSECURE_TOKEN_ENV) == "1"
     if token and not host.lower().startswith("https://") and not allow_insecure_token:
         raise PipelineHostError(
@@ -139,6 +150,22 @@ def connect(
     with _requests(host, "connect"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "This client only works with", FutureWarning)
         return PipelineHost(host, kfp.Client(**options), namespace)
+
+
+def _token_file() -> str | None:
+    """The token in the file kfp reads in a pod: ``$KF_PIPELINES_SA_TOKEN_PATH`` (which must be
+    readable), else :data:`kshot.pipeline.SA_TOKEN_PATH` where it exists; None otherwise."""
+    named = os.environ.get(SA_TOKEN_PATH_ENV, "").strip()
+    path = named or SA_TOKEN_PATH
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip() or None
+    except OSError as error:
+        if not named:
+            return None
+        raise PipelineHostError(
+            f"${SA_TOKEN_PATH_ENV} names {named!r}, which cannot be read: {error.strerror}"
+        ) from error
 
 
 def _check_health(host: str, token: str | None) -> None:
@@ -163,18 +190,23 @@ def _check_health(host: str, token: str | None) -> None:
 
 
 def upload(
-    host: PipelineHost, package_path: str, name: str, version: str, description: str = ""
+    host: PipelineHost, package_path: str, name: str, version: str = "", description: str = ""
 ) -> Uploaded:
     """Upload a compiled pipeline: a new pipeline, or a new version of the one named ``name``.
+
+    KFP names a new pipeline's first version after the pipeline; when ``version`` is given, the
+    same file is then uploaded as the version of that name too, so that a run can name it.
 
     Args:
         host: from :func:`connect`; a namespaced host uploads into the profile namespace.
         package_path: the compiled pipeline YAML.
         name: the pipeline's display name.
-        version: the version's name (a new pipeline's first version takes the pipeline's name).
+        version: the version's name; '' for the pipeline's name (a new pipeline) or a UTC
+            timestamp (a new version).
         description: shown in the UI.
     """
     pipeline_id = find_pipeline(host, name)
+    new_pipeline = pipeline_id is None
     if pipeline_id is None:
         with _requests(host.url, f"upload pipeline {name!r}"):
             pipeline = host.client.upload_pipeline(
@@ -183,7 +215,10 @@ def upload(
                 description=description or None,
                 namespace=host.namespace or None,
             )
-        return Uploaded(pipeline.pipeline_id, latest_version_id(host, pipeline.pipeline_id), True)
+        pipeline_id = pipeline.pipeline_id
+        if not version or version == name:
+            return Uploaded(pipeline_id, latest_version_id(host, pipeline_id), name, True)
+    version = version or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     with _requests(host.url, f"upload version {version!r} of pipeline {name!r}"):
         created = host.client.upload_pipeline_version(
             package_path,
@@ -191,7 +226,7 @@ def upload(
             pipeline_id=pipeline_id,
             description=description or None,
         )
-    return Uploaded(pipeline_id, created.pipeline_version_id, False)
+    return Uploaded(pipeline_id, created.pipeline_version_id, version, new_pipeline)
 
 
 def find_pipeline(host: PipelineHost, name: str, shared_too: bool = False) -> str | None:
@@ -228,6 +263,28 @@ def find_pipeline(host: PipelineHost, name: str, shared_too: bool = False) -> st
         if found:
             return found[0].pipeline_id
     return None
+
+
+def find_version(host: PipelineHost, pipeline_id: str, name: str) -> str:
+    """The id of the version named ``name`` of pipeline ``pipeline_id``.
+
+    Raises:
+        PipelineHostError: the request failed, or the pipeline has no version of that name (or
+            several).
+    """
+    predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": name}
+    with _requests(host.url, f"look up version {name!r} of pipeline {pipeline_id}"):
+        listed = host.client.list_pipeline_versions(
+            pipeline_id, page_size=2, filter=json.dumps({"predicates": [predicate]})
+        )
+    found = listed.pipeline_versions or []
+    if len(found) != 1:
+        why = "no version" if not found else "several versions"
+        raise PipelineHostError(
+            f"Kubeflow Pipelines at {host.url}: pipeline {pipeline_id} has {why} named {name!r}; "
+            "give --version-id"
+        )
+    return found[0].pipeline_version_id
 
 
 def latest_version_id(host: PipelineHost, pipeline_id: str) -> str:

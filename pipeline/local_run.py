@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot import storage
-from kshot.components.runtime import PIPELINE_CONFIG_KEYS, job_image
+from kshot.components.runtime import pipeline_arguments
 from kshot.config import Config
 from kshot.stages import CORRELATION_LABELS
 
@@ -44,32 +45,6 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 class LocalRunError(ValueError):
     """A step of the local pipeline run failed; its log above says why."""
-
-
-def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") -> dict[str, Any]:
-    """The pipeline's arguments for ``cfg``: its own parameters, other changed keys in extra_config.
-
-    Args:
-        cfg: the run configuration.
-        launcher: the launch backend of the heavy stages.
-        image: their worker image (default: the jobs' image, :func:`job_image`).
-
-    Returns:
-        Keyword arguments of :func:`kshot.pipeline.pipeline.kshot_nas`.
-    """
-    values = cfg.to_dict()
-    defaults = Config().to_dict()
-    extra = {
-        key: value
-        for key, value in values.items()
-        if key not in PIPELINE_CONFIG_KEYS and value != defaults[key]
-    }
-    return {
-        **{key: values[key] for key in PIPELINE_CONFIG_KEYS},
-        "image": image or job_image(),
-        "launcher": launcher,
-        "extra_config": json.dumps(extra, sort_keys=True) if extra else "",
-    }
 
 
 @contextlib.contextmanager
@@ -258,8 +233,23 @@ def summary_lines(summary: dict[str, Any], output: str) -> list[str]:
         rank = summary["best_standalone_rank"]
         shown = f"{rank['rank']} of {rank['of']}" if rank else "n/a (not trained alike)"
         lines.append(f"  rank among the stand-alone sample: {shown}")
+        if rank and rank.get("reading"):  # what the rank means against the sample's noise
+            lines += textwrap.wrap(
+                rank["reading"],
+                width=100,
+                initial_indent="    ",
+                subsequent_indent="    ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
     lines.append(f"ranking of {summary['n_paths']} paths against {summary['ground_truth']}:")
     lines.append(f"  {correlations}")
+    if summary.get("against_baselines"):
+        sizes = ", ".join(
+            f"{label} {_figure(summary.get(f'params_{key}'))}" for key, label in CORRELATION_LABELS
+        )
+        lines.append(f"  counting parameters on the same paths: {sizes}")
+        lines.append(f"  {summary['against_baselines']}")
     lines.append(f"report: {summary['report']}")
     lines.append(f"summary: {report} ({summary['wall_time_s']:.0f} s, logs in {summary['logs']})")
     return lines

@@ -33,6 +33,7 @@ from kshot.components import stages
 from kshot.components.runtime import job_image
 from kshot.config import Config
 from kshot.launch import BACKENDS
+from kshot.pipeline import PIPELINE_NAME
 from kshot.pipeline.platform import Placement, heavy, light
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "DEFAULT_STEP_MEMORY",
 ]
 
-PIPELINE_NAME = "kshot-nas"
 _DEFAULTS = Config()
 _LAUNCHER = BACKENDS[0]  # local: torchrun in the step's own pod
 _IMAGE = job_image()
@@ -104,6 +104,8 @@ def kshot_nas(
     ground_truth: str = _DEFAULTS.ground_truth,
     workers: int = _DEFAULTS.workers,
     gpus_per_worker: int = _DEFAULTS.gpus_per_worker,
+    queue_name: str = _DEFAULTS.queue_name,
+    priority_class: str = _DEFAULTS.priority_class,
     image: str = _IMAGE,
     launcher: str = _LAUNCHER,
     extra_config: str = "",
@@ -134,6 +136,8 @@ def kshot_nas(
         ground_truth: Ground-truth CSV URI for the ranking; empty: train a sample from scratch.
         workers: Processes or pods of each distributed stage.
         gpus_per_worker: GPUs per worker pod (0: CPU).
+        queue_name: Kueue LocalQueue of the jobs (empty: not queued).
+        priority_class: Kueue WorkloadPriorityClass of the jobs (needs queue_name).
         image: Worker image of the distributed stages' jobs.
         launcher: How heavy stages run: local (torchrun in the step's pod), pytorchjob, trainjob.
         extra_config: JSON or YAML mapping of any other kshot config keys (see `kshot config`).
@@ -164,6 +168,8 @@ def kshot_nas(
             "ground_truth": ground_truth,
             "workers": workers,
             "gpus_per_worker": gpus_per_worker,
+            "queue_name": queue_name,
+            "priority_class": priority_class,
             "image": image,
             "launcher": launcher,
             "extra_config": extra_config,

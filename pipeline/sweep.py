@@ -23,6 +23,7 @@ from kshot.components import stages
 from kshot.components.runtime import job_image
 from kshot.config import Config
 from kshot.launch import BACKENDS
+from kshot.pipeline import SWEEP_PIPELINE_NAME
 from kshot.pipeline.pipeline import (
     DEFAULT_STEP_CPU,
     DEFAULT_STEP_MEMORY,
@@ -33,7 +34,6 @@ from kshot.pipeline.platform import Placement, heavy, light
 
 __all__ = ["kshot_k_sweep", "SWEEP_PIPELINE_NAME", "DEFAULT_K_VALUES", "K_PARALLELISM"]
 
-SWEEP_PIPELINE_NAME = "kshot-nas-k-sweep"
 # Powers of two up to the paper's K = 8, the K of its Tables 7 and 9.
 DEFAULT_K_VALUES: list[int] = [1, 2, 4, 8]
 # How many K train at once (dsl.ParallelFor's parallelism, a compile-time constant).
@@ -61,6 +61,8 @@ def kshot_k_sweep(
     ground_truth: str = _DEFAULTS.ground_truth,
     workers: int = _DEFAULTS.workers,
     gpus_per_worker: int = _DEFAULTS.gpus_per_worker,
+    queue_name: str = _DEFAULTS.queue_name,
+    priority_class: str = _DEFAULTS.priority_class,
     image: str = _IMAGE,
     launcher: str = _LAUNCHER,
     extra_config: str = "",
@@ -91,6 +93,8 @@ def kshot_k_sweep(
         ground_truth: Ground-truth CSV URI for the ranking; empty: train a sample from scratch.
         workers: Processes or pods of each distributed stage.
         gpus_per_worker: GPUs per worker pod (0: CPU).
+        queue_name: Kueue LocalQueue of the jobs (empty: not queued).
+        priority_class: Kueue WorkloadPriorityClass of the jobs (needs queue_name).
         image: Worker image of the distributed stages' jobs.
         launcher: How heavy stages run: local (torchrun in the step's pod), pytorchjob, trainjob.
         extra_config: JSON or YAML mapping of any other kshot config keys (see `kshot config`).
@@ -115,6 +119,8 @@ def kshot_k_sweep(
         "ground_truth": ground_truth,
         "workers": workers,
         "gpus_per_worker": gpus_per_worker,
+        "queue_name": queue_name,
+        "priority_class": priority_class,
         "image": image,
         "launcher": launcher,
         "extra_config": extra_config,

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Compile the K-shot NAS pipeline once and submit one Kubeflow Pipelines run per K.
+# Rerun an uploaded K-shot NAS pipeline version: one Kubeflow Pipelines run per K.
 #
 #   scripts/submit_reruns.sh K_VALUES [kshot pipeline run options …]
 #
-# K_VALUES is one K or a comma-separated list ("8" or "1,2,4,8"). The host comes from $KFP_HOST,
-# the bearer token from $KFP_TOKEN: in the rerun workflow a short-lived token minted through
-# Workload Identity Federation, or the repository secret of that name where none is set up.
-# $KSHOT_STEP_IMAGE / $KSHOT_JOB_IMAGE (or $KSHOT_IMAGE for both) name the images compiled in.
-# Extra arguments go to every `kshot pipeline run` (e.g. --experiment NAME, --set epochs=50).
+# K_VALUES is one K or a comma-separated list ("8" or "1,2,4,8"). The pipeline is $PIPELINE, its
+# name or id as `kshot pipeline upload` printed it, and the version $PIPELINE_VERSION, a name or
+# an id (empty: the newest); nothing is compiled here, so the run uses the images that pipeline was
+# compiled with. The host comes from $KFP_HOST, the bearer token from $KFP_TOKEN: in the rerun
+# workflow a short-lived token minted through Workload Identity Federation, or the repository
+# secret of that name where none is set up. Extra arguments go to every `kshot pipeline run`
+# (e.g. --experiment NAME, --set epochs=50, --set dataset=gs://BUCKET/cifar10).
 set -euo pipefail
 
 if [[ $# -lt 1 ]]; then
@@ -17,6 +19,7 @@ fi
 k_list="${1//[[:space:]]/}"
 shift
 : "${KFP_HOST:?set KFP_HOST to the Kubeflow Pipelines endpoint}"
+: "${PIPELINE:?set PIPELINE to the uploaded pipeline (its name or id)}"
 python="${PYTHON:-python}"
 
 IFS=',' read -r -a k_values <<< "$k_list"
@@ -31,14 +34,27 @@ for k in "${k_values[@]}"; do
   fi
 done
 
-scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
-package="$scratch/pipeline.yaml"
-"$python" -m kshot.cli pipeline compile --output "$package"
+# Kubeflow Pipelines ids are UUIDs; anything else is a name.
+uuid='^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'
+if [[ "$PIPELINE" =~ $uuid ]]; then
+  source=(--pipeline-id "$PIPELINE")
+  label="kshot"
+else
+  source=(--name "$PIPELINE")
+  label="$PIPELINE"
+fi
+version="${PIPELINE_VERSION:-}"
+if [[ -z "$version" ]]; then
+  :
+elif [[ "$version" =~ $uuid ]]; then
+  source+=(--version-id "$version")
+else
+  source+=(--version "$version")
+fi
 
 revision="${GITHUB_SHA:-local}"
 for k in "${k_values[@]}"; do
   KF_PIPELINES_TOKEN="${KFP_TOKEN:-}" "$python" -m kshot.cli pipeline run \
-    --host "$KFP_HOST" --package "$package" --run-name "kshot-nas-k${k}-${revision:0:7}" \
+    --host "$KFP_HOST" "${source[@]}" --run-name "${label}-k${k}-${revision:0:7}" \
     --set "k=${k}" "$@"
 done

@@ -127,3 +127,21 @@ def digits_data(tiny_cfg, digits_split):
     from kshot.stages.common import load_train_data
 
     return load_train_data(tiny_cfg, digits_split)
+
+
+def fake_run(arm: str, seed: int, tau: float, k: int = 8, **extra: object) -> dict:
+    """A ranking experiment run's record with every correlation at ``tau`` (for summaries and
+    plots); ``extra`` adds or replaces fields, e.g. ``lam`` or ``baselines``."""
+    return {
+        "arm": arm,
+        "seed": seed,
+        "k": k,
+        "kendall_tau_a": tau,
+        "kendall_tau_b": tau,
+        "spearman_rho": tau,
+        "pearson_r": tau,
+        "top_group_tau": {"10": tau},
+        "lam": {"tv": 0.2, "max": 0.2, "cosine": 0.9},
+        "lam_near_uniform": False,
+        **extra,
+    }

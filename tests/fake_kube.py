@@ -62,8 +62,18 @@ TRAINER_RUNTIMES = {
 }
 _GROUPS = {"kubeflow.org": "pytorchjobs", "trainer.kubeflow.org": "trainjobs"}
 # What a scenario step may be; the job and its pods at that step. "restarted": running again in a
-# master pod that the operator recreated under the same name (restartPolicy ExitCode).
-STEPS = ("created", "running", "restarted", "succeeded", "failed", "unschedulable", "sigterm")
+# master pod that the operator recreated under the same name (restartPolicy ExitCode); "queued":
+# suspended, without pods, as Kueue holds a job until its queue admits it.
+STEPS = (
+    "created",
+    "queued",
+    "running",
+    "restarted",
+    "succeeded",
+    "failed",
+    "unschedulable",
+    "sigterm",
+)
 # The requests that ``errors`` can fail; 0 as a status hangs up without an answer.
 FAULTY_REQUESTS = ("create", "get", "delete", "pods")
 HANG_UP = 0
@@ -362,7 +372,7 @@ class FakeKube:
                 return 404, _status(404, "NotFound", f"{route['plural']} {key[2]} not found")
             if job.step == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
-            return 200, {**job.body, "status": {"conditions": _conditions(job)}}
+            return 200, {**_as_now(job), "status": {"conditions": _conditions(job)}}
         return 405, _status(405, "MethodNotAllowed", method)
 
     def _live_jobs(self, namespace: str) -> list[_Job]:
@@ -411,10 +421,23 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
+def _as_now(job: _Job) -> dict[str, Any]:
+    """The job's object at its step: a queued one is suspended, as Kueue's webhook leaves it."""
+    body = copy.deepcopy(job.body)
+    if job.step == "queued":
+        spec = body["spec"]
+        (spec.setdefault("runPolicy", {}) if body["kind"] == "PyTorchJob" else spec)["suspend"] = (
+            True
+        )
+    return body
+
+
 def _conditions(job: _Job) -> list[dict[str, str]]:
     kind = job.body["kind"]
     done = {"PyTorchJob": "Succeeded", "TrainJob": "Complete"}[kind]
     conditions = [{"type": "Created", "status": "True", "reason": "Created", "message": ""}]
+    if job.step == "queued":
+        conditions.append({"type": "Suspended", "status": "True", "reason": "Suspended"})
     if job.step in ("running", "restarted", "sigterm", "succeeded", "failed"):
         conditions.append({"type": "Running", "status": "True", "reason": "Running"})
     if job.step == "succeeded":
@@ -435,6 +458,8 @@ def _pods(job: _Job, master_log: str) -> list[dict[str, Any]]:
     """The job's pods at its current step, labelled as the real operators label them."""
     body = job.body
     name = body["metadata"]["name"]
+    if job.step == "queued":
+        return []
     if body["kind"] == "PyTorchJob":
         replicas = body["spec"]["pytorchReplicaSpecs"]
         members = [("master", 0, "pytorch")] + [

@@ -100,6 +100,8 @@ class RecordingKfpServer:
         if request.method == "GET" and route[1].startswith("/pipelines/"):
             pipeline_id = route[1].split("/")[2]
             versions = sorted(self.versions.get(pipeline_id, []), key=lambda v: v["created_at"])
+            if "filter" in query:
+                versions = [v for v in versions if v["display_name"] == _filter_name(query)]
             return 200, {"pipeline_versions": versions[::-1][: int(query.get("page_size", 10))]}
         if route == ("GET", "/experiments"):
             wanted = _filter_name(query)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
+import kshot
 from kshot.cli import build_parser, main
 from kshot.config import Config, ConfigError, load_config
 
@@ -102,3 +105,76 @@ def test_a_missing_input_is_named_before_any_work(tmp_path, capsys) -> None:
     split = str(tmp_path / "split.json")
     assert f"stage 'train', input artifact split={split!r}: {split} does not exist" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_shipped_config_is_named_without_a_path(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--config digits-tiny`` reads the packaged file from any working directory (a pod's is
+    not a clone), as ``digits-tiny.yaml`` and the file's own path do."""
+    from kshot.config import shipped_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert {"digits-tiny", "ranking-cpu-proxy", "mbv2-imagenet", "mbv2-imagenet-343m"} <= set(
+        shipped_configs()
+    )
+    packaged = load_config(str(Path(kshot.__file__).parent / "configs" / "digits-tiny.yaml"))
+    assert packaged != Config()  # the file sets keys, so reading it is seen
+    for value in ("digits-tiny", "digits-tiny.yaml"):
+        assert main(["config", "--config", value]) == 0
+        assert capsys.readouterr().out == yaml.safe_dump(packaged.to_dict(), sort_keys=False)
+    # a local file of that name is the user's, and wins
+    (tmp_path / "digits-tiny.yaml").write_text("k: 3\n")
+    assert load_config("digits-tiny.yaml").k == 3
+    assert load_config("digits-tiny").k == packaged.k != 3
+
+
+@pytest.mark.parametrize(
+    "value,hint",
+    [("digits-small", ""), ("kshot/configs/digits-tiny.yaml", " (did you mean 'digits-tiny'?)")],
+)
+def test_an_unknown_config_name_is_refused_naming_the_shipped_ones(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value, hint
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no clone here: the relative path does not exist
+    assert main(["stage", "split", "--config", value, "--output", "split=s.json"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"config file {value!r} from --config not found, and it is not the name of a shipped "
+        f"config{hint}; shipped: digits-tiny, mbv2-imagenet, " in err
+    )
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"kshot {importlib.metadata.version('kshot-nas')}\n"
+
+
+_RENDER = [
+    *("launch", "render", "--stage", "train", "--image", "ghcr.io/acme/kshot:1"),
+    *("--input", "split=gs://b/split.json", "--input", "checkpoint=gs://b/warm"),
+    *("--output", "checkpoint=gs://b/train", "--no-launch-defaults"),
+]
+
+
+@pytest.mark.parametrize(
+    "argv", [["config", "--help-keys"], ["config"], ["--help"], _RENDER], ids=" ".join
+)
+def test_a_closed_pipe_ends_the_command_quietly(argv: list[str]) -> None:
+    """`kshot config --help-keys | head`: the reader went away before kshot wrote a byte."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "kshot.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    command.stdout.close()  # before the interpreter has even started: every write meets it
+    error = command.stderr.read().decode()
+    status = command.wait(timeout=120)
+    command.stderr.close()
+    assert error == ""
+    assert status in (0, 128 + 13)  # --help exits through argparse; a command as SIGPIPE would

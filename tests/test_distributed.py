@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -91,6 +92,47 @@ def test_gradients_are_averaged_only_where_they_exist(tmp_path):
         "kd.shutdown()\n"
     )
     _torchrun_two(script)
+
+
+def test_no_rank_leaves_the_group_before_its_peers_and_in_flight_work_outlives_it(tmp_path):
+    """``shutdown`` on a real 2-rank gloo group: rank 0 returns only once rank 1 (busy 2 s longer)
+    has reached it too, and the barrier's work object, which holds the collectives still in
+    flight, is released only after the group is destroyed. Torch before 2.8 destroys a gloo group
+    holding the GIL: a worker thread left to drop those tensors then waits for it forever (the
+    hang of pytorch/pytorch#154976, 1 run in 3 on torch 2.5.1 without this order)."""
+    script = tmp_path / "shutdown.py"
+    script.write_text(
+        "import json, sys, time\n"
+        "import torch.distributed as dist\n"
+        "from kshot import distributed as kd\n"
+        "kd.init_from_env('cpu')\n"
+        "r = kd.rank()\n"
+        "events = []\n"
+        "barrier, destroy = dist.barrier, dist.destroy_process_group\n"
+        "class Watched:\n"
+        "    def __init__(self, work):\n"
+        "        self.work = work\n"
+        "    def wait(self):\n"
+        "        return self.work.wait()\n"
+        "    def __del__(self):\n"
+        "        events.append('released')\n"
+        "dist.barrier = lambda *a, **k: events.append('barrier') or Watched(barrier(*a, **k))\n"
+        "dist.destroy_process_group = lambda *a, **k: events.append('destroy') or destroy(*a, **k)\n"
+        "assert kd.gather_lists([r]) == [0, 1]\n"
+        "if r == 1:\n"
+        "    time.sleep(2)\n"
+        "entered = time.time()\n"
+        "kd.shutdown()\n"
+        "left = time.time()\n"
+        "assert not dist.is_initialized()\n"
+        "assert events == ['barrier', 'destroy', 'released'], events\n"
+        f"open(f'{tmp_path}/rank{{r}}.json', 'w').write(json.dumps([entered, left]))\n"
+    )
+    _torchrun_two(script)
+    (_, left_0), (entered_1, _) = (
+        json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)
+    )
+    assert left_0 >= entered_1
 
 
 @pytest.mark.numerics

@@ -14,23 +14,28 @@ from scipy import stats
 
 from kshot import report as plots
 from kshot.cli import main
+from kshot.config import ConfigError
+from kshot.eval.baselines import BASELINES, baseline_counts, baseline_metrics
 from kshot.eval.experiment import (
     MIN_SEEDS,
-    choose_simplex_lr,
+    choose_simplex_setting,
     describe_codes,
     interval,
     paired_comparison,
+    pilot_variants,
     summarise_runs,
     verdict,
 )
 from kshot.eval.ranking import ranking_metrics
 from kshot.nn.simplex import code_statistics
+from kshot.spaces import Space
 from kshot.train.checkpoint import load_latest
-from tests.conftest import shared_data
+from tests.conftest import fake_run, shared_data
 from tests.test_local_run import assert_ranking_recomputes
 from tests.test_report import pixels
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "ranking_cpu_proxy"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "docs" / "results"
+RESULTS = RESULTS_DIR / "ranking_cpu_proxy"
 
 
 def test_interval_is_the_t_interval_with_ddof_1():
@@ -87,9 +92,33 @@ def test_pilot_rule_reads_only_the_simplex_loss_and_the_spread_of_codes():
         "0.01": {"simplex_loss": 1.95, "lam_tv": 0.15},
         "0.1": {"simplex_loss": 2.10, "lam_tv": 0.40},
     }
-    assert choose_simplex_lr(pilot) == "0.01"
+    assert choose_simplex_setting(pilot) == "0.01"
     uniform = {lr: {**row, "lam_tv": 0.01 * i} for i, (lr, row) in enumerate(pilot.items())}
-    assert choose_simplex_lr(uniform) == "0.1"  # none spreads: the largest spread
+    assert choose_simplex_setting(uniform) == "0.1"  # none spreads: the largest spread
+    # codes that tell paths apart come first, even at a higher loss
+    specific = {
+        "base": {"simplex_loss": 1.95, "lam_tv": 0.5, "lam_pairwise_tv": 0.02},
+        "m=2": {"simplex_loss": 2.00, "lam_tv": 0.3, "lam_pairwise_tv": 0.25},
+        "simplex_hidden=256": {"simplex_loss": 2.05, "lam_tv": 0.3, "lam_pairwise_tv": 0.3},
+        "simplex_lr=0.001": {"simplex_loss": 1.80, "lam_tv": 0.05, "lam_pairwise_tv": 0.2},
+    }
+    assert choose_simplex_setting(specific) == "m=2"
+    specific["m=2"]["lam_pairwise_tv"] = 0.05
+    assert choose_simplex_setting(specific) == "simplex_hidden=256"
+    specific["simplex_hidden=256"]["lam_pairwise_tv"] = 0.05
+    assert choose_simplex_setting(specific) == "base"  # none path-specific: the old rule
+
+
+def test_pilot_variants_change_one_key_at_a_time_and_check_it(tiny_cfg):
+    variants = pilot_variants(tiny_cfg, [("simplex_hidden", ["16", 64, 256]), ("m", ["2"])])
+    assert tiny_cfg.simplex_hidden == 64  # so 64 is the base, tried once
+    assert list(variants) == ["base", "simplex_hidden=16", "simplex_hidden=256", "m=2"]
+    assert variants["simplex_hidden=16"] == tiny_cfg.replace(simplex_hidden=16)
+    assert variants["m=2"] == tiny_cfg.replace(m=2)
+    with pytest.raises(ConfigError, match="--vary simplex_hidden=0: .*simplex_hidden"):
+        pilot_variants(tiny_cfg, [("simplex_hidden", ["0"])])
+    with pytest.raises(ConfigError, match="--vary hidden=8: unknown config key 'hidden'"):
+        pilot_variants(tiny_cfg, [("hidden", ["8"])])
 
 
 def test_the_report_says_in_words_when_codes_stayed_near_uniform():
@@ -106,14 +135,36 @@ def test_the_report_says_in_words_when_codes_stayed_near_uniform():
     assert "no code" in describe_codes([{"k": 1}])
 
 
-def _recompute(record: dict, rows: list[dict[str, str]]) -> None:
-    """A run's record holds exactly the metrics of its per-path scores."""
+def _space_of_report(config: dict) -> Space:
+    """The NAS-Bench-201 space at a CIFAR-10 ranking config's network shape and resolution."""
+    shape = {"C": config["channels"], "N": config["cells"], "num_classes": 10, "in_channels": 3}
+    return Space("nb201", shape, resolution=config["resolution"])
+
+
+def _recompute(record: dict, rows: list[dict[str, str]], space: Space | None = None) -> None:
+    """A run's record holds exactly the metrics of its per-path scores, and its baselines those of
+    the paths' exact sizes in ``space`` (the table's own ``params_m`` / ``flops_m`` where it has
+    them, which must be those sizes)."""
     truth = [float(r["ground_truth"]) for r in rows]
     scores = [float(r["supernet_accuracy"]) for r in rows]
-    metrics = ranking_metrics(truth, scores, [int(n) for n in record["top_group_tau"]])
+    top_n = [int(n) for n in record["top_group_tau"]]
+    metrics = ranking_metrics(truth, scores, top_n)
     for key in ("n_paths", "kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
         assert record[key] == pytest.approx(metrics[key], abs=1e-12), key
     assert record["top_group_tau"] == pytest.approx(metrics["top_group_tau"], nan_ok=True)
+    if space is not None:
+        counts = baseline_counts(space, [r["arch"] for r in rows])
+        if "params_m" in rows[0]:
+            for name in BASELINES:
+                listed = [float(r[f"{name}_m"]) for r in rows]
+                assert listed == pytest.approx(counts[name], rel=1e-12), name
+        expected = baseline_metrics(truth, counts, top_n)
+        for name in BASELINES:
+            got = record["baselines"][name]
+            for key in ("n_paths", "kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
+                assert got[key] == pytest.approx(expected[name][key], abs=1e-12), (name, key)
+            top = expected[name]["top_group_tau"]
+            assert got["top_group_tau"] == pytest.approx(top, nan_ok=True), name
     lams = np.array([[float(r[f"lam_{i}"]) for i in range(record["k"])] for r in rows])
     codes = code_statistics(lams)
     assert record["lam"] == pytest.approx(codes["mean"], abs=1e-6)
@@ -122,25 +173,59 @@ def _recompute(record: dict, rows: list[dict[str, str]]) -> None:
     assert record["path_set_sha256"] == hashlib.sha256(archs.encode()).hexdigest()
 
 
+def _sizes(space: Space):
+    return lambda arch: (space.params(arch), space.flops(arch))
+
+
 def _csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
 
 
-def test_the_committed_runs_recompute_from_their_scores():
-    """docs/results/ranking_cpu_proxy: every run's metrics from its own per-path scores, every arm
-    of a seed on the same paths, and the report's summary that of these runs."""
-    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("seed*-*.json"))]
-    assert records, f"no run in {RESULTS}"
+@pytest.mark.parametrize("name", sorted(p.stem for p in RESULTS_DIR.glob("ranking_cpu*.json")))
+def test_the_committed_runs_recompute_from_their_scores(name):
+    """docs/results/<name>: every run's metrics and its baselines' from its own per-path scores,
+    every arm of a seed on the same paths, and the report's summary that of these runs."""
+    results = RESULTS_DIR / name
+    report = json.loads(results.with_suffix(".json").read_text())
+    records = [json.loads(p.read_text()) for p in sorted(results.glob("seed*-*.json"))]
+    assert records, f"no run in {results}"
+    space = _space_of_report(report["config"])
     for record in records:
-        _recompute(record, _csv(RESULTS / f"seed{record['seed']}-{record['arm']}.csv"))
+        _recompute(record, _csv(results / f"seed{record['seed']}-{record['arm']}.csv"), space)
     for seed in {r["seed"] for r in records}:
         assert len({r["path_set_sha256"] for r in records if r["seed"] == seed}) == 1
-    report = json.loads(RESULTS.with_suffix(".json").read_text())
     by_key = {(r["arm"], r["seed"]): r for r in records}
     assert {(r["arm"], r["seed"]) for r in report["runs"]} == set(by_key)
     ordered = [by_key[(r["arm"], r["seed"])] for r in report["runs"]]
     assert json.loads(json.dumps(summarise_runs(ordered))) == report["summary"]
+
+
+def test_the_summary_sets_the_arms_beside_the_baselines_of_their_paths():
+    """Each seed's baselines are counted once (its arms rank the same paths) and compared paired
+    with the arms: C − counting parameters is a secondary reading, never a verdict."""
+
+    def run(arm: str, seed: int, tau: float, params_tau: float) -> dict:
+        sizes = {"kendall_tau_a": params_tau, "kendall_tau_b": params_tau, "spearman_rho": 0.7}
+        base = {**sizes, "pearson_r": 0.3, "top_group_tau": {"5": 0.4}}
+        lam = {"tv": 0.3, "max": 0.4, "cosine": 0.5}
+        flops = {**base, "kendall_tau_a": params_tau - 0.1}
+        return fake_run(arm, seed, tau, lam=lam, baselines={"params": base, "flops": flops})
+
+    runs = [
+        run(arm, s, tau + s / 100, 0.5 + s / 50)
+        for s in range(3)
+        for arm, tau in (("A", 0.3), ("C", 0.4))
+    ]
+    summary = summarise_runs(runs)
+    sizes = summary["baselines"]["params"]
+    assert sizes["seeds"] == [0, 1, 2]
+    assert sizes["kendall_tau_a"]["mean"] == pytest.approx(0.52)
+    assert summary["baselines"]["flops"]["kendall_tau_a"]["mean"] == pytest.approx(0.42)
+    (c_vs_params,) = [c for c in summary["comparisons"] if c["arms"] == ["C", "params"]]
+    assert c_vs_params["deltas"] == pytest.approx([0.4 + s / 100 - 0.5 - s / 50 for s in range(3)])
+    assert set(summary["verdicts"]) == {"C vs A"}  # C vs B: no B; the baselines give no verdict
+    assert "params" not in summary["arms"]
 
 
 @pytest.mark.slow
@@ -196,8 +281,9 @@ def test_ranking_experiment_runs_paired_arms_and_reports_them(tmp_path):
         record = json.loads((results / f"seed{run['seed']}-{run['arm']}.json").read_text())
         assert {k: v for k, v in record.items() if k != "curves"} == run
         csv_path = results / f"seed{run['seed']}-{run['arm']}.csv"
-        rows = assert_ranking_recomputes(run, csv_path, table, run["k"])
-        _recompute(record, rows)
+        space = _space_of_report(report["config"])
+        rows = assert_ranking_recomputes(run, csv_path, table, run["k"], _sizes(space))
+        _recompute(record, rows, space)
         rows_of[(run["seed"], run["arm"])] = rows
     # paired: every arm of a seed ranks the same paths, another seed other paths
     for seed in (0, 1):

@@ -951,6 +951,7 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
         "checkpoint=gs://b/warm",
         "--output",
         "checkpoint=gs://b/train",
+        "--no-launch-defaults",
     ]
     assert main(argv) == 0
     printed = _yaml.safe_load(capsys.readouterr().out)
@@ -966,6 +967,8 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
         gpus_per_worker=8,
         image="ghcr.io/acme/kshot:1.0",
         namespace="team-a",
+        cpu=load_config({}).job_cpu,
+        memory=load_config({}).job_memory,
     )
     assert printed == render_job(spec, "pytorchjob")
     assert printed["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
@@ -973,12 +976,117 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
     assert main([*argv[:7], "0", *argv[8:]]) == 2
     assert "workers = 0" in capsys.readouterr().err
     # nothing renders that its pods could not run: a missing artifact, a local path
-    assert main(argv[:-2]) == 2
+    assert main([*argv[:-3], argv[-1]]) == 2
     assert "needs --output checkpoint=gs://BUCKET/" in capsys.readouterr().err
-    assert main([*argv[:-1], "checkpoint=runs/train"]) == 2
+    assert main([*argv[:-2], "checkpoint=runs/train", argv[-1]]) == 2
     assert "--output checkpoint='runs/train': the job's pods cannot see a local path" in (
         capsys.readouterr().err
     )
+
+
+def _render_args(namespace: str) -> list[str]:
+    return [
+        *("launch", "render", "--stage", "train", "--image", "ghcr.io/acme/kshot:1.0"),
+        *("--namespace", namespace, "--input", "split=gs://b/split.json"),
+        *("--input", "checkpoint=gs://b/warm", "--output", "checkpoint=gs://b/train"),
+    ]
+
+
+def _kubeconfig(tmp_path: Path, server: str) -> Path:
+    path = tmp_path / "kubeconfig"
+    cluster = {"name": "fake", "cluster": {"server": server}}
+    context = {"name": "fake", "context": {"cluster": "fake", "user": "me"}}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "contexts": [context],
+                "current-context": "fake",
+                "users": [{"name": "me", "user": {"token": "t"}}],
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_launch_render_applies_the_launch_defaults_it_can_read(
+    start_fake, tmp_path, monkeypatch, capsys, backend
+) -> None:
+    from kshot.cli import main
+
+    limits = {"limits": {"memory": "32Gi"}}
+    defaults = {**GPU_OVERRIDES, "resources": limits, "imagePullSecrets": PULL_SECRETS}
+    fake = start_fake(
+        config_maps={
+            ("team-a", "kshot-launch-defaults"): {k: yaml.safe_dump(v) for k, v in defaults.items()}
+        }
+    )
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path, fake.host)))
+    argv = [*_render_args("team-a"), "--backend", backend]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    printed = yaml.safe_load(captured.out)
+    assert "applied the launch defaults of ConfigMap team-a/kshot-launch-defaults" in captured.err
+    assert main([*argv, "--no-launch-defaults"]) == 0
+    bare = yaml.safe_load(capsys.readouterr().out)
+    assert printed != bare
+    pod = (
+        printed["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        if backend == "pytorchjob"
+        else printed["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+            "replicatedJobs"
+        ][0]["template"]["spec"]["template"]["spec"]
+    )
+    assert pod["tolerations"] == GPU_OVERRIDES["tolerations"]
+    assert pod["serviceAccountName"] == "kshot-worker"
+    assert pod["imagePullSecrets"] == PULL_SECRETS
+    resources = (
+        pod["containers"][0]["resources"]
+        if backend == "pytorchjob"
+        else printed["spec"]["trainer"]["resourcesPerNode"]
+    )
+    assert resources == {"requests": {"cpu": "2", "memory": "8Gi"}, **limits}  # config's requests
+    validate_against_crd(printed)
+
+    # a namespace without the ConfigMap: rendered without it, and said so
+    assert main([*_render_args("team-b"), "--backend", backend]) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["metadata"]["namespace"] == "team-b"
+    assert "rendered without the launch defaults of ConfigMap team-b/kshot-launch-defaults" in (
+        captured.err
+    )
+    assert "is missing" in captured.err
+
+
+def test_launch_render_refuses_launch_defaults_a_launch_would_refuse(
+    start_fake, tmp_path, monkeypatch, capsys
+) -> None:
+    from kshot.cli import main
+
+    fake = start_fake(
+        config_maps={("team-a", "kshot-launch-defaults"): {"affinity": "nodeAffinity: {}"}}
+    )
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path, fake.host)))
+    assert main(_render_args("team-a")) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "ConfigMap team-a/kshot-launch-defaults: pod overrides affinity unknown" in captured.err
+
+
+def test_launch_render_without_a_cluster_says_it_rendered_without_the_defaults(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    from kshot.cli import main
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    assert main(_render_args("team-a")) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["kind"] == "PyTorchJob"
+    assert "rendered without the launch defaults" in captured.err
+    assert "no cluster credentials" in captured.err
 
 
 # The Trainer release, read from the cluster.
@@ -1053,7 +1161,7 @@ def test_launch_render_prints_the_trainjob_for_the_named_trainer(capsys, version
     argv = ["launch", "render", "--backend", "trainjob", "--trainer-version", version]
     argv += ["--stage", "train", "--image", "ghcr.io/acme/kshot:1.0", "--set", "k=4"]
     argv += ["--input", "split=gs://b/split.json", "--input", "checkpoint=gs://b/warm"]
-    argv += ["--output", "checkpoint=gs://b/train"]
+    argv += ["--output", "checkpoint=gs://b/train", "--no-launch-defaults"]
     assert main(argv) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     spec = LaunchSpec(
@@ -1062,6 +1170,132 @@ def test_launch_render_prints_the_trainjob_for_the_named_trainer(capsys, version
         inputs={"split": "gs://b/split.json", "checkpoint": "gs://b/warm"},
         outputs={"checkpoint": "gs://b/train"},
         image="ghcr.io/acme/kshot:1.0",
+        cpu="2",
+        memory="8Gi",
     )
     assert printed == render_job(spec, "trainjob", trainer_version=version)
     validate_against_crd(printed, version)
+
+
+# Scheduling: requests, the Kueue queue and priority.
+
+QUEUED = {"queue_name": "team-a-gpus", "priority_class": "high-priority"}
+
+
+def _pod_templates(job: dict[str, Any]) -> list[dict[str, Any]]:
+    if job["kind"] == "PyTorchJob":
+        return [r["template"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+    if "podTemplateOverrides" in job["spec"]:
+        return job["spec"]["podTemplateOverrides"]
+    (replicated,) = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+        "replicatedJobs"
+    ]
+    return [replicated["template"]["spec"]["template"]]
+
+
+@pytest.mark.parametrize(
+    ("backend", "version"), [("pytorchjob", "v2.3"), *(("trainjob", v) for v in TRAINER_VERSIONS)]
+)
+def test_launch_render_shows_the_requests_queue_and_priority(
+    capsys, backend: str, version: str
+) -> None:
+    from kshot.cli import main
+
+    argv = [*_render_args("team-a"), "--backend", backend, "--trainer-version", version]
+    argv += ["--no-launch-defaults", "--set", "job_cpu=6", "--set", "job_memory=24Gi"]
+    argv += ["--set", f"queue_name={QUEUED['queue_name']}"]
+    argv += ["--set", f"priority_class={QUEUED['priority_class']}"]
+    assert main(argv) == 0
+    job = yaml.safe_load(capsys.readouterr().out)
+    validate_against_crd(job, version)
+    labels = job["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
+    assert labels["kueue.x-k8s.io/priority-class"] == "high-priority"
+    for template in _pod_templates(job):  # Kueue admits the job, not its pods one by one
+        assert not any(key.startswith("kueue.x-k8s.io/") for key in template["metadata"]["labels"])
+    assert _requests(job) == {"cpu": "6", "memory": "24Gi"}
+
+    # not queued by default, but requesting CPU and memory all the same
+    argv = [*_render_args("team-a"), "--backend", backend, "--trainer-version", version]
+    assert main([*argv, "--no-launch-defaults"]) == 0
+    plain = yaml.safe_load(capsys.readouterr().out)
+    assert not any(key.startswith("kueue.x-k8s.io/") for key in plain["metadata"]["labels"])
+    assert _requests(plain) == {"cpu": "2", "memory": "8Gi"}  # the config's defaults
+
+
+def _requests(job: dict[str, Any]) -> dict[str, str]:
+    """What every pod of the job requests (they all request the same)."""
+    if job["kind"] == "TrainJob":
+        return job["spec"]["trainer"]["resourcesPerNode"]["requests"]
+    (requests, *others) = [
+        replica["template"]["spec"]["containers"][0]["resources"]["requests"]
+        for replica in job["spec"]["pytorchReplicaSpecs"].values()
+    ]
+    assert all(other == requests for other in others)
+    return requests
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("job_cpu=lots", "config key 'job_cpu' from --set: 'lots' is not a positive Kubernetes"),
+        ("job_memory=0", "config key 'job_memory' from --set: '0' is not a positive"),
+        ("queue_name=Team_GPUs", "config key 'queue_name' from --set: 'Team_GPUs' is not a name"),
+        ("priority_class=high", "'priority_class' from --set: 'high' orders jobs in a Kueue queue"),
+    ],
+)
+def test_bad_scheduling_keys_are_named_with_their_source(
+    capsys, setting: str, message: str
+) -> None:
+    from kshot.cli import main
+
+    argv = [*_render_args("team-a"), "--no-launch-defaults", "--set", setting]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_queued_job_is_waited_for_beyond_the_scheduling_timeout(start_fake, backend) -> None:
+    """Kueue holds a job suspended, without pods, until its queue admits it: that is no stuck
+    job; the pods' start is timed from the admission."""
+    queued = ["created", *["queued"] * 8, "running", "succeeded"]
+    fake = start_fake(scenario=queued)
+    spec = make_spec(**QUEUED)
+    job, lines = launch(fake, spec, backend, poll_s=0.02, schedule_timeout_s=0.05)
+    assert any("is suspended: waiting for its queue to admit it" in line for line in lines)
+    assert any(line.endswith("was admitted") for line in lines)
+    assert fake.deleted(job["metadata"]["name"])
+    (body,) = fake.created_bodies()
+    assert body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == QUEUED["queue_name"]
+
+    # without a queue, a job that never gets pods is still reported after the scheduling timeout
+    stuck = start_fake(scenario=["created"])
+    with pytest.raises(LaunchError, match="never started"):
+        launch(stuck, make_spec(), backend, poll_s=0.02, schedule_timeout_s=0.05)
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"requests": {"cpu": "3"}}, "resources.requests.cpu = '3' of the pod overrides"),
+        ({"limits": {"memory": "4Gi"}}, "resources.limits.memory = '4Gi' of the pod overrides"),
+    ],
+)
+def test_overrides_that_contradict_the_configs_requests_are_refused(
+    start_fake, resources: dict[str, Any], message: str
+) -> None:
+    fake = start_fake(
+        config_maps={
+            ("kubeflow-user", "kshot-launch-defaults"): {"resources": yaml.safe_dump(resources)}
+        }
+    )
+    spec = make_spec(cpu="2", memory="8Gi")
+    with pytest.raises(LaunchError, match=re.escape(message)):
+        launch(fake, spec, "pytorchjob", launch_defaults="kshot-launch-defaults")
+    assert fake.jobs == {}
+    # the same amounts agree: the job is created
+    agreeing = {"requests": {"cpu": "2"}, "limits": {"memory": "8Gi"}}
+    job = render_pytorchjob(spec, pod_overrides={"resources": agreeing})
+    (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}

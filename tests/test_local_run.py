@@ -21,10 +21,12 @@ from kshot.cli import main
 from kshot.config import load_config
 from kshot.data.datasets import load_dataset
 from kshot.data.transforms import normalize
+from kshot.eval.ground_truth import write_ground_truth_csv
+from kshot.eval.standalone_rank import TEST_IMAGES_COLUMN, best_standalone_rank
 from kshot.export import load_model
 from kshot.nn.simplex import code_statistics
 from kshot.pipeline.local_run import DEFAULT_CONFIG, pipeline_arguments, publish, summary_lines
-from kshot.spaces import mbv2, nb201
+from kshot.spaces import Space, mbv2, nb201
 from kshot.stages.rank import SCORE_COLUMNS
 from tests.conftest import MBV2_TINY
 from tests.object_stores import Remote
@@ -77,10 +79,16 @@ def _tau_a(truth: list[float], scores: list[float]) -> float:
 
 
 def assert_ranking_recomputes(
-    ranking: Mapping[str, Any], scores_csv: Path, truth: Mapping[str, float], k: int
+    ranking: Mapping[str, Any],
+    scores_csv: Path,
+    truth: Mapping[str, float],
+    k: int,
+    sizes: Callable[[str], tuple[float, float]] | None = None,
 ) -> list[dict[str, str]]:
     """``ranking``'s τ, ρ, r and top-group τ are those of the scores table it came with, whose
-    ground truth is ``truth``'s for every path and whose λ of every path is a point of K's simplex.
+    ground truth is ``truth``'s for every path and whose λ of every path is a point of K's simplex;
+    so are the zero-cost baselines' (ranking by the table's parameter count and FLOPs), whose counts
+    are ``sizes(arch)`` = (millions of parameters, MFLOPs) where given.
 
     Returns:
         The table's rows.
@@ -101,6 +109,19 @@ def assert_ranking_recomputes(
     assert ranking["pearson_r"] == pytest.approx(stats.pearsonr(true, score).statistic)
     for n, tau in ranking["top_group_tau"].items():
         assert tau == pytest.approx(_top_group_tau(true, score, int(n)), nan_ok=True), n
+    for name in ("params", "flops"):
+        count = [float(row[f"{name}_m"]) for row in rows]
+        baseline = ranking["baselines"][name]
+        assert baseline["kendall_tau_a"] == pytest.approx(_tau_a(true, count)), name
+        assert baseline["kendall_tau_b"] == pytest.approx(stats.kendalltau(true, count).statistic)
+        assert baseline["spearman_rho"] == pytest.approx(stats.spearmanr(true, count).statistic)
+        assert baseline["pearson_r"] == pytest.approx(stats.pearsonr(true, count).statistic)
+        for n, tau in baseline["top_group_tau"].items():
+            assert tau == pytest.approx(_top_group_tau(true, count, int(n)), nan_ok=True), n
+    if sizes is not None:
+        for row in rows:
+            counted = (float(row["params_m"]), float(row["flops_m"]))
+            assert counted == pytest.approx(sizes(row["arch"]), rel=1e-12), row["arch"]
     stats_of = code_statistics(lams)["per_path"]
     for name in ("max", "sq_norm", "entropy", "tv"):
         recorded = [float(row[f"lam_{name}"]) for row in rows]
@@ -242,15 +263,37 @@ def test_the_local_run_completes_and_reports(
         name: ranking[name] for name in correlations
     }
     assert summary["top_group_tau"] == ranking["top_group_tau"]
-    rows = assert_ranking_recomputes(ranking, run / "rank" / "scores", truth, k=2)
+
+    def sizes(arch: str) -> tuple[float, float]:
+        return nb201.params(arch, **digits_shape), nb201.flops(arch, **digits_shape)
+
+    rows = assert_ranking_recomputes(ranking, run / "rank" / "scores", truth, 2, sizes)
     assert {row["arch"] for row in rows} == set(truth)
+    # beside them, the same paths ranked by counting parameters, and in words whether it is beaten
+    for name in correlations:
+        assert summary[f"params_{name}"] == ranking["baselines"]["params"][name]
+        assert summary[f"flops_{name}"] == ranking["baselines"]["flops"][name]
+    assert summary["against_baselines"].startswith("the supernet ranks ")
+    assert summary["against_baselines"] in printed
     # the retrained path (as many epochs as the sample: TINY) ranked among the sample's other
     # paths: 1 + those more accurate, out of them and it
     retrained = json.loads((run / "retrain" / "retrained").read_text())
     assert retrained["arch"] == summary["best_arch"]
     others = [acc for arch, acc in truth.items() if arch != summary["best_arch"]]
     better = sum(acc > retrained["test_accuracy"] for acc in others)
-    assert summary["best_standalone_rank"] == {"rank": 1 + better, "of": len(others) + 1}
+    rank = summary["best_standalone_rank"]
+    assert (rank["rank"], rank["of"]) == (1 + better, len(others) + 1)
+    # with what it means: the spread of those accuracies against the binomial noise of one
+    # measured on the split's test images (one epoch spreads the sample far beyond it)
+    split = json.loads((run / "split" / "split").read_text())
+    ranked = [retrained["test_accuracy"], *others]
+    assert rank["test_images"] == len(split["test"])
+    assert rank["spread_pp"] == pytest.approx(max(ranked) - min(ranked))
+    mean = np.mean(ranked) / 100
+    sd = 100 * math.sqrt(mean * (1 - mean) / len(split["test"]))
+    assert rank["binomial_sd_pp"] == pytest.approx(sd)
+    assert rank["within_noise"] is (rank["spread_pp"] <= rank["noise_range_pp"])
+    assert " ".join(rank["reading"].split()) in " ".join(printed.split())
     # the rank page draws that table: the scatter, Fig. 5's curve and the λ histograms
     labels = {
         "kendall_tau_a": "Kendall τ-a",
@@ -260,10 +303,20 @@ def test_the_local_run_completes_and_reports(
     }
     title = ", ".join(f"{label} = {ranking[name]:.3f}" for name, label in labels.items())
     columns = {name: [float(row[name]) for row in rows] for name in rows[0] if name != "arch"}
+    rankers = {
+        "supernet": ranking,
+        "counting parameters": ranking["baselines"]["params"],
+        "counting FLOPs": ranking["baselines"]["flops"],
+    }
+    bars = {
+        ranker: {label: metrics[name] for name, label in labels.items()}
+        for ranker, metrics in rankers.items()
+    }
     assert_page_shows(
         Path(reports["rank"]).read_text(),
         [
             report.scatter_plot(columns["ground_truth"], columns["supernet_accuracy"], title),
+            report.baseline_bars(bars),
             report.top_group_plot(ranking["top_group_tau"]),
             report.lambda_histogram(np.array([columns["lam_0"], columns["lam_1"]]).T),
         ],
@@ -271,7 +324,6 @@ def test_the_local_run_completes_and_reports(
     # retraining: one epoch on digits takes the best path well above chance (10 %; measured 40 %),
     # and the exported network is that one
     assert summary["retrained_test_accuracy"] > 25.0
-    split = json.loads((run / "split" / "split").read_text())
     digits = load_dataset("digits", "train")
     test = torch.as_tensor(split["test"])
     assert_exported_model_scores(
@@ -335,6 +387,38 @@ def test_the_local_run_searches_the_mbv2_space_on_class_folders(
     assert_best_path_in_budget(
         run, summary, lambda a: mbv2.flops(a, resolution=16, **shape), population=4
     )
+
+
+def test_the_console_says_when_the_stand_alone_sample_cannot_separate_its_paths(
+    tmp_path: Path,
+) -> None:
+    """The digits default's case: 12 paths spanning 0.89 pp on 449 test images and a pick 0.67 pp
+    below them (13 of 13), all within test-set noise; the rank is printed with that meaning."""
+    space = Space("nb201")
+    archs = [space.format(path) for path in space.distinct_sample(13, 0)]
+    sample = {arch: 97.33 + 0.0809 * i for i, arch in enumerate(archs[:12])}
+    table = str(tmp_path / "table.csv")
+    write_ground_truth_csv(table, sample, space=space, constants={TEST_IMAGES_COLUMN: 449})
+    cfg = load_config(DEFAULT_CONFIG)
+    rank = best_standalone_rank(cfg, archs[12], 96.66, table, space)
+    summary = {
+        "k": 8,
+        "best_arch": archs[12],
+        "best_supernet_accuracy": 96.66,
+        "best_flops": 0.45,
+        "retrained_test_accuracy": 96.66,
+        "best_standalone_rank": rank,
+        "n_paths": 12,
+        "ground_truth": "standalone stage (paths trained from scratch)",
+        "report": "runs/local/report/index.html",
+        "logs": "runs/local/logs",
+        "wall_time_s": 200.0,
+    }
+    printed = " ".join(" ".join(summary_lines(summary, "runs/local")).split())
+    assert "rank among the stand-alone sample: 13 of 13 the 13 accuracies span 1.56 pp" in printed
+    assert "this sample cannot separate its paths, so the rank is noise" in printed
+    assert "`kshot experiment ranking`" in printed and "docs/results/" in printed
+    assert " ".join(rank["reading"].split()) in printed
 
 
 def test_pipeline_arguments_put_other_keys_in_extra_config() -> None:
@@ -435,11 +519,19 @@ def test_the_k_sweep_runs_locally_and_plots_tau_against_k(
         for name in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
             assert metrics[f"{name}_k{k}"] == pytest.approx(ranking[name]), (name, k)
         points.append((k, ranking["kendall_tau_a"]))
-    assert len(metrics) == 8
+        for name in ("kendall_tau_a", "spearman_rho"):
+            sized = ranking["baselines"]["params"][name]
+            assert metrics[f"params_{name}_k{k}"] == pytest.approx(sized), (name, k)
+    assert len(metrics) == 2 * 12  # per K: 4 correlations, and 4 of each of the 2 baselines
     # the summary printed and written is that artifact's: τ-a, ρ, r of each K and the τ-against-K page
     assert summary["k_values"] == [1, 2]
     for row, (k, tau) in zip(summary["per_k"], points, strict=True):
         assert (row["k"], row["kendall_tau_a"]) == (k, tau)
         assert f"K = {k:>2}: τ-a {tau:.3f}" in printed
     assert Path(summary["reports"]["tau_vs_k"]).read_text() == page
-    assert_page_shows(page, [report.tau_vs_k_plot(points)])  # τ against K of these rankings
+    # τ against K of these rankings, beside ranking the same paths by parameters and by FLOPs
+    baselines = {
+        "counting parameters": ranking["baselines"]["params"]["kendall_tau_a"],
+        "counting FLOPs": ranking["baselines"]["flops"]["kendall_tau_a"],
+    }
+    assert_page_shows(page, [report.tau_vs_k_plot(points, baselines)])

@@ -15,11 +15,13 @@ import pytest
 import tomllib
 import yaml
 
+from kshot.config import Config
 from kshot.launch import kube
 from kshot.launch.kube import JOB_KINDS, LAUNCH_DEFAULTS_CONFIGMAP
 from kshot.launch.pytorchjob import STAGE_LABEL, render_pytorchjob, validate_pod_overrides
 from kshot.launch.spec import LaunchSpec
 from kshot.launch.trainjob import render_trainjob
+from tests.test_images import LOCK, instructions, pins
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -136,7 +138,9 @@ def test_the_role_is_bound_to_the_launcher_and_the_kfp_default_editor_not_the_wo
         "name": role["metadata"]["name"],
     }
     subjects = {(s["kind"], s["name"]) for s in binding["subjects"]}
-    assert subjects == {("ServiceAccount", "kshot-launcher"), ("ServiceAccount", "default-editor")}
+    # the step pods' accounts: kshot's own, a profile's runner, standalone KFP's runner
+    runners = ("kshot-launcher", "default-editor", "pipeline-runner")
+    assert subjects == {("ServiceAccount", name) for name in runners}
     assert len(by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding")) == 1
 
 
@@ -153,11 +157,13 @@ def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods(
     base = launch_defaults(MANIFESTS / "base")
     gpu = launch_defaults(MANIFESTS / "overlays" / "gpu")
     assert base["serviceAccountName"] == gpu["serviceAccountName"] == "kshot-worker"
-    assert set(base) == {"serviceAccountName", "resources"}
-    assert gpu["resources"] == base["resources"]
+    assert set(base) == {"serviceAccountName"}  # the config sets the CPU and memory requests
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     assert gpu["nodeSelector"]
-    spec = LaunchSpec("train", {}, workers=2, gpus_per_worker=8)
+    cfg = Config()
+    spec = LaunchSpec(
+        "train", {}, workers=2, gpus_per_worker=8, cpu=cfg.job_cpu, memory=cfg.job_memory
+    )
     job = render_pytorchjob(spec, pod_overrides=gpu)
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         pod = replica["template"]["spec"]
@@ -166,14 +172,15 @@ def test_the_gpu_overlay_puts_gpu_tolerations_and_node_selector_on_the_job_pods(
         assert pod["serviceAccountName"] == "kshot-worker"
         (container,) = pod["containers"]
         # CPU/memory requests keep the pods out of the BestEffort class, first to be evicted.
-        assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+        assert container["resources"]["requests"] == {"cpu": cfg.job_cpu, "memory": cfg.job_memory}
         assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
     trainjob = render_trainjob(spec, trainer_version="v2.1", pod_overrides=gpu)
     (override,) = trainjob["spec"]["podTemplateOverrides"]
     assert override["spec"]["tolerations"] == gpu["tolerations"]
-    assert (
-        trainjob["spec"]["trainer"]["resourcesPerNode"]["requests"] == gpu["resources"]["requests"]
-    )
+    assert trainjob["spec"]["trainer"]["resourcesPerNode"]["requests"] == {
+        "cpu": cfg.job_cpu,
+        "memory": cfg.job_memory,
+    }
 
 
 def test_job_pods_accept_connections_only_from_job_pods() -> None:
@@ -216,17 +223,6 @@ def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    return [
-        (line.split(None, 1)[0].upper(), line.split(None, 1)[1])
-        for line in lines
-        if line and not line.startswith("#")
-    ]
-
-
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_the_image_installs_this_project_as_a_non_root_user(dockerfile: Path) -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -265,60 +261,22 @@ def test_the_kfp_artifact_mount_points_belong_to_the_image_user(dockerfile: Path
     assert re.search(rf"chown {re.escape(user)} /gcs /minio /s3\b", runs)
 
 
-def test_the_gpu_image_is_an_official_pytorch_cuda_runtime() -> None:
-    (base,) = [
-        args
-        for instruction, args in instructions(ROOT / "images" / "Dockerfile")
-        if instruction == "FROM"
-    ]
-    assert re.fullmatch(r"pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\d+-runtime", base)
-
-
-LOCK = ROOT / "images" / "constraints.txt"
-
-
-def _pins(path: Path) -> dict[str, str]:
-    """Package (canonical name) → pinned version of a requirements / constraints file."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            requirement = Requirement(line)
-            (specifier,) = requirement.specifier
-            assert specifier.operator == "==", line
-            pins[canonicalize_name(requirement.name)] = specifier.version
-    return pins
-
-
 def test_the_lock_pins_every_dependency_within_the_pyproject_ranges() -> None:
     """images/constraints.txt is `uv pip compile`'s output (the command is its header); a
     dependency added or narrowed in pyproject.toml without compiling it again fails here."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    pins = _pins(LOCK)
+    locked = pins(LOCK)
     assert "uv pip compile pyproject.toml images/requirements.in" in LOCK.read_text()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for line in pyproject["project"]["dependencies"]:
         requirement = Requirement(line)
         name = canonicalize_name(requirement.name)
-        assert name in pins, f"{name} is not in {LOCK.name}"
-        assert requirement.specifier.contains(pins[name]), (line, pins[name])
-    for name, version in _pins(ROOT / "images" / "requirements.in").items():
-        assert pins[name] == version, name
-
-
-def test_the_lock_holds_the_gpu_base_images_torch() -> None:
-    (base,) = [
-        args
-        for instruction, args in instructions(ROOT / "images" / "Dockerfile")
-        if instruction == "FROM"
-    ]
-    torch_release = re.match(r"pytorch/pytorch:([\d.]+)-", base).group(1)
-    assert _pins(LOCK)["torch"] == torch_release
+        assert name in locked, f"{name} is not in {LOCK.name}"
+        assert requirement.specifier.contains(locked[name]), (line, locked[name])
+    for name, version in pins(ROOT / "images" / "requirements.in").items():
+        assert locked[name] == version, name
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

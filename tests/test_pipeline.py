@@ -18,7 +18,7 @@ from kfp.dsl.types.type_utils import InconsistentTypeException
 
 from kshot import storage
 from kshot.cli import main
-from kshot.components import stages
+from kshot.components import runtime, stages
 from kshot.components.runtime import (
     LAUNCHER_STEP_SIZE,
     NAMESPACE_ENV,
@@ -31,7 +31,7 @@ from kshot.components.runtime import (
     run_pipeline_stage,
     step_image,
 )
-from kshot.config import Config, ConfigError
+from kshot.config import Config, ConfigError, load_config
 from kshot.launch import LaunchError
 from kshot.pipeline.cli import compile_pipeline
 from kshot.pipeline.pipeline import DEFAULT_STEP_CPU, DEFAULT_STEP_MEMORY
@@ -41,12 +41,14 @@ from kshot.stages import HEAVY_STAGES, STAGES
 from tests.pod_security import read_only_root_violations, restricted_violations
 
 CONFIG_OUTPUT = {"producerTask": "configure", "outputParameterKey": "config"}
+STEP_IMAGE = "registry.example/kshot-cpu:1"
+JOB_IMAGE = "registry.example/kshot:1"
 
 
 def _compile(path: Path, sweep: bool) -> dict[str, Any]:
     """The pipeline spec, with the kubernetes platform spec (the second document) under
     ``"platform"``."""
-    compile_pipeline(str(path), sweep)
+    compile_pipeline(str(path), sweep, STEP_IMAGE, JOB_IMAGE)
     spec, platform = yaml.safe_load_all(path.read_text())
     return {**spec, "platform": platform["platforms"]["kubernetes"]}
 
@@ -110,7 +112,7 @@ def test_every_stage_is_a_component_of_the_pipeline(compiled: dict[str, Any]) ->
     for executor in executors:
         container = executor["container"]
         assert "pip install" not in " ".join(container["command"])  # the image has kfp and kshot
-        assert container["image"] == step_image()
+        assert container["image"] == STEP_IMAGE  # chosen when compiling, not when importing
 
 
 def test_parameters_default_to_the_config_defaults(compiled: dict[str, Any]) -> None:
@@ -123,7 +125,7 @@ def test_parameters_default_to_the_config_defaults(compiled: dict[str, Any]) -> 
     assert parameters["alpha"]["parameterType"] == "NUMBER_DOUBLE"
     assert parameters["launcher"]["defaultValue"] == "local"
     assert parameters["extra_config"]["defaultValue"] == ""
-    assert parameters["image"]["defaultValue"] == job_image()
+    assert parameters["image"]["defaultValue"] == JOB_IMAGE
     assert parameters["step_cpu"]["defaultValue"] == DEFAULT_STEP_CPU
     assert parameters["step_memory"]["defaultValue"] == DEFAULT_STEP_MEMORY
     assert parameters["step_tolerations"]["defaultValue"] == []
@@ -382,6 +384,29 @@ def test_a_job_refuses_artifacts_its_pods_cannot_reach_before_it_starts(
     assert not Path(checkpoint.path).exists()
 
 
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_a_heavy_step_gives_its_job_the_configs_requests_queue_and_priority(
+    launcher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(NAMESPACE_ENV, "team-a")
+    launched: list[Any] = []
+    monkeypatch.setattr(runtime, "launch", lambda spec, backend, log: launched.append(spec))
+    scheduling = {
+        "job_cpu": "6",
+        "job_memory": "24Gi",
+        "queue_name": "team-a-gpus",
+        "priority_class": "high-priority",
+    }
+    config = json.dumps(load_config(scheduling).to_dict())
+    checkpoint = dsl.Model(uri="gs://bucket/kshot-nas/run-1/warmup/checkpoint")
+    split = "gs://bucket/kshot-nas/run-1/split/split"
+    run_pipeline_stage("warmup", config, {"split": split}, {"checkpoint": checkpoint}, launcher)
+    (spec,) = launched
+    assert (spec.cpu, spec.memory, spec.queue_name, spec.priority_class) == tuple(
+        scheduling.values()
+    )
+
+
 def test_a_uri_handed_to_a_later_step_must_reach_its_pod() -> None:
     table = dsl.Dataset(uri=f"{FOREIGN_RUN}/standalone/table")
     with pytest.raises(ValueError, match=f"output 'table' is {table.uri}, which other pods"):
@@ -478,10 +503,54 @@ def test_kshot_pipeline_compile_writes_the_yaml(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "out" / "sweep.yaml"
-    assert main(["pipeline", "compile", "--sweep", "--output", str(output)]) == 0
+    images = ["--step-image", STEP_IMAGE, "--job-image", JOB_IMAGE]
+    assert main(["pipeline", "compile", "--sweep", "--output", str(output), *images]) == 0
     spec = next(yaml.safe_load_all(output.read_text()))
     assert spec["pipelineInfo"]["name"] == "kshot-nas-k-sweep"
-    assert str(output) in capsys.readouterr().out
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {
+        STEP_IMAGE
+    }
+    assert spec["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"] == JOB_IMAGE
+    assert capsys.readouterr().out == f"compiled pipeline 'kshot-nas-k-sweep' to {output}\n"
+
+
+@pytest.mark.parametrize(
+    ("environment", "flags", "named"),
+    [
+        ({}, [], ["--step-image or $KSHOT_STEP_IMAGE", "--job-image or $KSHOT_JOB_IMAGE"]),
+        ({"KSHOT_STEP_IMAGE": STEP_IMAGE}, [], ["--job-image or $KSHOT_JOB_IMAGE"]),
+        ({"KSHOT_JOB_IMAGE": ""}, ["--job-image", JOB_IMAGE], ["--step-image or $KSHOT_STEP"]),
+    ],
+)
+def test_compiling_without_the_images_fails_naming_them(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    environment: dict[str, str],
+    flags: list[str],
+    named: list[str],
+) -> None:
+    for variable in ("KSHOT_STEP_IMAGE", "KSHOT_JOB_IMAGE", "KSHOT_IMAGE"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    output = tmp_path / "pipeline.yaml"
+    assert main(["pipeline", "compile", "--output", str(output), *flags]) == 2
+    error = capsys.readouterr().err
+    assert all(name in error for name in named) and "$KSHOT_IMAGE" in error, error
+    assert not output.exists()
+
+
+def test_a_malformed_image_is_refused_naming_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KSHOT_JOB_IMAGE", "Registry/KSHOT:1")
+    output = tmp_path / "pipeline.yaml"
+    assert main(["pipeline", "compile", "--output", str(output), "--step-image", STEP_IMAGE]) == 2
+    assert "$KSHOT_JOB_IMAGE 'Registry/KSHOT:1' is not a valid image reference" in (
+        capsys.readouterr().err
+    )
+    assert not output.exists()
 
 
 def test_a_step_that_runs_its_stage_gets_the_workers_gpus_a_job_watcher_none() -> None:

@@ -22,7 +22,13 @@ from kshot.eval import (
     spearman_rho,
     write_ground_truth_csv,
 )
-from kshot.spaces import nb201
+from kshot.eval.baselines import (
+    BASELINES,
+    baseline_counts,
+    baseline_metrics,
+    compare_with_baselines,
+)
+from kshot.spaces import Space, nb201
 
 ARCH_A = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
 ARCH_B = "|skip_connect~0|+|nor_conv_1x1~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"
@@ -269,3 +275,48 @@ def test_a_benchmark_file_is_checked_before_training_without_loading_it(
     ground_truth.check_ground_truth(str(benchmark), "cifar10_test")
     with pytest.raises(ValueError, match=r"'accuracy'.*cifar10_test"):
         ground_truth.check_ground_truth(str(benchmark), "accuracy")
+
+
+def test_the_zero_cost_baselines_rank_the_same_paths_by_parameters_and_flops():
+    """Each baseline scores the ranked paths by the exact size of their stand-alone network (the
+    parameters counted tensor by tensor; FLOPs by the formula pinned in test_nb201), and its
+    metrics are those pairs counted by brute force: Eq. 18's τ-a with ties counting 0, and
+    appendix C.1's top-group τ."""
+    space = Space("nb201", {"C": 4, "N": 1, "num_classes": 10}, resolution=8)
+    rng = np.random.default_rng(5)
+    archs = [space.format(space.sample(rng)) for _ in range(14)]
+    truth = [float(v) for v in np.round(rng.uniform(80, 95, size=len(archs)))]  # with ties
+    counts = baseline_counts(space, archs)
+    for arch, size in zip(archs, counts["params"], strict=True):
+        net = space.build(arch)
+        assert size == pytest.approx(sum(p.numel() for p in net.parameters()) / 1e6, abs=1e-12)
+    assert counts["flops"] == [space.flops(a) for a in archs]
+    metrics = baseline_metrics(truth, counts, [3, 5])
+    assert set(metrics) == set(BASELINES) == {"params", "flops"}
+    for name, sizes in counts.items():
+        assert len(set(sizes)) < len(sizes)  # ties on the count side too
+        row = metrics[name]
+        assert row["n_paths"] == len(archs)
+        assert row["kendall_tau_a"] == pytest.approx(brute_force_tau_a(truth, sizes), abs=1e-12)
+        assert row["kendall_tau_b"] == pytest.approx(stats.kendalltau(truth, sizes).statistic)
+        assert row["spearman_rho"] == pytest.approx(stats.spearmanr(truth, sizes).statistic)
+        assert row["pearson_r"] == pytest.approx(stats.pearsonr(truth, sizes).statistic)
+        for n in (3, 5):
+            expected = brute_force_top_group_tau(truth, sizes, n)
+            assert row["top_group_tau"][str(n)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_comparison_with_the_baselines_is_said_in_words():
+    rank = {
+        "kendall_tau_a": 0.30,
+        "baselines": {"params": {"kendall_tau_a": 0.55}, "flops": {"kendall_tau_a": 0.25}},
+    }
+    assert compare_with_baselines(rank) == (
+        "the supernet ranks worse than counting parameters (τ-a 0.300 against 0.550) and "
+        "better than counting FLOPs (0.300 against 0.250)"
+    )
+    assert compare_with_baselines({**rank, "kendall_tau_a": 0.55}).startswith(
+        "the supernet ranks as well as counting parameters"
+    )
+    assert compare_with_baselines({"kendall_tau_a": 0.3}) == ""  # no baselines: nothing to say
+    assert compare_with_baselines({**rank, "kendall_tau_a": None}) == ""

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from kshot import report
+from tests.conftest import fake_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARCH = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
@@ -165,20 +166,11 @@ def test_tau_vs_k_plot() -> None:
 def test_ranking_summary_plot() -> None:
     from kshot.eval.experiment import summarise_runs
 
-    def runs(taus: dict[str, list[float]]) -> dict:
+    def runs(taus: dict[str, list[float]], params_tau: float | None = None) -> dict:
+        sizes = {"params": fake_run("params", 0, params_tau), "flops": fake_run("flops", 0, 0.1)}
+        extra = {"baselines": sizes} if params_tau is not None else {}
         rows = [
-            {
-                "arm": arm,
-                "seed": seed,
-                "k": 1 if arm == "A" else 8,
-                "kendall_tau_a": tau,
-                "kendall_tau_b": tau,
-                "spearman_rho": tau,
-                "pearson_r": tau,
-                "top_group_tau": {"10": tau},
-                "lam": {"tv": 0.2, "max": 0.2, "cosine": 0.9},
-                "lam_near_uniform": False,
-            }
+            fake_run(arm, seed, tau, 1 if arm == "A" else 8, **extra)
             for arm, values in taus.items()
             for seed, tau in enumerate(values)
         ]
@@ -196,6 +188,11 @@ def test_ranking_summary_plot() -> None:
     assert not np.array_equal(pixels(plot), pixels(report.ranking_summary_plot(wider)))
     fewer = runs({"A": base["A"], "C": base["C"]})
     assert not np.array_equal(pixels(plot), pixels(report.ranking_summary_plot(fewer)))
+    # the zero-cost baselines stand beside the arms, at their own value
+    sized = report.ranking_summary_plot(runs(base, params_tau=0.55))
+    assert not np.array_equal(pixels(plot), pixels(sized))
+    other = report.ranking_summary_plot(runs(base, params_tau=0.45))
+    assert not np.array_equal(pixels(sized), pixels(other))
     with pytest.raises(ValueError, match="at least one run"):
         report.ranking_summary_plot({"runs": [], "summary": {"arms": {}, "comparisons": []}})
 
@@ -252,8 +249,9 @@ def test_import_does_not_load_matplotlib() -> None:
     ],
 )
 def test_the_rank_report_shows_how_far_the_codes_are_from_uniform(tmp_path, codes, words):
-    """The ranking's UI: its Metrics carry the ranked paths' mean λ statistics and its page says
-    in words whether the codes stayed near 1/K."""
+    """The ranking's UI: its Metrics carry the ranked paths' mean λ statistics and the zero-cost
+    baselines' correlations, and its page says in words whether the codes stayed near 1/K and
+    whether the supernet beats counting parameters."""
     import json
     from types import SimpleNamespace
 
@@ -275,11 +273,22 @@ def test_the_rank_report_shows_how_far_the_codes_are_from_uniform(tmp_path, code
                 "top_group_tau": {},
                 "lam": stats["mean"],
                 "lam_near_uniform": stats["near_uniform"],
+                "baselines": {
+                    name: {
+                        "kendall_tau_a": tau,
+                        "kendall_tau_b": tau,
+                        "spearman_rho": tau,
+                        "pearson_r": tau,
+                        "top_group_tau": {},
+                    }
+                    for name, tau in (("params", 1.0), ("flops", -1.0))
+                },
             }
         )
     )
     header = [*SCORE_COLUMNS, *(f"lam_{i}" for i in range(4))]
-    rows = [[i, f"arch{i}", 50.0 + i, 60.0 + i, *[0.0] * 4, *lam] for i, lam in enumerate(codes)]
+    middle = [0.0] * (len(SCORE_COLUMNS) - 4)
+    rows = [[i, f"arch{i}", 50.0 + i, 60.0 + i, *middle, *lam] for i, lam in enumerate(codes)]
     scores = tmp_path / "scores.csv"
     scores.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
     logged: dict[str, float] = {}
@@ -292,4 +301,9 @@ def test_the_rank_report_shows_how_far_the_codes_are_from_uniform(tmp_path, code
     rank_report(artifact(ranking), artifact(scores), metrics, artifact(page))
     for name in ("max", "sq_norm", "entropy", "tv", "cosine"):
         assert logged[f"lambda_{name}"] == pytest.approx(stats["mean"][name]), name
-    assert words in page.read_text()
+    for key in ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r"):
+        assert (logged[f"params_{key}"], logged[f"flops_{key}"]) == (1.0, -1.0), key
+    text = page.read_text()
+    assert words in text
+    assert "as well as counting parameters (τ-a 1.000 against 1.000)" in text
+    assert "better than counting FLOPs (1.000 against -1.000)" in text

@@ -181,6 +181,9 @@ def test_rank_compares_every_standalone_path(run_dir):
         truth = list(csv.DictReader(f))
     metrics = json.loads((run_dir / "rank.json").read_text())
     assert len(truth) == TINY["standalone_paths"] == metrics["n_paths"]
+    # each accuracy with the count of test images it was measured on: its binomial noise
+    split = json.loads((run_dir / "split.json").read_text())
+    assert {int(r["test_images"]) for r in truth} == {len(split["test"])}
     assert -1 <= metrics["kendall_tau_a"] <= 1
     assert set(metrics["top_group_tau"]) == {str(n) for n in TINY["top_n"]}
     with open(run_dir / "scores.csv") as f:

@@ -486,8 +486,8 @@ def test_minio_without_the_secrets_keys_names_the_secret(
 @pytest.mark.parametrize(
     ("env", "endpoint"),
     [
-        ({}, "http://minio-service.kubeflow:9000"),  # multi-user: the store in kubeflow
-        (  # the namespace's own minio-service (standalone KFP)
+        ({}, "http://seaweedfs.kubeflow:9000"),  # KFP 2.17's default store, in kubeflow
+        (  # a minio-service of the namespace's own (older installs)
             {"MINIO_SERVICE_SERVICE_HOST": "10.0.0.7", "MINIO_SERVICE_SERVICE_PORT": "9000"},
             "http://10.0.0.7:9000",
         ),

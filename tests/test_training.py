@@ -475,6 +475,25 @@ def test_code_statistics_of_uniform_one_hot_and_shared_codes():
     # pairs: (0,1) identical, (0,2) and (1,2) cos = (0.07 + 0.07 + 0.01 + 0.01) / 0.52
     assert shared["mean"]["cosine"] == pytest.approx((1 + 2 * 0.16 / 0.52) / 3)
     assert shared["per_path"]["max"].tolist() == pytest.approx([0.7, 0.7, 0.7])
+    # pairs (0,1) at distance 0, (0,2) and (1,2) at ½(0.6 + 0.6) = 0.6
+    assert shared["mean"]["pairwise_tv"] == pytest.approx(2 * 0.6 / 3)
+    assert uniform["mean"]["pairwise_tv"] == pytest.approx(0.0)
+    assert one_hot["mean"]["pairwise_tv"] == pytest.approx(1.0)
+
+
+def test_the_mean_pairwise_distance_between_codes_is_that_of_every_pair():
+    """The sorted-order sum equals ½‖λ_i − λ_j‖₁ averaged over every pair, pair by pair."""
+    rng = np.random.default_rng(3)
+    for paths, k in ((2, 2), (7, 4), (40, 8)):
+        codes = rng.dirichlet(np.ones(k), size=paths)
+        codes[1] = codes[0]  # a repeated code
+        pairs = [
+            0.5 * np.abs(codes[i] - codes[j]).sum()
+            for i in range(paths)
+            for j in range(i + 1, paths)
+        ]
+        assert code_statistics(codes)["mean"]["pairwise_tv"] == pytest.approx(np.mean(pairs))
+    assert code_statistics(np.array([[0.5, 0.5]]))["mean"]["pairwise_tv"] == 0.0
 
 
 def test_a_shared_warmup_hands_on_its_state_but_not_its_simplex_lr(tiny_cfg, digits_data, tmp_path):

@@ -17,11 +17,15 @@ record is read back, an interrupted one resumes from its checkpoints) and each f
 (JSON) and per-path scores (CSV) are copied to the results folder at once. The report holds every
 run, each arm's mean, standard deviation (ddof 1) and 95 % t interval over seeds, and the paired
 differences of τ-a between arms with one-sided paired t and Wilcoxon signed-rank tests, and the
-verdict of :func:`verdict`.
+verdict of :func:`verdict`. Beside the arms stand the zero-cost baselines of each seed's paths
+(:mod:`kshot.eval.baselines`: ranking by parameter count and by FLOPs), scored alike and compared
+paired with the arms.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +37,7 @@ from scipy import stats
 
 from kshot import storage
 from kshot.config import Config, ConfigError
+from kshot.eval.baselines import BASELINES
 from kshot.eval.ranking import metrics_from_json
 from kshot.stages import run_stage
 from kshot.train.checkpoint import load_latest
@@ -48,18 +53,29 @@ __all__ = [
     "interval",
     "paired_comparison",
     "verdict",
+    "baseline_runs",
     "summarise_runs",
     "run_ranking_experiment",
-    "choose_simplex_lr",
+    "choose_simplex_setting",
+    "pilot_variants",
     "describe_codes",
     "run_simplex_pilot",
+    "run_code_gradients",
 ]
 
 # The decision rule, fixed before any reported run (docs/results/ranking_cpu_proxy.md).
 MIN_GAIN = 0.03  # Δτ-a that counts as reproducing (the paper's K = 8 − K = 1 gap: +0.076)
 MIN_SEEDS = 6  # fewer paired seeds: inconclusive whatever the figures
 PRIMARY = (("C", "A"), ("C", "B"))  # the primary endpoint: paired Δτ-a of C against A and B
-_SECONDARY = (("B", "A"), ("A-lr", "A"), ("B", "A-lr"), ("C", "C-iter"), ("C", "D"))
+_SECONDARY = (
+    ("B", "A"),
+    ("A-lr", "A"),
+    ("B", "A-lr"),
+    ("C", "C-iter"),
+    ("C", "D"),
+    ("C", "params"),
+    ("A", "params"),
+)
 _METRICS = ("kendall_tau_a", "kendall_tau_b", "spearman_rho", "pearson_r")
 
 
@@ -205,20 +221,48 @@ def describe_codes(runs: Sequence[dict[str, Any]]) -> str:
             f"the codes moved off uniform on every seed (mean distance from 1/K {tv:.3f}, mean "
             f"max λ {top:.3f} against 1/K = {1 / k:.3f})"
         )
+    apart = [r["lam"]["pairwise_tv"] for r in runs if "pairwise_tv" in r["lam"]]
+    distance = (
+        f", mean distance between two paths' codes {float(np.mean(apart)):.3f}" if apart else ""
+    )
     if cosine > 0.95:
         words += (
-            f"; the codes of different paths are nearly parallel (mean cosine {cosine:.3f}): λ "
-            "reweights the slots alike for all paths more than it tells paths apart"
+            f"; the codes of different paths are nearly parallel (mean cosine {cosine:.3f}"
+            f"{distance}): λ reweights the slots alike for all paths more than it tells paths apart"
         )
     else:
-        words += f"; mean cosine between the codes of different paths {cosine:.3f}"
+        words += f"; mean cosine between the codes of different paths {cosine:.3f}{distance}"
     return words
 
 
+def baseline_runs(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One pseudo-run per seed and baseline (``arm`` the baseline's key, e.g. ``params``) from the
+    runs' recorded baselines: each seed's arms rank the same paths, so its first run's serve."""
+    out: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for run in runs:
+        if run["seed"] in seen or not run.get("baselines"):
+            continue
+        seen.add(run["seed"])
+        for name in BASELINES:
+            out.append({"arm": name, "seed": run["seed"], **run["baselines"][name]})
+    return out
+
+
+def _intervals(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every metric's :func:`interval` over the seeds of one arm (or baseline)."""
+    row: dict[str, Any] = {key: interval([r[key] for r in group]) for key in _METRICS}
+    row["top_group_tau"] = {
+        n: interval([r["top_group_tau"][n] for r in group]) for n in group[0]["top_group_tau"]
+    }
+    return row
+
+
 def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per arm: every metric's :func:`interval` over seeds and the codes' mean statistics; the
-    paired comparisons; the verdict per primary comparison and overall ("reproduces" when both
-    reproduce, "refuted on this proxy" when either is refuted, else "inconclusive, add seeds")."""
+    """Per arm: every metric's :func:`interval` over seeds and the codes' mean statistics; the same
+    for the zero-cost baselines (:func:`baseline_runs`); the paired comparisons; the verdict per
+    primary comparison and overall ("reproduces" when both reproduce, "refuted on this proxy" when
+    either is refuted, else "inconclusive, add seeds")."""
     arms: dict[str, Any] = {}
     for name in ARMS:
         group = [r for r in runs if r["arm"] == name]
@@ -228,18 +272,27 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "label": ARMS[name].label,
             "seeds": [r["seed"] for r in group],
             "k": group[0]["k"],
-        }
-        for key in _METRICS:
-            row[key] = interval([r[key] for r in group])
-        row["top_group_tau"] = {
-            n: interval([r["top_group_tau"][n] for r in group]) for n in group[0]["top_group_tau"]
+            **_intervals(group),
         }
         row["lam"] = {s: interval([r["lam"][s] for r in group]) for s in group[0]["lam"]}
         row["lam_near_uniform"] = [r["lam_near_uniform"] for r in group]
         row["lam_in_words"] = describe_codes(group)
         arms[name] = row
+    sizes = baseline_runs(runs)
+    baselines = {
+        name: {
+            "label": f"{title} (zero-cost)",
+            "seeds": [r["seed"] for r in group],
+            **_intervals(group),
+        }
+        for name, title in BASELINES.items()
+        if (group := [r for r in sizes if r["arm"] == name])
+    }
+    compared = [*runs, *sizes]
     comparisons = [
-        paired_comparison(runs, a, b) for a, b in (*PRIMARY, *_SECONDARY) if a in arms and b in arms
+        paired_comparison(compared, a, b)
+        for a, b in (*PRIMARY, *_SECONDARY)
+        if a in arms and (b in arms or b in baselines)
     ]
     learned = [r for r in runs if r["arm"] == "C"]
     non_uniform = bool(learned) and not any(r["lam_near_uniform"] for r in learned)
@@ -254,8 +307,11 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         overall = "refuted on this proxy"
     else:
         overall = "inconclusive, add seeds"
+    summary: dict[str, Any] = {"arms": arms}
+    if baselines:
+        summary["baselines"] = baselines
     return {
-        "arms": arms,
+        **summary,
         "comparisons": comparisons,
         "learned_codes_non_uniform": non_uniform,
         "verdicts": verdicts,
@@ -263,49 +319,141 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def choose_simplex_lr(pilot: dict[str, dict[str, Any]]) -> str:
-    """The pilot's rule, which reads only the simplex-net's own loss and the codes' spread (never
-    the ground truth): among the learning rates whose codes ended non-uniform (mean
-    total-variation distance from 1/K at least ``NEAR_UNIFORM_TV``), the one with the lowest
-    simplex-net loss over the last two epochs; when none did, the one with the largest spread.
+def choose_simplex_setting(pilot: dict[str, dict[str, Any]]) -> str:
+    """The pilot's rule, which reads only the simplex-net's own loss and the codes of its probe
+    paths (never the ground truth): among the settings whose codes ended both off uniform (mean
+    total-variation distance from 1/K at least ``NEAR_UNIFORM_TV``) and path-specific (mean
+    distance between two paths' codes at least ``PATH_SPECIFIC_TV``), the one with the lowest
+    simplex-net loss over the last two epochs; when none is path-specific, the same among those
+    off uniform; when none is off uniform, the one with the largest spread.
 
     Args:
-        pilot: ``{lr: {"simplex_loss": float, "lam_tv": float, ...}}``.
+        pilot: ``{label: {"simplex_loss": float, "lam_tv": float, "lam_pairwise_tv": float,
+            ...}}`` (``lam_pairwise_tv`` may be absent: not path-specific).
     """
-    from kshot.nn.simplex import NEAR_UNIFORM_TV
+    from kshot.nn.simplex import NEAR_UNIFORM_TV, PATH_SPECIFIC_TV
 
-    spread = {lr: row for lr, row in pilot.items() if row["lam_tv"] >= NEAR_UNIFORM_TV}
-    if spread:
-        return min(spread, key=lambda lr: spread[lr]["simplex_loss"])
-    return max(pilot, key=lambda lr: pilot[lr]["lam_tv"])
+    moved = {label: row for label, row in pilot.items() if row["lam_tv"] >= NEAR_UNIFORM_TV}
+    specific = {
+        label: row
+        for label, row in moved.items()
+        if row.get("lam_pairwise_tv", 0.0) >= PATH_SPECIFIC_TV
+    }
+    for pool in (specific, moved):
+        if pool:
+            return min(pool, key=lambda label: pool[label]["simplex_loss"])
+    return max(pilot, key=lambda label: pilot[label]["lam_tv"])
+
+
+def pilot_variants(base: Config, vary: Sequence[tuple[str, Sequence[Any]]]) -> dict[str, Config]:
+    """The pilot's settings: the base config, then one key changed at a time, labelled
+    ``key=value`` (a value equal to the base's is the base, tried once).
+
+    Args:
+        base: the config the settings change.
+        vary: ``(key, values)`` pairs; a value may be a string as on the command line.
+
+    Raises:
+        ConfigError: a key is not a config key or a value not valid for it (naming both).
+    """
+    variants = {"base": base}
+    for key, values in vary:
+        for value in values:
+            try:
+                cfg = base.replace(**{key: value})
+            except ConfigError as e:
+                raise ConfigError(f"--vary {key}={value}: {e}") from e
+            if cfg != base:
+                variants[f"{key}={getattr(cfg, key)}"] = cfg
+    return variants
 
 
 def run_simplex_pilot(
-    base: Config, seed: int, simplex_lrs: Sequence[float], k: int, workdir: str, out: str
+    base: Config,
+    seed: int,
+    vary: Sequence[tuple[str, Sequence[Any]]],
+    k: int,
+    workdir: str,
+    out: str,
 ) -> dict[str, Any]:
-    """Train arm C on ``seed`` once per simplex-net learning rate (no ranking: the ground truth is
-    not read) and choose one by :func:`choose_simplex_lr`; the report goes to ``out``."""
+    """Train arm C on ``seed`` once per setting of :func:`pilot_variants` (no ranking: the
+    ground truth is not read) and choose one by :func:`choose_simplex_setting`; the report
+    (every setting's simplex-net loss, its probe paths' code statistics and curves) goes to
+    ``out`` after each setting. Settings that share a warmup's result keys share its checkpoint.
+    """
+    from kshot.config import result_keys
+
+    variants = {
+        label: arm_config(cfg.replace(seed=seed), "C", k)
+        for label, cfg in pilot_variants(base, vary).items()
+    }
     seed_dir = storage.join(workdir, f"pilot-seed{seed}")
     split = storage.join(seed_dir, "split.json")
     rows: dict[str, dict[str, Any]] = {}
-    for lr in simplex_lrs:
-        cfg = arm_config(base.replace(seed=seed, simplex_lr=lr), "C", k)
+    for label, cfg in variants.items():
         if not storage.exists(split):
             run_stage("split", cfg, {}, {"split": split})
-        warm = storage.join(seed_dir, ARMS["C"].warmup(k))
+        warm_keys = {key: getattr(cfg, key) for key in result_keys("warmup")}
+        tag = hashlib.sha256(json.dumps(warm_keys, sort_keys=True).encode()).hexdigest()[:12]
+        warm = storage.join(seed_dir, f"{ARMS['C'].warmup(k)}-{tag}")
         run_stage("warmup", cfg, {"split": split}, {"checkpoint": warm})
-        trained = storage.join(seed_dir, f"C-simplex-lr-{lr:g}")
+        trained = storage.join(seed_dir, f"C-{label}")
         run_stage("train", cfg, {"split": split, "checkpoint": warm}, {"checkpoint": trained})
         history = curves(load_latest(trained)["history"])
         losses = [v for v in history["simplex_loss"] if v is not None]
-        rows[f"{lr:g}"] = {
+        base_values = variants["base"].to_dict()
+        rows[label] = {
+            "changes": {k: v for k, v in cfg.to_dict().items() if v != base_values[k]},
             "simplex_loss": float(np.mean(losses[-2:])),
             **{key: history[key][-1] for key in history if key.startswith("lam_")},
             "curves": history,
         }
         storage.write_json(out, {"seed": seed, "k": k, "pilot": rows})
-    report = {"seed": seed, "k": k, "pilot": rows, "chosen_simplex_lr": choose_simplex_lr(rows)}
+    report = {"seed": seed, "k": k, "pilot": rows, "chosen": choose_simplex_setting(rows)}
     storage.write_json(out, report)
+    return report
+
+
+def run_code_gradients(
+    cfg: Config, split: str, checkpoints: Sequence[str], out: str, images: int = 256
+) -> dict[str, Any]:
+    """Where each trained supernet's simplex-net signal comes from
+    (:mod:`kshot.eval.code_gradients`): on its run's 64 probe paths and the first ``images``
+    validation images of ``split``, each path's ∂L/∂λ through the shared layers, through its own
+    operations and in total, with the fraction common to all paths and the mean norm of each.
+
+    Args:
+        cfg: the data's configuration (dataset, seed, device); each checkpoint is loaded with
+            the configuration it records (a pilot's settings differ in the simplex-net's).
+        split: the runs' split.
+        checkpoints: trained checkpoint folders (e.g. a pilot's ``C-<setting>`` folders).
+        out: the JSON report, rewritten after each checkpoint.
+        images: validation images in the batch.
+    """
+    from kshot import seeds
+    from kshot.config import load_config
+    from kshot.eval.code_gradients import PARTS, code_gradients, common_fraction
+    from kshot.stages.common import device_of, load_train_data, load_trained, space_of
+
+    device = device_of(cfg)
+    data = load_train_data(cfg, split)
+    space = space_of(cfg, data)
+    paths = [space.sample(seeds.rng(cfg.seed, seeds.CODE_PROBE, i)) for i in range(64)]
+    x = data.prepare(data.valid_images[:images], device)
+    y = data.valid_labels[:images].to(device)
+    report: dict[str, Any] = {"seed": cfg.seed, "paths": len(paths), "images": len(y), "runs": {}}
+    for folder in checkpoints:
+        run_cfg = load_config(load_latest(folder)["config"], sources=[folder])
+        supernet, simplex, _ = load_trained(run_cfg, data, folder, device)
+        grads = code_gradients(supernet, simplex, space, paths, x, y)
+        report["runs"][folder] = {
+            part: {
+                "common_fraction": common_fraction(grads[part]),
+                "mean_norm": float(np.sqrt(np.mean(np.sum(grads[part] ** 2, axis=1)))),
+            }
+            for part in PARTS
+        }
+        storage.write_json(out, report)
     return report
 
 
@@ -343,6 +491,7 @@ def _run_one(cfg: Config, arm: str, k: int, workdir: str, results: str) -> dict[
         "top_group_tau": metrics["top_group_tau"],
         "lam": metrics["lam"],
         "lam_near_uniform": metrics["lam_near_uniform"],
+        "baselines": metrics["baselines"],
         "curves": history,
         "wall_s": round(time.monotonic() - started, 1),
     }

@@ -21,6 +21,7 @@ import importlib.resources
 import importlib.util
 import io
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -192,10 +193,15 @@ def _load_benchmark(uri: str, column: str, space: Space) -> dict[str, float]:
 
 
 def write_ground_truth_csv(
-    uri: str, rows: dict[str, float], column: str = "accuracy", space: Space | None = None
+    uri: str,
+    rows: dict[str, float],
+    column: str = "accuracy",
+    space: Space | None = None,
+    constants: Mapping[str, int] | None = None,
 ) -> None:
     """Write ``{arch: accuracy}`` (paths of ``space``, default nb201) as a CSV ``arch,<column>``
-    that :func:`load_ground_truth` reads.
+    that :func:`load_ground_truth` reads; each of ``constants`` (e.g. ``{"test_images": 449}``,
+    what every accuracy was measured on) adds a column holding its value on every row.
 
     Raises:
         ValueError: an invalid arch string or non-finite accuracy (naming it), before writing.
@@ -211,8 +217,9 @@ def write_ground_truth_csv(
         normalised[key] = float(accuracy)
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["arch", column])
-    writer.writerows(normalised.items())
+    extra = dict(constants or {})
+    writer.writerow(["arch", column, *extra])
+    writer.writerows([arch, accuracy, *extra.values()] for arch, accuracy in normalised.items())
     storage.write_text(uri, text.getvalue())
 
 

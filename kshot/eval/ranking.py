@@ -193,7 +193,8 @@ def ranking_metrics(
 
 def metrics_from_json(doc: dict[str, Any]) -> dict[str, Any]:
     """A rank stage's metrics as read back from JSON: the ``null`` written for a correlation that
-    is undefined (constant ground truth or scores) is NaN again, as :func:`ranking_metrics` gave it."""
+    is undefined (constant ground truth or scores) is NaN again, as :func:`ranking_metrics` gave it;
+    the same for each baseline's metrics under ``baselines``."""
 
     def number(value: Any) -> Any:
         return math.nan if value is None else value
@@ -204,4 +205,6 @@ def metrics_from_json(doc: dict[str, Any]) -> dict[str, Any]:
             out[key] = number(out[key])
     if isinstance(out.get("top_group_tau"), dict):
         out["top_group_tau"] = {n: number(v) for n, v in out["top_group_tau"].items()}
+    if isinstance(out.get("baselines"), dict):
+        out["baselines"] = {name: metrics_from_json(m) for name, m in out["baselines"].items()}
     return out

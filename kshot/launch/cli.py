@@ -1,7 +1,12 @@
 """``kshot launch render``: print the job the launcher would create, as YAML (a dry run).
 
 The object is rendered by the same code and with the same validation as a real launch, so what a
-reviewer or a GitOps repository sees is exactly what the pipeline submits.
+reviewer or a GitOps repository sees is exactly what the pipeline submits. As a launch does, it
+applies the pod settings of the ``kshot-launch-defaults`` ConfigMap of ``--namespace`` (read
+through the kubeconfig, or in-cluster), unless ``--pod-overrides`` gives them; where that
+ConfigMap cannot be read (no cluster, missing, forbidden) it says so on stderr and renders without
+it (``--no-launch-defaults``: without it, quietly). A ConfigMap that a launch would refuse fails
+the render too.
 """
 
 from __future__ import annotations
@@ -45,8 +50,14 @@ def _render(args: argparse.Namespace) -> int:
             name=args.name,
             labels=parse_overrides(args.label, "--label"),
             env=parse_overrides(args.env, "--env"),
+            cpu=cfg.job_cpu,
+            memory=cfg.job_memory,
+            queue_name=cfg.queue_name,
+            priority_class=cfg.priority_class,
         )
         _check_pod_artifacts(spec)
+        if pod_overrides is None and not args.no_launch_defaults:
+            pod_overrides = _launch_defaults(spec.namespace)
         body = render_job(
             spec,
             args.backend,
@@ -60,6 +71,42 @@ def _render(args: argparse.Namespace) -> int:
         return 2
     yaml.safe_dump(body, sys.stdout, sort_keys=False)
     return 0
+
+
+def _launch_defaults(namespace: str) -> dict[str, Any] | None:
+    """The pod overrides of the namespace's launch-defaults ConfigMap, as a launch reads them;
+    None, after saying on stderr why, where the ConfigMap cannot be read.
+
+    Raises:
+        LaunchError: the ConfigMap was read and a launch would refuse it.
+    """
+    from kshot.launch.kube import (
+        LAUNCH_DEFAULTS_CONFIGMAP,
+        LaunchDefaultsUnavailable,
+        load_launch_defaults,
+    )
+
+    where = f"ConfigMap {namespace}/{LAUNCH_DEFAULTS_CONFIGMAP}"
+    try:
+        overrides = load_launch_defaults(_cluster(), namespace)
+    except LaunchDefaultsUnavailable as error:
+        print(
+            f"kshot launch render: rendered without the launch defaults of {where}: {error}",
+            file=sys.stderr,
+        )
+        return None
+    print(f"kshot launch render: applied the launch defaults of {where}", file=sys.stderr)
+    return overrides
+
+
+def _cluster() -> Any:
+    """The cluster's API client; :class:`LaunchDefaultsUnavailable` where there is none."""
+    from kshot.launch.kube import LaunchDefaultsUnavailable, default_api_client
+
+    try:
+        return default_api_client()
+    except LaunchError as error:
+        raise LaunchDefaultsUnavailable(str(error)) from error
 
 
 def _check_pod_artifacts(spec: LaunchSpec) -> None:
@@ -130,7 +177,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--pod-overrides",
         metavar="FILE",
-        help="YAML with tolerations / nodeSelector / serviceAccountName for the pods",
+        help="YAML with the pods' tolerations, nodeSelector, serviceAccountName, "
+        "imagePullSecrets, resources (default: the namespace's kshot-launch-defaults ConfigMap, "
+        "as a launch reads it)",
+    )
+    p.add_argument(
+        "--no-launch-defaults",
+        action="store_true",
+        help="do not read the kshot-launch-defaults ConfigMap (render with no pod overrides)",
     )
     p.add_argument("--input", action="append", default=[], metavar="NAME=URI")
     p.add_argument("--output", action="append", default=[], metavar="NAME=URI")

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -60,12 +61,14 @@ __all__ = [
     "run_job",
     "render_job",
     "load_launch_defaults",
+    "default_api_client",
     "detect_trainer_version",
     "JobKind",
     "JOB_KINDS",
     "Backend",
     "DeletePolicy",
     "JobCancelled",
+    "LaunchDefaultsUnavailable",
     "LAUNCH_DEFAULTS_CONFIGMAP",
     "LAUNCH_HASH_ANNOTATION",
     "TRAINJOB_CRD",
@@ -103,6 +106,10 @@ class JobCancelled(LaunchError):
     """The wait was cancelled (SIGTERM); the job has been deleted."""
 
 
+class LaunchDefaultsUnavailable(LaunchError):
+    """The launch-defaults ConfigMap could not be read: missing, forbidden, or no cluster."""
+
+
 @dataclass(frozen=True)
 class JobKind:
     """Where a backend's jobs live in the API and how to find their pods.
@@ -117,6 +124,8 @@ class JobKind:
         container: the container that runs torchrun.
         master_labels: labels that mark the pod of node rank 0.
         master_annotations: annotations that mark it too.
+        suspend: where the job's ``suspend`` flag lies in its spec (Kueue sets it while the job
+            waits in its queue).
     """
 
     group: str
@@ -128,10 +137,18 @@ class JobKind:
     container: str
     master_labels: Mapping[str, str]
     master_annotations: Mapping[str, str]
+    suspend: tuple[str, ...]
 
     def pod_selector(self, name: str) -> str:
         """Label selector of all pods of job ``name``."""
         return f"{self.pod_label}={name}"
+
+    def is_suspended(self, job: Mapping[str, Any]) -> bool:
+        """Whether ``job`` is suspended: held, without pods, e.g. until Kueue admits it."""
+        value: Any = job.get("spec") or {}
+        for key in self.suspend:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        return value is True
 
     def is_master(self, pod: Any) -> bool:
         """Whether ``pod`` runs node rank 0, whose log the launcher streams."""
@@ -154,6 +171,7 @@ JOB_KINDS: dict[str, JobKind] = {
         container="pytorch",
         master_labels={"training.kubeflow.org/replica-type": "master"},
         master_annotations={},
+        suspend=("runPolicy", "suspend"),
     ),
     # Trainer v2 runs a JobSet named after the TrainJob; JobSet labels its pods with that name,
     # their replicated job's name and the index of their Job within it.
@@ -171,6 +189,7 @@ JOB_KINDS: dict[str, JobKind] = {
             "jobset.sigs.k8s.io/job-index": "0",
         },
         master_annotations={"batch.kubernetes.io/job-completion-index": "0"},
+        suspend=("suspend",),
     ),
 }
 
@@ -245,8 +264,9 @@ def load_launch_defaults(
         The validated overrides.
 
     Raises:
-        LaunchError: when the ConfigMap is missing (with how to install it), reading it is
-            forbidden or its content is malformed.
+        LaunchDefaultsUnavailable: the ConfigMap is missing (with how to install it), reading it
+            is forbidden or the API server cannot be reached.
+        LaunchError: its content is malformed.
     """
     try:
         config_map = client.CoreV1Api(api_client).read_namespaced_config_map(
@@ -254,14 +274,21 @@ def load_launch_defaults(
         )
     except ApiException as error:
         if error.status == 404:
-            raise LaunchError(
+            raise LaunchDefaultsUnavailable(
                 f"ConfigMap {namespace}/{name} is missing: without it the job's pods would run "
                 "as the namespace's default service account, without GPU tolerations. Install "
                 f"it with `kubectl apply -k manifests/overlays/gpu` (or manifests/base) with "
                 f"namespace {namespace!r}, or launch without defaults on purpose "
                 "(launch_defaults=None)"
             ) from error
-        raise LaunchError(_api_failure(error, f"read ConfigMap {name}", namespace)) from error
+        raise LaunchDefaultsUnavailable(
+            _api_failure(error, f"read ConfigMap {name}", namespace)
+        ) from error
+    except (HTTPError, OSError) as error:
+        raise LaunchDefaultsUnavailable(
+            f"could not read ConfigMap {namespace}/{name}: the Kubernetes API server is "
+            f"unreachable ({error})"
+        ) from error
     try:
         overrides = {key: yaml.safe_load(text) for key, text in (config_map.data or {}).items()}
     except yaml.YAMLError as error:
@@ -419,7 +446,7 @@ def run_job(
     }
     body = render_job(spec, backend, pod_overrides=pod_overrides, **render_options)
 
-    api_client = api_client or _default_api_client()
+    api_client = api_client or default_api_client()
     if backend == "trainjob" and trainer_version is None:
         render_options["trainer_version"] = detect_trainer_version(api_client)
         body = render_job(spec, backend, pod_overrides=pod_overrides, **render_options)
@@ -457,12 +484,18 @@ def run_job(
             log(f"kept {title} (delete_policy={delete_policy})")
 
 
-def _default_api_client() -> client.ApiClient:
+def default_api_client() -> client.ApiClient:
+    """The cluster's client: in-cluster config, else the kubeconfig.
+
+    Raises:
+        LaunchError: neither is there.
+    """
     try:
         config.load_incluster_config()
     except ConfigException:
         try:
-            config.load_kube_config()
+            # $KUBECONFIG as it is now (the client reads it once, when imported)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         except (ConfigException, OSError) as error:
             raise LaunchError(
                 f"no cluster credentials: neither in-cluster config nor a kubeconfig ({error})"
@@ -475,8 +508,9 @@ def _api_failure(error: ApiException, action: str, namespace: str) -> str:
         return (
             f"forbidden to {action} in namespace {namespace!r}: {error.reason}. The pipeline's "
             "service account needs the kshot-launcher Role there: apply manifests/base (or its "
-            f"gpu overlay) with namespace {namespace!r}; it binds the Role to kshot-launcher and "
-            "to default-editor, the Kubeflow profile's pipeline runner."
+            f"gpu overlay) with namespace {namespace!r}; it binds the Role to kshot-launcher, "
+            "to default-editor (a Kubeflow profile's pipeline runner) and to pipeline-runner "
+            "(standalone Kubeflow Pipelines')."
         )
     return f"could not {action} in namespace {namespace!r}: {error.status} {error.reason}"
 
@@ -761,10 +795,15 @@ class _JobWatcher:
         return f"{self._kind.plural} {self._namespace}/{self._name}"
 
     def wait(self, timeout_s: float, schedule_timeout_s: float) -> dict[str, Any]:
-        """Poll until the job succeeds; raise :class:`LaunchError` on every other end."""
+        """Poll until the job succeeds; raise :class:`LaunchError` on every other end.
+
+        A suspended job (queued by Kueue) is waited for within ``timeout_s`` only: the time its
+        pods have to start (``schedule_timeout_s``) runs from its admission.
+        """
         start = time.monotonic()
         self._deadline = start + timeout_s
-        started = False
+        started = queued = False
+        admitted = start
         self._follower.start()
         while True:
             job = self._read_job()
@@ -776,10 +815,17 @@ class _JobWatcher:
             failed = _condition(job, self._kind.failed)
             if failed:
                 raise LaunchError(self._failure_report(failed, pods))
+            if self._kind.is_suspended(job):
+                if not queued:
+                    self._log(f"{self._title} is suspended: waiting for its queue to admit it")
+                queued, admitted = True, time.monotonic()
+            elif queued:
+                self._log(f"{self._title} was admitted")
+                queued = False
             started = started or any(_has_started(pod) for pod in pods)
             waited = time.monotonic() - start
-            if not started:
-                self._check_not_stuck(pods, waited, schedule_timeout_s)
+            if not started and not queued:
+                self._check_not_stuck(pods, time.monotonic() - admitted, schedule_timeout_s)
             if waited > timeout_s:
                 raise LaunchError(
                     f"{self._title} timed out: not finished after {timeout_s:g} s\n"

@@ -17,9 +17,10 @@ OOM kill, eviction); torchrun exits 1 whenever a worker process fails, so an err
 itself (a bad config, a crash) fails the job at once instead of rerunning it ``backoffLimit`` times.
 
 This module also holds what the PyTorchJob and TrainJob renderings share: the job name, its labels,
-the pod overrides (tolerations, node selector, service account, image pull secrets, CPU/memory
-resources), the container's environment, the image pull policy, the security contexts, the scratch
-volumes and ``$`` escaping.
+the pod overrides (tolerations, node selector, service account, image pull secrets, resource
+limits), the CPU and memory requests (config keys ``job_cpu``, ``job_memory``), the Kueue labels
+(``queue_name``, ``priority_class``), the container's environment, the image pull policy, the
+security contexts, the scratch volumes and ``$`` escaping.
 
 A job whose inputs or outputs lie in KFP's own store (``minio://``) gets what a pipeline step has
 to reach it: the keys of KFP's Secret (``kshot.storage.MINIO_SECRET``, optional, as on the steps)
@@ -34,17 +35,18 @@ import hashlib
 import ipaddress
 import json
 import os
-import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from kshot.config import PRIORITY_LABEL, QUEUE_LABEL, is_quantity
 from kshot.launch.spec import LaunchError, LaunchSpec
 
 __all__ = [
     "render_pytorchjob",
     "job_name",
     "job_labels",
+    "scheduling_labels",
     "validate_pod_overrides",
     "container_resources",
     "image_pull_policy",
@@ -75,8 +77,9 @@ APP_LABEL = "app.kubernetes.io/name"
 STAGE_LABEL = "kshot/stage"
 GPU_RESOURCE = "nvidia.com/gpu"
 # What a launch-defaults ConfigMap (or a caller) may set on the job's pods; ``resources`` holds the
-# CPU/memory requests and limits of the training container, ``volumes`` and ``volumeMounts`` extra
-# pod volumes and where the training container mounts them (e.g. a dataset's PVC or CSI mount).
+# training container's limits (its CPU and memory requests are the spec's, from the config),
+# ``volumes`` and ``volumeMounts`` extra pod volumes and where the training container mounts them
+# (e.g. a dataset's PVC or CSI mount).
 POD_OVERRIDE_KEYS = frozenset(
     {
         "tolerations",
@@ -109,11 +112,6 @@ _MASTER_PORT = 23456
 # Set by the operator on every pod; a value from the caller would fight it.
 _OPERATOR_ENV = frozenset({"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PYTHONUNBUFFERED"})
 _HASH_CHARS = 10
-# A Kubernetes resource quantity, as the CRDs' schemas spell it.
-_QUANTITY = re.compile(
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
 # The writable directories of a read-only root: name -> mount path. NCCL and DataLoader workers
 # exchange tensors through /dev/shm, which defaults to 64 MiB in a pod.
 _SCRATCH = {"dshm": "/dev/shm", "tmp": "/tmp", "home": HOME_DIR}
@@ -155,6 +153,16 @@ def job_labels(spec: LaunchSpec) -> dict[str, str]:
     A PyTorchJob puts them on its pods too; a TrainJob only on its JobSet and Jobs.
     """
     return {**spec.labels, APP_LABEL: "kshot", STAGE_LABEL: spec.stage}
+
+
+def scheduling_labels(spec: LaunchSpec) -> dict[str, str]:
+    """Labels by which Kueue queues the job: its LocalQueue and WorkloadPriorityClass, where set.
+
+    They go on the job object only: Kueue admits the job as one workload, and its pods are the
+    job's, not separate workloads.
+    """
+    names = {QUEUE_LABEL: spec.queue_name, PRIORITY_LABEL: spec.priority_class}
+    return {label: name for label, name in names.items() if name}
 
 
 def escape_dollars(text: str) -> str:
@@ -325,16 +333,51 @@ def _check_resources(resources: Any) -> None:
                 raise LaunchError(
                     f"resources.{part} sets {GPU_RESOURCE}: the launch's gpus_per_worker does"
                 )
-            if isinstance(amount, bool) or not _QUANTITY.match(str(amount)):
+            if isinstance(amount, bool) or not is_quantity(str(amount)):
                 raise LaunchError(f"resources.{part}.{resource} = {amount!r} is not a quantity")
 
 
 def container_resources(spec: LaunchSpec, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The training container's resources: the ``resources`` override plus the spec's GPUs."""
+    """The training container's resources: the spec's CPU and memory requests and GPUs, and the
+    limits (or other resources) of the ``resources`` override.
+
+    Raises:
+        LaunchError: the override requests CPU or memory other than the spec (the config keys
+            ``job_cpu`` / ``job_memory`` set them), or limits one below the spec's request.
+    """
     resources = copy.deepcopy(dict(overrides.get("resources", {})))
+    requests = resources.setdefault("requests", {})
+    for resource, amount, key in (
+        ("cpu", spec.cpu, "job_cpu"),
+        ("memory", spec.memory, "job_memory"),
+    ):
+        if not amount:
+            continue
+        given = requests.get(resource)
+        if given is not None and str(given) != amount:
+            raise LaunchError(
+                f"resources.requests.{resource} = {given!r} of the pod overrides (the "
+                f"kshot-launch-defaults ConfigMap) disagrees with config key {key} = {amount!r}: "
+                f"the config key sets it; remove it from the overrides"
+            )
+        requests[resource] = amount
+        limit = resources.get("limits", {}).get(resource)
+        if limit is not None and _quantity(limit) < _quantity(amount):
+            raise LaunchError(
+                f"resources.limits.{resource} = {limit!r} of the pod overrides is below config "
+                f"key {key} = {amount!r}: Kubernetes refuses a request above its limit"
+            )
+    if not requests:
+        del resources["requests"]
     if spec.gpus_per_worker > 0:
         resources.setdefault("limits", {})[GPU_RESOURCE] = spec.gpus_per_worker
     return resources
+
+
+def _quantity(amount: Any) -> Any:
+    from kubernetes.utils import parse_quantity  # not at the top: `kshot --help` need not load it
+
+    return parse_quantity(str(amount))
 
 
 def image_pull_policy(image: str) -> str:
@@ -481,7 +524,11 @@ def render_pytorchjob(
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": {"name": name, "namespace": spec.namespace, "labels": labels},
+        "metadata": {
+            "name": name,
+            "namespace": spec.namespace,
+            "labels": {**labels, **scheduling_labels(spec)},
+        },
         "spec": {
             # The CRD types nprocPerNode as a string (it also accepts auto, cpu, gpu).
             "nprocPerNode": str(spec.nproc_per_worker),

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from kshot.config import is_positive_quantity
 from kshot.stages import HEAVY_STAGES, STAGES
 
 __all__ = ["LaunchSpec", "LaunchError", "is_image_reference"]
@@ -56,6 +57,10 @@ class LaunchSpec:
         env: extra environment variables of the worker processes.
         overwrite: the stage removes its outputs first and starts over
             (:mod:`kshot.stages.guard`).
+        cpu: CPU request of each pod (config key ``job_cpu``); '' for none.
+        memory: memory request of each pod (config key ``job_memory``); '' for none.
+        queue_name: the Kueue LocalQueue of the job (config key ``queue_name``); '' for none.
+        priority_class: its Kueue WorkloadPriorityClass (config key ``priority_class``).
     """
 
     stage: str
@@ -70,6 +75,10 @@ class LaunchSpec:
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     overwrite: bool = False
+    cpu: str = ""
+    memory: str = ""
+    queue_name: str = ""
+    priority_class: str = ""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -95,6 +104,20 @@ class LaunchSpec:
         for env_name in self.env:
             if not _ENV_NAME.match(env_name):
                 raise LaunchError(f"environment variable name {env_name!r} is not valid")
+        for what, amount in (("cpu", self.cpu), ("memory", self.memory)):
+            if amount and not is_positive_quantity(amount):
+                raise LaunchError(f"{what} request {amount!r} is not a positive quantity")
+        for what, name in (
+            ("queue_name", self.queue_name),
+            ("priority_class", self.priority_class),
+        ):
+            if name and (len(name) > _DNS_LABEL_MAX or not _LABEL_VALUE.match(name)):
+                raise LaunchError(f"{what} {name!r}: not a valid Kubernetes label value")
+        if self.priority_class and not self.queue_name:
+            raise LaunchError(
+                f"priority_class {self.priority_class!r} orders jobs in a Kueue queue: give "
+                "queue_name too"
+            )
 
     @property
     def heavy(self) -> bool:

@@ -43,6 +43,7 @@ from kshot.launch.pytorchjob import (
     pod_security_context,
     pod_settings,
     pod_volumes,
+    scheduling_labels,
     validate_pod_overrides,
 )
 from kshot.launch.spec import LaunchError, LaunchSpec
@@ -194,6 +195,10 @@ def render_trainjob(
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
-        "metadata": {"name": name, "namespace": spec.namespace, "labels": labels},
+        "metadata": {
+            "name": name,
+            "namespace": spec.namespace,
+            "labels": {**labels, **scheduling_labels(spec)},
+        },
         "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", **runtime_ref}, **job_spec},
     }

@@ -180,6 +180,11 @@ class NB201Supernet(nn.Module):
         """Logits of the path ``arch`` with weights merged by ``lam`` (shape ``(K,)``)."""
         choice = nb201.parse(arch)
         merged = merge_path([layer for _, layer in self.path_layers(choice)], lam)
+        return self.forward_merged(x, choice, merged)
+
+    def forward_merged(self, x: torch.Tensor, choice: nb201.Arch, merged: Merged) -> torch.Tensor:
+        """Logits of the path ``choice`` with its layers' weights already merged (``merged``
+        holds every layer of :meth:`path_layers`, each merged with any code)."""
         x = self.stem_bn(self.stem(x, merged), merged)
         for cell in self.cells:
             x = cell(x, merged) if isinstance(cell, KShotResNetBlock) else cell(x, choice, merged)

@@ -60,7 +60,10 @@ ARTIFACTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
         {"split": "split JSON", "results": "search or recalibrate results JSON"},
         {"model": "stand-alone model (torch file)", "metrics": "JSON: accuracy and curves"},
     ),
-    "standalone": ({"split": "split JSON"}, {"table": "CSV arch,accuracy of sampled paths"}),
+    "standalone": (
+        {"split": "split JSON"},
+        {"table": "CSV arch,accuracy,test_images of sampled paths"},
+    ),
     "rank": (
         {
             "split": "split JSON",
@@ -198,5 +201,7 @@ def headline(name: str, result: dict) -> str:
             for key, label in CORRELATION_LABELS
             if isinstance(result.get(key), (int, float))
         )
-        return f"{result.get('n_paths', '?')} paths: {figures}"
+        sizes = result.get("baselines", {}).get("params", {}).get("kendall_tau_a")
+        anchor = f"; counting parameters τ-a {sizes:.3f}" if isinstance(sizes, float) else ""
+        return f"{result.get('n_paths', '?')} paths: {figures}{anchor}"
     return ""

@@ -6,7 +6,8 @@ Scores paths on the trained supernet (λ by config key ``lambda_mode``, BN recal
 far the paths' codes λ are from uniform (:func:`kshot.nn.simplex.code_statistics`). The paths scored
 are all those of the table when it is a sample (the ``standalone`` stage's), else ``rank_paths``
 drawn from it with the run's seed (0: all 15,625): the same set for every run of a seed, whose
-SHA-256 the metrics record.
+SHA-256 the metrics record. Beside the supernet's metrics stand those of the zero-cost baselines
+on the same paths (:mod:`kshot.eval.baselines`: ranking by parameter count and by FLOPs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from kshot import distributed as dist
 from kshot import seeds, storage
 from kshot.config import Config
+from kshot.eval.baselines import BASELINES, baseline_counts, baseline_metrics
 from kshot.eval.ground_truth import align_scores, load_ground_truth
 from kshot.eval.ranking import ranking_metrics
 from kshot.nn.simplex import code_statistics
@@ -37,12 +39,14 @@ from kshot.stages.common import (
 
 __all__ = ["run", "paths_to_rank", "path_set_hash", "SCORE_COLUMNS"]
 
-# The scores CSV's leading columns; then one lam_<k> column per slot.
+# The scores CSV's leading columns (params_m: millions of parameters, flops_m: MFLOPs, the
+# baselines' scores); then one lam_<k> column per slot.
 SCORE_COLUMNS = (
     "path_index",
     "arch",
     "supernet_accuracy",
     "ground_truth",
+    *(f"{name}_m" for name in BASELINES),
     "lam_max",
     "lam_sq_norm",
     "lam_entropy",
@@ -95,6 +99,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     scores = {r["arch"]: r["accuracy"] for r in records}
     names, truth_values, score_values = align_scores(truth, scores, truth_uri, space)
     metrics = ranking_metrics(truth_values, score_values, cfg.top_n)
+    counts = baseline_counts(space_of(cfg, data), names)
     codes = code_statistics(np.array([r["lam"] for r in records]))
     metrics.update(
         k=cfg.k,
@@ -106,6 +111,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
         lam_near_uniform=codes["near_uniform"],
         ground_truth=truth_uri,
         ground_truth_column=column,
+        baselines=baseline_metrics(truth_values, counts, cfg.top_n),
     )
     if dist.is_main():
         text = io.StringIO()
@@ -114,7 +120,8 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
         per_path = codes["per_path"]
         for i, (rec, t) in enumerate(zip(records, truth_values, strict=True)):
             stats = [float(per_path[name][i]) for name in ("max", "sq_norm", "entropy", "tv")]
-            writer.writerow([i, rec["arch"], rec["accuracy"], t, *stats, *rec["lam"]])
+            sizes = [counts[name][i] for name in BASELINES]
+            writer.writerow([i, rec["arch"], rec["accuracy"], t, *sizes, *stats, *rec["lam"]])
         storage.write_text(outputs["scores"], text.getvalue())
         storage.write_json(outputs["metrics"], metrics)
     return metrics

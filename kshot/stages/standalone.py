@@ -2,7 +2,9 @@
 
 Trains a seeded sample of ``standalone_paths`` paths from scratch (the retraining recipe on a short
 budget, ``standalone_epochs``) and records their test accuracies as a table ``arch,accuracy`` that
-the ``rank`` stage reads like NAS-Bench-201's. Paths are spread over the ranks.
+the ``rank`` stage reads like NAS-Bench-201's, with a column ``test_images``: how many test images
+every accuracy was measured on, which sets its binomial noise
+(:func:`kshot.eval.standalone_rank.sample_noise`). Paths are spread over the ranks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from kshot import distributed as dist
 from kshot.config import Config
 from kshot.eval.ground_truth import write_ground_truth_csv
+from kshot.eval.standalone_rank import TEST_IMAGES_COLUMN
 from kshot.spaces import Path, Space
 from kshot.stages import skipped
 from kshot.stages.common import device_of, load_train_data, require, space_of
@@ -55,5 +58,11 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     results = sorted(dist.gather_lists(mine))
     table = {space.format(archs[i]): acc for i, acc in results}
     if dist.is_main():
-        write_ground_truth_csv(outputs["table"], table, column="accuracy", space=space)
+        write_ground_truth_csv(
+            outputs["table"],
+            table,
+            column="accuracy",
+            space=space,
+            constants={TEST_IMAGES_COLUMN: len(data.test_labels)},
+        )
     return {"paths": len(table), "accuracy_mean": float(np.mean(list(table.values())))}

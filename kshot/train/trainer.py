@@ -655,7 +655,7 @@ class KShotTrainer:
 
 # Paths whose codes the curves follow, and the statistics followed (kshot.nn.simplex.code_statistics)
 _PROBE_PATHS = 64
-_CODE_CURVES = ("max", "sq_norm", "entropy", "tv", "cosine")
+_CODE_CURVES = ("max", "sq_norm", "entropy", "tv", "cosine", "pairwise_tv")
 
 
 def _floats(values: list[torch.Tensor | float]) -> list[float]:
