@@ -82,12 +82,19 @@ def _artifact_help(stage: str) -> str:
 
 def _module_doc(module: str) -> str:
     """The docstring of ``module``, read from its source: importing a stage would load torch, which
-    takes seconds, for a ``--help``."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
+    takes seconds, for a ``--help``. The file is found from the top-level package's folder, since
+    finding a submodule's spec imports its parent packages (``kshot.data`` imports torch)."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
         return ""
-    with open(spec.origin, encoding="utf-8") as f:
-        return ast.get_docstring(ast.parse(f.read())) or ""
+    for folder in spec.submodule_search_locations:
+        base = os.path.join(folder, *rest)
+        for path in (base + ".py", os.path.join(base, "__init__.py")):
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    return ast.get_docstring(ast.parse(f.read())) or ""
+    return ""
 
 
 def _positive_int(text: str) -> int:
