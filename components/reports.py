@@ -20,7 +20,7 @@ from kshot.eval.baselines import BASELINES, compare_with_baselines
 from kshot.eval.experiment import describe_codes
 from kshot.eval.ranking import metrics_from_json
 from kshot.eval.standalone_rank import best_standalone_rank
-from kshot.train.trainer import space_of
+from kshot.spaces import space_from_config
 
 __all__ = [
     "training_report",
@@ -222,7 +222,11 @@ def run_summary(
         "retrained_test_accuracy": retrain["test_accuracy"],
         "retrained_params": retrain["params"],
         "best_standalone_rank": best_standalone_rank(
-            cfg, retrain["arch"], retrain["test_accuracy"], artifact_uri(truth), space_of(cfg)
+            cfg,
+            retrain["arch"],
+            retrain["test_accuracy"],
+            artifact_uri(truth),
+            space_from_config(cfg),
         ),
         **{name: rank.get(name) for name in _CORRELATIONS},
         **_baseline_figures(rank),

@@ -405,11 +405,11 @@ def benchmark_table(config: str, table: Output[Dataset]) -> str:
     """
     from kshot.components.runtime import config_from_json, handoff_uri
     from kshot.eval.ground_truth import load_ground_truth, write_ground_truth_csv
-    from kshot.train.trainer import space_of
+    from kshot.spaces import space_from_config
 
     table_uri = handoff_uri(table, "table")
     cfg = config_from_json(config)
-    space = space_of(cfg)
+    space = space_from_config(cfg)
     rows = (
         load_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space) if cfg.ranking else {}
     )

@@ -42,8 +42,9 @@ import torch.nn.functional as F
 import kshot
 from kshot.config import Config
 from kshot.nn.nb201_supernet import NB201Supernet
+from kshot.nn.supernets import build_supernet
 from kshot.search.score import PathScorer
-from kshot.spaces import Space, nb201
+from kshot.spaces import MBV2Space, NB201Space, nb201
 from kshot.train.trainer import autocast, compile_grouped_loss, grouped_loss
 
 __all__ = ["run_benchmarks", "HEADLINE", "SECTIONS", "ALL_3X3", "MIXED"]
@@ -249,9 +250,7 @@ def _bench_mbv2_training(
 ) -> dict[str, Any]:
     """mbv2: K = 1 and 8 on a new random path (widths included) every step, and on one fixed path
     against its plain network."""
-    space = Space(
-        "mbv2", shape={"num_classes": 100, "width_mult": width_mult}, resolution=resolution
-    )
+    space = MBV2Space(shape={"num_classes": 100, "width_mult": width_mult}, resolution=resolution)
     x = torch.randn(batch, 3, resolution, resolution, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (batch,), device=device)
@@ -265,7 +264,7 @@ def _bench_mbv2_training(
     del plain  # peak memory counts every live tensor: only the measured model may be
     out["random_path"] = {}
     for k in (1, 8):
-        supernet = space.supernet(k).to(device)
+        supernet = build_supernet(space, k).to(device)
         lam = torch.full((k,), 1.0 / k, device=device)
         for name, pick in (("fixed_path", lambda i: paths[0]), ("random_path", paths.__getitem__)):
             t, m = _train_steps(
@@ -297,7 +296,7 @@ def _bench_search(
     torch.manual_seed(0)
     supernet = NB201Supernet(8, C=C, N=N).to(device)
     scorer = PathScorer(
-        Space("nb201"),
+        NB201Space(),
         supernet,
         None,
         bn_images=torch.randn(bn_images, 3, resolution, resolution, device=device),

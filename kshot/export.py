@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kshot import storage
-from kshot.spaces import SPACES, Space
+from kshot.spaces import SPACES
 
 __all__ = ["save_model", "load_model"]
 
@@ -61,7 +61,7 @@ def load_model(
     if saved["search_space"] not in SPACES:
         raise ValueError(f"{uri!r}: unknown search space {saved['search_space']!r}")
     try:
-        model = Space(saved["search_space"], shape=saved["shape"]).build(saved["arch"])
+        model = SPACES[saved["search_space"]](shape=saved["shape"]).build(saved["arch"])
         model.load_state_dict(saved["state_dict"])
     except (ValueError, TypeError, RuntimeError) as e:
         raise ValueError(f"{uri!r}: cannot rebuild the saved model: {e}") from None

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from kshot.eval.code_gradients import code_gradients, common_fraction, is_own_layer
 from kshot.nn.simplex import SimplexNet
-from kshot.spaces import Space
+from kshot.nn.supernets import build_supernet
+from kshot.spaces import MBV2Space, NB201Space
 
 K = 3
 CONVLESS = (0, 1, 4, 1, 0, 4)  # none, skip and pooling only: no weights of its own
@@ -16,8 +17,8 @@ CONVS = (2, 3, 2, 3, 3, 2)
 
 def _setup() -> tuple:
     torch.manual_seed(0)
-    space = Space("nb201", {"C": 4, "N": 1, "num_classes": 10}, resolution=8)
-    supernet = space.supernet(K)
+    space = NB201Space({"C": 4, "N": 1, "num_classes": 10}, resolution=8)
+    supernet = build_supernet(space, K)
     # slots that differ, so that the code matters for every layer
     with torch.no_grad():
         for p in supernet.parameters():
@@ -50,8 +51,8 @@ def test_parts_add_up_to_the_gradient_of_the_path_s_loss_on_the_simplex():
 
 
 def test_own_layers_are_the_cell_edges_convolutions():
-    space = Space("nb201", {"C": 4, "N": 1, "num_classes": 10}, resolution=8)
-    names = [name for name, _ in space.supernet(K).path_layers(CONVS)]
+    space = NB201Space({"C": 4, "N": 1, "num_classes": 10}, resolution=8)
+    names = [name for name, _ in build_supernet(space, K).path_layers(CONVS)]
     own = [name for name in names if is_own_layer(name)]
     # 3 cells at N = 1, each edge a convolution and its BN
     assert own == [
@@ -71,6 +72,6 @@ def test_common_fraction_reads_one_for_parallel_gradients_and_zero_for_ones_that
 
 
 def test_only_the_nb201_space_is_measured():
-    space = Space("mbv2", {"num_classes": 10})
+    space = MBV2Space({"num_classes": 10})
     with pytest.raises(ValueError, match="'mbv2'"):
         code_gradients(torch.nn.Identity(), None, space, [], torch.zeros(1), torch.zeros(1))

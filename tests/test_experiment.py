@@ -28,7 +28,7 @@ from kshot.eval.experiment import (
 )
 from kshot.eval.ranking import ranking_metrics
 from kshot.nn.simplex import code_statistics
-from kshot.spaces import Space
+from kshot.spaces import NB201Space, Space
 from kshot.train.checkpoint import load_latest
 from tests.conftest import fake_run, shared_data
 from tests.test_local_run import assert_ranking_recomputes
@@ -138,7 +138,7 @@ def test_the_report_says_in_words_when_codes_stayed_near_uniform():
 def _space_of_report(config: dict) -> Space:
     """The NAS-Bench-201 space at a CIFAR-10 ranking config's network shape and resolution."""
     shape = {"C": config["channels"], "N": config["cells"], "num_classes": 10, "in_channels": 3}
-    return Space("nb201", shape, resolution=config["resolution"])
+    return NB201Space(shape, resolution=config["resolution"])
 
 
 def _recompute(record: dict, rows: list[dict[str, str]], space: Space | None = None) -> None:

@@ -1,10 +1,13 @@
-"""The library imports no Kubeflow code: only kshot.components and kshot.pipeline do."""
+"""The library imports no Kubeflow code (only kshot.components and kshot.pipeline do), and its lower
+layers import nothing above them."""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import kshot
 
@@ -24,3 +27,39 @@ def test_library_modules_do_not_import_kfp():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+# Package → the kshot modules it may import: itself and the layers below it. A search space is pure
+# encoding, sampling and cost facts; the supernets (kshot.nn) are built on it, never the reverse.
+LOWER_LAYERS: dict[str, tuple[str, ...]] = {
+    "kshot.spaces": ("kshot.config", "kshot.seeds", "kshot.spaces"),
+    "kshot.nn": ("kshot.config", "kshot.seeds", "kshot.spaces", "kshot.nn"),
+}
+
+
+def _kshot_imports(path: Path) -> set[str]:
+    """Every kshot module a source file imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            if node.module == "kshot":  # from kshot import seeds
+                found.update(f"kshot.{a.name}" for a in node.names)
+            else:
+                found.add(node.module)
+    return {name for name in found if name == "kshot" or name.startswith("kshot.")}
+
+
+def test_lower_layers_do_not_import_upward():
+    root = Path(kshot.__file__).parent
+    upward = []
+    for package, allowed in LOWER_LAYERS.items():
+        folder = root.joinpath(*package.split(".")[1:])
+        files = sorted(folder.glob("*.py"))
+        assert files, package
+        for path in files:
+            for name in sorted(_kshot_imports(path)):
+                if not any(name == a or name.startswith(f"{a}.") for a in allowed):
+                    upward.append(f"{path.relative_to(root.parent)} imports {name}")
+    assert not upward, upward

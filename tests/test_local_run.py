@@ -26,7 +26,7 @@ from kshot.eval.standalone_rank import TEST_IMAGES_COLUMN, best_standalone_rank
 from kshot.export import load_model
 from kshot.nn.simplex import code_statistics
 from kshot.pipeline.local_run import DEFAULT_CONFIG, pipeline_arguments, publish, summary_lines
-from kshot.spaces import Space, mbv2, nb201
+from kshot.spaces import NB201Space, mbv2, nb201
 from kshot.stages.rank import SCORE_COLUMNS
 from tests.conftest import MBV2_TINY
 from tests.object_stores import Remote
@@ -394,7 +394,7 @@ def test_the_console_says_when_the_stand_alone_sample_cannot_separate_its_paths(
 ) -> None:
     """The digits default's case: 12 paths spanning 0.89 pp on 449 test images and a pick 0.67 pp
     below them (13 of 13), all within test-set noise; the rank is printed with that meaning."""
-    space = Space("nb201")
+    space = NB201Space()
     archs = [space.format(path) for path in space.distinct_sample(13, 0)]
     sample = {arch: 97.33 + 0.0809 * i for i, arch in enumerate(archs[:12])}
     table = str(tmp_path / "table.csv")

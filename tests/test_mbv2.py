@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kshot.nn.mbv2_supernet import MBV2Supernet
 from kshot.nn.simplex import channel_regularizer, width_positives
-from kshot.spaces import Space, mbv2
+from kshot.spaces import MBV2Space, mbv2
 
 pytestmark = pytest.mark.numerics
 
@@ -31,8 +31,8 @@ def test_space_counts():
     assert mbv2.WIDTHS == (0.2, 0.4, 0.6, 0.8, 1.0)
     assert (mbv2.NUM_BLOCKS, mbv2.NUM_LAYERS) == (21, 24)
     assert mbv2.size() == 5**24 * 13**21
-    assert Space("mbv2").size == 5**24 * 13**21
-    assert Space("mbv2", channel_search=False).size == 13**21
+    assert MBV2Space().size == 5**24 * 13**21
+    assert MBV2Space(channel_search=False).size == 13**21
     # kernel × expansion × SE, plus identity
     specs = {(s.kernel, s.expansion, s.se) for s in map(mbv2.op_spec, range(12))}
     assert specs == set(itertools.product((3, 5, 7), (3, 6), (False, True)))
@@ -73,7 +73,7 @@ def test_operators_stay_in_the_space():
         child = mbv2.crossover(a, b, rng)
         assert all(x in (p, q) for x, p, q in zip(child, a, b, strict=True))
         assert mbv2.mutate(a, rng, 0.1) != a
-    fixed = Space("mbv2", channel_search=False)
+    fixed = MBV2Space(channel_search=False)
     for _ in range(50):
         path = fixed.mutate(fixed.sample(rng), rng, 0.3)
         assert mbv2.width_factors(path) == (1.0,) * 24
@@ -227,9 +227,7 @@ def test_table_2_configs_load_and_their_budgets_are_reachable(budget):
         str(configs / "mbv2-imagenet.yaml"), str(configs / f"mbv2-imagenet-{budget}m.yaml")
     )
     assert (cfg.search_space, cfg.k, cfg.flops_budget, cfg.resolution) == ("mbv2", 8, budget, 224)
-    space = Space(
-        "mbv2", shape={"num_classes": 1000, "width_mult": 1.0, "divisor": 8}, resolution=224
-    )
+    space = MBV2Space(shape={"num_classes": 1000, "width_mult": 1.0, "divisor": 8}, resolution=224)
     rng = np.random.default_rng(budget)
     assert space.cheapest_flops() < budget
     assert any(space.flops(space.sample(rng)) <= budget for _ in range(200))

@@ -28,7 +28,7 @@ from kshot.eval.baselines import (
     baseline_metrics,
     compare_with_baselines,
 )
-from kshot.spaces import Space, nb201
+from kshot.spaces import NB201Space, nb201
 
 ARCH_A = "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|none~1|nor_conv_1x1~2|"
 ARCH_B = "|skip_connect~0|+|nor_conv_1x1~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"
@@ -282,7 +282,7 @@ def test_the_zero_cost_baselines_rank_the_same_paths_by_parameters_and_flops():
     parameters counted tensor by tensor; FLOPs by the formula pinned in test_nb201), and its
     metrics are those pairs counted by brute force: Eq. 18's τ-a with ties counting 0, and
     appendix C.1's top-group τ."""
-    space = Space("nb201", {"C": 4, "N": 1, "num_classes": 10}, resolution=8)
+    space = NB201Space({"C": 4, "N": 1, "num_classes": 10}, resolution=8)
     rng = np.random.default_rng(5)
     archs = [space.format(space.sample(rng)) for _ in range(14)]
     truth = [float(v) for v in np.round(rng.uniform(80, 95, size=len(archs)))]  # with ties

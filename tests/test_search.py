@@ -13,7 +13,7 @@ from kshot.nn.simplex import SimplexNet
 from kshot.search.nsga2 import BudgetError, nsga2_search, nsga2_survival, pareto_front
 from kshot.search.recalibrate import bn_layers, recalibrate_bn
 from kshot.search.score import PathScorer
-from kshot.spaces import Space, nb201
+from kshot.spaces import NB201Space, nb201
 
 
 def _flops(arch):
@@ -192,7 +192,7 @@ def _scorer_case(k: int = 3):
     to image, a simplex-net whose codes differ from 1/K, recalibration images and validation
     images (uint8, as stored, with their ``prepare``)."""
     torch.manual_seed(0)
-    space = Space("nb201", {"C": 4, "N": 1})
+    space = NB201Space({"C": 4, "N": 1})
     net = NB201Supernet(k, C=4, N=1)
     simplex = SimplexNet(space.arch_dim, k, hidden=8)
     with torch.no_grad():

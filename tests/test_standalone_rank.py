@@ -22,7 +22,7 @@ from kshot.eval.standalone_rank import (
     rank_in_sample,
     sample_noise,
 )
-from kshot.spaces import Space
+from kshot.spaces import NB201Space
 
 SAMPLE = {
     "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|none~2|": 98.0,
@@ -50,7 +50,7 @@ def test_a_sampled_copy_of_the_picked_path_is_not_ranked_against_it() -> None:
 def test_the_summary_ranks_only_against_a_sample_trained_as_long(tmp_path: Path) -> None:
     table = str(tmp_path / "table.csv")
     write_ground_truth_csv(table, SAMPLE)
-    space = Space("nb201")
+    space = NB201Space()
     same = load_config({"retrain_epochs": 10, "standalone_epochs": 10})
     rank = best_standalone_rank(same, PICKED, 97.8, table, space)
     assert rank is not None and (rank["rank"], rank["of"]) == (2, 5)
@@ -118,7 +118,7 @@ def test_a_digits_like_sample_cannot_separate_its_paths_a_far_worse_pick_is_last
 
 
 def test_the_summary_says_when_the_sample_cannot_separate_its_paths(tmp_path: Path) -> None:
-    space = Space("nb201")
+    space = NB201Space()
     cfg = load_config({"retrain_epochs": 10, "standalone_epochs": 10})
     close = {arch: 98.0 - 0.22 * i for i, arch in enumerate(SAMPLE)}  # 1 test image apart of 449
     table = str(tmp_path / "close.csv")
@@ -144,6 +144,6 @@ def test_a_table_without_its_test_image_count_gives_the_rank_without_a_noise_rea
     table = str(tmp_path / "table.csv")
     write_ground_truth_csv(table, SAMPLE)
     cfg = load_config({"retrain_epochs": 10, "standalone_epochs": 10})
-    rank = best_standalone_rank(cfg, PICKED, 97.8, table, Space("nb201"))
+    rank = best_standalone_rank(cfg, PICKED, 97.8, table, NB201Space())
     assert rank is not None and (rank["rank"], rank["of"]) == (2, 5)
     assert rank["within_noise"] is None and "unknown" in rank["reading"]

@@ -24,7 +24,7 @@ from torch import nn
 
 from kshot.nn.kshot import merge_path
 from kshot.nn.simplex import SimplexNet
-from kshot.spaces import Space
+from kshot.spaces import NB201Space, Space
 
 __all__ = ["PARTS", "code_gradients", "common_fraction", "is_own_layer"]
 
@@ -66,7 +66,7 @@ def code_gradients(
     Raises:
         ValueError: the space is not nb201 (mbv2's widths merge each layer's slots apart).
     """
-    if space.name != "nb201":
+    if not isinstance(space, NB201Space):
         raise ValueError(f"code gradients are measured on the nb201 space, not {space.name!r}")
     state = {k: v.clone() for k, v in supernet.state_dict().items()}
     was_training = supernet.training

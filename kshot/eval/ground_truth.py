@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from kshot import storage
-from kshot.spaces import Space, nb201
+from kshot.spaces import NB201Space, Space, nb201
 
 __all__ = [
     "BENCHMARK_DATASETS",
@@ -78,7 +78,7 @@ def _is_benchmark_file(uri: str) -> bool:
 def _normalised_arch(arch: str, where: str, space: Space | None = None) -> str:
     """The string of ``arch`` in ``space`` (default nb201), or a ValueError that says ``where`` it
     was found."""
-    space = space or Space("nb201")
+    space = space or NB201Space()
     try:
         return space.format(space.parse(arch))
     except ValueError as error:
@@ -104,7 +104,7 @@ def load_ground_truth(uri: str, column: str, space: Space | None = None) -> dict
             accuracy (naming the row), a duplicate arch, or a benchmark file without its API
             package.
     """
-    space = space or Space("nb201")
+    space = space or NB201Space()
     if _is_benchmark_file(uri):
         return _load_benchmark(uri, column, space)
     reader = csv.DictReader(io.StringIO(_read_table(uri), newline=""))
@@ -140,7 +140,7 @@ def check_ground_truth(uri: str, column: str, space: Space | None = None) -> Non
     """Refuse before training what :func:`load_ground_truth` would refuse after it: a CSV table is
     read whole (it is small); a benchmark file is only checked to exist, with its column and API
     package (loading it takes minutes)."""
-    space = space or Space("nb201")
+    space = space or NB201Space()
     if not _is_benchmark_file(uri):
         load_ground_truth(uri, column, space)
         return
@@ -152,7 +152,7 @@ def check_ground_truth(uri: str, column: str, space: Space | None = None) -> Non
 def _benchmark_package(uri: str, column: str, space: Space) -> str:
     """The API package that reads benchmark file ``uri``; fails on another space than nb201 or a
     column the benchmark does not have."""
-    if space.name != "nb201":
+    if not isinstance(space, NB201Space):
         raise ValueError(
             f"ground truth {uri!r}: benchmark files hold nb201 cells, not {space.name}"
         )
@@ -206,7 +206,7 @@ def write_ground_truth_csv(
     Raises:
         ValueError: an invalid arch string or non-finite accuracy (naming it), before writing.
     """
-    space = space or Space("nb201")
+    space = space or NB201Space()
     normalised: dict[str, float] = {}
     for arch, accuracy in rows.items():
         key = _normalised_arch(arch, f"ground truth for {uri!r}", space)

@@ -21,6 +21,7 @@ from kshot.data.split import split_from_dict
 from kshot.data.stream import ImageFolderIndex, StreamedPart
 from kshot.eval.ground_truth import check_ground_truth
 from kshot.nn.simplex import SimplexNet
+from kshot.nn.supernets import build_supernet
 from kshot.search.nsga2 import BudgetError
 from kshot.search.score import PathScorer
 from kshot.spaces import Space
@@ -30,10 +31,8 @@ from kshot.train.trainer import (
     TrainData,
     autocast,
     build_simplex,
-    build_supernet,
     code_of,
     identity_of,
-    network_shape,
     space_of,
 )
 
@@ -44,7 +43,6 @@ __all__ = [
     "make_scorer",
     "device_of",
     "score_paths",
-    "network_shape",
     "space_of",
     "read_search_results",
     "check_budget",
@@ -223,12 +221,18 @@ def images_on_device(
 
 
 def load_trained(
-    cfg: Config, data: TrainData, checkpoint_folder: str, device: torch.device
+    cfg: Config,
+    data: TrainData,
+    checkpoint_folder: str,
+    device: torch.device,
+    space: Space | None = None,
 ) -> tuple[nn.Module, SimplexNet, dict]:
-    """The newest supernet and simplex-net under ``checkpoint_folder``, checked against ``cfg``."""
+    """The newest supernet and simplex-net under ``checkpoint_folder``, checked against ``cfg``
+    (``space``: the run's at the data's shape, :func:`space_of`; built when not given)."""
     state = ckpt.load_latest(checkpoint_folder)
     ckpt.check_identity(state, identity_of(cfg, data), state["uri"])
-    supernet, simplex = build_supernet(cfg, data), build_simplex(cfg)
+    space = space or space_of(cfg, data)
+    supernet, simplex = build_supernet(space, cfg.k), build_simplex(cfg, space)
     supernet.load_state_dict(state["supernet"])
     simplex.load_state_dict(state["simplex"])
     return supernet.to(device), simplex.to(device).eval(), state
@@ -241,14 +245,17 @@ def make_scorer(
     simplex: SimplexNet | None,
     device: torch.device,
     eval_images: int | None = None,
+    space: Space | None = None,
 ) -> PathScorer:
-    """A scorer with ``cfg.bn_images`` seeded training images and the validation split."""
+    """A scorer with ``cfg.bn_images`` seeded training images and the validation split
+    (``space``: the run's at the data's shape, :func:`space_of`; built when not given)."""
+    space = space or space_of(cfg, data)
     n_train = check_bn_images(cfg, data)
     bn_idx = seeds.rng(cfg.seed, seeds.BN_IMAGES).permutation(n_train)[: cfg.bn_images]
     n_valid = eval_images if eval_images is not None else cfg.eval_images
     n_valid = n_valid or len(data.valid_labels)
     return PathScorer(
-        space_of(cfg, data),
+        space,
         supernet,
         simplex,
         bn_images=data.prepare(data.train_images[torch.from_numpy(bn_idx)], device),
@@ -258,7 +265,7 @@ def make_scorer(
         eval_batch_size=cfg.eval_batch_size,
         prepare=lambda x: data.prepare(x, device),
         autocast=lambda: autocast(cfg, device),
-        code=None if simplex is None else code_of(cfg, space_of(cfg, data), simplex, device),
+        code=None if simplex is None else code_of(cfg, space, simplex, device),
     )
 
 
@@ -341,14 +348,15 @@ def check_bn_images(cfg: Config, data: TrainData) -> int:
     return n_train
 
 
-def check_later_stages(cfg: Config, data: TrainData) -> None:
+def check_later_stages(cfg: Config, data: TrainData, space: Space) -> None:
     """Refuse before the first epoch what the search and rank stages would refuse after training:
     a FLOPs budget no path meets, more recalibration images than the split holds, a ground-truth
-    table (config key ``ground_truth``) that cannot be read or lacks its column."""
-    check_budget(cfg, space_of(cfg, data))
+    table (config key ``ground_truth``) that cannot be read or lacks its column. ``space`` is the
+    run's at the data's shape (:func:`space_of`)."""
+    check_budget(cfg, space)
     check_bn_images(cfg, data)
     if cfg.ranking and cfg.ground_truth:
         try:
-            check_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space_of(cfg))
+            check_ground_truth(cfg.ground_truth, cfg.ground_truth_column, space)
         except (OSError, ValueError) as e:
             raise ValueError(f"config key 'ground_truth' = {cfg.ground_truth!r}: {e}") from e

@@ -88,18 +88,19 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
             "'ground_truth' (a CSV with arch and accuracy columns)"
         )
     column = "accuracy" if inputs.get("ground_truth") else cfg.ground_truth_column
-    space = space_of(cfg)
+    space = space_of(cfg)  # at the data's shape below, once the data is read
     truth = load_ground_truth(truth_uri, column, space)
     archs = paths_to_rank(truth, cfg.rank_paths, cfg.seed)
     data = load_train_data(cfg, inputs["split"])
     device = device_of(cfg)
-    supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device)
-    scorer = make_scorer(cfg, data, supernet, simplex, device)
+    shaped = space_of(cfg, data)
+    supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device, shaped)
+    scorer = make_scorer(cfg, data, supernet, simplex, device, space=shaped)
     records = score_paths(scorer, [space.parse(a) for a in archs], desc="ranking")
     scores = {r["arch"]: r["accuracy"] for r in records}
     names, truth_values, score_values = align_scores(truth, scores, truth_uri, space)
     metrics = ranking_metrics(truth_values, score_values, cfg.top_n)
-    counts = baseline_counts(space_of(cfg, data), names)
+    counts = baseline_counts(shaped, names)
     codes = code_statistics(np.array([r["lam"] for r in records]))
     metrics.update(
         k=cfg.k,

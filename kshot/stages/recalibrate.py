@@ -37,8 +37,8 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     space = space_of(cfg, data)
     archs = [space.parse(a) for a in dict.fromkeys([*searched["front"], searched["best"]])]
     device = device_of(cfg)
-    supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device)
-    scorer = make_scorer(cfg, data, supernet, simplex, device, eval_images=0)
+    supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device, space)
+    scorer = make_scorer(cfg, data, supernet, simplex, device, eval_images=0, space=space)
     records = score_paths(scorer, archs, desc="recalibrate")
     for rec, arch in zip(records, archs, strict=True):
         rec["flops"] = space.flops(arch)

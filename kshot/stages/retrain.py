@@ -11,7 +11,6 @@ from kshot.export import save_model
 from kshot.stages.common import (
     device_of,
     load_train_data,
-    network_shape,
     read_search_results,
     require,
     space_of,
@@ -47,7 +46,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
             model,
             search_space=cfg.search_space,
             arch=arch,
-            shape=network_shape(cfg, data),
+            shape=space.shape,
             mean=data.mean,
             std=data.std,
         )

@@ -30,8 +30,8 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     space = space_of(cfg, data)
     budget = check_budget(cfg, space)
     device = device_of(cfg)
-    supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device)
-    scorer = make_scorer(cfg, data, supernet, simplex, device)
+    supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device, space)
+    scorer = make_scorer(cfg, data, supernet, simplex, device, space=space)
     result = nsga2_search(
         space,
         lambda archs: score_paths(scorer, archs, desc="generation"),

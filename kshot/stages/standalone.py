@@ -17,7 +17,7 @@ from kshot import distributed as dist
 from kshot.config import Config
 from kshot.eval.ground_truth import write_ground_truth_csv
 from kshot.eval.standalone_rank import TEST_IMAGES_COLUMN
-from kshot.spaces import Path, Space
+from kshot.spaces import NB201Space, Path, Space
 from kshot.stages import skipped
 from kshot.stages.common import device_of, load_train_data, require, space_of
 from kshot.train.standalone import train_standalone
@@ -27,7 +27,7 @@ __all__ = ["run", "sample_paths"]
 
 def sample_paths(count: int, seed: int, space: Space | None = None) -> list[Path]:
     """``count`` distinct paths of ``space`` (default: nb201) drawn uniformly, seeded."""
-    space = space or Space("nb201")
+    space = space or NB201Space()
     if count > space.size:
         raise ValueError(
             f"config key 'standalone_paths' = {count} exceeds the {space.size} paths of "

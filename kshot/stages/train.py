@@ -7,7 +7,13 @@ from typing import Any
 from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
-from kshot.stages.common import check_later_stages, device_of, load_train_data, require
+from kshot.stages.common import (
+    check_later_stages,
+    device_of,
+    load_train_data,
+    require,
+    space_of,
+)
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer, curves
 
@@ -24,8 +30,9 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     require(outputs, ("checkpoint",), "train", "output")
     device = device_of(cfg)  # before the data: a missing GPU fails at once
     data = load_train_data(cfg, inputs["split"])
-    check_later_stages(cfg, data)
-    trainer = KShotTrainer(cfg, data, device)
+    space = space_of(cfg, data)
+    check_later_stages(cfg, data, space)
+    trainer = KShotTrainer(cfg, data, device, space)
     if trainer.resume(outputs["checkpoint"], inputs["checkpoint"]) is None:
         raise ckpt.CheckpointError(
             f"checkpoint folder {inputs['checkpoint']!r} holds no checkpoint"

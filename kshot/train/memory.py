@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from kshot.config import Config
-from kshot.spaces import Space
+from kshot.nn.supernets import build_supernet
+from kshot.spaces import Space, space_class, space_from_config
 
 __all__ = ["MemoryEstimate", "estimate", "machine_memory", "check_memory"]
 
@@ -48,30 +49,23 @@ class MemoryEstimate:
         return self.weights + self.batch
 
 
-def _supernet_params(cfg: Config, k: int) -> int:
+def _supernet_params(space: Space, k: int) -> int:
     """Parameters of the K-shot supernet: exact, from two ``meta`` builds (every K-slot tensor is
     K copies of one shape, so the count is linear in K; building K = 10^6 slots would not be)."""
-    if cfg.search_space == "nb201":
-        shape = {"C": cfg.channels, "N": cfg.cells}
-    else:
-        shape = {"width_mult": cfg.width_mult, "divisor": cfg.channel_divisor}
-    space = Space(
-        cfg.search_space,
-        shape={**shape, "num_classes": 1, "in_channels": 1},
-        channel_search=cfg.channel_search,
-    )
     counts = []
     for slots in (1, 2):
         with torch.device("meta"):
-            counts.append(sum(p.numel() for p in space.supernet(slots).parameters()))
+            counts.append(sum(p.numel() for p in build_supernet(space, slots).parameters()))
     return counts[0] + (k - 1) * (counts[1] - counts[0])
 
 
 def estimate(cfg: Config, stage: str) -> MemoryEstimate:
     """The lower bound of stage ``stage`` under ``cfg`` (see the module's notes)."""
+    # One class and one input channel: the bound counts only what every dataset needs.
+    space = space_from_config(cfg, num_classes=1, in_channels=1)
     params = weights = 0
     if stage in _TRAINING | _SCORING:
-        params = _supernet_params(cfg, cfg.k)
+        params = _supernet_params(space, cfg.k)
         weights = params * _FP32 * (3 if stage in _TRAINING else 1)
     if stage in _TRAINING:
         batch_keys = {"batch_size": cfg.batch_size}
@@ -87,8 +81,7 @@ def estimate(cfg: Config, stage: str) -> MemoryEstimate:
         return MemoryEstimate(0, 0, 0, {})
     # resolution 0 keeps the dataset's native size, known only once it is read: small for every
     # in-memory dataset; a streamed one needs a resolution (Config checks it).
-    stem = cfg.channels if cfg.search_space == "nb201" else 0
-    batch = images * cfg.resolution**2 * (1 + stem) * _FP32
+    batch = images * cfg.resolution**2 * (1 + space.stem_channels) * _FP32
     return MemoryEstimate(params, weights, batch, {**batch_keys, "resolution": cfg.resolution})
 
 
@@ -129,10 +122,8 @@ def check_memory(cfg: Config, stage: str, gpu: bool = True) -> None:
         return
     have = f"more than the {available / _GIB:.3g} GiB of {what} here"
     if need.weights >= need.batch:
-        if cfg.search_space == "nb201":
-            shape = f"channels = {cfg.channels}, cells = {cfg.cells}"
-        else:
-            shape = f"width_mult = {cfg.width_mult}"
+        size_keys = space_class(cfg.search_space).size_keys
+        shape = ", ".join(f"{key} = {getattr(cfg, key)}" for key in size_keys)
         copies = "weights, gradients and momentum" if stage in _TRAINING else "its weights"
         raise ValueError(
             f"config key 'k' = {cfg.k} ({shape}): the supernet has {need.params:.3g} "

@@ -43,21 +43,20 @@ from kshot.config import Config, result_keys
 from kshot.data.stream import StreamedPart
 from kshot.data.transforms import normalize, random_crop_flip
 from kshot.nn.simplex import SimplexNet, channel_regularizer, code_statistics, width_positives
+from kshot.nn.supernets import build_supernet
 from kshot.progress import progress_bar
-from kshot.spaces import Path, Space
+from kshot.spaces import Path, Space, space_class, space_from_config
 from kshot.train import checkpoint as ckpt
 
 __all__ = [
     "TrainData",
     "KShotTrainer",
-    "build_supernet",
     "build_simplex",
     "identity_of",
     "run_keys",
     "uniform_lambda",
     "frozen",
     "curves",
-    "network_shape",
     "space_of",
     "autocast",
     "training_batch",
@@ -110,18 +109,10 @@ def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
     network's shape and (mbv2) whether widths are searched, the simplex-net's size and inputs, the
     image resolution, the split and the dataset. Keyed by config key where there is one, so that
     a mismatch names the key to change."""
-    if cfg.search_space == "nb201":
-        shape = {"channels": cfg.channels, "cells": cfg.cells}
-    else:
-        shape = {
-            "width_mult": cfg.width_mult,
-            "channel_divisor": cfg.channel_divisor,
-            "channel_search": cfg.channel_search,
-        }
     return {
         "search_space": cfg.search_space,
         "k": cfg.k,
-        **shape,
+        **space_class(cfg.search_space).identity(cfg),
         "simplex_hidden": cfg.simplex_hidden,
         "resolution": data.resolution,
         "num_classes": data.num_classes,
@@ -140,34 +131,22 @@ def run_keys(cfg: Config, alternating: bool) -> dict[str, Any]:
     return {key: values[key] for key in result_keys(*stages)}
 
 
-def network_shape(cfg: Config, data: TrainData) -> dict[str, Any]:
-    """The network's shape arguments (supernet, the space's ``build`` / ``flops`` / ``params``)."""
-    if cfg.search_space == "nb201":
-        space_shape: dict[str, Any] = {"C": cfg.channels, "N": cfg.cells}
-    else:
-        space_shape = {"width_mult": cfg.width_mult, "divisor": cfg.channel_divisor}
-    return {**space_shape, "num_classes": data.num_classes, "in_channels": data.in_channels}
-
-
 def space_of(cfg: Config, data: TrainData | None = None) -> Space:
-    """The run's search space; with ``data``, at its network shape and image resolution (what
+    """The run's search space; with ``data``, at its network shape (``space.shape``: the supernet's
+    and the space's ``build`` / ``flops`` / ``params`` arguments) and image resolution (what
     FLOPs and networks need; parsing and encoding paths need neither)."""
     if data is None:
-        return Space(cfg.search_space, channel_search=cfg.channel_search)
-    return Space(
-        cfg.search_space,
-        shape=network_shape(cfg, data),
+        return space_from_config(cfg)
+    return space_from_config(
+        cfg,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
         resolution=data.resolution,
-        channel_search=cfg.channel_search,
     )
 
 
-def build_supernet(cfg: Config, data: TrainData) -> nn.Module:
-    return space_of(cfg, data).supernet(cfg.k)
-
-
-def build_simplex(cfg: Config) -> SimplexNet:
-    space = space_of(cfg)
+def build_simplex(cfg: Config, space: Space) -> SimplexNet:
+    """The simplex-net over ``space``'s path codes."""
     return SimplexNet(space.arch_dim, cfg.k, hidden=cfg.simplex_hidden, width_dim=space.width_dim)
 
 
@@ -332,9 +311,12 @@ class KShotTrainer:
         cfg: the run configuration.
         data: the split's images.
         device: where to train.
+        space: the run's space at the data's shape (:func:`space_of`; built when not given).
     """
 
-    def __init__(self, cfg: Config, data: TrainData, device: torch.device) -> None:
+    def __init__(
+        self, cfg: Config, data: TrainData, device: torch.device, space: Space | None = None
+    ) -> None:
         self.cfg, self.data, self.device = cfg, data, device
         self.world = dist.world_size()
         if cfg.batch_size % self.world:
@@ -370,10 +352,10 @@ class KShotTrainer:
         self.warmup_steps = self.steps_per_epoch * cfg.warmup_epochs
         self.equal_theta = cfg.budget == "supernet_steps" and self.simplex_steps
 
-        self.space = space_of(cfg, data)
+        self.space = space or space_of(cfg, data)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.supernet = self.space.supernet(cfg.k).to(device)
-        self.simplex = build_simplex(cfg).to(device)
+        self.supernet = build_supernet(self.space, cfg.k).to(device)
+        self.simplex = build_simplex(cfg, self.space).to(device)
         # config key ``compile``: the path-masked forward, whose graph is the same for every path,
         # captured once (on CUDA with CUDA graphs: mode "reduce-overhead")
         self.compiled = compile_grouped_loss(self.supernet, device) if cfg.compile else None
