@@ -18,7 +18,15 @@ import yaml
 from kshot.config import Config, ConfigError, load_config
 from kshot.launch import BACKENDS, LaunchError, LaunchSpec, launch
 from kshot.launch.spec import is_image_reference
-from kshot.stages import HEAVY_STAGES, headline, run_stage, skipped
+from kshot.stages import (
+    HEAVY_STAGES,
+    TRAINING_STAGES,
+    check_world,
+    headline,
+    job_processes,
+    run_stage,
+    skipped,
+)
 from kshot.uris import is_remote
 
 __all__ = [
@@ -190,9 +198,15 @@ def build_config(arguments: Mapping[str, Any]) -> Config:
     for parameter in ("step_cpu", "step_memory"):
         if parameter in arguments:
             _quantity(arguments[parameter], parameter)
-    return load_config(
+    cfg = load_config(
         extra, parameters, sources=["pipeline parameter 'extra_config'", "pipeline parameters"]
     )
+    try:
+        for stage in sorted(TRAINING_STAGES):
+            check_world(stage, cfg, *job_processes(cfg))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return cfg
 
 
 def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") -> dict[str, Any]:

@@ -111,9 +111,14 @@ def _stage(args: argparse.Namespace) -> int:
     outputs = parse_overrides(args.output, "--output")
     if args.workers > 1:
         from kshot.launch.local import run_local
-        from kshot.stages import check_stage
+        from kshot.stages import check_stage, check_world
 
         check_stage(args.name, cfg, inputs, outputs, gpu=False)  # the workers check the GPU
+        check_world(args.name, cfg, args.workers, f"--workers {args.workers}")
+        if not args.overwrite:
+            from kshot.stages.guard import check_recorded
+
+            check_recorded(outputs)  # the workers check again, holding the outputs' leases
         from kshot.launch.spec import LaunchSpec
 
         run_local(

@@ -567,6 +567,8 @@ def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
         fail("m", "must be >= 2 for r_c, which compares the m paths of a simplex-net step")
     if cfg.parents > cfg.population:
         fail("parents", f"exceeds population = {cfg.population}")
+    if cfg.rank_paths == 1:
+        fail("rank_paths", "must be 0 (all) or at least 2: a ranking needs 2 paths")
     if any(n < 1 for n in cfg.top_n):
         fail("top_n", "must hold positive group sizes")
     if cfg.priority_class and not cfg.queue_name:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kshot import storage
-from kshot.components.runtime import pipeline_arguments
+from kshot.components.runtime import build_config, pipeline_arguments
 from kshot.config import Config
 from kshot.stages import CORRELATION_LABELS
 
@@ -118,6 +118,8 @@ def run_local_pipeline(
 
     if k_values is not None:
         _check_k_values(cfg, k_values)
+    else:
+        build_config(pipeline_arguments(cfg))  # what the config step refuses, refused now
     storage.check_writable(output, folder=True)  # a bad output fails now, not after the DAG
     started = time.monotonic()
     with _local_folder(output) as folder, warnings.catch_warnings():
@@ -184,7 +186,8 @@ def _check_k_values(cfg: Config, k_values: list[int]) -> None:
     if len(set(k_values)) < len(k_values):
         raise ConfigError(f"--sweep k={','.join(map(str, k_values))}: repeats a K")
     for k in k_values:
-        load_config(cfg.to_dict(), {"k": k}, sources=["the run config", f"--sweep k={k}"])
+        run = load_config(cfg.to_dict(), {"k": k}, sources=["the run config", f"--sweep k={k}"])
+        build_config(pipeline_arguments(run))
 
 
 def _pipeline_run(cfg: Config, k_values: list[int] | None) -> Any:

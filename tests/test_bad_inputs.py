@@ -38,6 +38,7 @@ from tests.conftest import TINY
 
 SENTINEL = b"old bytes of an earlier, successful run\n"
 VALID_ARCH = nb201.format_arch(nb201.from_index(1234))
+OTHER_ARCHS = [nb201.format_arch(nb201.from_index(i)) for i in (7, 9999)]
 NO_BUCKET = "gs://kshot-no-such-bucket"
 
 
@@ -51,7 +52,8 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_stage("split", cfg, {}, {"split": str(d / "split.json")})
     run_stage("warmup", cfg, {"split": str(d / "split.json")}, {"checkpoint": str(d / "warm")})
     (d / "results.json").write_text(json.dumps({"best": {"arch": VALID_ARCH}}))
-    (d / "truth.csv").write_text(f"arch,accuracy\n{VALID_ARCH},50.0\n")
+    rows = zip([VALID_ARCH, *OTHER_ARCHS], (50.0, 60.0, 70.0), strict=True)
+    (d / "truth.csv").write_text("arch,accuracy\n" + "".join(f"{a},{v}\n" for a, v in rows))
     return d
 
 
@@ -121,6 +123,15 @@ def results_with_invalid_arch(t: Path, good: Path) -> None:
 
 def truth_without_the_column(t: Path, good: Path) -> None:
     (t / "truth.csv").write_text(f"arch,acc\n{VALID_ARCH},50.0\n")
+
+
+def truth_of_one_path(t: Path, good: Path) -> None:
+    (t / "one.csv").write_text(f"arch,accuracy\n{VALID_ARCH},50.0\n")
+
+
+def truth_of_equal_accuracies(t: Path, good: Path) -> None:
+    archs = [VALID_ARCH, *OTHER_ARCHS]
+    (t / "flat.csv").write_text("arch,accuracy\n" + "".join(f"{a},50.0\n" for a in archs))
 
 
 def split_of_another_dataset(t: Path, good: Path) -> None:
@@ -583,13 +594,24 @@ CASES = [
         "search",
         ("simplex_hidden = 64 (config: 32)",),
         extra=("--set", "simplex_hidden=32"),
-        existing=("results.json",),
     ),
     Case(
         "checkpoint-trained-at-another-resolution",
         "train",
         ("resolution = 8 (config: 12)",),
         extra=("--set", "resolution=12"),
+    ),
+    Case(
+        "workers-not-dividing-batch-size-refused-before-torchrun-starts",
+        "warmup",
+        ("config key 'batch_size' = 32 must be divisible by the 3 processes (--workers 3)",),
+        extra=("--workers", "3"),
+    ),
+    Case(
+        "m-and-workers-not-dividing-each-other-refused-before-torchrun-starts",
+        "train",
+        ("config key 'm' = 4 and 3 processes (--workers 3): one must divide the other",),
+        extra=("--workers", "3", "--set", "batch_size=48"),
     ),
     Case(
         "m-not-dividing-batch-size",
@@ -629,12 +651,11 @@ CASES = [
     ),
     # --- results and ground truth
     Case(
-        "invalid-arch-in-results-keeps-existing-outputs",
+        "invalid-arch-in-results",
         "retrain",
         ("{t}/results.json", "best.arch", "invalid nb201 arch string '|conv_5x5~0|+|none~0|'"),
         inputs={"results": "{t}/results.json"},
         setup=results_with_invalid_arch,
-        existing=("model.pt", "metrics.json"),
     ),
     Case(
         "ground-truth-without-the-column",
@@ -644,10 +665,50 @@ CASES = [
         setup=truth_without_the_column,
     ),
     Case(
-        "failing-search-keeps-the-existing-results",
+        "ground-truth-of-one-path-refused-before-scoring",
+        "rank",
+        ("ground truth '{t}/one.csv' gives 1 path to rank: a ranking needs at least 2",),
+        inputs={"ground_truth": "{t}/one.csv"},
+        setup=truth_of_one_path,
+    ),
+    Case(
+        "ground-truth-of-equal-accuracies-refused-before-scoring",
+        "rank",
+        ("ground truth '{t}/flat.csv': all 3 paths to rank have accuracy 50.0",),
+        inputs={"ground_truth": "{t}/flat.csv"},
+        setup=truth_of_equal_accuracies,
+    ),
+    Case(
+        "ground-truth-of-equal-accuracies-refused-before-training",
+        "warmup",
+        ("config key 'ground_truth' = '{t}/flat.csv'", "all 3 paths to rank have accuracy 50.0"),
+        extra=("--set", "ground_truth={t}/flat.csv", "--set", "ground_truth_column=accuracy"),
+        setup=truth_of_equal_accuracies,
+    ),
+    Case(
+        "rank-paths-of-one",
+        "rank",
+        ("'rank_paths' from --set: 1 must be 0 (all) or at least 2",),
+        extra=("--set", "rank_paths=1"),
+    ),
+    # --- outputs that no kshot run wrote: kept unless --overwrite
+    Case(
+        "existing-results-without-run-record-are-kept",
         "search",
-        ("k = 4 (config: 2)",),
-        extra=("--set", "k=2"),
+        ("output results='{out}/results.json' already exists and has no run record",),
+        existing=("results.json",),
+    ),
+    Case(
+        "existing-outputs-without-run-record-are-kept-before-retraining",
+        "retrain",
+        ("output metrics='{out}/metrics.json' already exists and has no run record",),
+        existing=("model.pt", "metrics.json"),
+    ),
+    Case(
+        "existing-results-without-run-record-refused-before-torchrun-starts",
+        "search",
+        ("{out}/.results.json.kshot-run.json", "pass --overwrite to replace it"),
+        extra=("--workers", "2"),
         existing=("results.json",),
     ),
     Case("unknown-stage", "sprint", ("invalid choice: 'sprint'",)),
@@ -742,6 +803,16 @@ def test_a_local_run_to_an_unwritable_output_fails_before_any_step(tmp_path, mon
     assert not any(tmp_path.iterdir())
 
 
+def test_a_local_run_on_workers_not_dividing_the_batch_fails_before_any_step(tmp_path):
+    from kshot.config import ConfigError
+    from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline
+
+    cfg = load_config(DEFAULT_CONFIG, {"workers": 3})
+    with pytest.raises(ConfigError, match=r"64 must be divisible by the 3 processes \(config key"):
+        run_local_pipeline(cfg, str(tmp_path / "run"))
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_local_run_into_a_file_fails_before_any_step(tmp_path):
     from kshot.pipeline.local_run import DEFAULT_CONFIG, run_local_pipeline
 
@@ -786,13 +857,13 @@ def test_an_exported_model_holding_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
-def test_a_full_disk_exits_2_naming_the_output_and_keeps_its_old_bytes(
+def test_a_full_disk_exits_2_naming_the_output_and_leaves_no_file(
     good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
     """The split stage's output on a disk that is full: one line naming the file and "no space
-    left", exit 2, the earlier file unchanged and no temporary file left beside it."""
+    left", exit 2, and neither the file nor a temporary one left (that an earlier file keeps its
+    bytes is the store's own test: an existing output is refused before the stage runs)."""
     out = tmp_path / "split.json"
-    out.write_bytes(SENTINEL)
 
     def full(fd: int, *args, **kwargs):
         os.close(fd)
@@ -804,17 +875,23 @@ def test_a_full_disk_exits_2_naming_the_output_and_keeps_its_old_bytes(
     assert code == 2
     err = capsys.readouterr().err
     assert f"kshot stage: error: [Errno 28] writing {out}: no space left on device" in err
-    assert out.read_bytes() == SENTINEL
-    assert [p.name for p in tmp_path.iterdir()] == ["split.json"]
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_constant_ground_truth_writes_null_metrics_with_a_warning(good: Path, tmp_path: Path):
-    """τ, ρ and r of a constant ground truth are undefined: the metrics JSON holds null (strict
-    JSON, no bare NaN token), a warning names them, and reading it back gives NaN again."""
+def test_constant_scores_write_null_metrics_with_a_warning(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """τ, ρ and r against constant supernet scores are undefined (a constant ground truth is
+    refused before scoring): the metrics JSON holds null (strict JSON, no bare NaN token), a
+    warning names them, and reading it back gives NaN again."""
     from kshot.eval.ranking import metrics_from_json
+    from kshot.stages import rank
 
-    archs = [nb201.format_arch(nb201.from_index(i)) for i in (7, 1234, 9999)]
-    (tmp_path / "flat.csv").write_text("arch,accuracy\n" + "".join(f"{a},50.0\n" for a in archs))
+    def constant(*args, **kwargs):
+        return [{**record, "accuracy": 50.0} for record in score_paths(*args, **kwargs)]
+
+    score_paths = rank.score_paths
+    monkeypatch.setattr(rank, "score_paths", constant)
     cfg = load_config(TINY)
     with pytest.warns(
         UserWarning, match="kendall_tau_a, kendall_tau_b, spearman_rho, pearson_r.*written as null"
@@ -825,7 +902,7 @@ def test_constant_ground_truth_writes_null_metrics_with_a_warning(good: Path, tm
             {
                 "split": str(good / "split.json"),
                 "checkpoint": str(good / "warm"),
-                "ground_truth": str(tmp_path / "flat.csv"),
+                "ground_truth": str(good / "truth.csv"),
             },
             {"scores": str(tmp_path / "scores.csv"), "metrics": str(tmp_path / "rank.json")},
         )

@@ -433,6 +433,11 @@ def _arguments(**changes: Any) -> dict[str, Any]:
         ({"k": 0}, "config key 'k' from pipeline parameters: 0 must be >= 1"),
         ({"m": 7}, "config key 'm' from pipeline parameters: 7 does not divide batch_size"),
         (
+            {"workers": 3},
+            "config key 'batch_size' = 256 must be divisible by the 3 processes (config key "
+            "'workers' = 3)",
+        ),
+        (
             {"extra_config": '{"chanels": 4}'},
             "unknown config key 'chanels' from pipeline parameter 'extra_config'",
         ),
@@ -479,6 +484,11 @@ def test_the_config_step_emits_the_config_as_json(local_session: Path) -> None:
     [
         ({"k": 0}, "config key 'k' from pipeline parameters: 0 must be >= 1"),
         ({"m": 7}, "config key 'm' from pipeline parameters: 7 does not divide batch_size"),
+        (
+            {"workers": 3},
+            "config key 'batch_size' = 256 must be divisible by the 3 processes (config key "
+            "'workers' = 3)",
+        ),
         ({"extra_config": '{"chanels": 4}'}, "unknown config key 'chanels'"),
     ],
 )

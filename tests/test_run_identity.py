@@ -2,7 +2,8 @@
 
 A rerun with any result-affecting key changed is refused, naming the keys, before any work and
 without touching the output; the identical rerun reports the finished result without work;
-``--overwrite`` removes only that output; a supernet is never scored on another split.
+an output file that no run wrote is refused; ``--overwrite`` removes only that output; a supernet
+is never scored on another split.
 """
 
 from __future__ import annotations
@@ -148,6 +149,27 @@ def test_overwrite_removes_only_that_output_and_starts_over(
     assert ckpt.load_latest(str(tmp_path / "A"))["config"]["seed"] == 1
     assert (tmp_path / "B" / "keep.txt").read_text() == "another output"
     assert _fingerprint(finished["root"]) == inputs_before
+
+
+def test_an_output_no_run_wrote_is_replaced_only_with_overwrite(
+    finished: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file at an output with no run record beside it is refused, naming it, and kept;
+    --overwrite replaces it; the output this run then wrote (with its record) is reported as
+    finished by the plain rerun."""
+    out = tmp_path / "split.json"
+    out.write_text("a file of the user's")
+    argv = _stage(finished, "split", "--output", f"split={out}")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"output split='{out}' already exists and has no run record" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["split.json"]
+    assert out.read_text() == "a file of the user's"
+    assert main([*argv, "--overwrite"]) == 0
+    assert out.read_bytes() == finished["split"].read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "already finished this run" in capsys.readouterr().err
 
 
 def test_a_supernet_is_never_scored_on_another_split(

@@ -34,6 +34,7 @@ __all__ = [
     "BUILTIN_TABLES",
     "load_ground_truth",
     "check_ground_truth",
+    "check_rankable",
     "write_ground_truth_csv",
     "align_scores",
 ]
@@ -142,11 +143,36 @@ def check_ground_truth(uri: str, column: str, space: Space | None = None) -> Non
     package (loading it takes minutes)."""
     space = space or NB201Space()
     if not _is_benchmark_file(uri):
-        load_ground_truth(uri, column, space)
+        check_rankable(load_ground_truth(uri, column, space), uri, column)
         return
     _benchmark_package(uri, column, space)
     if not storage.exists(uri):
         raise FileNotFoundError(f"ground truth {uri!r} does not exist")
+
+
+def check_rankable(truth: Mapping[str, float], uri: str, column: str) -> None:
+    """Refuse ground truth that no ranking can be measured against: fewer than 2 paths, or every
+    path of the same accuracy (τ, ρ and r are then undefined).
+
+    Args:
+        truth: ``{arch: accuracy}`` of the paths to rank (all of a table, or those drawn from it).
+        uri: where the ground truth came from, for the message.
+        column: its accuracy column, for the message.
+
+    Raises:
+        ValueError: naming ``uri``, how many paths and the accuracy they share.
+    """
+    if len(truth) < 2:
+        raise ValueError(
+            f"ground truth {uri!r} gives {len(truth)} path to rank: a ranking needs at least 2"
+        )
+    values = set(truth.values())
+    if len(values) == 1:
+        raise ValueError(
+            f"ground truth {uri!r}: all {len(truth)} paths to rank have accuracy {values.pop()} "
+            f"(column {column!r}): τ, ρ and r are undefined against a constant; a ranking needs "
+            "paths of different accuracy"
+        )
 
 
 def _benchmark_package(uri: str, column: str, space: Space) -> str:

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import yaml
+from google.api_core.exceptions import RetryError
+from google.api_core.retry import Retry
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -89,7 +91,8 @@ _DRAIN_TIMEOUT_S = 5.0
 _REQUEST_TIMEOUT = (10.0, 30.0)
 # A followed log may stay silent for long; after this the stream reconnects (seen lines skipped).
 _LOG_FOLLOW_TIMEOUT = (10.0, 300.0)
-# Backoff of retried API calls: first delay, largest delay, longest outage tolerated.
+# Backoff of retried API calls (google.api_core's Retry, as kshot.storage's requests, jittered
+# below these bounds): first delay, largest delay, longest outage tolerated.
 _RETRY_FIRST_S = 1.0
 _RETRY_MAX_S = 30.0
 _MAX_OUTAGE_S = 900.0
@@ -519,31 +522,49 @@ def _is_transient(error: ApiException) -> bool:
     return error.status == 429 or (error.status or 0) >= 500
 
 
+def _is_retryable(error: Exception) -> bool:
+    """What a later attempt may not meet: 429, 5xx and connection errors."""
+    if isinstance(error, ApiException):
+        return _is_transient(error)
+    return isinstance(error, (HTTPError, OSError))
+
+
 def _retrying(call: Callable[[], _T], what: str, deadline: float, log: Callable[[str], None]) -> _T:
-    """``call()``, retried with exponential backoff on 429, 5xx and connection errors.
+    """``call()`` under a ``google.api_core`` :class:`~google.api_core.retry.Retry`: exponential
+    backoff on 429, 5xx and connection errors, each logged as it is retried.
 
     Retries stop at ``deadline`` and after :data:`_MAX_OUTAGE_S`; then a transient
     ``ApiException`` is raised as it came, a connection error as a :class:`LaunchError`. Other API
     errors (403, 404, 409, …) are the caller's to explain, at once.
     """
-    delay = _RETRY_FIRST_S
-    give_up = min(deadline, time.monotonic() + _MAX_OUTAGE_S)
-    while True:
-        try:
-            return call()
-        except ApiException as error:
-            if not _is_transient(error) or time.monotonic() + delay > give_up:
-                raise
-            reason = f"{error.status} {error.reason}"
-        except (HTTPError, OSError) as error:
-            if time.monotonic() + delay > give_up:
-                raise LaunchError(
-                    f"could not {what}: the Kubernetes API server is unreachable ({error})"
-                ) from error
-            reason = type(error).__name__
-        log(f"could not {what} ({reason}); retrying in {delay:g} s")
-        time.sleep(delay)
-        delay = min(2 * delay, _RETRY_MAX_S)
+    bound = [_RETRY_FIRST_S]  # Retry's next delay is drawn below this bound
+
+    def on_error(error: Exception) -> None:
+        reason = (
+            f"{error.status} {error.reason}"
+            if isinstance(error, ApiException)
+            else type(error).__name__
+        )
+        log(f"could not {what} ({reason}); retrying in up to {bound[0]:g} s")
+        bound[0] = min(2 * bound[0], _RETRY_MAX_S)
+
+    now = time.monotonic()
+    retry = Retry(
+        predicate=_is_retryable,
+        initial=_RETRY_FIRST_S,
+        maximum=_RETRY_MAX_S,
+        multiplier=2.0,
+        timeout=max(0.0, min(deadline, now + _MAX_OUTAGE_S) - now),
+        on_error=on_error,
+    )
+    try:
+        return retry(call)()
+    except RetryError as error:
+        if isinstance(error.cause, ApiException):
+            raise error.cause from None
+        raise LaunchError(
+            f"could not {what}: the Kubernetes API server is unreachable ({error.cause})"
+        ) from error.cause
 
 
 def _get_job(

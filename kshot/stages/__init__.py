@@ -14,7 +14,10 @@ __all__ = [
     "HEAVY_STAGES",
     "ARTIFACTS",
     "FOLDER_ARTIFACTS",
+    "TRAINING_STAGES",
     "check_stage",
+    "check_world",
+    "job_processes",
     "run_stage",
     "skipped",
     "headline",
@@ -35,6 +38,8 @@ STAGES: tuple[str, ...] = (
 HEAVY_STAGES: frozenset[str] = frozenset(
     {"warmup", "train", "search", "recalibrate", "rank", "retrain", "standalone"}
 )
+# Stages whose processes share each batch (:class:`kshot.train.trainer.KShotTrainer`).
+TRAINING_STAGES: frozenset[str] = frozenset({"warmup", "train"})
 
 # Artifacts of each stage: (inputs, outputs), name → what it holds. Optional inputs end with "?".
 ARTIFACTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
@@ -121,6 +126,35 @@ def check_stage(
                 raise ValueError(f"stage {name!r}, {kind} artifact {artifact}={uri!r}: {e}") from e
     if skipped(name, config) is None:
         check_memory(config, name, gpu=gpu)
+
+
+def check_world(name: str, config: Config, world: int, source: str) -> None:
+    """Refuse stage ``name`` run as ``world`` processes that could not share its batch (see
+    :func:`kshot.train.trainer.check_processes`), before any process starts.
+
+    Args:
+        name: the stage.
+        config: the run configuration.
+        world: the number of processes (workers × processes per worker).
+        source: where that number came from (``--workers 3``, a config key), for the message.
+
+    Raises:
+        ValueError: naming the config keys, the number of processes and ``source``.
+    """
+    if name in TRAINING_STAGES and world > 1:
+        from kshot.train.trainer import check_processes
+
+        check_processes(config, world, f"processes ({source})")
+
+
+def job_processes(config: Config) -> tuple[int, str]:
+    """The processes of a stage's job under ``config`` (config keys ``workers`` × one per GPU,
+    or one per CPU worker) and where that number comes from, as :func:`check_world` takes them."""
+    per_worker = max(1, config.gpus_per_worker)
+    source = f"config key 'workers' = {config.workers}"
+    if per_worker > 1:
+        source += f" × 'gpus_per_worker' = {per_worker}"
+    return config.workers * per_worker, source
 
 
 def skipped(name: str, config: Config) -> str | None:

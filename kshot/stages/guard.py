@@ -10,7 +10,9 @@ Around every stage (:func:`kshot.stages.run_stage`), before any work:
   (:func:`kshot.config.result_keys`), the digests of its inputs (the split, the checkpoint, the
   search results …) and the stage's result. An output whose record differs from this run is
   refused, naming the keys that differ; a rerun of the same run finds every record equal and
-  reports the recorded result without work. ``overwrite`` (``kshot stage … --overwrite``)
+  reports the recorded result without work. An output file without a record was written by no
+  kshot run that finished (or by none at all): it is refused too, rather than replaced unread.
+  ``overwrite`` (``kshot stage … --overwrite``)
   removes the outputs and their records first: the run starts over. A checkpoint folder an
   unfinished run left is resumed only by the same run: checkpoints record the same keys
   (:func:`kshot.train.trainer.identity_of`).
@@ -28,8 +30,16 @@ from typing import Any
 from kshot import distributed as dist
 from kshot import lease, storage
 from kshot.config import Config, result_keys
+from kshot.stages import FOLDER_ARTIFACTS
 
-__all__ = ["RunMismatch", "run_guarded", "run_identity", "record_uri", "check_read_only"]
+__all__ = [
+    "RunMismatch",
+    "run_guarded",
+    "run_identity",
+    "record_uri",
+    "check_read_only",
+    "check_recorded",
+]
 
 _RECORD_SUFFIX = ".kshot-run.json"
 
@@ -98,6 +108,28 @@ def _differences(found: Mapping[str, Any], expected: Mapping[str, Any]) -> list[
         else:
             diffs.append(f"{key} = {found.get(key)!r} there, {expected.get(key)!r} in this run")
     return diffs
+
+
+def check_recorded(outputs: Mapping[str, str]) -> None:
+    """Refuse an output file that exists without a run record beside it: no kshot run finished
+    writing it, so replacing it could destroy a file that is not a run's. A folder output
+    (:data:`kshot.stages.FOLDER_ARTIFACTS`: checkpoints) is left to the trainer, which resumes
+    only its own run's checkpoints; KFP makes only an output artifact's parent folder, so its
+    outputs are never refused.
+
+    Raises:
+        RunMismatch: naming the output, its URI and where its record would be.
+    """
+    for name, uri in sorted(outputs.items()):
+        if name in FOLDER_ARTIFACTS or not storage.exists(uri):
+            continue
+        record_at = record_uri(uri)
+        if not storage.exists(record_at):
+            raise RunMismatch(
+                f"output {name}={uri!r} already exists and has no run record ({record_at}): no "
+                "kshot run finished writing it. Give this run another output, or pass "
+                "--overwrite to replace it"
+            )
 
 
 def _finished_result(
@@ -169,6 +201,7 @@ def run_guarded(
             _remove(outputs)
             done, result = False, None
         else:
+            check_recorded(outputs)
             done, result = _finished_result(stage, outputs, identity)
         dist.broadcast_object((done, result))
         if done:

@@ -23,7 +23,7 @@ from kshot import distributed as dist
 from kshot import seeds, storage
 from kshot.config import Config
 from kshot.eval.baselines import BASELINES, baseline_counts, baseline_metrics
-from kshot.eval.ground_truth import align_scores, load_ground_truth
+from kshot.eval.ground_truth import align_scores, check_rankable, load_ground_truth
 from kshot.eval.ranking import ranking_metrics
 from kshot.nn.simplex import code_statistics
 from kshot.stages import skipped
@@ -91,6 +91,7 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
     space = space_of(cfg)  # at the data's shape below, once the data is read
     truth = load_ground_truth(truth_uri, column, space)
     archs = paths_to_rank(truth, cfg.rank_paths, cfg.seed)
+    check_rankable({arch: truth[arch] for arch in archs}, truth_uri, column)
     data = load_train_data(cfg, inputs["split"])
     device = device_of(cfg)
     shaped = space_of(cfg, data)

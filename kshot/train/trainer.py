@@ -64,6 +64,7 @@ __all__ = [
     "random_code",
     "code_of",
     "simplex_groups",
+    "check_processes",
     "grouped_loss",
     "compile_grouped_loss",
 ]
@@ -274,6 +275,43 @@ def simplex_groups(m: int, world: int, rank: int) -> range:
     return range(first, first + max(m // world, 1))
 
 
+def check_processes(
+    cfg: Config, world: int, processes: str = "processes (workers × GPUs per worker)"
+) -> None:
+    """Refuse ``world`` training processes that cannot share a batch as :class:`KShotTrainer`
+    splits it: each takes ``batch_size / world`` images, and in a simplex-net step runs whole
+    groups of the ``m`` paths (or one group shared evenly), see :func:`simplex_groups`.
+
+    Args:
+        cfg: the run configuration.
+        world: the number of processes.
+        processes: what they are and where their number came from, for the message.
+
+    Raises:
+        ValueError: naming the config keys and the number of processes.
+    """
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"config key 'batch_size' = {cfg.batch_size} must be divisible by the {world} "
+            f"{processes} that share each batch"
+        )
+    if not (cfg.lambda_mode == "learned" and cfg.k > 1):
+        return
+    try:
+        groups = simplex_groups(cfg.m, world, 0)
+    except ValueError as e:
+        raise ValueError(
+            f"config key 'm' = {cfg.m} and {world} {processes}: one must divide the other, so "
+            "that each process runs whole groups of a simplex-net step or one group shared evenly"
+        ) from e
+    if cfg.batch_size // world % len(groups):
+        raise ValueError(
+            f"config key 'batch_size' = {cfg.batch_size}: the share of {cfg.batch_size // world} "
+            f"images of each of the {world} {processes} must split into its {len(groups)} groups "
+            f"of a simplex-net step (m = {cfg.m})"
+        )
+
+
 def compile_grouped_loss(supernet: nn.Module, device: torch.device) -> Callable[..., Any]:
     """:func:`grouped_loss` through ``supernet.forward_masked``, whose graph is the same for every
     path, under ``torch.compile`` (on CUDA in mode "reduce-overhead": CUDA graphs). Call it with
@@ -319,27 +357,10 @@ class KShotTrainer:
     ) -> None:
         self.cfg, self.data, self.device = cfg, data, device
         self.world = dist.world_size()
-        if cfg.batch_size % self.world:
-            raise ValueError(
-                f"config key 'batch_size' = {cfg.batch_size} must be divisible by the {self.world} "
-                "processes (workers × GPUs per worker) that share each batch"
-            )
+        check_processes(cfg, self.world)
         self.simplex_steps = cfg.lambda_mode == "learned" and cfg.k > 1
         if self.simplex_steps:
-            try:
-                self.groups = simplex_groups(cfg.m, self.world, dist.rank())
-            except ValueError as e:
-                raise ValueError(
-                    f"config key 'm' = {cfg.m} and {self.world} processes (workers × GPUs per "
-                    "worker): one must divide the other, so that each process runs whole groups "
-                    "of a simplex-net step or one group shared evenly"
-                ) from e
-            if cfg.batch_size // self.world % len(self.groups):
-                raise ValueError(
-                    f"config key 'batch_size' = {cfg.batch_size}: each of the {self.world} "
-                    f"processes' share of {cfg.batch_size // self.world} images must split into "
-                    f"its {len(self.groups)} groups of a simplex-net step (m = {cfg.m})"
-                )
+            self.groups = simplex_groups(cfg.m, self.world, dist.rank())
         n_train = len(data.train_labels)
         if n_train < cfg.batch_size:
             raise ValueError(
