@@ -196,7 +196,8 @@ def test_standalone_ground_truth_and_ranking_work_on_mbv2_paths_or_are_skipped(
     cfg = mbv2_cfg.replace(standalone_paths=2, top_n=[1, 2])
     assert run_stage("standalone", cfg, split, {"table": str(table)})["paths"] == 2
     rows = table.read_text().splitlines()
-    assert rows[0] == "arch,accuracy" and all(mbv2.parse(r.rsplit(",", 1)[0]) for r in rows[1:])
+    assert rows[0] == "arch,accuracy,test_images"
+    assert all(mbv2.parse(r.rsplit(",", 2)[0]) for r in rows[1:])
     inputs = {**split, "checkpoint": str(mbv2_run / "trained"), "ground_truth": str(table)}
     outputs = {"scores": str(tmp_path / "scores.csv"), "metrics": str(tmp_path / "rank.json")}
     assert run_stage("rank", cfg, inputs, outputs)["n_paths"] == 2

@@ -130,7 +130,7 @@ def check_stage(
 
 def check_world(name: str, config: Config, world: int, source: str) -> None:
     """Refuse stage ``name`` run as ``world`` processes that could not share its batch (see
-    :func:`kshot.train.trainer.check_processes`), before any process starts.
+    :func:`kshot.train.groups.check_processes`), before any process starts.
 
     Args:
         name: the stage.
@@ -142,7 +142,7 @@ def check_world(name: str, config: Config, world: int, source: str) -> None:
         ValueError: naming the config keys, the number of processes and ``source``.
     """
     if name in TRAINING_STAGES and world > 1:
-        from kshot.train.trainer import check_processes
+        from kshot.train.groups import check_processes
 
         check_processes(config, world, f"processes ({source})")
 

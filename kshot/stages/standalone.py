@@ -37,7 +37,7 @@ def sample_paths(count: int, seed: int, space: Space | None = None) -> list[Path
 
 
 def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
-    """Write ``outputs["table"]``: CSV ``arch,accuracy`` of the sampled paths."""
+    """Write ``outputs["table"]``: CSV ``arch,accuracy,test_images`` of the sampled paths."""
     require(inputs, ("split",), "standalone", "input")
     require(outputs, ("table",), "standalone", "output")
     reason = skipped("standalone", cfg)
