@@ -112,13 +112,22 @@ def start_server(
     raise RuntimeError(f"{name} failed to start:\n" + "\n---\n".join(failures))
 
 
+# The emulator serves one connection at a time behind http.server's backlog of 5: concurrent
+# requests overflow it and wait ~1 s for the client's connection retry. A deeper backlog queues them.
+_EMULATOR_MAIN = (
+    "import http.server, runpy, sys; http.server.HTTPServer.request_queue_size = 128; "
+    "sys.argv[0] = 'gcp_storage_emulator'; runpy.run_module('gcp_storage_emulator', "
+    "run_name='__main__', alter_sys=True)"
+)
+
+
 def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
     """Start an in-memory ``gcp-storage-emulator`` on a free loopback port (see
     :func:`start_server`)."""
     return start_server(
         "gcp-storage-emulator",
         lambda port: (
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", _LOOPBACK]
+            [sys.executable, "-c", _EMULATOR_MAIN, "start", "--host", _LOOPBACK]
             + ["--port", str(port), "--in-memory", "--quiet"]
         ),
     )
@@ -198,7 +207,7 @@ class FlakyProxy:
         self._staged: list[tuple[str, str, _Event]] = []
         self._lock = threading.Lock()
         self._upload_lock = threading.Lock()
-        self._server = ThreadingHTTPServer((_LOOPBACK, 0), _proxy_handler(self))
+        self._server = _ProxyServer((_LOOPBACK, 0), _proxy_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -259,6 +268,12 @@ class FlakyProxy:
             self._failure_credit -= 1.0
             self.failed += 1
             return "503" if self.failed % 2 else "drop"
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    # A client with many requests in flight (a loader's ranged reads) connects many times at once;
+    # socketserver's backlog of 5 overflows and a dropped connection waits ~1 s to retry.
+    request_queue_size = 128
 
 
 def _proxy_handler(proxy: FlakyProxy) -> type[BaseHTTPRequestHandler]:
