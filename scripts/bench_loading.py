@@ -11,7 +11,12 @@ RandomResizedCrop to 224 and flip):
 * images/s after the first batch, over at least two batches and about ``--seconds``;
 * requests per 1,000 images (counted by the proxy) in that window;
 * time to the first batch of a fresh process: the index (listing the tree, or reading the
-  shards' index) plus the first batch.
+  shards' index) plus the first batch;
+* CPU seconds (user + system) spent in the timed window by the loader (this process and its
+  DataLoader workers, less the proxy's threads) and by the store side (the server process and its
+  children, plus the proxy's threads in this process), per image, and images per loader CPU
+  second. The store servers here are pure Python on the loader's own cores; a real store's CPU is
+  not the training node's, so the loader's CPU per image is what a node pays.
 
 The decode-bound rate is the same JPEGs read from local disk. Prints a Markdown table and writes
 JSON to ``--out``. Run from the repository root::
@@ -25,9 +30,11 @@ import argparse
 import itertools
 import json
 import os
+import resource
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -46,6 +53,8 @@ from tests.s3 import direct_client  # noqa: E402
 BATCH = 128  # a rank's share of the ImageNet recipe's 1,024 on 8 GPUs
 RESOLUTION = 224
 CLASSES = 10
+FORMATS = ("folders", "shards")
+_CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 class LatencyProxy(FlakyProxy):
@@ -55,9 +64,100 @@ class LatencyProxy(FlakyProxy):
         super().__init__(upstream)
         self.latency_s = latency_s
 
+        self._cpu_lock = threading.Lock()
+        self._finished_cpu_s = 0.0
+        serve_one = self._server.process_request_thread  # one thread per request
+
+        def timed(request: object, client_address: object) -> None:
+            try:
+                serve_one(request, client_address)
+            finally:
+                with self._cpu_lock:
+                    self._finished_cpu_s += time.thread_time()
+
+        self._server.process_request_thread = timed  # type: ignore[method-assign]
+
     def next_fault(self) -> str | None:
         time.sleep(self.latency_s)
         return super().next_fault()
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the proxy's threads so far: the request threads that have ended and the
+        accepting thread (a request in flight is counted when it ends)."""
+        with self._cpu_lock:
+            finished = self._finished_cpu_s
+        ident = self._thread.ident
+        if ident is None or not self._thread.is_alive():
+            return finished
+        return finished + time.clock_gettime(time.pthread_getcpuclockid(ident))
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 on), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's child pids, by parent pid."""
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (fields := _stat_fields(int(name))) is not None:
+            tree.setdefault(int(fields[1]), []).append(int(name))
+    return tree
+
+
+def _tree_cpu(pid: int, tree: dict[int, list[int]], into: dict[int, float]) -> None:
+    """The CPU seconds (user + system) of ``pid`` and its descendants, each into ``into[pid]``."""
+    fields = _stat_fields(pid)
+    if fields is not None:
+        into[pid] = (int(fields[11]) + int(fields[12])) * _CLOCK_TICK_S  # utime, stime
+    for child in tree.get(pid, []):
+        _tree_cpu(child, tree, into)
+
+
+class CpuMeter:
+    """CPU seconds by side: this process (less the proxy's threads) and its other child processes
+    (DataLoader workers) are the loader; the server's process tree and the proxy are the store."""
+
+    def __init__(self, server_pid: int | None = None, proxy: LatencyProxy | None = None) -> None:
+        self.server_pid, self.proxy = server_pid, proxy
+
+    def sample(self) -> dict[str, dict[int, float] | float]:
+        tree = _children()
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread, ended ones included
+        workers: dict[int, float] = {}
+        for child in tree.get(os.getpid(), []):
+            if child != self.server_pid:
+                _tree_cpu(child, tree, workers)
+        server: dict[int, float] = {}
+        if self.server_pid is not None:
+            _tree_cpu(self.server_pid, tree, server)
+        return {
+            "own": usage.ru_utime + usage.ru_stime,
+            "proxy": self.proxy.cpu_s() if self.proxy is not None else 0.0,
+            "workers": workers,
+            "server": server,
+        }
+
+    @staticmethod
+    def spent(before: dict, after: dict) -> dict[str, float]:
+        """CPU seconds between two samples; a process started between them counts from zero
+        (one that ended between them is lost: the window holds none)."""
+
+        def grown(key: str) -> float:
+            return sum(t - before[key].get(pid, 0.0) for pid, t in after[key].items())
+
+        proxy = after["proxy"] - before["proxy"]
+        return {
+            "loader_cpu_s": after["own"] - before["own"] - proxy + grown("workers"),
+            "server_cpu_s": grown("server"),
+            "proxy_cpu_s": proxy,
+        }
 
 
 def write_tree(root: Path, count: int) -> int:
@@ -77,10 +177,12 @@ def write_tree(root: Path, count: int) -> int:
     return total
 
 
-def measure(index: ImageFolderIndex | ShardIndex, workers: int, seconds: float) -> dict:
+def measure(
+    index: ImageFolderIndex | ShardIndex, workers: int, seconds: float, cpu: CpuMeter
+) -> dict:
     """Images/s of a training stream over the whole index, in steady state: the first round of
     batches (one per worker, all started together) is left out, then at least two more rounds
-    and about ``seconds`` are timed."""
+    and about ``seconds`` are timed; with the CPU each side spent in that window."""
     indices = np.arange(len(index))
     started = time.perf_counter()
     batches = train_batches(
@@ -101,15 +203,27 @@ def measure(index: ImageFolderIndex | ShardIndex, workers: int, seconds: float) 
         first = time.perf_counter() - started
         for _ in range(rounds - 1):
             next(batches)
+        before = cpu.sample()
         t0, images = time.perf_counter(), 0
         for count in itertools.count(1):
             images += len(next(batches)[1])
             if count >= 2 * rounds and time.perf_counter() - t0 >= seconds:
                 break
         elapsed = time.perf_counter() - t0
+        spent = cpu.spent(before, cpu.sample())  # the workers still run
     finally:
         batches.close()
-    return {"first_batch_s": first, "images": images, "seconds": elapsed, "rate": images / elapsed}
+    store_s = spent["server_cpu_s"] + spent["proxy_cpu_s"]
+    return {
+        "first_batch_s": first,
+        "images": images,
+        "seconds": elapsed,
+        "rate": images / elapsed,
+        **spent,
+        "loader_cpu_ms_per_image": 1000 * spent["loader_cpu_s"] / images,
+        "store_cpu_ms_per_image": 1000 * store_s / images,
+        "images_per_loader_cpu_s": images / spent["loader_cpu_s"],
+    }
 
 
 def requests_per_thousand(proxy: LatencyProxy, index: ImageFolderIndex | ShardIndex) -> float:
@@ -140,6 +254,7 @@ def run_remote(
     latencies: list[float],
     workers: list[int],
     seconds: float,
+    formats: list[str],
 ) -> list[dict]:
     """Every latency × format × workers on one store."""
     rows = []
@@ -178,8 +293,9 @@ def run_remote(
             proxy = LatencyProxy(endpoint, latency)
             proxy.start()
             os.environ[env_name] = proxy.url
+            cpu = CpuMeter(process.pid, proxy)
             try:
-                for fmt in ("folders", "shards"):
+                for fmt in formats:
                     for n in workers:
                         before = proxy.forwarded
                         started = time.perf_counter()
@@ -189,9 +305,9 @@ def run_remote(
                             index = ShardIndex.load(f"{root}/shards")
                         index_s = time.perf_counter() - started
                         index_requests = proxy.forwarded - before
-                        result = measure(index, n, seconds)
+                        result = measure(index, n, seconds, cpu)
                         # decode-bound: the same JPEGs from local disk, measured next to the row
-                        reference = measure(local, n, seconds)["rate"]
+                        reference = measure(local, n, seconds, cpu)["rate"]
                         if (fmt, kind) not in per_thousand:
                             per_thousand[fmt, kind] = requests_per_thousand(proxy, index)
                         row = {
@@ -224,6 +340,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring window per row")
     parser.add_argument("--stores", default="gcs,s3")
     parser.add_argument(
+        "--formats",
+        default=",".join(FORMATS),
+        help="formats read from the stores (the local class folders, the decode-bound rate, are "
+        "always measured)",
+    )
+    parser.add_argument(
         "--shard-mb",
         type=int,
         default=8,
@@ -235,17 +357,25 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     latencies = [float(v) / 1000 for v in args.latencies_ms.split(",")]
     workers = [int(v) for v in args.workers.split(",")]
+    formats = args.formats.split(",")
+    if unknown := set(formats) - set(FORMATS):
+        parser.error(f"--formats: unknown {sorted(unknown)}, choose from {FORMATS}")
     with tempfile.TemporaryDirectory(prefix="kshot-bench-") as work:
         tree, shards = Path(work) / "tree", Path(work) / "shards"
         size = write_tree(tree, args.images)
         index = write_shards(str(tree), str(shards), shard_bytes=args.shard_mb << 20)
         rows = []
         for n in workers:  # the decode-bound rate: the same JPEGs and shards on local disk
-            for fmt, local in (("folders", ImageFolderIndex.scan(str(tree))), ("shards", index)):
+            local_formats = (("folders", ImageFolderIndex.scan(str(tree))), ("shards", index))
+            reference = 0.0
+            for fmt, local in local_formats:
+                if fmt != "folders" and fmt not in formats:
+                    continue
                 row = {"store": "local", "latency_ms": 0, "format": fmt, "workers": n}
                 row |= {"index_s": 0.0, "index_requests": 0, "requests_per_1000": 0.0}
-                row |= measure(local, n, args.seconds)
-                row["decode_bound_rate"] = row["rate"] if fmt == "folders" else rows[-1]["rate"]
+                row |= measure(local, n, args.seconds, CpuMeter())
+                reference = reference or row["rate"]  # the class folders' rate
+                row["decode_bound_rate"] = reference
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
         for kind in args.stores.split(","):
@@ -257,6 +387,7 @@ def main() -> None:
                 latencies,
                 workers,
                 args.seconds,
+                formats,
             )
     meta = {
         "images": args.images,
@@ -270,17 +401,20 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(json.dumps(meta))
     print(
-        "| store | latency | format | workers | images/s | of decode-bound (measured beside it) | requests / 1000 images "
-        "| first batch (index + batch) |"
+        "| store | latency | format | workers | images/s | of decode-bound (measured beside it) "
+        "| requests / 1000 images | first batch (index + batch) | loader CPU ms / image "
+        "| store CPU ms / image (proxy) | images / loader CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         per_k = r["requests_per_1000"]
         print(
             f"| {r['store']} | {r['latency_ms']} ms | {r['format']} | {r['workers']} "
             f"| {r['rate']:.0f} | {100 * r['rate'] / r['decode_bound_rate']:.0f} % | {per_k:.0f} "
             f"| {r['index_s'] + r['first_batch_s']:.1f} s ({r['index_s']:.2f} s, "
-            f"{r['index_requests']} requests) |"
+            f"{r['index_requests']} requests) | {r['loader_cpu_ms_per_image']:.2f} "
+            f"| {r['store_cpu_ms_per_image']:.2f} ({1000 * r['proxy_cpu_s'] / r['images']:.2f}) "
+            f"| {r['images_per_loader_cpu_s']:.0f} |"
         )
 
 
