@@ -177,26 +177,31 @@ def write_tree(root: Path, count: int) -> int:
     return total
 
 
-def measure(
-    index: ImageFolderIndex | ShardIndex, workers: int, seconds: float, cpu: CpuMeter
-) -> dict:
-    """Images/s of a training stream over the whole index, in steady state: the first round of
-    batches (one per worker, all started together) is left out, then at least two more rounds
-    and about ``seconds`` are timed; with the CPU each side spent in that window."""
-    indices = np.arange(len(index))
-    started = time.perf_counter()
-    batches = train_batches(
+def _batches(index: ImageFolderIndex | ShardIndex, workers: int):
+    """The ImageNet recipe's training batches of every image of ``index``, read by ``workers``
+    loader workers (0: in this process)."""
+    return train_batches(
         index,
-        indices,
+        np.arange(len(index)),
         seed=0,
         start_step=0,
-        steps_per_epoch=len(indices) // BATCH,
+        steps_per_epoch=len(index) // BATCH,
         batch_size=BATCH,
         resolution=RESOLUTION,
         augment=True,
         num_workers=workers,
         pin_memory=False,
     )
+
+
+def measure(
+    index: ImageFolderIndex | ShardIndex, workers: int, seconds: float, cpu: CpuMeter
+) -> dict:
+    """Images/s of a training stream over the whole index, in steady state: the first round of
+    batches (one per worker, all started together) is left out, then at least two more rounds
+    and about ``seconds`` are timed; with the CPU each side spent in that window."""
+    started = time.perf_counter()
+    batches = _batches(index, workers)
     rounds = max(1, workers)
     try:
         next(batches)
@@ -229,18 +234,7 @@ def measure(
 def requests_per_thousand(proxy: LatencyProxy, index: ImageFolderIndex | ShardIndex) -> float:
     """Requests per 1,000 images over 4 training batches read in this process (no prefetch)."""
     before = proxy.forwarded
-    batches = train_batches(
-        index,
-        np.arange(len(index)),
-        seed=0,
-        start_step=0,
-        steps_per_epoch=len(index) // BATCH,
-        batch_size=BATCH,
-        resolution=RESOLUTION,
-        augment=True,
-        num_workers=0,
-        pin_memory=False,
-    )
+    batches = _batches(index, 0)
     images = sum(len(labels) for _, labels in itertools.islice(batches, 4))
     batches.close()
     return 1000 * (proxy.forwarded - before) / images
