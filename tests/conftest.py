@@ -145,3 +145,19 @@ def fake_run(arm: str, seed: int, tau: float, k: int = 8, **extra: object) -> di
         "lam_near_uniform": False,
         **extra,
     }
+
+
+def spy_on_resume(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """From now on, record what each :meth:`KShotTrainer.resume` call resumed from (the
+    checkpoint's URI, or None for a fresh start), in the list returned."""
+    from kshot.train.trainer import KShotTrainer
+
+    resumed: list[str | None] = []
+    original = KShotTrainer.resume
+
+    def spy(self: KShotTrainer, *folders: str) -> str | None:
+        resumed.append(original(self, *folders))
+        return resumed[-1]
+
+    monkeypatch.setattr(KShotTrainer, "resume", spy)
+    return resumed

@@ -25,8 +25,7 @@ from kshot import lease, storage
 from kshot.config import load_config
 from kshot.stages import run_stage
 from kshot.train import checkpoint as ckpt
-from kshot.train.trainer import KShotTrainer
-from tests.conftest import TINY
+from tests.conftest import TINY, spy_on_resume
 from tests.gcs import FlakyProxy
 from tests.object_stores import Remote
 
@@ -85,14 +84,7 @@ def _second_writer_refused_then_rerun_resumes(
     left = ckpt.list_checkpoints(out)
     assert left, "the killed writer left its checkpoints"
 
-    resumed: list[str | None] = []
-    original = KShotTrainer.resume
-
-    def spy(self: KShotTrainer, *folders: str) -> str | None:
-        resumed.append(original(self, *folders))
-        return resumed[-1]
-
-    monkeypatch.setattr(KShotTrainer, "resume", spy)
+    resumed = spy_on_resume(monkeypatch)
     started = time.monotonic()
     # the same run; how often it checkpoints is an execution setting, outside its identity
     rerun = cfg.replace(checkpoint_every_steps=0)

@@ -31,7 +31,7 @@ from kshot.stages import run_stage
 from kshot.stages.common import load_train_data
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer, curves
-from tests.conftest import TINY
+from tests.conftest import TINY, spy_on_resume
 from tests.gcs import FlakyProxy
 from tests.object_stores import Remote
 
@@ -227,14 +227,7 @@ def test_a_killed_worker_resumes_to_the_same_weights(
     stale = out / f".{Path(killed_at).name}.x1y2z3.partial"
     stale.write_bytes(Path(killed_at).read_bytes()[:1000])
 
-    resumed_from: list[str | None] = []
-    original_resume = KShotTrainer.resume
-
-    def spy(self: KShotTrainer, *folders: str) -> str | None:
-        resumed_from.append(original_resume(self, *folders))
-        return resumed_from[-1]
-
-    monkeypatch.setattr(KShotTrainer, "resume", spy)
+    resumed_from = spy_on_resume(monkeypatch)
     run_stage("train", cfg, inputs, {"checkpoint": str(out)})
 
     assert resumed_from == [killed_at] and _step_of(killed_at) % STEPS_PER_EPOCH

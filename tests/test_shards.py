@@ -39,8 +39,7 @@ from kshot.data.stream import (
 from kshot.launch.spec import LaunchSpec
 from kshot.stages import run_stage
 from kshot.train import checkpoint as ckpt
-from kshot.train.trainer import KShotTrainer
-from tests.conftest import MBV2_TINY
+from tests.conftest import MBV2_TINY, spy_on_resume
 from tests.object_stores import Remote
 from tests.test_stream import _write_tree
 
@@ -409,14 +408,7 @@ def test_a_killed_worker_on_shards_in_a_bucket_resumes_bitwise(
         [sys.executable, "-m", "kshot.worker", *spec.worker_args()], out, mid_epoch
     )
     assert int(killed_at.rsplit("-s", 1)[1].removesuffix(".pt")) < cfg.epochs * steps_per_epoch
-    resumed_from: list[str | None] = []
-    original_resume = KShotTrainer.resume
-
-    def spy(self: KShotTrainer, *folders: str) -> str | None:
-        resumed_from.append(original_resume(self, *folders))
-        return resumed_from[-1]
-
-    monkeypatch.setattr(KShotTrainer, "resume", spy)
+    resumed_from = spy_on_resume(monkeypatch)
     run_stage("train", cfg, inputs, {"checkpoint": str(out)})
     assert resumed_from == [killed_at]
 
