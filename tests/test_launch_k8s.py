@@ -21,7 +21,8 @@ from kshot import storage
 from kshot.launch import kube_api, watch
 from kshot.launch.jobs import LAUNCH_HASH_ANNOTATION, render_job
 from kshot.launch.kube import JobCancelled, run_job
-from kshot.launch.pytorchjob import image_pull_policy, render_pytorchjob
+from kshot.launch.pods import image_pull_policy
+from kshot.launch.pytorchjob import render_pytorchjob
 from kshot.launch.spec import LaunchError, LaunchSpec
 from kshot.launch.trainjob import (
     HARDENED_RUNTIME,

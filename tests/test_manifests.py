@@ -19,7 +19,8 @@ import kshot.launch
 from kshot.config import Config
 from kshot.launch.cluster import LAUNCH_DEFAULTS_CONFIGMAP
 from kshot.launch.jobs import JOB_KINDS
-from kshot.launch.pytorchjob import STAGE_LABEL, render_pytorchjob, validate_pod_overrides
+from kshot.launch.pods import STAGE_LABEL, validate_pod_overrides
+from kshot.launch.pytorchjob import render_pytorchjob
 from kshot.launch.spec import LaunchSpec
 from kshot.launch.trainjob import render_trainjob
 from tests.test_images import LOCK, instructions, pins

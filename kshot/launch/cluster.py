@@ -28,7 +28,7 @@ from urllib3.exceptions import HTTPError
 
 from kshot.launch.jobs import JOB_KINDS
 from kshot.launch.kube_api import REQUEST_TIMEOUT, api_failure
-from kshot.launch.pytorchjob import validate_pod_overrides
+from kshot.launch.pods import validate_pod_overrides
 from kshot.launch.spec import LaunchError
 from kshot.launch.trainjob import TRAINER_VERSIONS
 

@@ -144,7 +144,7 @@ def render_job(
         backend: ``"pytorchjob"`` or ``"trainjob"``.
         service_account: the pods' service account; empty: from ``pod_overrides`` or the default.
         backoff_limit: PyTorchJob restarts before failing (TrainJob: the runtime decides).
-        pod_overrides: :data:`kshot.launch.pytorchjob.POD_OVERRIDE_KEYS` of the pods.
+        pod_overrides: :data:`kshot.launch.pods.POD_OVERRIDE_KEYS` of the pods.
         timeout_s: the launcher's timeout, the job's ``activeDeadlineSeconds`` (a TrainJob on
             Trainer v2.1 has none); None: no deadline.
         trainer_version: the Trainer release a TrainJob is rendered for

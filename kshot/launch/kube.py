@@ -94,7 +94,7 @@ def run_job(
         schedule_timeout_s: longest wait for the first pod to run.
         service_account: the pods' service account (overrides the launch defaults).
         backoff_limit: PyTorchJob restarts before the job fails.
-        pod_overrides: :data:`kshot.launch.pytorchjob.POD_OVERRIDE_KEYS`; None: read the
+        pod_overrides: :data:`kshot.launch.pods.POD_OVERRIDE_KEYS`; None: read the
             ``launch_defaults`` ConfigMap.
         launch_defaults: the ConfigMap of pod overrides, which must exist; None: none, on purpose.
         trainer_version: the Trainer release of a TrainJob; None: read from the cluster's CRD.
