@@ -45,8 +45,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kshot import storage  # noqa: E402
+from kshot.data.folder_index import ImageFolderIndex  # noqa: E402
 from kshot.data.shards import ShardIndex, write_shards  # noqa: E402
-from kshot.data.stream import ImageFolderIndex, train_batches  # noqa: E402
+from kshot.data.stream import train_batches  # noqa: E402
 from tests.gcs import FlakyProxy, start_emulator, start_server, stop_server  # noqa: E402
 from tests.s3 import direct_client  # noqa: E402
 

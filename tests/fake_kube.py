@@ -1,4 +1,4 @@
-"""A fake Kubernetes API server for the launcher's tests: the few paths ``kshot.launch.kube`` uses.
+"""A fake Kubernetes API server for the launcher's tests: the few paths ``kshot.launch`` uses.
 
 It serves HTTP on 127.0.0.1 (a free port) in a thread, so the real ``kubernetes`` client talks to
 it through its real REST layer. It validates every created PyTorchJob / TrainJob against the

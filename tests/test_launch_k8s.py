@@ -18,9 +18,11 @@ import pytest
 import yaml
 
 from kshot import storage
-from kshot.launch import kube
-from kshot.launch.kube import LAUNCH_HASH_ANNOTATION, JobCancelled, render_job, run_job
-from kshot.launch.pytorchjob import image_pull_policy, render_pytorchjob
+from kshot.launch import kube_api, watch
+from kshot.launch.jobs import LAUNCH_HASH_ANNOTATION, render_job
+from kshot.launch.kube import JobCancelled, run_job
+from kshot.launch.pods import image_pull_policy
+from kshot.launch.pytorchjob import render_pytorchjob
 from kshot.launch.spec import LaunchError, LaunchSpec
 from kshot.launch.trainjob import (
     HARDENED_RUNTIME,
@@ -98,8 +100,8 @@ def start_fake() -> Iterator[Callable[..., FakeKube]]:
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry backoff in hundredths of a second."""
-    monkeypatch.setattr(kube, "_RETRY_FIRST_S", 0.01)
-    monkeypatch.setattr(kube, "_RETRY_MAX_S", 0.04)
+    monkeypatch.setattr(kube_api, "_RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(kube_api, "_RETRY_MAX_S", 0.04)
 
 
 def launch(fake: FakeKube, spec: LaunchSpec, backend: str = "pytorchjob", **options: object):
@@ -705,7 +707,7 @@ def test_ctrl_c_mid_watch_deletes_the_job_whatever_the_policy(start_fake, monkey
     def interrupt(seconds: float) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(kube.time, "sleep", interrupt)
+    monkeypatch.setattr(watch.time, "sleep", interrupt)
     with pytest.raises(KeyboardInterrupt):
         launch(fake, make_spec(), "trainjob", delete_policy="never")
     (name,) = {body["metadata"]["name"] for body in fake.created_bodies()}
@@ -852,10 +854,10 @@ def test_a_recreated_master_pod_has_its_log_streamed_anew(start_fake) -> None:
 
 def test_every_api_call_has_a_request_timeout() -> None:
     """Without one, a call to an API server that went silent waits forever."""
-    tree = ast.parse(Path(kube.__file__).read_text())
     calls = [
         node
-        for node in ast.walk(tree)
+        for path in sorted(Path(watch.__file__).parent.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and re.match(r"^(create|read|get|list|delete)_namespaced_\w+$", node.func.attr)
@@ -926,7 +928,7 @@ def test_launch_render_prints_the_job_the_launcher_creates(capsys):
     import yaml as _yaml
 
     from kshot.cli import main
-    from kshot.launch.kube import render_job
+    from kshot.launch.jobs import render_job
 
     argv = [
         "launch",

@@ -31,9 +31,12 @@ def test_library_modules_do_not_import_kfp():
 
 # Package → the kshot modules it may import: itself and the layers below it. A search space is pure
 # encoding, sampling and cost facts; the supernets (kshot.nn) are built on it, never the reverse.
+# The data (kshot.data) reads the store and draws from the run's seeds, and knows nothing of the
+# stages, the trainer or the launchers that use it.
 LOWER_LAYERS: dict[str, tuple[str, ...]] = {
     "kshot.spaces": ("kshot.config", "kshot.seeds", "kshot.spaces"),
     "kshot.nn": ("kshot.config", "kshot.seeds", "kshot.spaces", "kshot.nn"),
+    "kshot.data": ("kshot.seeds", "kshot.storage", "kshot.data"),
 }
 
 

@@ -15,10 +15,12 @@ import pytest
 import tomllib
 import yaml
 
+import kshot.launch
 from kshot.config import Config
-from kshot.launch import kube
-from kshot.launch.kube import JOB_KINDS, LAUNCH_DEFAULTS_CONFIGMAP
-from kshot.launch.pytorchjob import STAGE_LABEL, render_pytorchjob, validate_pod_overrides
+from kshot.launch.cluster import LAUNCH_DEFAULTS_CONFIGMAP
+from kshot.launch.jobs import JOB_KINDS
+from kshot.launch.pods import STAGE_LABEL, validate_pod_overrides
+from kshot.launch.pytorchjob import render_pytorchjob
 from kshot.launch.spec import LaunchSpec
 from kshot.launch.trainjob import render_trainjob
 from tests.test_images import LOCK, instructions, pins
@@ -28,7 +30,7 @@ MANIFESTS = ROOT / "manifests"
 KUSTOMIZATIONS = sorted(path.parent for path in MANIFESTS.rglob("kustomization.yaml"))
 DOCKERFILES = sorted((ROOT / "images").glob("Dockerfile*"))
 KUBERNETES_VERSION = "1.30.0"
-# The API calls of kshot.launch.kube, as (API group, resource, RBAC verb).
+# The API calls of kshot.launch, as (API group, resource, RBAC verb).
 _CORE_CALLS = {
     "list_namespaced_pod": ("", "pods", "list"),
     "read_namespaced_pod_log": ("", "pods/log", "get"),
@@ -58,11 +60,11 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def launcher_api_calls() -> set[str]:
-    """The Kubernetes API methods that kshot/launch/kube.py calls."""
-    tree = ast.parse(Path(kube.__file__).read_text())
+    """The Kubernetes API methods that the modules of kshot/launch/ call."""
     return {
         node.func.attr
-        for node in ast.walk(tree)
+        for path in sorted(Path(kshot.launch.__file__).parent.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and _API_CALL.match(node.func.attr)

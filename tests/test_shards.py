@@ -23,19 +23,13 @@ from PIL import Image
 from kshot import seeds, storage
 from kshot.cli import main
 from kshot.config import load_config
-from kshot.data import shards, stream
+from kshot.data import folder_index, shards
+from kshot.data.decode import decode_image_bytes, eval_transform, train_transform
+from kshot.data.folder_index import ImageFolderIndex
+from kshot.data.samplers import RUN_LENGTH, run_order
 from kshot.data.shards import MERGE_GAP_BYTES, ShardIndex, read_plan, write_shards
 from kshot.data.split import make_split
-from kshot.data.stream import (
-    RUN_LENGTH,
-    ImageFolderIndex,
-    decode_image_bytes,
-    eval_batches,
-    eval_transform,
-    run_order,
-    train_batches,
-    train_transform,
-)
+from kshot.data.stream import eval_batches, train_batches
 from kshot.launch.spec import LaunchSpec
 from kshot.stages import run_stage
 from kshot.train import checkpoint as ckpt
@@ -430,6 +424,6 @@ def test_stream_reads_shards_where_the_dataset_has_an_index(
     def no_scan(*args: object, **kwargs: object) -> None:
         raise AssertionError("scanned a class-folder tree")
 
-    monkeypatch.setattr(stream.ImageFolderIndex, "scan", no_scan)
+    monkeypatch.setattr(folder_index.ImageFolderIndex, "scan", no_scan)
     cfg = _mbv2_imagenet(str(imagenet_like))
     assert run_stage("split", cfg, {}, {"split": str(tmp_path / "s.json")})["train"] == 160

@@ -13,18 +13,16 @@ import torch
 from PIL import Image
 
 from kshot import storage
-from kshot.data import stream
-from kshot.data.split import make_split
-from kshot.data.stream import (
-    ImageFolderIndex,
-    StreamingImages,
+from kshot.data import decode, stream
+from kshot.data.decode import (
     decode_image_bytes,
-    eval_batches,
     eval_transform,
     random_resized_crop_params,
     read_image,
-    train_batches,
 )
+from kshot.data.folder_index import ImageFolderIndex
+from kshot.data.split import make_split
+from kshot.data.stream import StreamingImages, eval_batches, train_batches
 
 CLASSES = ["cat", "dog", "emu"]
 PER_CLASS = 6
@@ -250,7 +248,7 @@ def test_decode_falls_back_to_pil_and_names_bad_files(tmp_path, monkeypatch):
     gray = tmp_path / "gray.png"
     Image.fromarray(pixels[..., 0]).save(gray)
     assert torch.equal(read_image(str(gray)), torch.from_numpy(pixels[..., 0]).expand(3, 9, 11))
-    monkeypatch.setattr(stream, "decode_image", None)  # a torchvision without image decoders
+    monkeypatch.setattr(decode, "decode_image", None)  # a torchvision without image decoders
     assert torch.equal(read_image(str(gray)), torch.from_numpy(pixels[..., 0]).expand(3, 9, 11))
     with pytest.raises(ValueError, match="broken.jpg"):
         decode_image_bytes(b"not an image at all", "broken.jpg")

@@ -310,7 +310,7 @@ def write_shards(
         ValueError: ``source`` is not a class-folder tree, ``dest`` already holds a sharded
             dataset, or ``shard_bytes`` is not positive (each message names the value).
     """
-    from kshot.data.stream import ImageFolderIndex  # the tree's scanning rules live there
+    from kshot.data.folder_index import ImageFolderIndex  # the tree's scanning rules live there
 
     if isinstance(shard_bytes, bool) or not isinstance(shard_bytes, int) or shard_bytes < 1:
         raise ValueError(f"shard_bytes must be a positive int, got {shard_bytes!r}")

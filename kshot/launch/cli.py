@@ -27,7 +27,7 @@ __all__ = ["add_parser"]
 
 def _render(args: argparse.Namespace) -> int:
     from kshot.cli import config_from_args
-    from kshot.launch.kube import render_job
+    from kshot.launch.jobs import render_job
 
     cfg = config_from_args(args)
     pod_overrides: dict[str, Any] | None = None
@@ -80,7 +80,7 @@ def _launch_defaults(namespace: str) -> dict[str, Any] | None:
     Raises:
         LaunchError: the ConfigMap was read and a launch would refuse it.
     """
-    from kshot.launch.kube import (
+    from kshot.launch.cluster import (
         LAUNCH_DEFAULTS_CONFIGMAP,
         LaunchDefaultsUnavailable,
         load_launch_defaults,
@@ -101,7 +101,7 @@ def _launch_defaults(namespace: str) -> dict[str, Any] | None:
 
 def _cluster() -> Any:
     """The cluster's API client; :class:`LaunchDefaultsUnavailable` where there is none."""
-    from kshot.launch.kube import LaunchDefaultsUnavailable, default_api_client
+    from kshot.launch.cluster import LaunchDefaultsUnavailable, default_api_client
 
     try:
         return default_api_client()

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from kshot.launch.pytorchjob import (
+from kshot.launch.pods import (
     ISTIO_INJECT_ANNOTATION,
     check_reserved_env,
     container_env,

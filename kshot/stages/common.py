@@ -16,9 +16,10 @@ from kshot import distributed as dist
 from kshot import seeds, storage
 from kshot.config import Config
 from kshot.data.datasets import channel_stats, load_dataset
+from kshot.data.folder_index import ImageFolderIndex
 from kshot.data.shards import ShardIndex, is_sharded
 from kshot.data.split import split_from_dict
-from kshot.data.stream import ImageFolderIndex, StreamedPart
+from kshot.data.stream import StreamedPart
 from kshot.eval.ground_truth import check_ground_truth
 from kshot.nn.simplex import SimplexNet
 from kshot.nn.supernets import build_supernet
