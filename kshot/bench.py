@@ -45,7 +45,8 @@ from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.nn.supernets import build_supernet
 from kshot.search.score import PathScorer
 from kshot.spaces import MBV2Space, NB201Space, nb201
-from kshot.train.trainer import autocast, compile_grouped_loss, grouped_loss
+from kshot.train.builders import autocast
+from kshot.train.steps import compile_grouped_loss, grouped_loss
 
 __all__ = ["run_benchmarks", "HEADLINE", "SECTIONS", "ALL_3X3", "MIXED"]
 

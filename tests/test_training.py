@@ -13,13 +13,9 @@ from kshot.config import ConfigError
 from kshot.nn.simplex import code_statistics
 from kshot.spaces import nb201
 from kshot.train import checkpoint as ckpt
-from kshot.train.trainer import (
-    KShotTrainer,
-    TrainData,
-    curves,
-    simplex_groups,
-    training_batch,
-)
+from kshot.train.groups import simplex_groups
+from kshot.train.run_data import TrainData, training_batch
+from kshot.train.trainer import KShotTrainer, curves
 
 
 def _snapshot(module):

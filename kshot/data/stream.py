@@ -11,7 +11,7 @@ workers instead.
 * The train / local-validation split is the project's one split (:func:`kshot.data.split.make_split`,
   config key ``valid_size``: the ImageNet recipe holds 50,000 training images out).
 * :func:`train_batches` streams the batches of iterations ``start_step, start_step + 1, ...`` under
-  the trainer's determinism contract (:func:`kshot.train.trainer.training_batch`): epoch ``e``
+  the trainer's determinism contract (:func:`kshot.train.run_data.training_batch`): epoch ``e``
   visits the split in the order ``numpy.random.default_rng([seed, e, 2]).permutation(n)``,
   iteration ``step`` takes positions ``[pos * b, (pos + 1) * b)`` of its epoch where
   ``epoch, pos = divmod(step, steps_per_epoch)``, and DDP rank ``r`` of ``W`` takes the ``r``-th
@@ -32,7 +32,7 @@ workers instead.
 
 Images are decoded with :func:`torchvision.io.decode_image` (PIL as the fallback for what it
 cannot read) to RGB and come out as ``uint8`` ``(3, resolution, resolution)``; normalisation happens
-later, on the device (:meth:`kshot.train.trainer.TrainData.prepare`). Workers hold the file list as
+later, on the device (:meth:`kshot.train.run_data.TrainData.prepare`). Workers hold the file list as
 one numpy byte-string array (no per-file Python objects whose reference counts would copy the
 parent's pages into every forked worker), and every class they use is defined at module level, so
 the pipeline works with the ``fork``, ``forkserver`` and ``spawn`` start methods alike.
