@@ -17,9 +17,9 @@ from typing import Any, Protocol
 from kshot import report, storage
 from kshot.components.runtime import Artifact, artifact_uri, config_from_json
 from kshot.eval.baselines import BASELINES, compare_with_baselines
-from kshot.eval.experiment import describe_codes
 from kshot.eval.ranking import metrics_from_json
 from kshot.eval.standalone_rank import best_standalone_rank
+from kshot.experiments.ranking_summary import describe_codes
 from kshot.spaces import space_from_config
 
 __all__ = [

@@ -202,7 +202,7 @@ class _LazyHelpParser(argparse.ArgumentParser):
 
 
 def _ranking_description() -> str:
-    from kshot.eval.experiment import ARMS
+    from kshot.experiments.arms import ARMS
 
     return (
         "Train the supernet of every arm and seed (paired: the same split, ranked "
@@ -216,7 +216,7 @@ def _ranking_description() -> str:
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from kshot.eval.experiment import run_ranking_experiment
+    from kshot.experiments.ranking import run_ranking_experiment
 
     report = run_ranking_experiment(
         config_from_args(args),
@@ -234,7 +234,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
 def _vary(text: str) -> tuple[str, list[str]]:
     """``KEY=V1,V2,…`` of ``simplex-pilot --vary``: the key and its values (checked against the
-    config before any work, by :func:`kshot.eval.experiment.pilot_variants`)."""
+    config before any work, by :func:`kshot.experiments.simplex_pilot.pilot_variants`)."""
     key, sep, values = text.partition("=")
     if not sep or not key.strip() or not values.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=V1,V2,…")
@@ -242,7 +242,7 @@ def _vary(text: str) -> tuple[str, list[str]]:
 
 
 def _pilot(args: argparse.Namespace) -> int:
-    from kshot.eval.experiment import run_simplex_pilot
+    from kshot.experiments.simplex_pilot import run_simplex_pilot
 
     vary = args.vary or [("simplex_lr", [1e-3, 1e-2, 1e-1])]
     report = run_simplex_pilot(
@@ -253,7 +253,7 @@ def _pilot(args: argparse.Namespace) -> int:
 
 
 def _code_gradients(args: argparse.Namespace) -> int:
-    from kshot.eval.experiment import run_code_gradients
+    from kshot.experiments.code_gradients import run_code_gradients
 
     report = run_code_gradients(
         config_from_args(args), args.split, args.checkpoint, args.out, args.images
@@ -264,7 +264,7 @@ def _code_gradients(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from kshot import storage
-    from kshot.bench import HEADLINE, run_benchmarks
+    from kshot.experiments.bench import HEADLINE, run_benchmarks
 
     result = run_benchmarks(
         quick=args.quick,
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench",
         help="measure K-shot training and search speed against a plain network",
-        description=_module_doc("kshot.bench"),
+        description=_module_doc("kshot.experiments.bench"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a CPU")

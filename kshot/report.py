@@ -323,7 +323,7 @@ def ranking_summary_plot(report: Mapping[str, Any]) -> bytes:
     (and against the baselines) with theirs, against the decision rule's +0.03 (right).
 
     Args:
-        report: :func:`kshot.eval.experiment.run_ranking_experiment`'s report: ``runs`` (``arm``,
+        report: :func:`kshot.experiments.ranking.run_ranking_experiment`'s report: ``runs`` (``arm``,
             ``seed``, ``kendall_tau_a``) and ``summary`` (``arms``: label and τ-a interval;
             ``comparisons``: arms, deltas, mean and ``ci95``).
 

@@ -825,7 +825,7 @@ def test_a_local_run_into_a_file_fails_before_any_step(tmp_path):
 
 def test_a_ranking_experiment_with_an_invalid_arm_config_is_refused_before_any_run(tmp_path):
     from kshot.config import ConfigError
-    from kshot.eval.experiment import run_ranking_experiment
+    from kshot.experiments.ranking import run_ranking_experiment
 
     base = load_config(
         TINY, {"k": 1, "m": 5, "batch_size": 32, "ground_truth": str(tmp_path / "truth.csv")}

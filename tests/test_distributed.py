@@ -209,7 +209,7 @@ def test_sharded_evaluation_counts_every_image_once(tmp_path):
         "import sys, torch\n"
         "from kshot import distributed as kd\n"
         "from kshot.train.standalone import evaluate\n"
-        "from kshot.train.trainer import TrainData\n"
+        "from kshot.train.run_data import TrainData\n"
         "kd.init_from_env('cpu')\n"
         "g = torch.Generator().manual_seed(0)\n"
         "images = torch.randint(0, 256, (23, 1, 4, 4), dtype=torch.uint8, generator=g)\n"

@@ -16,17 +16,16 @@ from kshot import report as plots
 from kshot.cli import main
 from kshot.config import ConfigError
 from kshot.eval.baselines import BASELINES, baseline_counts, baseline_metrics
-from kshot.eval.experiment import (
+from kshot.eval.ranking import ranking_metrics
+from kshot.experiments.ranking_summary import (
     MIN_SEEDS,
-    choose_simplex_setting,
     describe_codes,
     interval,
     paired_comparison,
-    pilot_variants,
     summarise_runs,
     verdict,
 )
-from kshot.eval.ranking import ranking_metrics
+from kshot.experiments.simplex_pilot import choose_simplex_setting, pilot_variants
 from kshot.nn.simplex import code_statistics
 from kshot.spaces import NB201Space, Space
 from kshot.train.checkpoint import load_latest
@@ -332,7 +331,7 @@ def test_ranking_experiment_runs_paired_arms_and_reports_them(tmp_path):
 
 
 def test_the_ranking_experiment_refuses_bad_requests_before_training(tiny_cfg, tmp_path):
-    from kshot.eval.experiment import run_ranking_experiment
+    from kshot.experiments.ranking import run_ranking_experiment
 
     work, out = str(tmp_path / "work"), str(tmp_path / "r.json")
     cfg = tiny_cfg.replace(ranking=False, ground_truth="gt.csv")

@@ -32,11 +32,33 @@ def test_library_modules_do_not_import_kfp():
 # Package → the kshot modules it may import: itself and the layers below it. A search space is pure
 # encoding, sampling and cost facts; the supernets (kshot.nn) are built on it, never the reverse.
 # The data (kshot.data) reads the store and draws from the run's seeds, and knows nothing of the
-# stages, the trainer or the launchers that use it.
+# stages, the trainer or the launchers that use it. Training and evaluation are libraries the stages
+# call; the experiments (kshot.experiments) and the launchers sit above the stages, and nothing
+# below imports them.
 LOWER_LAYERS: dict[str, tuple[str, ...]] = {
+    "kshot.config": ("kshot.config", "kshot.storage"),
     "kshot.spaces": ("kshot.config", "kshot.seeds", "kshot.spaces"),
     "kshot.nn": ("kshot.config", "kshot.seeds", "kshot.spaces", "kshot.nn"),
     "kshot.data": ("kshot.seeds", "kshot.storage", "kshot.data"),
+    "kshot.eval": (
+        "kshot.config",
+        "kshot.seeds",
+        "kshot.storage",
+        "kshot.spaces",
+        "kshot.nn",
+        "kshot.eval",
+    ),
+    "kshot.train": (
+        "kshot.config",
+        "kshot.seeds",
+        "kshot.storage",
+        "kshot.distributed",
+        "kshot.progress",
+        "kshot.data",
+        "kshot.spaces",
+        "kshot.nn",
+        "kshot.train",
+    ),
 }
 
 

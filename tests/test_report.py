@@ -164,7 +164,7 @@ def test_tau_vs_k_plot() -> None:
 
 
 def test_ranking_summary_plot() -> None:
-    from kshot.eval.experiment import summarise_runs
+    from kshot.experiments.ranking_summary import summarise_runs
 
     def runs(taus: dict[str, list[float]], params_tau: float | None = None) -> dict:
         sizes = {"params": fake_run("params", 0, params_tau), "flops": fake_run("flops", 0, 0.1)}

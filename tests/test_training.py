@@ -13,13 +13,9 @@ from kshot.config import ConfigError
 from kshot.nn.simplex import code_statistics
 from kshot.spaces import nb201
 from kshot.train import checkpoint as ckpt
-from kshot.train.trainer import (
-    KShotTrainer,
-    TrainData,
-    curves,
-    simplex_groups,
-    training_batch,
-)
+from kshot.train.groups import simplex_groups
+from kshot.train.run_data import TrainData, training_batch
+from kshot.train.trainer import KShotTrainer, curves
 
 
 def _snapshot(module):
@@ -417,7 +413,7 @@ def test_fixed_one_over_k_is_one_shot_at_lr_over_k_and_weight_decay_times_k(tiny
     """λ = 1/K with SGD (Nesterov momentum, weight decay) moves the merged weight θ̃ = mean_k θ_k
     exactly as one-shot SGD at lr / K and weight decay × K: the experiment's lr-matched one-shot
     arm. In float64 the two runs' losses agree to rounding."""
-    from kshot.eval.experiment import arm_config
+    from kshot.experiments.arms import arm_config
 
     base = tiny_cfg.replace(k=8, augment=False)
     fixed_cfg, matched_cfg = arm_config(base, "B"), arm_config(base, "A-lr")

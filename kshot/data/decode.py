@@ -6,7 +6,7 @@
 explicit numpy generator, so an image's augmentation is a function of its seed) and a horizontal
 flip; :func:`eval_transform` resizes the shorter side to ``round(resolution / 0.875)`` and
 center-crops ``resolution``. Both give ``uint8`` ``(3, resolution, resolution)``; normalisation
-happens later, on the device (:meth:`kshot.train.trainer.TrainData.prepare`). The streaming
+happens later, on the device (:meth:`kshot.train.run_data.TrainData.prepare`). The streaming
 datasets (:mod:`kshot.data.stream`) apply them per image in DataLoader workers; the batched
 transforms of in-memory data are :mod:`kshot.data.transforms`.
 """

@@ -1,7 +1,7 @@
 """Which images each training or evaluation batch holds, per step and rank: the batch samplers.
 
 :class:`TrainBatchSampler` keeps the trainer's determinism contract
-(:func:`kshot.train.trainer.training_batch`): epoch ``e`` visits the split in the order
+(:func:`kshot.train.run_data.training_batch`): epoch ``e`` visits the split in the order
 ``numpy.random.default_rng([seed, e, 2]).permutation(n)``, iteration ``step`` takes positions
 ``[pos * b, (pos + 1) * b)`` of its epoch where ``epoch, pos = divmod(step, steps_per_epoch)``,
 and DDP rank ``r`` of ``W`` takes the ``r``-th contiguous ``1/W`` slice of that global batch. Each

@@ -30,7 +30,7 @@ class PathScorer:
         eval_batch_size: batch of the validation pass.
         prepare: turns a batch of ``valid_images`` into the network's input.
         autocast: the forward passes' precision context (default: none).
-        code: λ of a path, overriding ``simplex`` (e.g. :func:`kshot.train.trainer.code_of`,
+        code: λ of a path, overriding ``simplex`` (e.g. :func:`kshot.train.steps.code_of`,
             which follows config key ``lambda_mode``).
     """
 

@@ -28,14 +28,9 @@ from kshot.search.score import PathScorer
 from kshot.spaces import Space
 from kshot.stages import FOLDER_ARTIFACTS
 from kshot.train import checkpoint as ckpt
-from kshot.train.trainer import (
-    TrainData,
-    autocast,
-    build_simplex,
-    code_of,
-    identity_of,
-    space_of,
-)
+from kshot.train.builders import autocast, build_simplex, space_of
+from kshot.train.run_data import TrainData
+from kshot.train.steps import code_of
 
 __all__ = [
     "require",
@@ -231,7 +226,7 @@ def load_trained(
     """The newest supernet and simplex-net under ``checkpoint_folder``, checked against ``cfg``
     (``space``: the run's at the data's shape, :func:`space_of`; built when not given)."""
     state = ckpt.load_latest(checkpoint_folder)
-    ckpt.check_identity(state, identity_of(cfg, data), state["uri"])
+    ckpt.check_identity(state, ckpt.identity_of(cfg, data), state["uri"])
     space = space or space_of(cfg, data)
     supernet, simplex = build_supernet(space, cfg.k), build_simplex(cfg, space)
     supernet.load_state_dict(state["supernet"])

@@ -15,7 +15,7 @@ Around every stage (:func:`kshot.stages.run_stage`), before any work:
   ``overwrite`` (``kshot stage … --overwrite``)
   removes the outputs and their records first: the run starts over. A checkpoint folder an
   unfinished run left is resumed only by the same run: checkpoints record the same keys
-  (:func:`kshot.train.trainer.identity_of`).
+  (:func:`kshot.train.checkpoint.identity_of`).
 """
 
 from __future__ import annotations

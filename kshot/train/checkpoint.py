@@ -5,8 +5,10 @@ A checkpoint folder holds ``ckpt-e{epoch:04d}-s{step:08d}.pt`` files, each writt
 takes the newest file that loads; a damaged newest one is reported and the previous one is used.
 Files are read with ``torch.load(weights_only=True)`` (:func:`kshot.storage.load_torch`): tensors
 and plain data only; a file that would run code when loaded is refused, never run.
-Every checkpoint records what it was trained as (space, K, C, N, classes) so that a mismatch with
-the run's configuration is caught before training resumes.
+Every checkpoint records what it was trained as (:func:`identity_of`: space, K, C, N, classes, the
+split and the dataset) so that a mismatch with the run's configuration is caught before training
+resumes, and the config keys its weights follow from (:func:`run_keys`), so that a run's output
+folder is resumed only by the same run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from kshot import storage
+from kshot.config import Config, result_keys
+from kshot.spaces import space_class
+from kshot.train.run_data import TrainData
 
 __all__ = [
     "CheckpointError",
@@ -26,6 +31,8 @@ __all__ = [
     "load_latest",
     "check_identity",
     "check_same_run",
+    "identity_of",
+    "run_keys",
 ]
 
 _NAME = re.compile(r"ckpt-e(\d{4,})-s(\d{8,})\.pt$")
@@ -161,7 +168,7 @@ _CONTENT_KEYS = {
 
 def check_same_run(state: dict[str, Any], expected: dict[str, Any], uri: str) -> None:
     """Fail if the checkpoint ``uri``, found in a run's own output folder, was trained by a run
-    with other result-affecting config keys (:func:`kshot.train.trainer.run_keys`): resuming it
+    with other result-affecting config keys (:func:`run_keys`): resuming it
     would hand that run's weights on as this run's. Keys it does not record are not compared."""
     found = state.get("run")
     if not isinstance(found, dict):
@@ -177,3 +184,30 @@ def check_same_run(state: dict[str, Any], expected: dict[str, Any], uri: str) ->
             f"{'; '.join(diffs)}. Give this run another output, or pass --overwrite to remove it "
             "and start over"
         )
+
+
+def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed or scored under ``cfg``: the space, K, the
+    network's shape and (mbv2) whether widths are searched, the simplex-net's size and inputs, the
+    image resolution, the split and the dataset. Keyed by config key where there is one, so that
+    a mismatch names the key to change."""
+    return {
+        "search_space": cfg.search_space,
+        "k": cfg.k,
+        **space_class(cfg.search_space).identity(cfg),
+        "simplex_hidden": cfg.simplex_hidden,
+        "resolution": data.resolution,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "split": data.split_digest,
+        "dataset": data.dataset_digest,
+    }
+
+
+def run_keys(cfg: Config, alternating: bool) -> dict[str, Any]:
+    """The config keys a checkpoint's weights follow from (:func:`kshot.config.result_keys`): the
+    warmup stage's, and once alternating training has begun (``alternating``) the train stage's
+    too. A checkpoint folder is resumed only by a run equal in all of them."""
+    values = cfg.to_dict()
+    stages = ("warmup", "train") if alternating else ("warmup",)
+    return {key: values[key] for key in result_keys(*stages)}

@@ -32,7 +32,8 @@ from kshot import distributed as dist
 from kshot.config import Config
 from kshot.data.stream import StreamedPart
 from kshot.progress import progress_bar
-from kshot.train.trainer import TrainData, autocast, cosine_lambda, space_of, training_batch
+from kshot.train.builders import autocast, cosine_lambda, space_of
+from kshot.train.run_data import TrainData, training_batch
 
 __all__ = [
     "train_standalone",

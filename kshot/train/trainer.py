@@ -17,278 +17,49 @@ sequence; the simplex-net steps take batches and paths of their own, past the en
 Everything random derives from ``(seed, iteration)``: the path(s) of an iteration, its batch (the
 epoch's permutation comes from ``(seed, epoch)``) and its augmentation. So every DDP rank samples the
 same paths, and a run resumed from a checkpoint at iteration ``s`` continues exactly as the
-uninterrupted run would. The supernet optimiser is SGD with Nesterov momentum and a per-iteration
-cosine schedule from ``lr`` to ``lr_min`` spanning warmup and alternating training (the paper's
-recipe); the simplex-net's is Adam (see :class:`kshot.config.Config`).
+uninterrupted run would (:mod:`kshot.train.run_data`).
+
+This module holds the schedule: which kind of step an iteration is, the epochs' curves,
+checkpoints and resuming. What the networks and optimisers are is :mod:`kshot.train.builders`'s;
+the λ and loss math of each step is :mod:`kshot.train.steps`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from kshot import distributed as dist
 from kshot import seeds
-from kshot.config import Config, result_keys
-from kshot.data.stream import StreamedPart
-from kshot.data.transforms import normalize, random_crop_flip
-from kshot.nn.simplex import SimplexNet, channel_regularizer, code_statistics, width_positives
+from kshot.config import Config
+from kshot.nn.simplex import code_statistics
 from kshot.nn.supernets import build_supernet
 from kshot.progress import progress_bar
-from kshot.spaces import Path, Space, space_class, space_from_config
+from kshot.spaces import Path, Space
 from kshot.train import checkpoint as ckpt
+from kshot.train.builders import (
+    autocast,
+    build_simplex,
+    simplex_optimizer,
+    space_of,
+    supernet_optimizer,
+)
 from kshot.train.groups import check_processes, simplex_groups
+from kshot.train.run_data import TrainData, training_batch
+from kshot.train.steps import (
+    code_of,
+    compile_grouped_loss,
+    frozen,
+    grouped_loss,
+    uniform_lambda,
+    width_regularizer,
+)
 
-__all__ = [
-    "TrainData",
-    "KShotTrainer",
-    "build_simplex",
-    "identity_of",
-    "run_keys",
-    "uniform_lambda",
-    "frozen",
-    "curves",
-    "space_of",
-    "autocast",
-    "training_batch",
-    "cosine_lambda",
-    "random_code",
-    "code_of",
-    "simplex_groups",
-    "check_processes",
-    "grouped_loss",
-    "compile_grouped_loss",
-]
-
-
-@dataclass
-class TrainData:
-    """Images of a run's split as uint8 (normalised per batch): held in memory, or the training
-    part streamed from a class-folder tree (config key ``data_loading``)."""
-
-    train_images: torch.Tensor | StreamedPart
-    train_labels: torch.Tensor
-    valid_images: torch.Tensor | StreamedPart
-    valid_labels: torch.Tensor
-    mean: list[float]
-    std: list[float]
-    num_classes: int
-    test_images: torch.Tensor | StreamedPart | None = None
-    test_labels: torch.Tensor | None = None
-    # Digests of the split file's content and of the dataset's training part (stream: its list of
-    # files): checkpoints record them, so that a supernet is never scored on another split, whose
-    # validation images it may have trained on.
-    split_digest: str = ""
-    dataset_digest: str = ""
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.train_images.shape[1])
-
-    @property
-    def resolution(self) -> int:
-        return int(self.train_images.shape[-1])
-
-    def prepare(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """uint8 images → normalised float32 on ``device``, channels-last (faster convolutions and
-        pooling on CPU and GPU alike)."""
-        x = normalize(images.to(device), self.mean, self.std)
-        return x.contiguous(memory_format=torch.channels_last)
-
-
-def identity_of(cfg: Config, data: TrainData) -> dict[str, Any]:
-    """What a checkpoint must agree with to be resumed or scored under ``cfg``: the space, K, the
-    network's shape and (mbv2) whether widths are searched, the simplex-net's size and inputs, the
-    image resolution, the split and the dataset. Keyed by config key where there is one, so that
-    a mismatch names the key to change."""
-    return {
-        "search_space": cfg.search_space,
-        "k": cfg.k,
-        **space_class(cfg.search_space).identity(cfg),
-        "simplex_hidden": cfg.simplex_hidden,
-        "resolution": data.resolution,
-        "num_classes": data.num_classes,
-        "in_channels": data.in_channels,
-        "split": data.split_digest,
-        "dataset": data.dataset_digest,
-    }
-
-
-def run_keys(cfg: Config, alternating: bool) -> dict[str, Any]:
-    """The config keys a checkpoint's weights follow from (:func:`kshot.config.result_keys`): the
-    warmup stage's, and once alternating training has begun (``alternating``) the train stage's
-    too. A checkpoint folder is resumed only by a run equal in all of them."""
-    values = cfg.to_dict()
-    stages = ("warmup", "train") if alternating else ("warmup",)
-    return {key: values[key] for key in result_keys(*stages)}
-
-
-def space_of(cfg: Config, data: TrainData | None = None) -> Space:
-    """The run's search space; with ``data``, at its network shape (``space.shape``: the supernet's
-    and the space's ``build`` / ``flops`` / ``params`` arguments) and image resolution (what
-    FLOPs and networks need; parsing and encoding paths need neither)."""
-    if data is None:
-        return space_from_config(cfg)
-    return space_from_config(
-        cfg,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        resolution=data.resolution,
-    )
-
-
-def build_simplex(cfg: Config, space: Space) -> SimplexNet:
-    """The simplex-net over ``space``'s path codes."""
-    return SimplexNet(space.arch_dim, cfg.k, hidden=cfg.simplex_hidden, width_dim=space.width_dim)
-
-
-def autocast(cfg: Config, device: torch.device) -> torch.autocast:
-    """The forward passes' autocast context for config key ``precision`` on ``device`` (auto: bf16
-    on GPUs with native bf16, compute capability 8.0 and up; fp32 elsewhere)."""
-    native_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and native_bf16)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def uniform_lambda(k: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.full((k,), 1.0 / k, device=device)
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Θ frozen: gradients flow through the module to its inputs (λ) but not to its parameters."""
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-
-
-def cosine_lambda(total_steps: int, floor: float = 0.0) -> Callable[[int], float]:
-    """Per-step cosine annealing from 1 to ``floor`` over ``total_steps`` (a LambdaLR factor;
-    ``floor`` = lr_min / lr)."""
-    return lambda it: (
-        floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(it, total_steps) / total_steps))
-    )
-
-
-def random_code(space: Space, seed: int, path: Path, k: int) -> np.ndarray:
-    """The code of ``path`` under lambda_mode random (paper Table 6): drawn once from the uniform
-    distribution on the K-simplex (Dirichlet(1, …, 1)), keyed by the seed and the path's string,
-    so every step and the scoring see the same code."""
-    key = int.from_bytes(hashlib.sha256(space.format(path).encode()).digest()[:8], "big")
-    return seeds.rng(seed, seeds.RANDOM_LAMBDA, key).dirichlet(np.ones(k))
-
-
-def code_of(
-    cfg: Config, space: Space, simplex: SimplexNet, device: torch.device
-) -> Callable[[Path], torch.Tensor]:
-    """λ of a path after warmup, by config key ``lambda_mode``: π(a) of the simplex-net
-    (learned), 1/K (fixed, and K = 1 where λ = [1]), or the path's fixed random code."""
-    if cfg.k == 1 or cfg.lambda_mode == "fixed":
-        return lambda path: uniform_lambda(cfg.k, device)
-    if cfg.lambda_mode == "random":
-        return lambda path: torch.as_tensor(
-            random_code(space, cfg.seed, path, cfg.k), dtype=torch.float32, device=device
-        )
-
-    @torch.no_grad()
-    def learned(path: Path) -> torch.Tensor:
-        return simplex(*space.codes([path], device))[0]
-
-    return learned
-
-
-def training_batch(
-    data: TrainData,
-    *,
-    seed: int,
-    step: int,
-    steps_per_epoch: int,
-    batch_size: int,
-    augment: bool,
-    device: torch.device,
-    shard: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch of iteration ``step`` (this rank's share of it when ``shard``), normalised.
-
-    The epoch's order comes from ``(seed, epoch)`` and the augmentation from ``(seed, step)``; both
-    are drawn for the global batch and then sliced, so the split over ranks changes nothing. A
-    streamed training part follows the same contract with ImageNet's augmentation
-    (:mod:`kshot.data.stream`).
-    """
-    if isinstance(data.train_images, StreamedPart):
-        sharded = shard and dist.world_size() > 1
-        images, labels = data.train_images.batch(
-            seed=seed,
-            step=step,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            augment=augment,
-            rank=dist.rank() if sharded else 0,
-            world=dist.world_size() if sharded else 1,
-        )
-        return data.prepare(images, device), labels.to(device)
-    epoch, pos = divmod(step, steps_per_epoch)
-    order = seeds.rng(seed, epoch, seeds.EPOCH_ORDER).permutation(len(data.train_labels))
-    idx = torch.from_numpy(order[pos * batch_size : (pos + 1) * batch_size])
-    x = data.prepare(data.train_images[idx], device)
-    if augment:  # on the device, drawn on the CPU: the same crops and flips wherever it runs
-        gen = torch.Generator().manual_seed(
-            int(seeds.rng(seed, step, seeds.AUGMENT).integers(2**62))
-        )
-        x = random_crop_flip(
-            x, gen, pad=4 if data.resolution >= 16 else 1, flip=data.in_channels == 3
-        ).contiguous(memory_format=torch.channels_last)
-    y = data.train_labels[idx].to(device)
-    if not shard or dist.world_size() == 1:
-        return x, y
-    share = batch_size // dist.world_size()
-    mine = slice(dist.rank() * share, (dist.rank() + 1) * share)
-    return x[mine], y[mine]
-
-
-def compile_grouped_loss(supernet: nn.Module, device: torch.device) -> Callable[..., Any]:
-    """:func:`grouped_loss` through ``supernet.forward_masked``, whose graph is the same for every
-    path, under ``torch.compile`` (on CUDA in mode "reduce-overhead": CUDA graphs). Call it with
-    the paths' one-hot codes (:meth:`Space.codes`) where :func:`grouped_loss` takes paths."""
-    return torch.compile(
-        functools.partial(grouped_loss, supernet.forward_masked),
-        mode="reduce-overhead" if device.type == "cuda" else None,
-        dynamic=False,
-    )
-
-
-def grouped_loss(
-    forward: Callable[..., torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    paths: Sequence[Any],
-    lams: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean over groups of the cross-entropy, correct predictions): the batch in ``len(paths)``
-    equal groups, group i through ``forward(x_i, paths[i], lams[i])``."""
-    losses, correct = [], torch.zeros((), dtype=torch.long, device=x.device)
-    for xg, yg, path, lam in zip(
-        x.chunk(len(paths)), y.chunk(len(paths)), paths, lams, strict=True
-    ):
-        logits = forward(xg, path, lam)
-        losses.append(F.cross_entropy(logits, yg))
-        correct = correct + (logits.argmax(1) == yg).sum()
-    return torch.stack(losses).mean(), correct
+__all__ = ["KShotTrainer", "curves"]
 
 
 class KShotTrainer:
@@ -298,7 +69,8 @@ class KShotTrainer:
         cfg: the run configuration.
         data: the split's images.
         device: where to train.
-        space: the run's space at the data's shape (:func:`space_of`; built when not given).
+        space: the run's space at the data's shape (:func:`kshot.train.builders.space_of`; built when
+            not given).
     """
 
     def __init__(
@@ -329,17 +101,8 @@ class KShotTrainer:
         # config key ``compile``: the path-masked forward, whose graph is the same for every path,
         # captured once (on CUDA with CUDA graphs: mode "reduce-overhead")
         self.compiled = compile_grouped_loss(self.supernet, device) if cfg.compile else None
-        self.opt = torch.optim.SGD(
-            self.supernet.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-        self.simplex_opt = torch.optim.Adam(self.simplex.parameters(), lr=cfg.simplex_lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, cosine_lambda(self.total_steps, cfg.lr_min / cfg.lr)
-        )
+        self.opt, self.scheduler = supernet_optimizer(cfg, self.supernet, self.total_steps)
+        self.simplex_opt = simplex_optimizer(cfg, self.simplex)
         self.code = code_of(cfg, self.space, self.simplex, device)
         # the paths whose codes the curves follow (λ statistics per epoch)
         self.probe = [
@@ -363,8 +126,8 @@ class KShotTrainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
-            "identity": identity_of(self.cfg, self.data),
-            "run": run_keys(self.cfg, alternating=self.step > self.warmup_steps),
+            "identity": ckpt.identity_of(self.cfg, self.data),
+            "run": ckpt.run_keys(self.cfg, alternating=self.step > self.warmup_steps),
             "config": self.cfg.to_dict(),
             "epoch": self.epochs_done(),
             "step": self.step,
@@ -380,9 +143,9 @@ class KShotTrainer:
     def load_state_dict(self, state: dict[str, Any], uri: str, same_run: bool = False) -> None:
         """Continue from ``state`` (read from ``uri``); with ``same_run`` (a checkpoint of this
         run's own output) it must also have been trained with this run's keys."""
-        ckpt.check_identity(state, identity_of(self.cfg, self.data), uri)
+        ckpt.check_identity(state, ckpt.identity_of(self.cfg, self.data), uri)
         if same_run:
-            ckpt.check_same_run(state, run_keys(self.cfg, alternating=True), uri)
+            ckpt.check_same_run(state, ckpt.run_keys(self.cfg, alternating=True), uri)
         self.supernet.load_state_dict(state["supernet"])
         self.simplex.load_state_dict(state["simplex"])
         self.opt.load_state_dict(state["optimizer"])
@@ -454,7 +217,7 @@ class KShotTrainer:
     ) -> dict[str, torch.Tensor]:
         """Update σ on m paths, one per group of b/m images, with Θ frozen (Eq. 8); with width
         search the loss adds α · r_c over the m paths (Eq. 17). Under DDP each rank runs the
-        groups of its share of the batch (:func:`simplex_groups`) and computes all m λ for r_c."""
+        groups of its share of the batch (:func:`kshot.train.groups.simplex_groups`) and computes all m λ for r_c."""
         self.supernet.train()
         arch_codes, width_codes = self.space.codes(choices, self.device)
         lams = self.simplex(arch_codes, width_codes)
@@ -463,13 +226,7 @@ class KShotTrainer:
             loss, _ = self._loss(x, y, choices[mine], lams[mine], arch_codes[mine])
             out = {"simplex_loss": dist.all_reduce_mean(loss)}  # over all m groups
             if self.space.has_widths:
-                widths = torch.tensor(
-                    [self.space.width_factors(c) for c in choices], dtype=torch.float64
-                )
-                positives = width_positives(
-                    [self.space.ops(c) for c in choices], widths, self.cfg.rc_threshold
-                )
-                reg = channel_regularizer(lams, positives, self.cfg.tau)
+                reg = width_regularizer(self.cfg, self.space, choices, lams)
                 out["channel_reg"] = reg.detach()
                 loss = loss + self.cfg.alpha * reg
             self.simplex_opt.zero_grad(set_to_none=True)

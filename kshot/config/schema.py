@@ -1,10 +1,12 @@
-"""The run configuration: every hyper-parameter in one place, with where its default comes from.
+"""The run configuration's schema: every hyper-parameter in one place, with where its default
+comes from.
 
 A :class:`Config` is flat so that each field is one pipeline parameter, one ``--set key=value`` and
 one YAML key. Defaults are the paper's (Su et al., ICML 2021) where it gives a number, NAS-Bench-201's
 own recipe (Dong & Yang, ICLR 2020) for that space's training, and otherwise a documented choice.
-:func:`load_config` validates every value before any expensive work starts and names the key and the
-source (file, ``--set``, pipeline parameter) of a bad value.
+Each field's metadata holds its help text and the rules its value obeys (``choices``, bounds,
+``quantity``, ``label``), which :mod:`kshot.config.validation` applies; every :class:`Config` is
+checked when made, and :mod:`kshot.config.loader` builds one from files and overrides.
 
 **Run identity.** Each field's ``result`` metadata names the stages whose result the key changes
 when the stage reads it (``()``: an execution setting such as ``num_threads``, ``workers``,
@@ -14,68 +16,24 @@ keys, so that an output folder holding another run's work is refused, naming the
 differ, and a rerun of the same run resumes it. What a stage's inputs hold (the split, the
 checkpoint it continues or scores, the search results) is part of the identity through their
 digests, not through the keys that made them.
+
+The module is one idea at some length: the length is the fields, each with its default's source.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib.resources
-import math
-import os
-import re
-import types
-import typing
-import warnings
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from kshot.config.validation import validate
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "load_config",
-    "read_config_file",
-    "resolve_config_file",
-    "shipped_configs",
-    "parse_overrides",
-    "FIELD_HELP",
-    "result_keys",
-    "is_quantity",
-    "is_positive_quantity",
-    "QUEUE_LABEL",
-    "PRIORITY_LABEL",
-]
+__all__ = ["Config", "FIELD_HELP", "FIELDS", "result_keys", "QUEUE_LABEL", "PRIORITY_LABEL"]
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 """The label by which Kueue queues a job (config key ``queue_name``)."""
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 """The label naming a job's Kueue WorkloadPriorityClass (config key ``priority_class``)."""
-# A Kubernetes resource quantity, as the API server's (and the Kubeflow CRDs') schemas spell it.
-_QUANTITY = re.compile(
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-# What a label value (and so a LocalQueue or WorkloadPriorityClass name given as one) may be.
-_LABEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_LABEL_VALUE_MAX = 63
-
-
-def is_quantity(text: str) -> bool:
-    """Whether ``text`` is a Kubernetes resource quantity."""
-    return bool(_QUANTITY.match(text))
-
-
-def is_positive_quantity(text: str) -> bool:
-    """Whether ``text`` is a Kubernetes quantity above zero (``"2"``, ``"500m"``, ``"8Gi"``)."""
-    match = _QUANTITY.match(text)
-    return bool(match) and match.group(1) != "-" and float(match.group(2)) > 0
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and where the value came from."""
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -447,275 +405,25 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        _validate(self, {})
+        validate(self, {})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> Config:
+        from kshot.config.loader import load_config  # the loader builds on this module
+
         return load_config(self.to_dict(), changes)
 
 
 FIELD_HELP: dict[str, str] = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+"""The fields of :class:`Config` by name, in order."""
 
 
 def result_keys(*stages: str) -> tuple[str, ...]:
     """The config keys that change the result of any of ``stages`` (in field order): what their
     outputs' and checkpoints' identity records."""
     return tuple(
-        name for name, f in _FIELDS.items() if set(f.metadata.get("result", ())) & set(stages)
+        name for name, f in FIELDS.items() if set(f.metadata.get("result", ())) & set(stages)
     )
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert ``value`` to the type of field ``key``; strings (from --set) are parsed as YAML."""
-    hint = typing.get_type_hints(Config)[key]
-    if isinstance(value, str) and hint is not str:
-        value = yaml.safe_load(value) if value.strip() else value
-    origin = typing.get_origin(hint)
-    bad = ConfigError(f"config key {key!r} from {source}: {value!r} is not a valid {_name(hint)}")
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        return [_scalar(item, v, bad) for v in value]
-    return _scalar(hint, value, bad)
-
-
-def _scalar(hint: Any, value: Any, bad: ConfigError) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise bad
-        return int(value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if hint is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise bad
-        return str(value)
-    raise TypeError(hint)
-
-
-def _name(hint: Any) -> str:
-    if isinstance(hint, types.GenericAlias):
-        return str(hint)
-    return getattr(hint, "__name__", str(hint))
-
-
-def _validate(cfg: Config, sources: Mapping[str, str]) -> None:
-    def fail(key: str, why: str) -> None:
-        src = sources.get(key, "defaults")
-        raise ConfigError(f"config key {key!r} from {src}: {getattr(cfg, key)!r} {why}")
-
-    for name, f in _FIELDS.items():
-        v = getattr(cfg, name)
-        md = f.metadata
-        if any(
-            isinstance(x, float) and not math.isfinite(x)
-            for x in (v if isinstance(v, list) else [v])
-        ):
-            fail(name, "must be a finite number")
-        if "choices" in md and v not in md["choices"]:
-            fail(name, f"is not one of {', '.join(md['choices'])}")
-        if "ge" in md and v < md["ge"]:
-            fail(name, f"must be >= {md['ge']}")
-        if "gt" in md and v <= md["gt"]:
-            fail(name, f"must be > {md['gt']}")
-        if "le" in md and v > md["le"]:
-            fail(name, f"must be <= {md['le']}")
-        if "lt" in md and v >= md["lt"]:
-            fail(name, f"must be < {md['lt']}")
-        if md.get("quantity") and not is_positive_quantity(v):
-            fail(name, "is not a positive Kubernetes quantity (e.g. '4', '500m', '16Gi')")
-        if md.get("label") and v and not (len(v) <= _LABEL_VALUE_MAX and _LABEL_NAME.match(v)):
-            fail(
-                name,
-                f"is not a name a label can hold ({_LABEL_VALUE_MAX} characters at most: lower "
-                "case letters, digits, '-' and '.', starting and ending with a letter or digit)",
-            )
-    if cfg.lr_min > cfg.lr:
-        fail("lr_min", f"exceeds lr = {cfg.lr}: the cosine schedule anneals from lr down to it")
-    if cfg.warmup_epochs > cfg.epochs:
-        fail("warmup_epochs", f"exceeds epochs = {cfg.epochs} (epochs counts the warmup)")
-    if cfg.compile and cfg.search_space != "nb201":
-        fail("compile", f"applies to search_space nb201 only, not {cfg.search_space!r}")
-    if cfg.lambda_mode == "learned" and cfg.k > 1 and cfg.batch_size % cfg.m:
-        fail(
-            "m",
-            f"does not divide batch_size = {cfg.batch_size}: each of the m paths of a "
-            "simplex-net step needs b/m images",
-        )
-    if not cfg.dataset.strip():
-        fail("dataset", "is empty: name a dataset ('digits', a local path or gs:// URI)")
-    if cfg.resolution % 4:
-        fail("resolution", "must be a multiple of 4")
-    if cfg.data_loading == "stream" and not cfg.resolution:
-        fail(
-            "data_loading",
-            "needs config key 'resolution' (e.g. 224): streamed images are cropped to it",
-        )
-    if cfg.search_space == "mbv2" and cfg.channel_search and cfg.m < 2 and cfg.alpha > 0:
-        fail("m", "must be >= 2 for r_c, which compares the m paths of a simplex-net step")
-    if cfg.parents > cfg.population:
-        fail("parents", f"exceeds population = {cfg.population}")
-    if cfg.rank_paths == 1:
-        fail("rank_paths", "must be 0 (all) or at least 2: a ranking needs 2 paths")
-    if any(n < 1 for n in cfg.top_n):
-        fail("top_n", "must hold positive group sizes")
-    if cfg.priority_class and not cfg.queue_name:
-        fail("priority_class", "orders jobs in a Kueue queue: set queue_name too")
-
-
-def parse_overrides(pairs: Iterable[str], source: str = "--set") -> dict[str, str]:
-    """``["k=4", "epochs=2"]`` → ``{"k": "4", "epochs": "2"}``; values stay strings (YAML-parsed later)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{source} {pair!r}: expected key=value")
-        out[key.strip()] = value
-    return out
-
-
-class _DuplicateKey(yaml.YAMLError):
-    """A mapping that names one key twice (PyYAML would keep the last silently)."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` that refuses a key given twice in one mapping."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise _DuplicateKey(f"key {key!r} is given twice (lines {seen[key]} and {line})")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def shipped_configs() -> list[str]:
-    """The names of the configs packaged in ``kshot/configs`` (``digits-tiny``, …), sorted."""
-    files = importlib.resources.files("kshot.configs").iterdir()
-    return sorted(f.name.removesuffix(".yaml") for f in files if f.name.endswith(".yaml"))
-
-
-def resolve_config_file(value: str, source: str = "--config") -> str:
-    """The path or URI of the config file that ``value`` names.
-
-    A URI (``gs://``, ``s3://``, ``minio://``) or an existing local file is itself; otherwise a
-    shipped config's name (``digits-tiny``, or ``digits-tiny.yaml``) is its packaged file, so that
-    one command reads the same file in a clone, an installed package and the images.
-
-    Raises:
-        ConfigError: ``value`` is neither, naming it, ``source`` and the shipped names.
-    """
-    if "://" in value or os.path.exists(value):
-        return value
-    shipped = shipped_configs()
-    name = value.removesuffix(".yaml")
-    if name in shipped:
-        return str(importlib.resources.files("kshot.configs") / f"{name}.yaml")
-    stem = os.path.basename(name)
-    hint = f" (did you mean {stem!r}?)" if stem in shipped else ""
-    raise ConfigError(
-        f"config file {value!r} from {source} not found, and it is not the name of a shipped "
-        f"config{hint}; shipped: {', '.join(shipped)}"
-    )
-
-
-def read_config_file(uri: str, source: str = "--config") -> dict[str, Any]:
-    """The mapping of a YAML config file, its keys not yet checked.
-
-    ``uri`` is a local path, a ``gs://`` / ``s3://`` / ``minio://`` URI or a shipped config's name
-    (:func:`resolve_config_file`); ``source`` says where it came from, for error messages.
-
-    Raises:
-        ConfigError: the file is missing, not UTF-8, not YAML or not a mapping, naming it.
-    """
-    from kshot import storage
-
-    uri = resolve_config_file(uri, source)
-    try:
-        data = yaml.load(storage.read_text(uri), Loader=_UniqueKeyLoader)
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file {uri!r} not found") from e
-    except _DuplicateKey as e:
-        raise ConfigError(f"config file {uri!r}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {uri!r} is not valid YAML: {e}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {uri!r} is not UTF-8 text: {e}") from e
-    if data is None:  # a truncated copy or a wrong path: never read as "all defaults"
-        raise ConfigError(f"config file {uri!r} is empty: it sets no key")
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {uri!r} must hold a mapping of keys to values")
-    return data
-
-
-def load_config(*layers: Mapping[str, Any] | str | None, sources: Iterable[str] = ()) -> Config:
-    """Build a :class:`Config` from layers applied in order (later wins).
-
-    Each layer is a mapping or a path / URI of a YAML file; ``sources`` names the layers in error
-    messages (defaults: the file name, or ``layer N``).
-    """
-    values: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    names = list(sources)
-    for i, layer in enumerate(layers):
-        if layer is None:
-            continue
-        name = names[i] if i < len(names) else (layer if isinstance(layer, str) else f"layer {i}")
-        if isinstance(layer, str):
-            layer = read_config_file(layer)
-        for key, value in layer.items():
-            if key not in _FIELDS:
-                close = [
-                    k for k in _FIELDS if k.replace("_", "") == str(key).lower().replace("_", "")
-                ]
-                close = close or difflib.get_close_matches(str(key).lower(), _FIELDS, 1, 0.75)
-                close = close or [k for k in _FIELDS if k.startswith(f"{str(key).lower()}_")]
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"unknown config key {key!r} from {name}{hint}")
-            values[key] = _coerce(key, value, name)
-            origin[key] = name
-    try:
-        cfg = Config.__new__(Config)
-        for name_, f in _FIELDS.items():
-            default = (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            )
-            object.__setattr__(cfg, name_, values.get(name_, default))
-    except TypeError as e:  # pragma: no cover - defensive
-        raise ConfigError(str(e)) from e
-    _validate(cfg, origin)
-    ignored = [
-        k
-        for k in _OTHER_SPACE_KEYS[cfg.search_space]
-        if k in origin and getattr(cfg, k) != _FIELDS[k].default
-    ]
-    if ignored:
-        given = ", ".join(f"{k!r} (from {origin[k]})" for k in ignored)
-        warnings.warn(
-            f"config keys {given} do not apply to search_space {cfg.search_space!r} "
-            f"(from {origin.get('search_space', 'defaults')}), which ignores them",
-            stacklevel=2,
-        )
-    return cfg
-
-
-# Shape keys of one search space, which the other one ignores.
-_OTHER_SPACE_KEYS = {
-    "nb201": ("width_mult", "channel_divisor", "channel_search", "rc_threshold"),
-    "mbv2": ("channels", "cells"),
-}

@@ -12,7 +12,8 @@ Measures, on whatever device is present:
    validation on ``eval_images`` included, and the time it implies for all 15,625 paths;
 4. the throughput of 2 local gloo processes against 1 on the CPU, as a scaling efficiency: at the
    same global batch (each rank gets half: what adding a worker to a fixed config does) and at the
-   same batch per rank (the usual data-parallel figure), medians of alternating rounds;
+   same batch per rank (the usual data-parallel figure), medians of alternating rounds
+   (:mod:`kshot.experiments.bench_ddp`, run by ``torchrun``);
 5. the same training-step comparison in the mbv2 space (width search: every K-slot tensor is cut to
    the path's widths before the merge), K = 1 and 8 against the plain network of the same path.
 
@@ -23,14 +24,8 @@ from __future__ import annotations
 
 import datetime
 import functools
-import itertools
-import json
-import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,13 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import kshot
 from kshot.config import Config
+from kshot.experiments.bench_ddp import measure_ddp_scaling
 from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.nn.supernets import build_supernet
 from kshot.search.score import PathScorer
 from kshot.spaces import MBV2Space, NB201Space, nb201
-from kshot.train.trainer import autocast, compile_grouped_loss, grouped_loss
+from kshot.train.builders import autocast
+from kshot.train.steps import compile_grouped_loss, grouped_loss
 
 __all__ = ["run_benchmarks", "HEADLINE", "SECTIONS", "ALL_3X3", "MIXED"]
 
@@ -322,80 +318,6 @@ def _bench_search(
     }
 
 
-_DDP_SCRIPT = """
-import json, sys, time, torch
-import torch.nn.functional as F
-from kshot import distributed as dist
-from kshot.nn.nb201_supernet import NB201Supernet
-from kshot.spaces import nb201
-dist.init_from_env("cpu")
-torch.set_num_threads(1)
-C, N, batch, res, steps = (int(v) for v in sys.argv[1:6])
-torch.manual_seed(0)
-net = NB201Supernet(8, C=C, N=N)
-opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-local = batch // dist.world_size()
-x, y = torch.randn(local, 3, res, res), torch.randint(0, 10, (local,))
-lam = torch.full((8,), 1 / 8)
-def step(i):
-    loss = F.cross_entropy(net(x, nb201.from_index(i * 7919 % nb201.SIZE), lam), y)
-    opt.zero_grad(set_to_none=True); loss.backward()
-    dist.all_reduce_kshot_gradients(net.parameters(), lam); opt.step()
-for i in range(3): step(i)
-dist.barrier(); start = time.perf_counter()
-for i in range(steps): step(3 + i)
-dist.barrier(); elapsed = time.perf_counter() - start
-if dist.is_main(): print(json.dumps({"images_per_s": batch * steps / elapsed}))
-dist.shutdown()
-"""
-
-
-def _bench_ddp(
-    C: int, N: int, batch: int, resolution: int, steps: int, rounds: int = 3
-) -> dict[str, float]:
-    """Images/s of 1 process and of 2 (at the same global batch, and at the same batch per rank),
-    each the median of ``rounds`` runs taken in turn, so that a load change hits all three."""
-    runs: dict[str, list[float]] = {"ddp1": [], "ddp2": [], "ddp2_per_rank": []}
-    # the script runs from a temporary folder: it imports this kshot, installed or not
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(kshot.__file__)))
-    pythonpath = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
-    with tempfile.TemporaryDirectory() as tmp:
-        script = os.path.join(tmp, "ddp_bench.py")
-        with open(script, "w") as f:
-            f.write(_DDP_SCRIPT)
-        configs = (("ddp1", 1, batch), ("ddp2", 2, batch), ("ddp2_per_rank", 2, 2 * batch))
-        for _, (name, nproc, global_batch) in itertools.product(range(rounds), configs):
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "torch.distributed.run",
-                    "--standalone",
-                    f"--nproc-per-node={nproc}",
-                    script,
-                    str(C),
-                    str(N),
-                    str(global_batch),
-                    str(resolution),
-                    str(steps),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath},
-            )
-            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"])
-    rate = {name: statistics.median(values) for name, values in runs.items()}
-    return {
-        "ddp1_images_per_s": rate["ddp1"],
-        "ddp2_images_per_s": rate["ddp2"],
-        "ddp2_per_rank_batch_images_per_s": rate["ddp2_per_rank"],
-        "ddp2_efficiency": rate["ddp2"] / (2 * rate["ddp1"]),
-        "ddp2_efficiency_same_batch_per_rank": rate["ddp2_per_rank"] / (2 * rate["ddp1"]),
-        "rounds": rounds,
-    }
-
-
 HEADLINE = (
     "device",
     "train_step_ratio_k8_vs_k1",
@@ -465,7 +387,7 @@ def run_benchmarks(
             ),
             **search,
         },
-        "ddp": lambda: {**_bench_ddp(**ddp), **ddp},
+        "ddp": lambda: {**measure_ddp_scaling(**ddp), **ddp},
         "mbv2": lambda: _bench_mbv2_training(
             dev, **mbv2_shape, warmup=timing["warmup"], repeats=min(timing["repeats"], 20)
         ),
