@@ -22,7 +22,6 @@ from kshot.components import runtime, stages
 from kshot.components.runtime import (
     LAUNCHER_STEP_SIZE,
     NAMESPACE_ENV,
-    PIPELINE_CONFIG_KEYS,
     StepSize,
     build_config,
     handoff_uri,
@@ -31,6 +30,7 @@ from kshot.components.runtime import (
     run_pipeline_stage,
     step_image,
 )
+from kshot.components.stages import PIPELINE_CONFIG_KEYS
 from kshot.config import Config, ConfigError, load_config
 from kshot.launch import LaunchError
 from kshot.pipeline.cli import compile_pipeline
