@@ -36,7 +36,6 @@ __all__ = [
     "JOB_IMAGE_ENV",
     "NAMESPACE_ENV",
     "RUN_ID_LABEL",
-    "PIPELINE_CONFIG_KEYS",
     "step_image",
     "job_image",
     "StepSize",
@@ -60,29 +59,9 @@ IMAGE_ENV = "KSHOT_IMAGE"
 NAMESPACE_ENV = "KSHOT_NAMESPACE"
 RUN_ID_LABEL = "pipelines.kubeflow.org/run_id"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-# Config keys that are pipeline parameters of their own; every other key goes through extra_config.
-PIPELINE_CONFIG_KEYS: tuple[str, ...] = (
-    "k",
-    "search_space",
-    "dataset",
-    "epochs",
-    "warmup_epochs",
-    "m",
-    "alpha",
-    "tau",
-    "population",
-    "generations",
-    "flops_budget",
-    "bn_images",
-    "seed",
-    "ground_truth",
-    "workers",
-    "gpus_per_worker",
-    "queue_name",
-    "priority_class",
-)
 RESULT_PREFIX = "kshot result:"
 """Starts the one line a stage's step prints with its key figure (what ``kshot run --local`` shows)."""
+_CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(Config))
 _DEFAULT_IMAGE: str = next(f.default for f in dataclasses.fields(LaunchSpec) if f.name == "image")
 
 
@@ -158,7 +137,8 @@ def build_config(arguments: Mapping[str, Any]) -> Config:
     """Validate the config step's arguments (the pipeline parameters) as one :class:`Config`.
 
     Args:
-        arguments: every key of :data:`PIPELINE_CONFIG_KEYS`, plus ``extra_config`` (a JSON or
+        arguments: the config step's: every key of
+            :data:`kshot.components.stages.PIPELINE_CONFIG_KEYS`, plus ``extra_config`` (a JSON or
             YAML mapping of any other config keys, '' for none), ``launcher`` (the heavy stages'
             launch backend) and ``image`` (their jobs' worker image); optionally ``step_cpu``
             and ``step_memory`` (what a step pod that runs a stage itself requests).
@@ -169,7 +149,7 @@ def build_config(arguments: Mapping[str, Any]) -> Config:
     Raises:
         ConfigError: a bad value, naming the pipeline parameter or config key and its source.
     """
-    parameters = {key: arguments[key] for key in PIPELINE_CONFIG_KEYS}
+    parameters = {key: value for key, value in arguments.items() if key in _CONFIG_KEYS}
     extra_config, launcher, image = (
         arguments["extra_config"],
         arguments["launcher"],
@@ -220,6 +200,8 @@ def pipeline_arguments(cfg: Config, launcher: str = "local", image: str = "") ->
     Returns:
         Keyword arguments of :func:`kshot.pipeline.pipeline.kshot_nas`.
     """
+    from kshot.components.stages import PIPELINE_CONFIG_KEYS  # stages imports this module
+
     values = cfg.to_dict()
     defaults = Config().to_dict()
     extra = {

@@ -13,18 +13,26 @@ artifact whole into the step's pod before it starts, gigabytes of checkpoints fo
 hands them on to a job. Each producer still declares the output artifact (the UI shows it) and
 returns its URI (:func:`kshot.components.runtime.handoff_uri`).
 
+The config step's signature names the config keys that are pipeline parameters of their own
+(:data:`PIPELINE_CONFIG_KEYS`, read from it); KFP ships its source, so it is written out, and
+``tests/test_pipeline.py`` holds its names and types to :class:`kshot.config.Config`'s fields.
+
 This module does not use ``from __future__ import annotations``: KFP reads the annotations of a
 component's signature at decoration time and cannot resolve them from strings.
 """
 
+import dataclasses
+import inspect
 from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 from kshot.components.runtime import step_image
+from kshot.config import Config
 
 __all__ = [
+    "PIPELINE_CONFIG_KEYS",
     "configure",
     "split",
     "warmup",
@@ -133,6 +141,14 @@ def configure(
         size.memory,
         size.gpus,
     )
+
+
+_CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(Config))
+PIPELINE_CONFIG_KEYS: tuple[str, ...] = tuple(
+    name for name in inspect.signature(configure.python_func).parameters if name in _CONFIG_KEYS
+)
+"""The config keys that are pipeline parameters of their own: the config step's, in its order.
+Every other key goes through the ``extra_config`` parameter."""
 
 
 @dsl.component(**_OPTIONS)

@@ -165,7 +165,8 @@ def run_arguments(files: list[str], overrides: list[str], sweep: bool = False) -
     Raises:
         ConfigError: a bad key or value, named with its source.
     """
-    from kshot.components.runtime import PIPELINE_CONFIG_KEYS, build_config, pipeline_arguments
+    from kshot.components.runtime import build_config, pipeline_arguments
+    from kshot.components.stages import PIPELINE_CONFIG_KEYS
     from kshot.config import load_config, read_config_file
 
     pairs = parse_overrides(overrides)

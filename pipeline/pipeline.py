@@ -19,7 +19,9 @@ PyTorchJob / TrainJob with :data:`kshot.components.runtime.RUN_ID_LABEL` (``kube
 KFP's cache never hits for them, nor for the steps after them: deliberately, each run trains its
 own supernets; only ``configure`` and ``split`` (and ``benchmark-table``) can come from the cache.
 
-Every default of a parameter that is a config key is :class:`kshot.config.Config`'s. Any other
+The parameters that are config keys (the config step's,
+:data:`kshot.components.stages.PIPELINE_CONFIG_KEYS`) take their types, defaults and descriptions
+from :class:`kshot.config.Config` (:func:`kshot.pipeline.parameters.config_parameters`). Any other
 config key goes in ``extra_config`` (JSON/YAML). The config step validates them all before any
 stage runs.
 
@@ -31,9 +33,10 @@ from kfp import dsl
 
 from kshot.components import stages
 from kshot.components.runtime import job_image
-from kshot.config import Config
+from kshot.components.stages import PIPELINE_CONFIG_KEYS
 from kshot.launch import BACKENDS
 from kshot.pipeline import PIPELINE_NAME
+from kshot.pipeline.parameters import config_parameters
 from kshot.pipeline.platform import Placement, heavy, light
 
 __all__ = [
@@ -45,7 +48,6 @@ __all__ = [
     "DEFAULT_STEP_MEMORY",
 ]
 
-_DEFAULTS = Config()
 _LAUNCHER = BACKENDS[0]  # local: torchrun in the step's own pod
 _IMAGE = job_image()
 # What a step pod that runs its stage itself requests (pipeline parameters step_cpu, step_memory).
@@ -87,25 +89,9 @@ def ground_truth_table(
 
 
 @dsl.pipeline(name=PIPELINE_NAME)
+@config_parameters(PIPELINE_CONFIG_KEYS)
 def kshot_nas(
-    k: int = _DEFAULTS.k,
-    search_space: str = _DEFAULTS.search_space,
-    dataset: str = _DEFAULTS.dataset,
-    epochs: int = _DEFAULTS.epochs,
-    warmup_epochs: int = _DEFAULTS.warmup_epochs,
-    m: int = _DEFAULTS.m,
-    alpha: float = _DEFAULTS.alpha,
-    tau: float = _DEFAULTS.tau,
-    population: int = _DEFAULTS.population,
-    generations: int = _DEFAULTS.generations,
-    flops_budget: float = _DEFAULTS.flops_budget,
-    bn_images: int = _DEFAULTS.bn_images,
-    seed: int = _DEFAULTS.seed,
-    ground_truth: str = _DEFAULTS.ground_truth,
-    workers: int = _DEFAULTS.workers,
-    gpus_per_worker: int = _DEFAULTS.gpus_per_worker,
-    queue_name: str = _DEFAULTS.queue_name,
-    priority_class: str = _DEFAULTS.priority_class,
+    config_values: dict,  # the PIPELINE_CONFIG_KEYS parameters, by key
     image: str = _IMAGE,
     launcher: str = _LAUNCHER,
     extra_config: str = "",
@@ -120,24 +106,6 @@ def kshot_nas(
     cache serves only the config and split steps.
 
     Args:
-        k: K, the number of supernets (weight slots).
-        search_space: The search space: nb201 (NAS-Bench-201 cells) or mbv2 (ImageNet, Table 2).
-        dataset: Dataset URI ('digits' is built in; local path or gs://).
-        epochs: Total supernet epochs, warmup included.
-        warmup_epochs: Epochs of uniform single-path warmup with λ = 1/K.
-        m: Paths per simplex-net step; must divide the batch size.
-        alpha: Weight of the channel regulariser r_c.
-        tau: Temperature of r_c.
-        population: NSGA-II population.
-        generations: NSGA-II generations.
-        flops_budget: Hard FLOPs budget of the search in MFLOPs (0: none).
-        bn_images: Training images used to recalibrate BatchNorm before scoring a path.
-        seed: Base seed of the split, the sampled paths and the batches.
-        ground_truth: Ground-truth CSV URI for the ranking; empty: train a sample from scratch.
-        workers: Processes or pods of each distributed stage.
-        gpus_per_worker: GPUs per worker pod (0: CPU).
-        queue_name: Kueue LocalQueue of the jobs (empty: not queued).
-        priority_class: Kueue WorkloadPriorityClass of the jobs (needs queue_name).
         image: Worker image of the distributed stages' jobs.
         launcher: How heavy stages run: local (torchrun in the step's pod), pytorchjob, trainjob.
         extra_config: JSON or YAML mapping of any other kshot config keys (see `kshot config`).
@@ -152,24 +120,7 @@ def kshot_nas(
     placement = Placement(step_tolerations, step_node_selector)
     config_step = configure(
         {
-            "k": k,
-            "search_space": search_space,
-            "dataset": dataset,
-            "epochs": epochs,
-            "warmup_epochs": warmup_epochs,
-            "m": m,
-            "alpha": alpha,
-            "tau": tau,
-            "population": population,
-            "generations": generations,
-            "flops_budget": flops_budget,
-            "bn_images": bn_images,
-            "seed": seed,
-            "ground_truth": ground_truth,
-            "workers": workers,
-            "gpus_per_worker": gpus_per_worker,
-            "queue_name": queue_name,
-            "priority_class": priority_class,
+            **config_values,
             "image": image,
             "launcher": launcher,
             "extra_config": extra_config,

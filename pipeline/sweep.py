@@ -21,9 +21,11 @@ from kfp import dsl
 
 from kshot.components import stages
 from kshot.components.runtime import job_image
+from kshot.components.stages import PIPELINE_CONFIG_KEYS
 from kshot.config import Config
 from kshot.launch import BACKENDS
 from kshot.pipeline import SWEEP_PIPELINE_NAME
+from kshot.pipeline.parameters import config_parameters
 from kshot.pipeline.pipeline import (
     DEFAULT_STEP_CPU,
     DEFAULT_STEP_MEMORY,
@@ -44,25 +46,10 @@ _IMAGE = job_image()
 
 
 @dsl.pipeline(name=SWEEP_PIPELINE_NAME)
+@config_parameters(key for key in PIPELINE_CONFIG_KEYS if key != "k")
 def kshot_k_sweep(
+    config_values: dict,  # the PIPELINE_CONFIG_KEYS parameters but k, by key
     k_values: list = DEFAULT_K_VALUES,
-    search_space: str = _DEFAULTS.search_space,
-    dataset: str = _DEFAULTS.dataset,
-    epochs: int = _DEFAULTS.epochs,
-    warmup_epochs: int = _DEFAULTS.warmup_epochs,
-    m: int = _DEFAULTS.m,
-    alpha: float = _DEFAULTS.alpha,
-    tau: float = _DEFAULTS.tau,
-    population: int = _DEFAULTS.population,
-    generations: int = _DEFAULTS.generations,
-    flops_budget: float = _DEFAULTS.flops_budget,
-    bn_images: int = _DEFAULTS.bn_images,
-    seed: int = _DEFAULTS.seed,
-    ground_truth: str = _DEFAULTS.ground_truth,
-    workers: int = _DEFAULTS.workers,
-    gpus_per_worker: int = _DEFAULTS.gpus_per_worker,
-    queue_name: str = _DEFAULTS.queue_name,
-    priority_class: str = _DEFAULTS.priority_class,
     image: str = _IMAGE,
     launcher: str = _LAUNCHER,
     extra_config: str = "",
@@ -78,23 +65,9 @@ def kshot_k_sweep(
 
     Args:
         k_values: The K values to train and rank, e.g. [1, 2, 4, 8].
-        search_space: The search space: nb201 (NAS-Bench-201 cells) or mbv2 (ImageNet, Table 2).
-        dataset: Dataset URI ('digits' is built in; local path or gs://).
-        epochs: Total supernet epochs, warmup included.
-        warmup_epochs: Epochs of uniform single-path warmup with λ = 1/K.
-        m: Paths per simplex-net step; must divide the batch size.
-        alpha: Weight of the channel regulariser r_c.
-        tau: Temperature of r_c.
         population: NSGA-II population (validated; the sweep does not search).
         generations: NSGA-II generations (validated; the sweep does not search).
         flops_budget: FLOPs budget in MFLOPs (validated; the sweep does not search).
-        bn_images: Training images used to recalibrate BatchNorm before scoring a path.
-        seed: Base seed of the split, the sampled paths and the batches.
-        ground_truth: Ground-truth CSV URI for the ranking; empty: train a sample from scratch.
-        workers: Processes or pods of each distributed stage.
-        gpus_per_worker: GPUs per worker pod (0: CPU).
-        queue_name: Kueue LocalQueue of the jobs (empty: not queued).
-        priority_class: Kueue WorkloadPriorityClass of the jobs (needs queue_name).
         image: Worker image of the distributed stages' jobs.
         launcher: How heavy stages run: local (torchrun in the step's pod), pytorchjob, trainjob.
         extra_config: JSON or YAML mapping of any other kshot config keys (see `kshot config`).
@@ -104,23 +77,7 @@ def kshot_k_sweep(
         step_node_selector: Node labels every step pod must match (label → value).
     """
     shared = {
-        "search_space": search_space,
-        "dataset": dataset,
-        "epochs": epochs,
-        "warmup_epochs": warmup_epochs,
-        "m": m,
-        "alpha": alpha,
-        "tau": tau,
-        "population": population,
-        "generations": generations,
-        "flops_budget": flops_budget,
-        "bn_images": bn_images,
-        "seed": seed,
-        "ground_truth": ground_truth,
-        "workers": workers,
-        "gpus_per_worker": gpus_per_worker,
-        "queue_name": queue_name,
-        "priority_class": priority_class,
+        **config_values,
         "image": image,
         "launcher": launcher,
         "extra_config": extra_config,

@@ -3,11 +3,13 @@ retries, placement and security context, the config step's validation."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,6 @@ from kshot.components import runtime, stages
 from kshot.components.runtime import (
     LAUNCHER_STEP_SIZE,
     NAMESPACE_ENV,
-    PIPELINE_CONFIG_KEYS,
     StepSize,
     build_config,
     handoff_uri,
@@ -31,12 +32,13 @@ from kshot.components.runtime import (
     run_pipeline_stage,
     step_image,
 )
+from kshot.components.stages import PIPELINE_CONFIG_KEYS
 from kshot.config import Config, ConfigError, load_config
 from kshot.launch import LaunchError
-from kshot.pipeline.cli import compile_pipeline
-from kshot.pipeline.pipeline import DEFAULT_STEP_CPU, DEFAULT_STEP_MEMORY
+from kshot.pipeline.cli import _PIPELINE_ONLY, _SWEEP_ONLY, compile_pipeline
+from kshot.pipeline.pipeline import DEFAULT_STEP_CPU, DEFAULT_STEP_MEMORY, kshot_nas
 from kshot.pipeline.platform import ACCELERATOR, HEAVY_RETRY, IMAGE_UID, LIGHT_STEP
-from kshot.pipeline.sweep import DEFAULT_K_VALUES, K_PARALLELISM
+from kshot.pipeline.sweep import DEFAULT_K_VALUES, K_PARALLELISM, kshot_k_sweep
 from kshot.stages import HEAVY_STAGES, STAGES
 from tests.pod_security import read_only_root_violations, restricted_violations
 
@@ -130,6 +132,64 @@ def test_parameters_default_to_the_config_defaults(compiled: dict[str, Any]) -> 
     assert parameters["step_memory"]["defaultValue"] == DEFAULT_STEP_MEMORY
     assert parameters["step_tolerations"]["defaultValue"] == []
     assert parameters["step_node_selector"]["defaultValue"] == {}
+
+
+# The config step's parameters that are not config keys.
+_CONFIG_STEP_ONLY = {"image", "launcher", "extra_config", "step_cpu", "step_memory"}
+
+
+def test_every_parameter_that_is_a_config_key_is_as_config_has_it() -> None:
+    """The config step's signature is written out (KFP ships its source to the pod), the
+    pipelines' are built from Config and PIPELINE_CONFIG_KEYS is read from the config step: each
+    parameter that is a config key has its field's type (and in a pipeline its default), the
+    pipelines take the config step's keys, and their other parameters are those the CLI sets."""
+    types = typing.get_type_hints(Config)
+    defaults = Config()
+    drift = []
+    step = inspect.signature(stages.configure.python_func).parameters
+    for name, parameter in step.items():
+        if name not in types and name not in _CONFIG_STEP_ONLY:
+            drift.append(f"configure: parameter {name!r} is not a config key")
+        elif name in types and parameter.annotation is not types[name]:
+            drift.append(
+                f"configure: parameter {name!r} is {parameter.annotation}, "
+                f"Config.{name} {types[name]}"
+            )
+    pipelines = {
+        "kshot_nas": (kshot_nas, set(PIPELINE_CONFIG_KEYS), set(_PIPELINE_ONLY)),
+        "kshot_k_sweep": (
+            kshot_k_sweep,
+            set(PIPELINE_CONFIG_KEYS) - {"k"},  # k_values instead
+            {*_PIPELINE_ONLY, *_SWEEP_ONLY},
+        ),
+    }
+    for pipeline, (function, keys, own) in pipelines.items():
+        parameters = inspect.signature(function.pipeline_func).parameters
+        given = {name for name in parameters if name in types}
+        for name in sorted(given ^ keys):
+            has = "has" if name in given else "lacks"
+            drift.append(f"{pipeline}: {has} parameter {name!r}, the config step's keys do not")
+        others, expected = set(parameters) - given, {"extra_config", *own}
+        for name in sorted(others - expected):
+            drift.append(
+                f"{pipeline}: parameter {name!r} is neither a config key nor one that "
+                "kshot.pipeline.cli passes on as it is"
+            )
+        for name in sorted(expected - others):
+            drift.append(f"{pipeline}: lacks parameter {name!r}, which kshot.pipeline.cli passes")
+        for name in sorted(given):
+            parameter, default = parameters[name], getattr(defaults, name)
+            if parameter.annotation is not types[name]:
+                drift.append(
+                    f"{pipeline}: parameter {name!r} is {parameter.annotation}, "
+                    f"Config.{name} {types[name]}"
+                )
+            if parameter.default != default or type(parameter.default) is not type(default):
+                drift.append(
+                    f"{pipeline}: parameter {name!r} defaults to {parameter.default!r}, "
+                    f"Config.{name} to {default!r}"
+                )
+    assert not drift, "\n".join(drift)
 
 
 def test_outputs_flow_from_stage_to_stage_as_uris(compiled: dict[str, Any]) -> None:
