@@ -171,8 +171,7 @@ class ImageFolderIndex:
         """
         if part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, got {part!r} (dataset {uri!r})")
-        storage.check_uri(uri)
-        lister = _ObjectStoreTree(uri) if storage.is_remote(uri) else _LocalTree(uri)
+        lister = _ObjectStoreTree(uri) if storage.Uri.parse(uri).is_remote else _LocalTree(uri)
         if classes is None:
             classes = lister.class_names("train")
             if not classes:
@@ -320,12 +319,7 @@ def read_image(uri: str) -> torch.Tensor:
         FileNotFoundError: nothing exists at ``uri``.
         ValueError: the file cannot be decoded (naming ``uri``).
     """
-    if storage.is_remote(uri):
-        data = bytearray(storage.read_bytes(uri))
-    else:
-        with open(uri, "rb") as f:
-            data = bytearray(f.read())
-    return decode_image_bytes(data, uri)
+    return decode_image_bytes(bytearray(storage.read_bytes(uri)), uri)
 
 
 def random_resized_crop_params(
