@@ -27,7 +27,7 @@ from kshot.stages import (
     run_stage,
     skipped,
 )
-from kshot.uris import is_remote
+from kshot.storage.uri import remote_scheme
 
 __all__ = [
     "Artifact",
@@ -229,7 +229,7 @@ def artifact_uri(artifact: Artifact) -> str:
     (workers in other pods reach the bucket directly), else its local path (kfp.local, or a pod
     that runs the stage itself).
     """
-    return artifact.uri if is_remote(artifact.uri) else artifact.path
+    return artifact.uri if remote_scheme(artifact.uri) else artifact.path
 
 
 def _unreachable(where: str, uri: str) -> str:
@@ -262,7 +262,7 @@ def handoff_uri(artifact: Artifact, name: str) -> str:
         ValueError: the pipeline root is neither in an object store (``gs://``, ``s3://``,
             ``minio://``) nor a local folder (kfp.local).
     """
-    if "://" in artifact.uri and not is_remote(artifact.uri):
+    if "://" in artifact.uri and not remote_scheme(artifact.uri):
         raise ValueError(_unreachable(f"output {name!r}", artifact.uri))
     return artifact_uri(artifact)
 
@@ -282,7 +282,7 @@ def _check_reachable_by_jobs(
     """
     for role, named in uris.items():
         for name, uri in named.items():
-            if not is_remote(uri):
+            if not remote_scheme(uri):
                 where = f"{stage}: {role} {name!r} of the {launcher} job"
                 raise LaunchError(f"{_unreachable(where, uri)}, or set launcher=local")
 

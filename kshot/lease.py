@@ -101,11 +101,10 @@ def _held_error(uri: str, holder: Any) -> LeaseHeld:
 
 def lease_uri(uri: str) -> str:
     """Where the lease of output ``uri`` lives (a lock file, or a lease object)."""
-    if storage.is_remote(uri):
-        bucket, _ = storage.parse_remote(uri)
-        scheme = uri.partition("://")[0]
+    parsed = storage.Uri.parse(uri)
+    if parsed.is_remote:
         digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()
-        return f"{scheme}://{bucket}/{_LEASES_FOLDER}/{digest}.json"
+        return str(parsed.bucket_uri.join(_LEASES_FOLDER, f"{digest}.json"))
     path = Path(uri.rstrip("/") or uri).absolute()
     return str(path.parent / f".{path.name}.lock")
 
@@ -119,7 +118,7 @@ def hold(uris: Iterable[str], stage: str) -> Iterator[None]:
     """
     with contextlib.ExitStack() as stack:
         for uri in sorted(set(uris)):
-            lease = _ObjectLease if storage.is_remote(uri) else _LocalLease
+            lease = _ObjectLease if storage.Uri.parse(uri).is_remote else _LocalLease
             stack.enter_context(lease(uri, _holder(stage, uri)))
         yield
 
@@ -173,7 +172,7 @@ def _honours_conditions(object_uri: str) -> bool:
     """Whether the store of the lease object ``object_uri`` refuses to create an object that
     exists (``If-None-Match: *``). GCS always does; an S3-compatible store is probed once per
     process and bucket with a throw-away object in the bucket's lease folder."""
-    if storage.is_gcs(object_uri):
+    if storage.Uri.parse(object_uri).scheme == "gs":  # GCS always does
         return True
     folder = object_uri.rsplit("/", 1)[0]  # <scheme>://<bucket>/.kshot-leases
     if folder not in _CONDITIONS_HONOURED:

@@ -311,12 +311,13 @@ def _check_pipeline_root(uri: str) -> None:
     """Refuse a ``--pipeline-root`` outside the object stores kshot reaches (gs://, s3://,
     minio://): only there do the job pods and later steps reach the artifacts (see
     :func:`kshot.components.runtime.handoff_uri`)."""
-    from kshot.uris import parse_remote
+    from kshot.storage.uri import Uri
 
     if not uri:
         return
     try:
-        parse_remote(uri)
+        if not Uri.parse(uri).is_remote:
+            raise ValueError(f"not a gs://, s3:// or minio:// URI: {uri!r}")
     except ValueError as error:
         raise ConfigError(
             f"--pipeline-root {uri!r}: {error}; the pipeline needs gs://BUCKET/PREFIX, "

@@ -50,7 +50,7 @@ class LocalRunError(ValueError):
 @contextlib.contextmanager
 def _local_folder(output: str) -> Iterator[Path]:
     """``output`` itself when local; a temporary folder (removed after) for a bucket prefix."""
-    if storage.is_remote(output):
+    if storage.Uri.parse(output).is_remote:
         with tempfile.TemporaryDirectory(prefix="kshot-run-") as scratch:
             yield Path(scratch)
     else:
@@ -79,7 +79,7 @@ def publish(summary: dict[str, Any], artifacts: Path, output: str) -> dict[str, 
     Returns:
         The summary as written.
     """
-    if storage.is_remote(output):
+    if storage.Uri.parse(output).is_remote:
         artifacts_uri = storage.join(output, "artifacts")
         storage.upload_dir(artifacts, artifacts_uri)
         summary = _rebase(summary, str(artifacts), artifacts_uri)
@@ -144,12 +144,12 @@ def run_local_pipeline(
             raise LocalRunError(f"{message}; the steps' logs are in {logs}") from error
         finally:
             console.close()
-            if storage.is_remote(output):
+            if storage.Uri.parse(output).is_remote:
                 storage.upload_dir(logs, storage.join(output, "logs"))
         summary = json.loads(Path(run.output.path).read_text())
         summary["wall_time_s"] = round(time.monotonic() - started, 1)
         write_report(summary, folder / "report")
-        if storage.is_remote(output):
+        if storage.Uri.parse(output).is_remote:
             storage.upload_dir(folder / "report", storage.join(output, "report"))
             summary["logs"] = storage.join(output, "logs")
             summary["report"] = storage.join(output, "report", "index.html")

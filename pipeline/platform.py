@@ -34,8 +34,8 @@ from typing import Any
 from kfp import dsl, kubernetes
 from kfp.dsl import pipeline_channel
 
-from kshot import storage
 from kshot.components.runtime import StepSize
+from kshot.storage import s3
 
 __all__ = [
     "ACCELERATOR",
@@ -78,9 +78,7 @@ class Placement:
 
 def _common(task: dsl.PipelineTask, placement: Placement) -> dsl.PipelineTask:
     # The keys of KFP's own store (a minio:// pipeline root), where the namespace has its Secret.
-    kubernetes.use_secret_as_env(
-        task, storage.MINIO_SECRET, dict(storage.MINIO_SECRET_KEYS), optional=True
-    )
+    kubernetes.use_secret_as_env(task, s3.MINIO_SECRET, dict(s3.MINIO_SECRET_KEYS), optional=True)
     kubernetes.add_toleration_json(task, placement.tolerations)
     kubernetes.add_node_selector_json(task, placement.node_selector)
     kubernetes.set_security_context(

@@ -48,6 +48,7 @@ from kshot import storage  # noqa: E402
 from kshot.data.folder_index import ImageFolderIndex  # noqa: E402
 from kshot.data.shards import ShardIndex, write_shards  # noqa: E402
 from kshot.data.stream import train_batches  # noqa: E402
+from kshot.storage import s3 as s3_store  # noqa: E402
 from tests.gcs import FlakyProxy, start_emulator, start_server, stop_server  # noqa: E402
 from tests.s3 import direct_client  # noqa: E402
 
@@ -262,7 +263,7 @@ def run_remote(
             "moto S3 server",
             lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         )
-        env_name = storage.S3_ENDPOINT_ENVS[0]
+        env_name = s3_store.S3_ENDPOINT_ENVS[0]
         os.environ.update(
             AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
         )

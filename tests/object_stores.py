@@ -60,7 +60,8 @@ def _gcs_remote(bucket: str, endpoint: str) -> Remote:
     )
 
     def put(uri: str, data: bytes) -> None:
-        name, key = storage.parse_remote(uri)
+        parsed = storage.Uri.parse(uri)
+        name, key = parsed.bucket, parsed.key
         client.bucket(name).blob(key).upload_from_string(data)
 
     return Remote(
@@ -77,12 +78,13 @@ def _s3_remote(bucket: str, endpoint: str) -> Remote:
     client = direct_client(endpoint)
 
     def put(uri: str, data: bytes) -> None:
-        name, key = storage.parse_remote(uri)
+        parsed = storage.Uri.parse(uri)
+        name, key = parsed.bucket, parsed.key
         client.put_object(Bucket=name, Key=key, Body=data)
 
     def write_request(uri: str, size: int) -> tuple[str, str]:
         if size <= _S3_PART_BYTES:
-            return "PUT", "/" + storage.parse_remote(uri)[1]  # PutObject
+            return "PUT", "/" + storage.Uri.parse(uri).key  # PutObject
         return "POST", "uploadId="  # CompleteMultipartUpload
 
     return Remote(
@@ -90,8 +92,8 @@ def _s3_remote(bucket: str, endpoint: str) -> Remote:
         endpoint=endpoint,
         put=put,
         write_request=write_request,
-        delete_request=lambda uri: ("DELETE", "/" + storage.parse_remote(uri)[1]),
-        download_request=lambda uri: ("GET", "/" + storage.parse_remote(uri)[1]),
+        delete_request=lambda uri: ("DELETE", "/" + storage.Uri.parse(uri).key),
+        download_request=lambda uri: ("GET", "/" + storage.Uri.parse(uri).key),
     )
 
 
@@ -108,6 +110,6 @@ def remote(request: pytest.FixtureRequest) -> Remote:
 @pytest.fixture
 def flaky_remote(remote: Remote, request: pytest.FixtureRequest) -> FlakyProxy:
     """A fault-injecting proxy in front of ``remote``'s server, in use for the whole test."""
-    if storage.is_gcs(remote.bucket):
+    if storage.Uri.parse(remote.bucket).scheme == "gs":
         return request.getfixturevalue("flaky_proxy")
     return request.getfixturevalue("s3_flaky_proxy")

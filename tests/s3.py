@@ -10,7 +10,7 @@ Fixtures:
 * ``s3_bucket``: a fresh, uniquely named bucket on that server, as ``"s3://<name>"``.
 * ``minio_bucket``: a fresh bucket on the same server as KFP's store, ``"minio://<name>"``: the
   test's ``KSHOT_MINIO_ENDPOINT`` points at the server and the keys are only in the variables
-  that KFP's Secret fills (``storage.MINIO_SECRET_KEYS``), not in ``AWS_*``.
+  that KFP's Secret fills (``s3_store.MINIO_SECRET_KEYS``), not in ``AWS_*``.
 * ``s3_flaky_proxy``: a :class:`tests.gcs.FlakyProxy` between the client and the server for one
   test; ``AWS_ENDPOINT_URL_S3`` points at the proxy while the test runs and retries start fast.
   moto enforces ``If-Match`` / ``If-None-Match`` itself.
@@ -29,11 +29,12 @@ import boto3
 import pytest
 
 from kshot import storage
+from kshot.storage import s3 as s3_store
 from tests.gcs import FlakyProxy, start_server, stop_server
 
 __all__ = ["direct_client", "minio_bucket", "s3_bucket", "s3_flaky_proxy", "s3_server"]
 
-ENDPOINT_ENV = storage.S3_ENDPOINT_ENVS[0]
+ENDPOINT_ENV = s3_store.S3_ENDPOINT_ENVS[0]
 _LOOPBACK = "127.0.0.1"
 _SETTINGS = {
     "AWS_ACCESS_KEY_ID": "kshot-test",
@@ -62,7 +63,7 @@ def s3_server() -> Iterator[str]:
     )
     try:
         with pytest.MonkeyPatch.context() as patch:
-            for name in storage.S3_ENDPOINT_ENVS[1:] + ("AWS_PROFILE",):
+            for name in s3_store.S3_ENDPOINT_ENVS[1:] + ("AWS_PROFILE",):
                 patch.delenv(name, raising=False)
             for name, value in {ENDPOINT_ENV: endpoint, **_SETTINGS}.items():
                 patch.setenv(name, value)
@@ -88,8 +89,8 @@ def minio_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     direct_client(s3_server).create_bucket(Bucket=name)
     for env in (ENDPOINT_ENV, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(env, raising=False)
-    monkeypatch.setenv(storage.MINIO_ENDPOINT_ENV, s3_server)
-    access, secret = storage.MINIO_SECRET_KEYS.values()
+    monkeypatch.setenv(s3_store.MINIO_ENDPOINT_ENV, s3_server)
+    access, secret = s3_store.MINIO_SECRET_KEYS.values()
     monkeypatch.setenv(access, _SETTINGS["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv(secret, _SETTINGS["AWS_SECRET_ACCESS_KEY"])
     return f"minio://{name}"

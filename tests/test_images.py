@@ -297,3 +297,19 @@ def test_split_warmup_and_train_run_on_the_tiny_config(image: str, tmp_path: Pat
     assert curves["epoch"][-1] == 60
     losses = [v for v in curves["supernet_loss"] if v is not None]
     assert losses and losses[-1] < losses[0]
+
+
+def test_every_package_of_the_tree_is_installed() -> None:
+    """pyproject lists its packages by name (components/ and pipeline/ install under kshot.), so
+    a new folder of kshot/ would be left out of a wheel, and out of the images, unless named."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    folders = {"kshot": ROOT / "kshot"} | {
+        name: ROOT / folder for name, folder in setuptools["package-dir"].items()
+    }
+    found = {
+        ".".join([name, *init.parent.relative_to(root).parts])
+        for name, root in folders.items()
+        for init in root.rglob("__init__.py")
+    }
+    assert found - listed == set(), "packages missing from pyproject's [tool.setuptools] packages"

@@ -17,7 +17,6 @@ import jsonschema
 import pytest
 import yaml
 
-from kshot import storage
 from kshot.launch import kube_api, watch
 from kshot.launch.jobs import LAUNCH_HASH_ANNOTATION, render_job
 from kshot.launch.kube import JobCancelled, run_job
@@ -32,6 +31,7 @@ from kshot.launch.trainjob import (
     render_trainjob,
 )
 from kshot.stages import HEAVY_STAGES
+from kshot.storage import s3 as s3_store
 from tests.fake_kube import (
     FAILURE_MESSAGE,
     FAILURE_REASON,
@@ -337,7 +337,7 @@ def test_a_job_on_kfps_minio_store_gets_its_endpoint_and_the_keys_of_its_secret(
     """A job whose URIs are minio:// (KFP's default root) reaches the store as the step did: the
     endpoint the step found, the keys from KFP's Secret (optional, as on the steps); a gs:// job
     gets neither."""
-    monkeypatch.setenv(storage.MINIO_ENDPOINT_ENV, "http://seaweedfs.kubeflow:8333")
+    monkeypatch.setenv(s3_store.MINIO_ENDPOINT_ENV, "http://seaweedfs.kubeflow:8333")
     root = "minio://mlpipeline/v2/artifacts/kshot-nas/run-1"
     on_minio = make_spec(
         inputs={"checkpoint": f"{root}/warmup/checkpoint"},
@@ -347,17 +347,17 @@ def test_a_job_on_kfps_minio_store_gets_its_endpoint_and_the_keys_of_its_secret(
     data_on_minio = make_spec(config={"k": 4, "dataset": "minio://datasets/cifar10"})
     for env in _training_envs(on_minio) + _training_envs(data_on_minio):
         values = {item["name"]: item.get("value") for item in env}
-        assert values[storage.MINIO_ENDPOINT_ENV] == "http://seaweedfs.kubeflow:8333"
+        assert values[s3_store.MINIO_ENDPOINT_ENV] == "http://seaweedfs.kubeflow:8333"
         refs = {
             item["name"]: item["valueFrom"]["secretKeyRef"] for item in env if "valueFrom" in item
         }
         assert refs == {
-            name: {"name": storage.MINIO_SECRET, "key": key, "optional": True}
-            for key, name in storage.MINIO_SECRET_KEYS.items()
+            name: {"name": s3_store.MINIO_SECRET, "key": key, "optional": True}
+            for key, name in s3_store.MINIO_SECRET_KEYS.items()
         }
     for env in _training_envs(make_spec()):  # gs:// only
         names = {item["name"] for item in env}
-        assert not names & {storage.MINIO_ENDPOINT_ENV, *storage.MINIO_SECRET_KEYS.values()}
+        assert not names & {s3_store.MINIO_ENDPOINT_ENV, *s3_store.MINIO_SECRET_KEYS.values()}
         assert all("valueFrom" not in item for item in env)
 
 

@@ -34,8 +34,9 @@ def test_library_modules_do_not_import_kfp():
 # The data (kshot.data) reads the store and draws from the run's seeds, and knows nothing of the
 # stages, the trainer or the launchers that use it. Training and evaluation are libraries the stages
 # call; the experiments (kshot.experiments) and the launchers sit above the stages, and nothing
-# below imports them.
+# below imports them; the stages import neither, nor the command line.
 LOWER_LAYERS: dict[str, tuple[str, ...]] = {
+    "kshot.storage": ("kshot.storage",),
     "kshot.config": ("kshot.config", "kshot.storage"),
     "kshot.spaces": ("kshot.config", "kshot.seeds", "kshot.spaces"),
     "kshot.nn": ("kshot.config", "kshot.seeds", "kshot.spaces", "kshot.nn"),
@@ -58,6 +59,22 @@ LOWER_LAYERS: dict[str, tuple[str, ...]] = {
         "kshot.spaces",
         "kshot.nn",
         "kshot.train",
+    ),
+    "kshot.stages": (
+        "kshot.config",
+        "kshot.seeds",
+        "kshot.storage",
+        "kshot.lease",
+        "kshot.distributed",
+        "kshot.progress",
+        "kshot.data",
+        "kshot.spaces",
+        "kshot.nn",
+        "kshot.train",
+        "kshot.search",
+        "kshot.eval",
+        "kshot.export",
+        "kshot.stages",
     ),
 }
 

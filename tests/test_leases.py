@@ -24,6 +24,7 @@ import yaml
 from kshot import lease, storage
 from kshot.config import load_config
 from kshot.stages import run_stage
+from kshot.storage import s3 as s3_store
 from kshot.train import checkpoint as ckpt
 from tests.conftest import TINY, spy_on_resume
 from tests.gcs import FlakyProxy
@@ -175,9 +176,9 @@ def test_a_store_that_ignores_conditional_writes_is_named_when_the_lease_is_take
         warnings.simplefilter("error")
         with lease.hold([out], "warmup"):
             pass
-    put_if = storage._MINIO_STORE._put_if
+    put_if = s3_store.MINIO_STORE._put_if
     monkeypatch.setattr(
-        storage._MINIO_STORE,
+        s3_store.MINIO_STORE,
         "_put_if",
         lambda uri, action, data, condition: put_if(uri, action, data, {}),  # headers ignored
     )

@@ -18,7 +18,6 @@ import yaml
 from kfp import dsl, local
 from kfp.dsl.types.type_utils import InconsistentTypeException
 
-from kshot import storage
 from kshot.cli import main
 from kshot.components import runtime, stages
 from kshot.components.runtime import (
@@ -40,6 +39,7 @@ from kshot.pipeline.pipeline import DEFAULT_STEP_CPU, DEFAULT_STEP_MEMORY, kshot
 from kshot.pipeline.platform import ACCELERATOR, HEAVY_RETRY, IMAGE_UID, LIGHT_STEP
 from kshot.pipeline.sweep import DEFAULT_K_VALUES, K_PARALLELISM, kshot_k_sweep
 from kshot.stages import HEAVY_STAGES, STAGES
+from kshot.storage import s3 as s3_store
 from tests.pod_security import read_only_root_violations, restricted_violations
 
 CONFIG_OUTPUT = {"producerTask": "configure", "outputParameterKey": "config"}
@@ -706,11 +706,11 @@ def test_every_step_reaches_a_minio_root_with_the_keys_of_kfps_secret(
     assert set(executors) == set(_all_tasks(both))  # every step that runs a container
     for name, executor in executors.items():
         (secret,) = executor["secretAsEnv"]
-        assert secret["secretNameParameter"]["runtimeValue"]["constant"] == storage.MINIO_SECRET
+        assert secret["secretNameParameter"]["runtimeValue"]["constant"] == s3_store.MINIO_SECRET
         assert secret["optional"] is True, name
         assert {
             e["secretKey"]: e["envVar"] for e in secret["keyToEnv"]
-        } == storage.MINIO_SECRET_KEYS
+        } == s3_store.MINIO_SECRET_KEYS
 
 
 def test_step_pods_are_restricted_as_far_as_the_compiled_pipeline_can_state(

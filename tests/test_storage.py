@@ -23,6 +23,8 @@ import pytest
 import torch
 
 from kshot import storage
+from kshot.storage import gcs as gcs_store
+from kshot.storage import s3 as s3_store
 from tests.gcs import FlakyProxy
 from tests.object_stores import Remote
 from tests.s3 import direct_client
@@ -238,7 +240,7 @@ def test_faults_that_never_stop_fail_clearly_and_write_nothing(
 def test_a_write_never_replaces_what_another_writer_put_there_meanwhile(
     flaky_remote: FlakyProxy, remote: Remote, existed: bool, size: int
 ) -> None:
-    if existed and size > 8 * 1024 * 1024 and storage.is_s3(remote.bucket):
+    if existed and size > 8 * 1024 * 1024 and storage.Uri.parse(remote.bucket).scheme == "s3":
         pytest.skip("moto ignores If-Match on CompleteMultipartUpload (AWS S3 and MinIO do not)")
     flaky_proxy = flaky_remote
     uri = storage.join(remote.bucket, "contested.bin")
@@ -309,7 +311,7 @@ def test_a_download_resumed_after_a_replacement_starts_over(
 ) -> None:
     """Bytes of two versions are never stitched together: when the object was replaced between
     the cut-off answer and the retry, the download starts over on the new version."""
-    if storage.is_gcs(remote.bucket):
+    if storage.Uri.parse(remote.bucket).scheme == "gs":
         pytest.skip(
             "the GCS emulator ignores the generation google-cloud-storage pins a resumed download to"
         )
@@ -363,7 +365,7 @@ def test_malformed_uris_are_rejected_before_any_request(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    for name in storage.S3_ENDPOINT_ENVS:
+    for name in s3_store.S3_ENDPOINT_ENVS:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=message) as failure:
         operation(uri)
@@ -428,7 +430,7 @@ def test_gs_without_credentials_says_how_to_get_them(
 ) -> None:
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
-    monkeypatch.setattr(storage._GCS, "_cached", None)
+    monkeypatch.setattr(gcs_store.STORE, "_cached", None)
     with pytest.raises(PermissionError, match="no usable Google Cloud credentials .*Workload"):
         storage.read_bytes("gs://some-bucket/split.json")
 
@@ -442,7 +444,7 @@ def test_s3_without_credentials_says_how_to_get_them(
         monkeypatch.setenv(name, str(tmp_path / "absent"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setattr(storage._S3_STORE, "_cached", None)
+    monkeypatch.setattr(s3_store.S3_STORE, "_cached", None)
     with pytest.raises(PermissionError, match="no usable S3 credentials .*AWS_ACCESS_KEY_ID"):
         storage.read_bytes("s3://some-bucket/split.json")
 
@@ -471,7 +473,7 @@ def test_minio_without_the_secrets_keys_names_the_secret(
 ) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    for name in storage.MINIO_SECRET_KEYS.values():
+    for name in s3_store.MINIO_SECRET_KEYS.values():
         monkeypatch.delenv(name, raising=False)
     for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
         monkeypatch.setenv(name, str(tmp_path / "absent"))
@@ -480,7 +482,7 @@ def test_minio_without_the_secrets_keys_names_the_secret(
         storage.read_bytes("minio://mlpipeline/v2/artifacts/split.json")
     message = str(failure.value)
     assert "minio://mlpipeline/v2/artifacts/split.json" in message
-    assert storage.MINIO_SECRET in message and "KSHOT_MINIO_ACCESS_KEY" in message
+    assert s3_store.MINIO_SECRET in message and "KSHOT_MINIO_ACCESS_KEY" in message
 
 
 @pytest.mark.parametrize(
@@ -497,7 +499,7 @@ def test_minio_without_the_secrets_keys_names_the_secret(
         ),
         (
             {"MINIO_SERVICE_SERVICE_HOST": "10.0.0.7", "MINIO_SERVICE_SERVICE_PORT": "9000"}
-            | {storage.MINIO_ENDPOINT_ENV: "https://store.example:443"},
+            | {s3_store.MINIO_ENDPOINT_ENV: "https://store.example:443"},
             "https://store.example:443",
         ),
     ],
@@ -505,11 +507,11 @@ def test_minio_without_the_secrets_keys_names_the_secret(
 def test_minio_endpoint_is_found_as_kfps_launcher_finds_it(
     env: dict[str, str], endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in (storage.MINIO_ENDPOINT_ENV, "MINIO_SERVICE_SERVICE_HOST"):
+    for name in (s3_store.MINIO_ENDPOINT_ENV, "MINIO_SERVICE_SERVICE_HOST"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert storage.minio_endpoint() == endpoint
+    assert s3_store.minio_endpoint() == endpoint
 
 
 def test_an_interrupted_s3_multipart_upload_leaves_no_parts(
@@ -519,7 +521,7 @@ def test_an_interrupted_s3_multipart_upload_leaves_no_parts(
     the object nor the parts already sent remain (S3 keeps, and bills, an unfinished upload's
     parts until it is aborted)."""
     uri = storage.join(s3_bucket, "interrupted.bin")
-    client = storage._S3_STORE.client()
+    client = s3_store.S3_STORE.client()
     upload_part = client.upload_part
 
     def interrupted_at_part_2(**request: Any) -> Any:
@@ -530,7 +532,7 @@ def test_an_interrupted_s3_multipart_upload_leaves_no_parts(
     monkeypatch.setattr(client, "upload_part", interrupted_at_part_2)
     with pytest.raises(KeyboardInterrupt):
         storage.write_bytes(uri, bytes(20 * 1024 * 1024))  # three parts
-    bucket, _ = storage.parse_remote(uri)
+    bucket = storage.Uri.parse(uri).bucket
     assert direct_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert not storage.exists(uri)
 

@@ -84,12 +84,7 @@ def read_image(uri: str) -> torch.Tensor:
         FileNotFoundError: nothing exists at ``uri``.
         ValueError: the file cannot be decoded (naming ``uri``).
     """
-    if storage.is_remote(uri):
-        data = bytearray(storage.read_bytes(uri))
-    else:
-        with open(uri, "rb") as f:
-            data = bytearray(f.read())
-    return decode_image_bytes(data, uri)
+    return decode_image_bytes(bytearray(storage.read_bytes(uri)), uri)
 
 
 def random_resized_crop_params(

@@ -94,8 +94,7 @@ class ImageFolderIndex:
         """
         if part not in PARTS:
             raise ValueError(f"part must be one of {PARTS}, got {part!r} (dataset {uri!r})")
-        storage.check_uri(uri)
-        lister = _ObjectStoreTree(uri) if storage.is_remote(uri) else _LocalTree(uri)
+        lister = _ObjectStoreTree(uri) if storage.Uri.parse(uri).is_remote else _LocalTree(uri)
         if classes is None:
             classes = lister.class_names("train")
             if not classes:

@@ -22,7 +22,6 @@ import importlib.util
 import io
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
@@ -73,7 +72,8 @@ def _is_benchmark_file(uri: str) -> bool:
         return False
     if uri.lower().endswith(_BENCHMARK_SUFFIXES) or uri.endswith("/"):
         return True
-    return not storage.is_remote(uri) and Path(uri).is_dir()
+    parsed = storage.Uri.parse(uri)
+    return not parsed.is_remote and parsed.path.is_dir()
 
 
 def _normalised_arch(arch: str, where: str, space: Space | None = None) -> str:

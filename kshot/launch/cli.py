@@ -112,7 +112,7 @@ def _cluster() -> Any:
 def _check_pod_artifacts(spec: LaunchSpec) -> None:
     """A job's pods read and write the artifacts themselves: every one the stage needs must be
     given, as a gs://, s3:// or minio:// URI (a local path is on this machine, not in the pods)."""
-    from kshot import storage  # not at the top: it loads torch, which `kshot --help` need not
+    from kshot.storage.uri import remote_scheme
 
     inputs, outputs = ARTIFACTS[spec.stage]
     for flag, needed, given in (
@@ -127,7 +127,7 @@ def _check_pod_artifacts(spec: LaunchSpec) -> None:
                 f"(missing: {', '.join(missing)}); its pods read and write the artifacts themselves"
             )
         for name, uri in given.items():
-            if not storage.is_remote(uri):
+            if not remote_scheme(uri):
                 raise LaunchError(
                     f"{flag} {name}={uri!r}: the job's pods cannot see a local path; "
                     "give a gs://, s3:// or minio:// URI"

@@ -14,7 +14,7 @@ runtime's default seccomp profile) with a read-only root file system: ``/tmp``, 
 (caches of torch, triton, matplotlib) and ``/dev/shm`` are emptyDir volumes.
 
 A job whose inputs or outputs lie in KFP's own store (``minio://``) gets what a pipeline step has
-to reach it: the keys of KFP's Secret (``kshot.storage.MINIO_SECRET``, optional, as on the steps)
+to reach it: the keys of KFP's Secret (``kshot.storage.s3.MINIO_SECRET``, optional, as on the steps)
 and the endpoint the launching pod found (``KSHOT_MINIO_ENDPOINT``). A job on ``s3://`` gets the
 launching pod's S3 endpoint, if it has one; its credentials come from the pods' identity.
 """
@@ -163,28 +163,29 @@ def container_env(spec: LaunchSpec, own: Mapping[str, str]) -> list[dict[str, An
     Returns:
         Kubernetes ``EnvVar`` objects, values ``$``-escaped.
     """
-    from kshot import storage  # not at the top: it loads torch, which `kshot --help` need not
+    from kshot.storage import s3  # not at the top: it loads boto3, which `kshot --help` need not
+    from kshot.storage.uri import remote_scheme
 
     uris = [*spec.inputs.values(), *spec.outputs.values()]
     uris += [value for value in spec.config.values() if isinstance(value, str)]
-    to_minio = any(storage.is_minio(uri) for uri in uris)
-    endpoints = {storage.MINIO_ENDPOINT_ENV: storage.minio_endpoint()} if to_minio else {}
-    if any(storage.is_s3(uri) for uri in uris):
-        endpoints.update({name: os.environ.get(name, "") for name in storage.S3_ENDPOINT_ENVS})
+    schemes = {remote_scheme(uri) for uri in uris}
+    endpoints = {s3.MINIO_ENDPOINT_ENV: s3.minio_endpoint()} if "minio" in schemes else {}
+    if "s3" in schemes:
+        endpoints.update({name: os.environ.get(name, "") for name in s3.S3_ENDPOINT_ENVS})
     store = {name: url for name, url in endpoints.items() if url and not _on_loopback(url)}
     values = {**store, **spec.env, **own}
     env: list[dict[str, Any]] = [
         {"name": name, "value": escape_dollars(value)} for name, value in values.items()
     ]
-    if to_minio:
+    if "minio" in schemes:
         env += [
             {
                 "name": name,
                 "valueFrom": {
-                    "secretKeyRef": {"name": storage.MINIO_SECRET, "key": key, "optional": True}
+                    "secretKeyRef": {"name": s3.MINIO_SECRET, "key": key, "optional": True}
                 },
             }
-            for key, name in storage.MINIO_SECRET_KEYS.items()
+            for key, name in s3.MINIO_SECRET_KEYS.items()
             if name not in values
         ]
     return env

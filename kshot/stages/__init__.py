@@ -121,7 +121,7 @@ def check_stage(
     for kind, given in (("input", inputs), ("output", outputs)):
         for artifact, uri in given.items():
             try:
-                storage.check_uri(uri)
+                storage.Uri.parse(uri)
             except ValueError as e:
                 raise ValueError(f"stage {name!r}, {kind} artifact {artifact}={uri!r}: {e}") from e
     if skipped(name, config) is None:

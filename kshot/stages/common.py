@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,28 +62,12 @@ def require(artifacts: Mapping[str, str], names: tuple[str, ...], stage: str, ki
     for name in names:
         uri = artifacts[name]
         try:
-            if kind == "output":
-                storage.check_writable(uri, folder=name in FOLDER_ARTIFACTS)
-            else:
-                storage.check_uri(uri)
-                if not storage.exists(uri):
-                    raise FileNotFoundError(f"{uri} does not exist")
-                _check_local_kind(uri, folder=name in FOLDER_ARTIFACTS)
+            check = storage.check_writable if kind == "output" else storage.check_readable
+            check(uri, folder=name in FOLDER_ARTIFACTS)
         except storage.StorageError:
             raise  # the store did not answer: not a bad URI
         except (ValueError, OSError) as e:
             raise ValueError(f"stage {stage!r}, {kind} artifact {name}={uri!r}: {e}") from e
-
-
-def _check_local_kind(uri: str, folder: bool) -> None:
-    """A local input that exists as the other kind (a file for a folder artifact, or the reverse)."""
-    if storage.is_remote(uri):
-        return  # read soon enough: a wrong kind fails there, naming the URI
-    path = Path(uri)
-    if folder and path.is_file():
-        raise ValueError(f"{uri} is a file, but a folder is expected here")
-    if not folder and path.is_dir():
-        raise ValueError(f"{uri} is a folder, but a file is expected here")
 
 
 def device_of(cfg: Config) -> torch.device:

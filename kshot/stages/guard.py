@@ -21,7 +21,6 @@ Around every stage (:func:`kshot.stages.run_stage`), before any work:
 from __future__ import annotations
 
 import json
-import posixpath
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -56,11 +55,7 @@ def record_uri(output: str) -> str:
 
 
 def _normalised(uri: str) -> str:
-    if storage.is_remote(uri):
-        bucket, key = storage.parse_remote(uri)
-        key = posixpath.normpath("/" + key).lstrip("/") if key.strip("/") else ""
-        return f"{uri.partition('://')[0]}://{bucket}/{key}".rstrip("/")
-    return posixpath.abspath(uri)
+    return storage.Uri.parse(uri).canonical()
 
 
 def _within(inner: str, outer: str) -> bool:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kshot import storage
 from kshot.config import Config, result_keys
@@ -35,6 +34,7 @@ __all__ = [
     "run_keys",
 ]
 
+_U = TypeVar("_U", str, storage.Uri)
 _NAME = re.compile(r"ckpt-e(\d{4,})-s(\d{8,})\.pt$")
 
 
@@ -46,42 +46,37 @@ def checkpoint_name(epoch: int, step: int) -> str:
     return f"ckpt-e{epoch:04d}-s{step:08d}.pt"
 
 
-def list_checkpoints(folder: str) -> list[str]:
-    """Checkpoint URIs under ``folder``, oldest first."""
-    if not storage.exists(folder):
-        return []
+def list_checkpoints(folder: _U) -> list[_U]:
+    """Checkpoint URIs under ``folder``, oldest first (text or :class:`~kshot.storage.Uri`, as
+    ``folder`` is given); none when the folder does not exist."""
     found = []
     for uri in storage.list_uris(folder):
-        m = _NAME.search(uri)
+        m = _NAME.search(str(uri))
         if m:
             found.append(((int(m.group(1)), int(m.group(2))), uri))
-    return [uri for _, uri in sorted(found)]
+    return [uri for _, uri in sorted(found, key=lambda pair: pair[0])]
 
 
-def save_checkpoint(folder: str, state: dict[str, Any], keep: int = 2, rotate: bool = True) -> str:
+def save_checkpoint(
+    folder: str | storage.Uri, state: dict[str, Any], keep: int = 2, rotate: bool = True
+) -> str:
     """Write ``state`` (which must hold ``epoch`` and ``step``) and, with ``rotate``, drop all but
     the ``keep`` newest. A writer whose folder also holds checkpoints it did not write (an input's)
-    passes ``rotate=False``."""
-    uri = storage.join(folder, checkpoint_name(state["epoch"], state["step"]))
-    storage.save_torch(state, uri)
-    _remove_stale_partials(folder)
+    passes ``rotate=False``.
+
+    On an object store a save is one upload (its name is new: no version to read first), one
+    listing and one delete per dropped checkpoint. Temporary files that a writer killed mid-save
+    left in a local folder are removed after the save: only this folder's single writer (rank 0)
+    saves there, so every one still there belongs to a dead process.
+    """
+    folder = storage.Uri.parse(folder)
+    uri = folder.join(checkpoint_name(state["epoch"], state["step"]))
+    storage.save_torch(state, uri, new=True)
+    storage.remove_partials(folder, "ckpt-")
     if rotate:
         for old in list_checkpoints(folder)[:-keep]:
-            storage.delete(old)
-    return uri
-
-
-def _remove_stale_partials(folder: str) -> None:
-    """Delete temporary files that a writer killed mid-save left in a local folder.
-
-    Only this folder's single writer (rank 0) calls it, right after its own save completed, so
-    every ``.ckpt-*.partial`` file still there belongs to a dead process. (A killed ``gs://`` or
-    ``s3://`` upload leaves its temporary file on the worker's disk and nothing in the bucket.)
-    """
-    if storage.is_remote(folder):
-        return
-    for stale in Path(folder).glob(".ckpt-*.partial"):
-        stale.unlink(missing_ok=True)
+            storage.delete(old, is_object=True)
+    return str(uri)
 
 
 def load_latest(folder: str, required: bool = True) -> dict[str, Any] | None:
