@@ -9,6 +9,10 @@
 Configuration comes in layers, later ones winning: the defaults (the paper's and NAS-Bench-201's, see
 ``kshot config``), ``--config`` YAML files, then ``--set`` pairs. Bad values stop the command before any
 work starts, with the key and where it came from.
+
+One idea, the command line: its length is one small parser and handler per subcommand, which
+read best side by side (the ``launch``, ``pipeline`` and ``experiment`` subcommands keep theirs
+beside their code).
 """
 
 from __future__ import annotations

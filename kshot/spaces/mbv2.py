@@ -1,5 +1,8 @@
 """The MobileNetV2 (SPOS / GreedyNAS) search space with joint operation and width search.
 
+One idea, the space: its encoding, sampling, genetic operators, exact FLOPs and parameter count,
+and the stand-alone network, which change together whenever the space does.
+
 The paper's ImageNet search space (Su et al., ICML 2021, Table 2; the space of GreedyNAS, You et al.,
 CVPR 2020) is a MobileNetV2-like chain of 24 layers:
 

@@ -5,8 +5,14 @@ Every stage and worker reads and writes through this module, so a run can live o
 a Google Cloud Storage bucket or in an S3-compatible store (AWS S3, MinIO, SeaweedFS) without the
 callers knowing which. ``minio://`` is Kubeflow Pipelines' own artifact store (its default pipeline
 root, ``minio://mlpipeline/v2/artifacts``: MinIO, or SeaweedFS in newer releases), an S3-compatible
-server found as KFP's launcher finds it. Each object store is one :class:`_ObjectStore` (``_Gcs``,
-``_S3``); the public functions below are written once for all of them.
+server found as KFP's launcher finds it.
+
+The package does it as fsspec does: a URI is parsed once into a :class:`Uri` (:mod:`.uri`), which
+every verb below takes (text is parsed on entry); its scheme picks one store from :data:`STORES`,
+imported on first use: :mod:`.gcs`, :mod:`.s3` (``s3://`` and ``minio://``), each an
+:class:`~kshot.storage.base.ObjectStore` (:mod:`.base`: the requests, the one retry policy, the
+errors); local files are :mod:`.local`'s. This module is one idea, the public verbs, each written
+once for every store; its length is theirs and these guarantees.
 
 Guarantees:
 
@@ -46,16 +52,9 @@ Guarantees:
   :class:`FileNotFoundError`, a refused request or missing credentials :class:`PermissionError`,
   each naming the URI.
 
-Credentials come from the environment. ``gs://``: Workload Identity / Application Default
-Credentials; when ``STORAGE_EMULATOR_HOST`` is set, the client talks to that endpoint anonymously.
-``s3://``: boto3's chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a web identity such
-as EKS IRSA, a profile); ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) points it at MinIO,
-SeaweedFS or another S3-compatible server, which boto3 then addresses path-style
-(``http://host:9000/bucket/key``), as such servers expect. ``minio://``: the endpoint
-:func:`.s3.minio_endpoint` (a ``minio-service`` of the pod's namespace, else KFP's store as its 2.17
-launcher finds it by default, ``seaweedfs.kubeflow:9000``), the keys of KFP's Secret
-:data:`.s3.MINIO_SECRET` in the environment variables of :data:`.s3.MINIO_SECRET_KEYS` (the pipeline's
-steps and the jobs they launch get them from the Secret), else boto3's chain.
+Credentials come from the environment, as each store's module says: :mod:`.gcs` (Workload Identity
+/ Application Default Credentials, or an emulator), :mod:`.s3` (boto3's chain and endpoint for
+``s3://``; KFP's own store and its Secret's keys for ``minio://``).
 """
 
 from __future__ import annotations
