@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +47,8 @@ from kshot import storage  # noqa: E402
 from kshot.data.folder_index import ImageFolderIndex  # noqa: E402
 from kshot.data.shards import ShardIndex, write_shards  # noqa: E402
 from kshot.data.stream import train_batches  # noqa: E402
-from kshot.storage import s3 as s3_store  # noqa: E402
-from tests.gcs import FlakyProxy, start_emulator, start_server, stop_server  # noqa: E402
-from tests.s3 import direct_client  # noqa: E402
+from tests.gcs import FlakyProxy  # noqa: E402
+from tests.object_stores import ENDPOINT_ENVS, store_server  # noqa: E402
 
 BATCH = 128  # a rank's share of the ImageNet recipe's 1,024 on 8 GPUs
 RESOLUTION = 224
@@ -255,34 +253,9 @@ def run_remote(
     """Every latency × format × workers on one store."""
     rows = []
     per_thousand: dict[tuple[str, str], float] = {}
-    if kind == "gcs":
-        process, endpoint = start_emulator()
-        env_name = "STORAGE_EMULATOR_HOST"
-    else:
-        process, endpoint = start_server(
-            "moto S3 server",
-            lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        )
-        env_name = s3_store.S3_ENDPOINT_ENVS[0]
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
-        )
-    try:
+    env_name = ENDPOINT_ENVS[kind]
+    with store_server(kind) as (process, endpoint, root):
         os.environ[env_name] = endpoint
-        bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        if kind == "gcs":
-            from google.auth.credentials import AnonymousCredentials
-            from google.cloud import storage as gcs
-
-            gcs.Client(
-                project="bench",
-                credentials=AnonymousCredentials(),
-                client_options={"api_endpoint": endpoint},
-            ).create_bucket(bucket)
-            root = f"gs://{bucket}"
-        else:
-            direct_client(endpoint).create_bucket(Bucket=bucket)
-            root = f"s3://{bucket}"
         storage.upload_dir(tree, f"{root}/folders")
         storage.upload_dir(shards_local, f"{root}/shards")
         for latency in latencies:
@@ -322,8 +295,6 @@ def run_remote(
             finally:
                 proxy.stop()
                 os.environ[env_name] = endpoint
-    finally:
-        stop_server(process)
         os.environ.pop(env_name, None)
     return rows
 

@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,11 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kshot import storage  # noqa: E402
 from kshot.config import load_config  # noqa: E402
 from kshot.stages import run_stage  # noqa: E402
-from kshot.storage import s3 as s3_store
 from kshot.train.checkpoint import save_checkpoint  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
-from tests.gcs import FlakyProxy, start_emulator, start_server, stop_server  # noqa: E402
-from tests.s3 import direct_client  # noqa: E402
+from tests.gcs import FlakyProxy  # noqa: E402
+from tests.object_stores import ENDPOINT_ENVS, store_server  # noqa: E402
 
 SAVES = 5
 STATE_BYTES = 1024 * 1024
@@ -109,41 +107,15 @@ def measure(kind: str, root: str, proxy: RecordingProxy, split: str) -> dict:
 
 
 def run_store(kind: str, split: str) -> dict:
-    if kind == "gcs":
-        process, endpoint = start_emulator()
-        env_name = "STORAGE_EMULATOR_HOST"
-    else:
-        process, endpoint = start_server(
-            "moto S3 server",
-            lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        )
-        env_name = s3_store.S3_ENDPOINT_ENVS[0]
-        os.environ.update(
-            AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
-        )
-    proxy = RecordingProxy(endpoint)
-    proxy.start()
-    try:
-        bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        if kind == "gcs":
-            from google.auth.credentials import AnonymousCredentials
-            from google.cloud import storage as gcs
-
-            gcs.Client(
-                project="bench",
-                credentials=AnonymousCredentials(),
-                client_options={"api_endpoint": endpoint},
-            ).create_bucket(bucket)
-            root = f"gs://{bucket}"
-        else:
-            direct_client(endpoint).create_bucket(Bucket=bucket)
-            root = f"s3://{bucket}"
-        os.environ[env_name] = proxy.url
-        return measure(kind, root, proxy, split)
-    finally:
-        os.environ.pop(env_name, None)
-        proxy.stop()
-        stop_server(process)
+    with store_server(kind) as (_, endpoint, root):
+        proxy = RecordingProxy(endpoint)
+        proxy.start()
+        os.environ[ENDPOINT_ENVS[kind]] = proxy.url
+        try:
+            return measure(kind, root, proxy, split)
+        finally:
+            os.environ.pop(ENDPOINT_ENVS[kind], None)
+            proxy.stop()
 
 
 def table(rows: list[dict]) -> str:

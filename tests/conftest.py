@@ -124,7 +124,7 @@ MBV2_TINY = {
 
 @pytest.fixture
 def digits_data(tiny_cfg, digits_split):
-    from kshot.stages.common import load_train_data
+    from kshot.stages.data import load_train_data
 
     return load_train_data(tiny_cfg, digits_split)
 

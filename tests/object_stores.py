@@ -12,7 +12,11 @@ Register with ``pytest_plugins = ["tests.object_stores"]`` after ``tests.gcs`` a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -20,10 +24,15 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage as gcs
 
 from kshot import storage
-from tests.gcs import FlakyProxy
-from tests.s3 import direct_client
+from tests.gcs import EMULATOR_ENV, FlakyProxy, start_emulator, stop_server
+from tests.s3 import ENDPOINT_ENV as S3_ENDPOINT_ENV
+from tests.s3 import SETTINGS as S3_SETTINGS
+from tests.s3 import direct_client, start_moto
 
-__all__ = ["Remote", "flaky_remote", "remote"]
+__all__ = ["ENDPOINT_ENVS", "Remote", "flaky_remote", "remote", "store_server"]
+
+ENDPOINT_ENVS = {"gcs": EMULATOR_ENV, "s3": S3_ENDPOINT_ENV}
+"""Store kind → the environment variable that points kshot at its server (or at a proxy)."""
 
 _S3_PART_BYTES = 8 * 1024 * 1024  # above this kshot.storage uploads to S3 in parts
 
@@ -113,3 +122,33 @@ def flaky_remote(remote: Remote, request: pytest.FixtureRequest) -> FlakyProxy:
     if storage.Uri.parse(remote.bucket).scheme == "gs":
         return request.getfixturevalue("flaky_proxy")
     return request.getfixturevalue("s3_flaky_proxy")
+
+
+@contextlib.contextmanager
+def store_server(kind: str) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
+    """For a script outside pytest: the test server of ``kind`` (``gcs``: the GCS emulator,
+    ``s3``: moto) on 127.0.0.1, with a new bucket and, for ``s3``, the test keys in the
+    environment. Yields the server's process, its endpoint and the bucket's URI; pointing kshot at
+    the server (or a proxy in front of it) through :data:`ENDPOINT_ENVS` is the caller's.
+    """
+    process, endpoint = start_emulator() if kind == "gcs" else start_moto()
+    saved = {name: os.environ.get(name) for name in S3_SETTINGS}
+    try:
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        if kind == "gcs":
+            gcs.Client(
+                project="bench",
+                credentials=AnonymousCredentials(),
+                client_options={"api_endpoint": endpoint},
+            ).create_bucket(bucket)
+        else:
+            os.environ.update(S3_SETTINGS)
+            direct_client(endpoint).create_bucket(Bucket=bucket)
+        yield process, endpoint, f"{'gs' if kind == 'gcs' else 's3'}://{bucket}"
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        stop_server(process)

@@ -20,6 +20,7 @@ Register with ``pytest_plugins = ["tests.s3"]`` in ``conftest.py`` (or ``pytest 
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ __all__ = ["direct_client", "minio_bucket", "s3_bucket", "s3_flaky_proxy", "s3_s
 
 ENDPOINT_ENV = s3_store.S3_ENDPOINT_ENVS[0]
 _LOOPBACK = "127.0.0.1"
-_SETTINGS = {
+SETTINGS = {
     "AWS_ACCESS_KEY_ID": "kshot-test",
     "AWS_SECRET_ACCESS_KEY": "kshot-test-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
@@ -48,24 +49,29 @@ def direct_client(endpoint: str) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
-        aws_access_key_id=_SETTINGS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=_SETTINGS["AWS_SECRET_ACCESS_KEY"],
-        region_name=_SETTINGS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=SETTINGS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=SETTINGS["AWS_SECRET_ACCESS_KEY"],
+        region_name=SETTINGS["AWS_DEFAULT_REGION"],
+    )
+
+
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    """Start moto's S3 server on a free loopback port (see :func:`tests.gcs.start_server`)."""
+    return start_server(
+        "moto S3 server",
+        lambda port: [sys.executable, "-m", "moto.server", "-H", _LOOPBACK, "-p", str(port)],
     )
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """The endpoint of a session-wide moto S3 server; ``AWS_ENDPOINT_URL_S3`` points at it."""
-    process, endpoint = start_server(
-        "moto S3 server",
-        lambda port: [sys.executable, "-m", "moto.server", "-H", _LOOPBACK, "-p", str(port)],
-    )
+    process, endpoint = start_moto()
     try:
         with pytest.MonkeyPatch.context() as patch:
             for name in s3_store.S3_ENDPOINT_ENVS[1:] + ("AWS_PROFILE",):
                 patch.delenv(name, raising=False)
-            for name, value in {ENDPOINT_ENV: endpoint, **_SETTINGS}.items():
+            for name, value in {ENDPOINT_ENV: endpoint, **SETTINGS}.items():
                 patch.setenv(name, value)
             yield endpoint
     finally:
@@ -91,8 +97,8 @@ def minio_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.delenv(env, raising=False)
     monkeypatch.setenv(s3_store.MINIO_ENDPOINT_ENV, s3_server)
     access, secret = s3_store.MINIO_SECRET_KEYS.values()
-    monkeypatch.setenv(access, _SETTINGS["AWS_ACCESS_KEY_ID"])
-    monkeypatch.setenv(secret, _SETTINGS["AWS_SECRET_ACCESS_KEY"])
+    monkeypatch.setenv(access, SETTINGS["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv(secret, SETTINGS["AWS_SECRET_ACCESS_KEY"])
     return f"minio://{name}"
 
 

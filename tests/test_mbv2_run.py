@@ -14,7 +14,8 @@ from kshot.config import load_config
 from kshot.export import load_model
 from kshot.spaces import mbv2
 from kshot.stages import run_stage
-from kshot.stages.common import load_train_data, space_of
+from kshot.stages.data import load_train_data
+from kshot.train.builders import space_of
 from kshot.train.standalone import imagenet_lambda, retrain_schedule
 from kshot.train.trainer import KShotTrainer
 from tests.conftest import MBV2_TINY

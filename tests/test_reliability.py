@@ -28,7 +28,7 @@ from kshot.eval.ground_truth import write_ground_truth_csv
 from kshot.launch.spec import LaunchSpec
 from kshot.spaces import nb201
 from kshot.stages import run_stage
-from kshot.stages.common import load_train_data
+from kshot.stages.data import load_train_data
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer, curves
 from tests.conftest import TINY, spy_on_resume

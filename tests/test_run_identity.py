@@ -18,7 +18,7 @@ import yaml
 from kshot.cli import main
 from kshot.config import Config, load_config, result_keys
 from kshot.stages import run_stage
-from kshot.stages.common import load_train_data
+from kshot.stages.data import load_train_data
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer
 from tests.conftest import TINY

@@ -16,8 +16,9 @@ from kshot.config import load_config
 from kshot.eval.ranking import ranking_metrics
 from kshot.export import load_model
 from kshot.spaces import nb201
-from kshot.stages.common import load_train_data, space_of
+from kshot.stages.data import load_train_data
 from kshot.train import checkpoint as ckpt
+from kshot.train.builders import space_of
 from kshot.train.standalone import evaluate
 from tests.conftest import TINY
 

@@ -289,11 +289,11 @@ def test_a_flat_val_folder_is_refused_alike_on_disk_and_in_a_bucket(tmp_path, re
 def test_held_out_images_reach_the_device_batch_by_batch(index, split, monkeypatch):
     """The scorer's validation images of a streamed split are those of the in-memory path (the
     evaluation transform, in order), decoded in batches straight into the device tensor."""
-    from kshot.stages import common
+    from kshot.stages import data
 
     _, valid = split
     part = stream.StreamedPart(index, valid, RES, num_workers=0)
-    monkeypatch.setattr(common, "_DECODE_BATCH", 4)  # several batches, the last one short
-    on_device = common.images_on_device(part, 5, torch.device("cpu"))
+    monkeypatch.setattr(data, "_DECODE_BATCH", 4)  # several batches, the last one short
+    on_device = data.images_on_device(part, 5, torch.device("cpu"))
     want = torch.stack([eval_transform(read_image(index.files[i]), RES) for i in valid[:5]])
     assert on_device.dtype == torch.uint8 and torch.equal(on_device, want)

@@ -192,7 +192,7 @@ def test_random_ablation_draws_one_code_per_path_once_and_scores_with_it(
 ):
     """Table 6's random λ: each path's code is drawn once from the seed and never changes, in
     training (whatever the step) and in scoring."""
-    from kshot.stages.common import make_scorer
+    from kshot.stages.trained import make_scorer
 
     cfg = tiny_cfg.replace(lambda_mode="random")
     trainer = KShotTrainer(cfg, digits_data, torch.device("cpu"))

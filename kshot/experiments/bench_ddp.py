@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import kshot
 from kshot import distributed as dist
+from kshot.launch.local import torchrun_command
 from kshot.nn.nb201_supernet import NB201Supernet
 from kshot.spaces import nb201
 
@@ -77,20 +78,11 @@ def measure_ddp_scaling(
     configs = (("ddp1", 1, batch), ("ddp2", 2, batch), ("ddp2_per_rank", 2, 2 * batch))
     for _, (name, nproc, global_batch) in itertools.product(range(rounds), configs):
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc-per-node={nproc}",
-                "-m",
+            torchrun_command(
+                nproc,
                 "kshot.experiments.bench_ddp",
-                str(C),
-                str(N),
-                str(global_batch),
-                str(resolution),
-                str(steps),
-            ],
+                [str(v) for v in (C, N, global_batch, resolution, steps)],
+            ),
             capture_output=True,
             text=True,
             check=True,

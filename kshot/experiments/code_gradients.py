@@ -13,7 +13,10 @@ import numpy as np
 from kshot import seeds, storage
 from kshot.config import Config, load_config
 from kshot.eval.code_gradients import PARTS, code_gradients, common_fraction
-from kshot.stages.common import device_of, load_train_data, load_trained, space_of
+from kshot.stages.context import device_of
+from kshot.stages.data import load_train_data
+from kshot.stages.trained import load_trained
+from kshot.train.builders import space_of
 from kshot.train.checkpoint import load_latest
 
 __all__ = ["run_code_gradients"]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from kshot.launch.spec import LaunchError, LaunchSpec
 
-__all__ = ["run_local", "local_command", "die_with_parent"]
+__all__ = ["run_local", "local_command", "torchrun_command", "die_with_parent"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -37,9 +37,8 @@ def die_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def local_command(spec: LaunchSpec) -> list[str]:
-    """The command line the local backend runs for ``spec``."""
-    nproc = spec.workers * spec.nproc_per_worker
+def torchrun_command(nproc: int, module: str, args: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc-per-node=NPROC -m MODULE ARGS…`` with this Python."""
     return [
         sys.executable,
         "-m",
@@ -47,9 +46,16 @@ def local_command(spec: LaunchSpec) -> list[str]:
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
-        "kshot.worker",
-        *spec.worker_args(),
+        module,
+        *args,
     ]
+
+
+def local_command(spec: LaunchSpec) -> list[str]:
+    """The command line the local backend runs for ``spec``."""
+    return torchrun_command(
+        spec.workers * spec.nproc_per_worker, "kshot.worker", spec.worker_args()
+    )
 
 
 def run_local(spec: LaunchSpec, log: Callable[[str], None] = print) -> None:

@@ -1,4 +1,5 @@
-"""The pipeline's stages, each a function ``run(config, inputs, outputs)`` on artifact URIs."""
+"""The pipeline's stages, each a function ``run(ctx)`` of a :class:`~kshot.stages.context.StageContext`
+(the configuration and artifact URIs, checked once by :func:`run_stage`)."""
 
 from __future__ import annotations
 
@@ -177,19 +178,17 @@ def run_stage(
     (``overwrite``: remove the outputs first and start over)."""
     check_stage(name, config, inputs, outputs)
     module = importlib.import_module(f"kshot.stages.{name}")
-    from kshot.stages.common import require
+    from kshot.stages.context import StageContext
     from kshot.stages.guard import run_guarded
 
-    wanted_in, wanted_out = ARTIFACTS[name]
-    for kind, given, wanted in (("input", inputs, wanted_in), ("output", outputs, wanted_out)):
-        require(given, tuple(n for n in wanted if not n.endswith("?")), name, kind)
-    known = {n.rstrip("?") for n in wanted_out}
+    ctx = StageContext.checked(name, config, inputs, outputs)
+    known = {n.rstrip("?") for n in ARTIFACTS[name][1]}
     return run_guarded(
         name,
         config,
         inputs,
         {n: uri for n, uri in outputs.items() if n in known},
-        lambda: module.run(config, dict(inputs), dict(outputs)),
+        lambda: module.run(ctx),
         overwrite=overwrite,
     )
 

@@ -21,21 +21,13 @@ import numpy as np
 
 from kshot import distributed as dist
 from kshot import seeds, storage
-from kshot.config import Config
 from kshot.eval.baselines import BASELINES, baseline_counts, baseline_metrics
 from kshot.eval.ground_truth import align_scores, check_rankable, load_ground_truth
 from kshot.eval.ranking import ranking_metrics
 from kshot.nn.simplex import code_statistics
 from kshot.stages import skipped
-from kshot.stages.common import (
-    device_of,
-    load_train_data,
-    load_trained,
-    make_scorer,
-    require,
-    score_paths,
-    space_of,
-)
+from kshot.stages.context import StageContext
+from kshot.stages.trained import load_trained, make_scorer, score_paths
 
 __all__ = ["run", "paths_to_rank", "path_set_hash", "SCORE_COLUMNS"]
 
@@ -68,12 +60,11 @@ def path_set_hash(archs: list[str]) -> str:
     return hashlib.sha256("\n".join(archs).encode()).hexdigest()
 
 
-def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Write ``outputs["scores"]`` (CSV: :data:`SCORE_COLUMNS`, then the code λ) and
     ``outputs["metrics"]`` (JSON); ground truth from ``inputs["ground_truth"]`` or ``cfg.ground_truth``.
     """
-    require(inputs, ("split", "checkpoint"), "rank", "input")
-    require(outputs, ("scores", "metrics"), "rank", "output")
+    cfg, inputs, outputs = ctx.config, ctx.inputs, ctx.outputs
     reason = skipped("rank", cfg)
     if reason:
         metrics = {"k": cfg.k, "n_paths": 0, "skipped": reason}
@@ -88,13 +79,13 @@ def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[st
             "'ground_truth' (a CSV with arch and accuracy columns)"
         )
     column = "accuracy" if inputs.get("ground_truth") else cfg.ground_truth_column
-    space = space_of(cfg)  # at the data's shape below, once the data is read
+    space = ctx.config_space  # at the data's shape below, once the data is read
     truth = load_ground_truth(truth_uri, column, space)
     archs = paths_to_rank(truth, cfg.rank_paths, cfg.seed)
     check_rankable({arch: truth[arch] for arch in archs}, truth_uri, column)
-    data = load_train_data(cfg, inputs["split"])
-    device = device_of(cfg)
-    shaped = space_of(cfg, data)
+    data = ctx.data
+    device = ctx.device
+    shaped = ctx.space
     supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device, shaped)
     scorer = make_scorer(cfg, data, supernet, simplex, device, space=shaped)
     records = score_paths(scorer, [space.parse(a) for a in archs], desc="ranking")

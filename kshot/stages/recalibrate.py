@@ -11,32 +11,23 @@ from typing import Any
 
 from kshot import distributed as dist
 from kshot import storage
-from kshot.config import Config
 from kshot.search.nsga2 import pareto_front
-from kshot.stages.common import (
-    device_of,
-    load_train_data,
-    load_trained,
-    make_scorer,
-    read_search_results,
-    require,
-    score_paths,
-    space_of,
-)
+from kshot.stages.checks import read_search_results
+from kshot.stages.context import StageContext
 from kshot.stages.search import results_payload
+from kshot.stages.trained import load_trained, make_scorer, score_paths
 
 __all__ = ["run"]
 
 
-def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Read ``inputs["results"]`` (a search's JSON) and write the re-scored ``outputs["results"]``."""
-    require(inputs, ("split", "checkpoint", "results"), "recalibrate", "input")
-    require(outputs, ("results",), "recalibrate", "output")
-    searched = read_search_results(inputs["results"], space_of(cfg))
-    data = load_train_data(cfg, inputs["split"])
-    space = space_of(cfg, data)
+    cfg, inputs, outputs = ctx.config, ctx.inputs, ctx.outputs
+    searched = read_search_results(inputs["results"], ctx.config_space)
+    data = ctx.data
+    space = ctx.space
     archs = [space.parse(a) for a in dict.fromkeys([*searched["front"], searched["best"]])]
-    device = device_of(cfg)
+    device = ctx.device
     supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device, space)
     scorer = make_scorer(cfg, data, supernet, simplex, device, eval_images=0, space=space)
     records = score_paths(scorer, archs, desc="recalibrate")

@@ -6,31 +6,24 @@ from typing import Any
 
 from kshot import distributed as dist
 from kshot import storage
-from kshot.config import Config
 from kshot.export import save_model
-from kshot.stages.common import (
-    device_of,
-    load_train_data,
-    read_search_results,
-    require,
-    space_of,
-)
+from kshot.stages.checks import read_search_results
+from kshot.stages.context import StageContext
 from kshot.train.standalone import train_standalone
 
 __all__ = ["run"]
 
 
-def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Read the best path from ``inputs["results"]``; write ``outputs["model"]`` (the stand-alone
     network, :func:`kshot.export.load_model` rebuilds it) and ``outputs["metrics"]`` (JSON curves
     and accuracy)."""
-    require(inputs, ("split", "results"), "retrain", "input")
-    require(outputs, ("model", "metrics"), "retrain", "output")
-    arch = read_search_results(inputs["results"], space_of(cfg))["best"]
-    data = load_train_data(cfg, inputs["split"])
-    space = space_of(cfg, data)
+    cfg, inputs, outputs = ctx.config, ctx.inputs, ctx.outputs
+    arch = read_search_results(inputs["results"], ctx.config_space)["best"]
+    data = ctx.data
+    space = ctx.space
     model, history = train_standalone(
-        arch, cfg, data, device_of(cfg), cfg.retrain_epochs, cfg.seed, data_parallel=True
+        arch, cfg, data, ctx.device, cfg.retrain_epochs, cfg.seed, data_parallel=True
     )
     metrics = {
         "arch": arch,

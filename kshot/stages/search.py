@@ -8,28 +8,20 @@ from kshot import distributed as dist
 from kshot import storage
 from kshot.config import Config
 from kshot.search.nsga2 import nsga2_search
-from kshot.stages.common import (
-    check_budget,
-    device_of,
-    load_train_data,
-    load_trained,
-    make_scorer,
-    require,
-    score_paths,
-    space_of,
-)
+from kshot.stages.checks import check_budget
+from kshot.stages.context import StageContext
+from kshot.stages.trained import load_trained, make_scorer, score_paths
 
 __all__ = ["run"]
 
 
-def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Write ``outputs["results"]``: every evaluated path, the Pareto front and the best path."""
-    require(inputs, ("split", "checkpoint"), "search", "input")
-    require(outputs, ("results",), "search", "output")
-    data = load_train_data(cfg, inputs["split"])
-    space = space_of(cfg, data)
+    cfg, inputs, outputs = ctx.config, ctx.inputs, ctx.outputs
+    data = ctx.data
+    space = ctx.space
     budget = check_budget(cfg, space)
-    device = device_of(cfg)
+    device = ctx.device
     supernet, simplex, _ = load_trained(cfg, data, inputs["checkpoint"], device, space)
     scorer = make_scorer(cfg, data, supernet, simplex, device, space=space)
     result = nsga2_search(

@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from kshot import storage
-from kshot.config import Config
 from kshot.data.datasets import load_dataset
 from kshot.data.split import make_split, split_to_dict
-from kshot.stages.common import require, stream_index
+from kshot.stages.context import StageContext
+from kshot.stages.data import stream_index
 
 __all__ = ["run"]
 
 
-def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Write ``outputs["split"]`` (JSON of index arrays); a test share is carved when the dataset
     has no test part."""
-    require(outputs, ("split",), "split", "output")
+    cfg, outputs = ctx.config, ctx.outputs
     fingerprint = {}
     if cfg.data_loading == "stream":  # list the tree; decode nothing
         index = stream_index(cfg)

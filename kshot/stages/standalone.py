@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 
 from kshot import distributed as dist
-from kshot.config import Config
 from kshot.eval.ground_truth import write_ground_truth_csv
 from kshot.eval.standalone_rank import TEST_IMAGES_COLUMN
 from kshot.spaces import NB201Space, Path, Space
 from kshot.stages import skipped
-from kshot.stages.common import device_of, load_train_data, require, space_of
+from kshot.stages.context import StageContext
 from kshot.train.standalone import train_standalone
 
 __all__ = ["run", "sample_paths"]
@@ -36,19 +35,18 @@ def sample_paths(count: int, seed: int, space: Space | None = None) -> list[Path
     return space.distinct_sample(count, seed)
 
 
-def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Write ``outputs["table"]``: CSV ``arch,accuracy,test_images`` of the sampled paths."""
-    require(inputs, ("split",), "standalone", "input")
-    require(outputs, ("table",), "standalone", "output")
+    cfg, outputs = ctx.config, ctx.outputs
     reason = skipped("standalone", cfg)
     if reason:
         if dist.is_main():
             write_ground_truth_csv(outputs["table"], {}, column="accuracy")
         return {"paths": 0, "skipped": reason}
-    space = space_of(cfg)
+    space = ctx.config_space
     archs = sample_paths(cfg.standalone_paths, cfg.seed, space)
-    data = load_train_data(cfg, inputs["split"])
-    device = device_of(cfg)
+    data = ctx.data
+    device = ctx.device
     mine = []
     for i in range(dist.rank(), len(archs), dist.world_size()):
         _, history = train_standalone(

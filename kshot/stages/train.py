@@ -6,31 +6,24 @@ from typing import Any
 
 from kshot import distributed as dist
 from kshot import storage
-from kshot.config import Config
-from kshot.stages.common import (
-    check_later_stages,
-    device_of,
-    load_train_data,
-    require,
-    space_of,
-)
+from kshot.stages.checks import check_later_stages
+from kshot.stages.context import StageContext
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer, curves
 
 __all__ = ["run"]
 
 
-def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Continue from the warmup checkpoint (or resume this stage's own) until epoch ``epochs``.
 
     Writes checkpoints to ``outputs["checkpoint"]`` and, when given, the per-epoch curves to
     ``outputs["curves"]`` (JSON).
     """
-    require(inputs, ("split", "checkpoint"), "train", "input")
-    require(outputs, ("checkpoint",), "train", "output")
-    device = device_of(cfg)  # before the data: a missing GPU fails at once
-    data = load_train_data(cfg, inputs["split"])
-    space = space_of(cfg, data)
+    cfg, inputs, outputs = ctx.config, ctx.inputs, ctx.outputs
+    device = ctx.device  # before the data: a missing GPU fails at once
+    data = ctx.data
+    space = ctx.space
     check_later_stages(cfg, data, space)
     trainer = KShotTrainer(cfg, data, device, space)
     if trainer.resume(outputs["checkpoint"], inputs["checkpoint"]) is None:

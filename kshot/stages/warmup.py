@@ -4,27 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from kshot.config import Config
-from kshot.stages.common import (
-    check_later_stages,
-    device_of,
-    load_train_data,
-    require,
-    space_of,
-)
+from kshot.stages.checks import check_later_stages
+from kshot.stages.context import StageContext
 from kshot.train import checkpoint as ckpt
 from kshot.train.trainer import KShotTrainer
 
 __all__ = ["run"]
 
 
-def run(cfg: Config, inputs: dict[str, str], outputs: dict[str, str]) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     """Train from scratch (or resume from ``outputs["checkpoint"]``) until epoch ``warmup_epochs``."""
-    require(inputs, ("split",), "warmup", "input")
-    require(outputs, ("checkpoint",), "warmup", "output")
-    device = device_of(cfg)  # before the data: a missing GPU fails at once
-    data = load_train_data(cfg, inputs["split"])
-    space = space_of(cfg, data)
+    cfg, outputs = ctx.config, ctx.outputs
+    device = ctx.device  # before the data: a missing GPU fails at once
+    data = ctx.data
+    space = ctx.space
     check_later_stages(cfg, data, space)
     trainer = KShotTrainer(cfg, data, device, space)
     trainer.resume(outputs["checkpoint"])
