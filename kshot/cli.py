@@ -29,7 +29,13 @@ from typing import Any
 
 import yaml
 
-from kshot.config import FIELD_HELP, Config, ConfigError, load_config, parse_overrides
+from kshot.config import (
+    FIELD_HELP,
+    ConfigError,
+    add_config_args,
+    config_from_args,
+    parse_overrides,
+)
 from kshot.launch.spec import LaunchError
 from kshot.stages import ARTIFACTS, STAGES
 
@@ -44,32 +50,6 @@ killed by SIGPIPE."""
 
 class CommandError(Exception):
     """A user error: printed as one line, exit code 2."""
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="YAML config file (local path, gs://, s3:// or minio:// URI) or a shipped config's "
-        "name (digits-tiny, ranking-cpu-proxy, …); repeat to layer several",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        dest="overrides",
-        help="override one config key (see `kshot config --help-keys`); repeatable",
-    )
-
-
-def config_from_args(args: argparse.Namespace, base: Sequence[str] = ()) -> Config:
-    """Defaults, then ``base`` files, then ``--config`` files, then ``--set`` pairs."""
-    files = [*base, *args.config]
-    overrides = parse_overrides(args.overrides)
-    return load_config(*files, overrides, sources=[*files, "--set"])
 
 
 def _artifact_help(stage: str) -> str:
@@ -304,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=_artifact_help(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        _add_config_args(p)
+        add_config_args(p)
         p.add_argument(
             "--input",
             action="append",
@@ -347,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(digits, tiny supernet).",
     )
     run.add_argument("--local", action="store_true", help="run on this machine (required)")
-    _add_config_args(run)
+    add_config_args(run)
     run.add_argument(
         "--output",
         default="runs/local",
@@ -377,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="K-shot against one-shot: ranking quality on NAS-Bench-201",
         describe=_ranking_description,
     )
-    _add_config_args(ranking)
+    add_config_args(ranking)
     ranking.add_argument(
         "--arms",
         type=lambda text: [a.strip() for a in text.split(",") if a.strip()],
@@ -408,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with one key changed at a time (--vary), and choose by the simplex-net's loss and how "
         "far its codes λ are from uniform and from one another.",
     )
-    _add_config_args(pilot)
+    add_config_args(pilot)
     pilot.add_argument("--seed", type=int, default=100, help="the pilot seed")
     pilot.add_argument(
         "--vary",
@@ -429,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "loss with respect to its code, through the layers every path shares and through its own "
         "operations, and how much of each is common to all paths.",
     )
-    _add_config_args(gradients)
+    add_config_args(gradients)
     gradients.add_argument("--split", required=True, help="the runs' split JSON")
     gradients.add_argument(
         "--checkpoint", action="append", required=True, help="a trained checkpoint folder"
@@ -479,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the resolved configuration",
         description="Print the configuration that --config/--set resolve to.",
     )
-    _add_config_args(config)
+    add_config_args(config)
     config.add_argument(
         "--help-keys",
         action="store_true",

@@ -34,7 +34,8 @@ def test_library_modules_do_not_import_kfp():
 # The data (kshot.data) reads the store and draws from the run's seeds, and knows nothing of the
 # stages, the trainer or the launchers that use it. Training and evaluation are libraries the stages
 # call; the experiments (kshot.experiments) and the launchers sit above the stages, and nothing
-# below imports them; the stages import neither, nor the command line.
+# below imports them; the stages import neither, nor the command line. The launchers run stages
+# and read the config, never the command line that calls them (kshot.cli).
 LOWER_LAYERS: dict[str, tuple[str, ...]] = {
     "kshot.storage": ("kshot.storage",),
     "kshot.config": ("kshot.config", "kshot.storage"),
@@ -76,6 +77,7 @@ LOWER_LAYERS: dict[str, tuple[str, ...]] = {
         "kshot.export",
         "kshot.stages",
     ),
+    "kshot.launch": ("kshot.config", "kshot.storage", "kshot.stages", "kshot.launch"),
 }
 
 

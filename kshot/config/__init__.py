@@ -8,6 +8,8 @@ Imports neither torch nor kfp: the command line's help and the pipeline's config
 from __future__ import annotations
 
 from kshot.config.loader import (
+    add_config_args,
+    config_from_args,
     load_config,
     parse_overrides,
     read_config_file,
@@ -25,6 +27,8 @@ __all__ = [
     "resolve_config_file",
     "shipped_configs",
     "parse_overrides",
+    "add_config_args",
+    "config_from_args",
     "FIELD_HELP",
     "result_keys",
     "is_quantity",

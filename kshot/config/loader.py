@@ -11,6 +11,7 @@ rather than read as its last value.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import importlib.resources
@@ -18,7 +19,7 @@ import os
 import types
 import typing
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -32,6 +33,8 @@ __all__ = [
     "resolve_config_file",
     "shipped_configs",
     "parse_overrides",
+    "add_config_args",
+    "config_from_args",
 ]
 
 
@@ -222,3 +225,31 @@ _OTHER_SPACE_KEYS = {
     "nb201": ("width_mult", "channel_divisor", "channel_search", "rc_threshold"),
     "mbv2": ("channels", "cells"),
 }
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE``, both repeatable, as :func:`config_from_args`
+    reads them."""
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML config file (local path, gs://, s3:// or minio:// URI) or a shipped config's "
+        "name (digits-tiny, ranking-cpu-proxy, …); repeat to layer several",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one config key (see `kshot config --help-keys`); repeatable",
+    )
+
+
+def config_from_args(args: argparse.Namespace, base: Sequence[str] = ()) -> Config:
+    """Defaults, then ``base`` files, then ``--config`` files, then ``--set`` pairs."""
+    files = [*base, *args.config]
+    overrides = parse_overrides(args.overrides)
+    return load_config(*files, overrides, sources=[*files, "--set"])

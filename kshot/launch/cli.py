@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from kshot.config import parse_overrides
+from kshot.config import add_config_args, config_from_args, parse_overrides
 from kshot.launch.spec import LaunchError, LaunchSpec
 from kshot.launch.trainjob import DEFAULT_TRAINER_VERSION, TRAINER_VERSIONS
 from kshot.stages import ARTIFACTS, HEAVY_STAGES, STAGES
@@ -26,7 +26,6 @@ __all__ = ["add_parser"]
 
 
 def _render(args: argparse.Namespace) -> int:
-    from kshot.cli import config_from_args
     from kshot.launch.jobs import render_job
 
     cfg = config_from_args(args)
@@ -135,7 +134,6 @@ def _check_pod_artifacts(spec: LaunchSpec) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    from kshot.cli import _add_config_args
 
     launch = sub.add_parser("launch", help="distributed jobs (PyTorchJob / TrainJob)")
     launch_sub = launch.add_subparsers(dest="launch_command", required=True)
@@ -190,5 +188,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--output", action="append", default=[], metavar="NAME=URI")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=_render)
