@@ -35,13 +35,14 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,7 @@ class _ObjectLease:
         self.stopped = threading.Event()
         self.lost = False  # another writer holds it now: never delete theirs
         self.thread: threading.Thread | None = None
+        self._restore_sigint: Callable[[], None] = lambda: None
 
     def _body(self) -> bytes:
         renewed = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
@@ -246,6 +248,7 @@ class _ObjectLease:
                 stacklevel=2,
             )
         self.generation = self._acquire()
+        self._restore_sigint = _interruptible()
         self.thread = threading.Thread(target=self._renew, name="kshot-lease", daemon=True)
         self.thread.start()
         return self
@@ -280,10 +283,25 @@ class _ObjectLease:
         self.stopped.set()
         if self.thread is not None:
             self.thread.join()
+        self._restore_sigint()
         if self.lost:
             return
         with contextlib.suppress(OSError):  # an unreleased lease expires by itself
             storage.delete_if_generation(self.object, self.generation)
+
+
+def _interruptible() -> Callable[[], None]:
+    """Let the renewal thread stop the main thread: ``_thread.interrupt_main`` does nothing while
+    SIGINT is ignored or left to the OS, as in a process that a shell started in the background
+    (``cmd &`` ignores SIGINT), so Python's own handler is put in place while the lease is held.
+    Returns what restores the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+    if previous not in (signal.SIG_IGN, signal.SIG_DFL):
+        return lambda: None
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _loads(data: bytes) -> Any:

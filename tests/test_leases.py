@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -146,12 +147,23 @@ def test_a_live_remote_lease_is_refused_and_a_stale_one_taken_over(
     assert storage.read_versioned(lease.lease_uri(out)) is None
 
 
+@pytest.fixture(params=["handled", "ignored"])
+def sigint(request: pytest.FixtureRequest) -> Iterator[object]:
+    """SIGINT as Python handles it, or ignored, as in a process that a shell started with
+    ``cmd &``; the handler in place is restored after the test."""
+    handler = signal.default_int_handler if request.param == "handled" else signal.SIG_IGN
+    previous = signal.signal(signal.SIGINT, handler)
+    yield handler
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_holder_that_loses_its_lease_stops(
-    flaky_remote: FlakyProxy, remote: Remote, monkeypatch: pytest.MonkeyPatch
+    flaky_remote: FlakyProxy, remote: Remote, monkeypatch: pytest.MonkeyPatch, sigint: object
 ) -> None:
     """When another writer has taken the lease over (here: replaced the object, as a takeover
     after expiry does), the holder's next renewal fails its generation check and the holder's
-    main thread is interrupted instead of writing on."""
+    main thread is interrupted instead of writing on, also where SIGINT was ignored; the
+    process's own SIGINT handling is as it was afterwards."""
     monkeypatch.setenv(lease.LEASE_TTL_ENV, str(TTL_S))
     out = storage.join(remote.bucket, "lost.json")
     with pytest.raises(KeyboardInterrupt), lease.hold([out], "split"):
@@ -163,6 +175,7 @@ def test_a_holder_that_loses_its_lease_stops(
             time.sleep(0.01)
         pytest.fail("the holder kept its lease after losing it")
     assert storage.read_versioned(lease.lease_uri(out))[0] == b'{"host": "other"}'
+    assert signal.getsignal(signal.SIGINT) is sigint
 
 
 def test_a_store_that_ignores_conditional_writes_is_named_when_the_lease_is_taken(
