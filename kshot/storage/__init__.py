@@ -595,9 +595,9 @@ def digest(uri: str | Uri) -> str:
             while chunk := f.read(UPLOAD_CHUNK_BYTES):
                 sha.update(chunk)
         return "sha256:" + sha.hexdigest()
-    if uri.is_remote and exists(uri) and not _list(uri):
-        return "sha256:" + hashlib.sha256(read_bytes(uri)).hexdigest()
     files = _list(uri)
+    if uri.is_remote and not files and exists(uri):  # one object, not a folder
+        return "sha256:" + hashlib.sha256(read_bytes(uri)).hexdigest()
     if not files:
         raise FileNotFoundError(f"{uri} does not exist or holds no files")
     parts = [(f.relative_to(uri), digest(f)) for f in files]
